@@ -1,0 +1,46 @@
+/**
+ * In-memory images. Axes are named by position: 2D is [Y, X], 3D is [Z, Y, X], C order,
+ * units are pixels/voxels. Batch and channel axes are added only at the model boundary
+ * (NHWC / NDHWC for TensorFlow.js).
+ */
+
+/** Sample types the readers produce and the writers accept. */
+export type SampleType = 'uint8' | 'uint16' | 'int16' | 'int32' | 'float32' | 'float64';
+
+export type Shape2D = readonly [y: number, x: number];
+export type Shape3D = readonly [z: number, y: number, x: number];
+export type Shape = Shape2D | Shape3D;
+
+/** A 2D image or 3D stack with values held as float32 (exact for 8/16-bit data). */
+export interface Volume {
+  readonly data: Float32Array;
+  readonly shape: Shape;
+  /** The sample type the values were stored as; writers clip and round to it on request. */
+  readonly sampleType: SampleType;
+}
+
+export function voxelCount(shape: readonly number[]): number {
+  let n = 1;
+  for (const s of shape) n *= s;
+  return n;
+}
+
+export function is3D(shape: Shape): shape is Shape3D {
+  return shape.length === 3;
+}
+
+/** Inclusive-exclusive value range of an integer sample type (float types: infinite). */
+export function sampleTypeRange(t: SampleType): [min: number, max: number] {
+  switch (t) {
+    case 'uint8':
+      return [0, 255];
+    case 'uint16':
+      return [0, 65535];
+    case 'int16':
+      return [-32768, 32767];
+    case 'int32':
+      return [-2147483648, 2147483647];
+    default:
+      return [-Infinity, Infinity];
+  }
+}

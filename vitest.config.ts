@@ -1,0 +1,11 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    // TensorFlow.js backends are process-global; forks keep each file's backend its own.
+    pool: 'forks',
+  },
+});
