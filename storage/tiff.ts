@@ -1,0 +1,230 @@
+/**
+ * TIFF: reading through geotiff (strips or tiles, LZW/Deflate/PackBits/..., classic or BigTIFF,
+ * multi-page -> [Z, Y, X]); writing with a small baseline writer of our own, because neither
+ * sharp nor geotiff's writer makes multi-page 16-bit/float greyscale stacks: uncompressed
+ * strips, one IFD per page, little-endian, plus an ImageJ description so Fiji opens a stack as one.
+ */
+import { fromArrayBuffer, type GeoTIFFImage } from 'geotiff';
+import { InputError, OutputError } from '../core/errors.js';
+import type { SampleType, Shape } from '../core/volume.js';
+import { bytesPerSample, collapseChannels, type SampleArray } from './common.js';
+
+export interface DecodedTiff {
+  /** Pages concatenated in Z order, each [Y, X]. */
+  samples: SampleArray;
+  shape: Shape;
+  sampleType: SampleType;
+}
+
+/** (bits, SampleFormat) -> our sample type; int8 and float16 widen losslessly. */
+function sampleTypeOf(bits: number, format: number): SampleType | null {
+  if (format === 1 && bits === 8) return 'uint8';
+  if (format === 1 && bits === 16) return 'uint16';
+  if (format === 2 && bits === 8) return 'int16';
+  if (format === 2 && bits === 16) return 'int16';
+  if (format === 2 && bits === 32) return 'int32';
+  if (format === 3 && (bits === 16 || bits === 32)) return 'float32';
+  if (format === 3 && bits === 64) return 'float64';
+  return null;
+}
+
+const formatNames: Record<number, string> = { 1: 'unsigned integer', 2: 'signed integer', 3: 'float' };
+
+export async function decodeTiff(file: string, bytes: Uint8Array): Promise<DecodedTiff> {
+  const arrayBuffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
+  try {
+    const tiff = await fromArrayBuffer(arrayBuffer);
+    const count = await tiff.getImageCount();
+    const pages: GeoTIFFImage[] = [];
+    for (let i = 0; i < count; i++) pages.push(await tiff.getImage(i));
+    // Reduced-resolution copies (pyramids, thumbnails: NewSubfileType bit 0) are not extra Z slices.
+    const fullResolution = pages.filter((p) => !((p.fileDirectory.NewSubfileType ?? 0) & 1));
+    const used = fullResolution.length > 0 ? fullResolution : pages;
+    const first = used[0];
+    const width = first.getWidth();
+    const height = first.getHeight();
+    const channels = first.getSamplesPerPixel();
+    const bits = Number(first.getBitsPerSample(0));
+    const format = Number(first.getSampleFormat(0) ?? 1);
+    const sampleType = sampleTypeOf(bits, format);
+    if (!sampleType) {
+      throw new InputError(
+        file,
+        `unsupported TIFF sample type: ${bits}-bit ${formatNames[format] ?? `format ${format}`}; supported are 8/16-bit unsigned, 8/16/32-bit signed, 16/32/64-bit float`,
+      );
+    }
+    const extraSamples: number[] = Array.from(first.fileDirectory.ExtraSamples ?? []);
+    const alphaLast = channels > 1 && extraSamples.length > 0 && (extraSamples[extraSamples.length - 1] === 1 || extraSamples[extraSamples.length - 1] === 2);
+    const pixelsPerPage = width * height;
+    const samples = allocate(sampleType, pixelsPerPage * used.length);
+    for (let z = 0; z < used.length; z++) {
+      const page = used[z];
+      if (page.getWidth() !== width || page.getHeight() !== height || page.getSamplesPerPixel() !== channels) {
+        throw new InputError(
+          file,
+          `page ${z} is ${page.getWidth()}x${page.getHeight()} with ${page.getSamplesPerPixel()} channel(s) but page 0 is ${width}x${height} with ${channels}; all pages of a stack must match`,
+        );
+      }
+      if (Number(page.getBitsPerSample(0)) !== bits || Number(page.getSampleFormat(0) ?? 1) !== format) {
+        throw new InputError(file, `page ${z} has a different sample type from page 0; all pages of a stack must match`);
+      }
+      const raster = (await page.readRasters({ interleave: true })) as unknown as SampleArray;
+      if (raster.length !== pixelsPerPage * channels) {
+        throw new InputError(file, `page ${z} decoded to ${raster.length} samples, expected ${pixelsPerPage * channels} (corrupt file)`);
+      }
+      const opaque = format === 3 ? 1 : 2 ** bits - 1;
+      const grey = collapseChannels(file, raster, pixelsPerPage, channels, { alphaLast, opaque });
+      samples.set(grey, z * pixelsPerPage);
+    }
+    const shape: Shape = used.length === 1 ? [height, width] : [used.length, height, width];
+    return { samples, shape, sampleType };
+  } catch (err) {
+    if (err instanceof InputError) throw err;
+    throw new InputError(file, `is not a readable TIFF (corrupt or truncated): ${(err as Error).message}`, { cause: err });
+  }
+}
+
+function allocate(sampleType: SampleType, n: number): SampleArray {
+  switch (sampleType) {
+    case 'uint8':
+      return new Uint8Array(n);
+    case 'uint16':
+      return new Uint16Array(n);
+    case 'int16':
+      return new Int16Array(n);
+    case 'int32':
+      return new Int32Array(n);
+    case 'float32':
+      return new Float32Array(n);
+    case 'float64':
+      return new Float64Array(n);
+  }
+}
+
+const sampleFormatCode: Record<SampleType, number> = { uint8: 1, uint16: 1, int16: 2, int32: 2, float32: 3, float64: 3 };
+
+const SHORT = 3;
+const LONG = 4;
+const ASCII = 2;
+
+interface Tag {
+  code: number;
+  type: typeof SHORT | typeof LONG | typeof ASCII;
+  values: number[] | string;
+}
+
+/**
+ * Baseline little-endian TIFF: [header | all pixel data, page after page, contiguous | IFDs].
+ * Contiguous data is what ImageJ expects when the description says images=N.
+ */
+export function encodeTiff(file: string, samples: SampleArray, shape: Shape, sampleType: SampleType): Uint8Array[] {
+  const [pages, height, width] = shape.length === 3 ? shape : [1, shape[0], shape[1]];
+  const sampleBytes = bytesPerSample[sampleType];
+  const rowBytes = width * sampleBytes;
+  const pageBytes = rowBytes * height;
+  const dataBytes = pageBytes * pages;
+  const rowsPerStrip = Math.max(1, Math.min(height, Math.floor(262144 / rowBytes)));
+  const stripsPerPage = Math.ceil(height / rowsPerStrip);
+  const dataStart = 8;
+
+  const description =
+    pages > 1 ? `ImageJ=1.11a\nimages=${pages}\nslices=${pages}\nloop=false\n\0` : `blindspot ${sampleType}\0`;
+  const ifds: Uint8Array[] = [];
+  let cursor = dataStart + dataBytes;
+  cursor += cursor & 1;
+  const firstIfdOffset = cursor;
+  for (let z = 0; z < pages; z++) {
+    const stripOffsets: number[] = [];
+    const stripCounts: number[] = [];
+    for (let s = 0; s < stripsPerPage; s++) {
+      const rows = Math.min(rowsPerStrip, height - s * rowsPerStrip);
+      stripOffsets.push(dataStart + z * pageBytes + s * rowsPerStrip * rowBytes);
+      stripCounts.push(rows * rowBytes);
+    }
+    const tags: Tag[] = [
+      { code: 254, type: LONG, values: [0] },
+      { code: 256, type: LONG, values: [width] },
+      { code: 257, type: LONG, values: [height] },
+      { code: 258, type: SHORT, values: [sampleBytes * 8] },
+      { code: 259, type: SHORT, values: [1] },
+      { code: 262, type: SHORT, values: [1] },
+      ...(z === 0 ? [{ code: 270, type: ASCII, values: description } as Tag] : []),
+      { code: 273, type: LONG, values: stripOffsets },
+      { code: 277, type: SHORT, values: [1] },
+      { code: 278, type: LONG, values: [rowsPerStrip] },
+      { code: 279, type: LONG, values: stripCounts },
+      { code: 284, type: SHORT, values: [1] },
+      { code: 339, type: SHORT, values: [sampleFormatCode[sampleType]] },
+    ];
+    const ifd = encodeIfd(tags, cursor, z === pages - 1);
+    ifds.push(ifd);
+    cursor += ifd.length;
+  }
+  if (cursor > 0xffffffff) {
+    throw new OutputError(file, `is ${cursor} bytes, beyond the 4 GiB limit of classic TIFF; write .npy instead or split the stack`);
+  }
+
+  const header = new Uint8Array(8);
+  const hv = new DataView(header.buffer);
+  header[0] = 0x49;
+  header[1] = 0x49;
+  hv.setUint16(2, 42, true);
+  hv.setUint32(4, firstIfdOffset, true);
+  const pixelBytes = littleEndianBytes(samples, sampleType);
+  const padding = new Uint8Array(firstIfdOffset - (dataStart + dataBytes));
+  return [header, pixelBytes, padding, ...ifds];
+}
+
+/** One IFD at `offset` with its out-of-line values right after it; links to the next IFD unless `last`. */
+function encodeIfd(tags: Tag[], offset: number, last: boolean): Uint8Array {
+  const entriesBytes = 2 + tags.length * 12 + 4;
+  const typeSize = { [SHORT]: 2, [LONG]: 4, [ASCII]: 1 } as const;
+  let extraBytes = 0;
+  for (const tag of tags) {
+    const size = typeSize[tag.type] * tag.values.length;
+    if (size > 4) extraBytes += size + (size & 1);
+  }
+  const out = new Uint8Array(entriesBytes + extraBytes);
+  const view = new DataView(out.buffer);
+  view.setUint16(0, tags.length, true);
+  let extra = entriesBytes;
+  tags.forEach((tag, i) => {
+    const entry = 2 + i * 12;
+    const count = tag.values.length;
+    const size = typeSize[tag.type] * count;
+    view.setUint16(entry, tag.code, true);
+    view.setUint16(entry + 2, tag.type, true);
+    view.setUint32(entry + 4, count, true);
+    let at = entry + 8;
+    if (size > 4) {
+      view.setUint32(entry + 8, offset + extra, true);
+      at = extra;
+      extra += size + (size & 1);
+    }
+    for (let k = 0; k < count; k++) {
+      const value = tag.values[k];
+      if (tag.type === ASCII) out[at + k] = (value as string).charCodeAt(0);
+      else if (tag.type === SHORT) view.setUint16(at + 2 * k, value as number, true);
+      else view.setUint32(at + 4 * k, value as number, true);
+    }
+  });
+  view.setUint32(2 + tags.length * 12, last ? 0 : offset + out.length + (out.length & 1), true);
+  if (out.length & 1) {
+    const padded = new Uint8Array(out.length + 1);
+    padded.set(out);
+    return padded;
+  }
+  return out;
+}
+
+/** Sample bytes in little-endian order (a plain view on little-endian hosts). */
+export function littleEndianBytes(samples: SampleArray, sampleType: SampleType): Uint8Array {
+  const size = bytesPerSample[sampleType];
+  const view = new Uint8Array(samples.buffer, samples.byteOffset, samples.byteLength);
+  if (size === 1 || hostIsLittleEndian) return view;
+  const swapped = new Uint8Array(view.length);
+  for (let i = 0; i < view.length; i += size) for (let b = 0; b < size; b++) swapped[i + b] = view[i + size - 1 - b];
+  return swapped;
+}
+
+const hostIsLittleEndian = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
