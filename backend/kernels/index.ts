@@ -1,0 +1,62 @@
+/**
+ * Kernels the TensorFlow.js wasm backend (4.22.0) lacks, or ships too slow, for training 2D and
+ * 3D U-Nets. `registerWasmTrainingKernels()` installs them on 'wasm'; it is idempotent.
+ *
+ * Registered (overrides keep the shipped kernelFunc as the fallback for cases not handled here):
+ * - Conv2DBackpropFilter   (missing on wasm): one forward conv on transposed tensors, any stride/padding.
+ * - Conv2DBackpropInput    (shipped: plain loop): a forward conv with the flipped filter
+ *                          (strides > 1 on a zero-inserted dy).
+ * - Conv3D                 (shipped: plain loop): depth taps of batched 2D convs, any stride.
+ * - Conv3DBackpropInputV2  (shipped: wrong results): per depth tap the 2D dx, scattered in depth.
+ * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
+ * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
+ * Gradients need tfjs's gradient registrations (importing @tensorflow/tfjs-layers does it).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-wasm';
+import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad.js';
+import type { KernelArgs } from './wasm-scope.js';
+import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
+
+/** A fast path: returns null for the cases it leaves to the shipped kernel. */
+type FastPath = (args: KernelArgs) => tf.TensorInfo | null;
+
+const ourKernelFuncs = new WeakSet<tf.KernelFunc>();
+
+/** Names of the kernels `registerWasmTrainingKernels` installs, in registration order. */
+export const wasmTrainingKernelNames = [
+  'Conv2DBackpropFilter',
+  'Conv2DBackpropInput',
+  'Conv3D',
+  'Conv3DBackpropInputV2',
+  'Conv3DBackpropFilterV2',
+] as const;
+
+function install(kernelName: string, fast: FastPath, needsFallback: boolean): void {
+  const current = tf.getKernel(kernelName, 'wasm');
+  if (current !== undefined && ourKernelFuncs.has(current.kernelFunc)) return;
+  const fallback = current?.kernelFunc;
+  if (needsFallback && fallback === undefined) {
+    throw new Error(`wasm kernel ${kernelName} was expected from tfjs-backend-wasm but is not registered`);
+  }
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const result = fast(args as KernelArgs);
+    if (result !== null) return result;
+    if (fallback === undefined) {
+      throw new Error(`wasm ${kernelName}: this configuration (${JSON.stringify(args.attrs)}) is not supported`);
+    }
+    return fallback(args);
+  };
+  ourKernelFuncs.add(kernelFunc);
+  if (current !== undefined) tf.unregisterKernel(kernelName, 'wasm');
+  tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc, setupFunc: current?.setupFunc });
+}
+
+/** Registers the training kernels on the 'wasm' backend; safe to call more than once. */
+export function registerWasmTrainingKernels(): void {
+  install('Conv2DBackpropFilter', conv2DBackpropFilterWasm, false);
+  install('Conv2DBackpropInput', conv2DBackpropInputFast, true);
+  install('Conv3D', conv3DFast, true);
+  install('Conv3DBackpropInputV2', conv3DBackpropInputFast, true);
+  install('Conv3DBackpropFilterV2', conv3DBackpropFilterFast, true);
+}
