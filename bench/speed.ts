@@ -1,0 +1,131 @@
+/**
+ * Speed of the reference U-Net (2D, depth 2, 32 filters, 3x3, batch norm, 64x64x1 patches,
+ * batch 16, Adam): training steps/s and megapixels/s, inference megapixels/s on a 512x512 image,
+ * peak RSS; each thread count in its own process (the wasm thread pool is per process).
+ *
+ *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
+ *   npm run bench:speed -- --threads 2   # one setting
+ * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
+ */
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { from, lastValueFrom, toArray } from 'rxjs';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend, type BackendChoice } from '../backend/select.js';
+import { Rng } from '../core/rng.js';
+import { buildUNet, defaultUNetConfig, unetGeometry } from '../models/unet.js';
+import { maskPatch } from '../models/masking.js';
+import { trainSteps } from '../operators/trainSteps.js';
+import type { TrainingBatch } from '../operators/batchPatches.js';
+import { predictVolume } from '../pipeline/predict.js';
+import { benchArgs, writeResult } from './common.js';
+
+interface SpeedResult {
+  backend: string;
+  threads: number;
+  trainStepsPerS: number;
+  trainMpxPerS: number;
+  inferMpxPerS: number;
+  peakRssMiB: number;
+  trainSteps: number;
+  inferRuns: number;
+}
+
+const BATCH = 16;
+const PATCH = 64;
+
+async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number): Promise<SpeedResult> {
+  const backend = await initBackend({ backend: backendChoice, threads });
+  const cfg = defaultUNetConfig(2);
+  const model = buildUNet(cfg, 1);
+  const optimizer = tf.train.adam(4e-4);
+  const rng = new Rng(3);
+  const per = PATCH * PATCH;
+  const makeBatch = (step: number): TrainingBatch => {
+    const inputs = new Float32Array(BATCH * per);
+    const targets = new Float32Array(BATCH * per);
+    const masks = new Float32Array(BATCH * per);
+    for (let b = 0; b < BATCH; b++) {
+      const patch = Float32Array.from({ length: per }, () => rng.normal());
+      const m = maskPatch(patch, [PATCH, PATCH], { fraction: 0.015, strategy: 'uniform-without-centre', radius: 2 }, rng);
+      inputs.set(m.input, b * per);
+      targets.set(patch, b * per);
+      masks.set(m.mask, b * per);
+    }
+    return { step, shape: [BATCH, PATCH, PATCH, 1], inputs, targets, masks };
+  };
+  const warmup = 3;
+  const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
+  await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
+  const t0 = performance.now();
+  await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
+  const trainSeconds = (performance.now() - t0) / 1000;
+
+  const geometry = unetGeometry(cfg);
+  const image = Float32Array.from({ length: 512 * 512 }, () => rng.normal());
+  const predictOpts = { sizeMultiple: geometry.sizeMultiple, receptiveRadius: geometry.receptiveRadius };
+  await predictVolume(model, image, [512, 512], predictOpts);
+  const t1 = performance.now();
+  for (let i = 0; i < inferRuns; i++) await predictVolume(model, image, [512, 512], predictOpts);
+  const inferSeconds = (performance.now() - t1) / 1000;
+  model.dispose();
+  optimizer.dispose();
+  const stepsPerS = steps / trainSeconds;
+  return {
+    backend: backend.name,
+    threads: backend.threads,
+    trainStepsPerS: +stepsPerS.toFixed(3),
+    trainMpxPerS: +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
+    inferMpxPerS: +((inferRuns * 512 * 512) / 1e6 / inferSeconds).toFixed(3),
+    peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
+    trainSteps: steps,
+    inferRuns,
+  };
+}
+
+async function main(): Promise<void> {
+  const args = benchArgs(process.argv.slice(2));
+  const backend = (args.get('backend') ?? 'auto') as BackendChoice;
+  const steps = Number(args.get('steps') ?? 20);
+  const inferRuns = Number(args.get('infer-runs') ?? 3);
+  if (args.has('child')) {
+    const r = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns);
+    console.log(JSON.stringify(r));
+    return;
+  }
+  const threadCounts = args.has('threads') ? [Number(args.get('threads'))] : [...new Set([1, Math.min(2, os.availableParallelism())])];
+  const runs: SpeedResult[] = [];
+  for (const t of threadCounts) {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+      maxBuffer: 1 << 24,
+    });
+    const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
+    console.log(`${r.backend} ${r.threads} thread(s): train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), infer ${r.inferMpxPerS} Mpx/s (512x512), peak RSS ${r.peakRssMiB} MiB`);
+    runs.push(r);
+  }
+  const best = runs[runs.length - 1];
+  // Reference: PyTorch 1.13 CPU on this machine, 2 threads (../shared/docs/tfjs-wasm-notes.md).
+  const pytorch = { trainStepsPerS: 3.05, inferMpxPerS: 0.397 };
+  const summary = {
+    ...best,
+    runs,
+    vsPyTorch2Threads: {
+      train: +(best.trainStepsPerS / pytorch.trainStepsPerS).toFixed(3),
+      infer: +(best.inferMpxPerS / pytorch.inferMpxPerS).toFixed(3),
+    },
+  };
+  const file = await writeResult('speed', summary);
+  console.log(`written ${file}`);
+  console.log(JSON.stringify(summary));
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,359 @@
+#!/usr/bin/env node
+/**
+ * The `blindspot` command. It parses options and calls pipeline functions; it holds no logic of
+ * its own beyond mapping errors to exit codes.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import path from 'node:path';
+import { BlindspotError, ExitCode, UsageError } from '../core/errors.js';
+import { VERSION } from '../core/version.js';
+import { initBackend, type BackendChoice } from '../backend/select.js';
+import { expandInputs } from '../storage/index.js';
+import { trainModel, TrainingInterrupted } from '../pipeline/train.js';
+import { denoiseFiles, type OutputType } from '../pipeline/denoise.js';
+import { evaluateFolders } from '../pipeline/evaluate.js';
+import { runDemo } from '../pipeline/demo.js';
+import { createReporter, type Reporter } from './progress.js';
+
+const BACKENDS: BackendChoice[] = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+
+const commonOptions = {
+  backend: { type: 'string', default: 'auto' },
+  threads: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const satisfies ParseArgsConfig['options'];
+
+const HELP: Record<string, string> = {
+  main: `blindspot ${VERSION}: self-supervised (Noise2Void) denoising for microscopy and astronomy images
+
+Usage: blindspot <command> [options]
+
+Commands:
+  train <inputs...> --out <model-dir>      learn a denoiser from noisy images alone
+  denoise <model-dir> <inputs...> --out <dir>  denoise images with a trained model
+  eval --clean <dir> --denoised <dir>      PSNR and SSIM against clean images
+  demo                                     the whole job on a built-in synthetic 3D sample
+
+Run 'blindspot <command> --help' for its options and examples.
+Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 bad input, 4 output refused, 130 interrupted (resumable).`,
+  train: `Usage: blindspot train <inputs...> --out <model-dir> [options]
+
+Inputs are image files (PNG, TIFF incl. multi-page stacks, FITS, .npy), folders or globs.
+All inputs must be 2D, or all 3D; the network follows.
+
+Options:
+  --out <dir>               model folder to create (required)
+  --method n2v|n2v2         Noise2Void (default) or N2V2 (blur-pool, no top skip, median replacement)
+  --steps N                 total optimiser steps (default 1000)
+  --batch-size N            patches per step (default 16 in 2D, 4 in 3D)
+  --patch YxX | ZxYxX       patch size (default 64x64, or 32x64x64)
+  --seed N                  seed for weights, patches and masks (default 1)
+  --learning-rate F         Adam learning rate (default 4e-4), halved on validation plateaus
+  --mask-fraction F         fraction of pixels masked per patch (default 0.015)
+  --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
+  --loss mse|mae            loss on masked pixels (default mse)
+  --depth N --filters N --kernel-size N --no-batch-norm   U-Net shape (default 2, 32, 3, batch norm on)
+  --normalisation meanstd|percentile   (default meanstd)
+  --no-augment              no flips/rotations
+  --val-fraction F          data held out for validation (default 0.1)
+  --validate-every N        steps between validations and checkpoints (default steps/20)
+  --resume                  continue an interrupted run in --out
+  --overwrite               replace an existing model in --out
+  --backend B               auto|tensorflow-gpu|tensorflow|wasm|cpu (default auto)
+  --threads N               CPU threads for wasm (default: all cores)
+  --json                    JSON lines instead of a progress bar
+
+Examples:
+  blindspot train data/noisy/*.tif --out models/conv --steps 2000
+  blindspot train stack.tif --out models/stack3d --patch 16x64x64 --method n2v2
+  blindspot train data/noisy --out models/conv --resume`,
+  denoise: `Usage: blindspot denoise <model-dir> <inputs...> --out <dir> [options]
+
+Options:
+  --out <dir>               output folder (required; never the input's folder for same-named files)
+  --dtype float32|input     output sample type: float32 (default, PNG inputs then go to .tif) or the input's type, rounded and clipped
+  --tta                     average the 8 flips/rotations (slower, slightly better)
+  --tile YxX | ZxYxX        tile core size (default: whole image if it fits the memory bound)
+  --overwrite               replace existing outputs
+  --backend B --threads N --json   as for train
+
+Examples:
+  blindspot denoise models/conv data/noisy/*.tif --out data/denoised
+  blindspot denoise models/conv big.png --out out --dtype input --tile 512x512 --tta`,
+  eval: `Usage: blindspot eval --clean <dir|files> --denoised <dir|files> [--range R] [--json]
+
+Matches images by file name (without extension) and prints PSNR (dB) and SSIM per image and their mean.
+The data range R defaults to the clean image's integer type range (255 for 8-bit), else its max - min.
+
+Example:
+  blindspot eval --clean data/clean --denoised data/denoised --json`,
+  demo: `Usage: blindspot demo [--out <dir>] [--steps N] [--backend B] [--threads N] [--json]
+
+Makes a synthetic microscopy-like 3D volume (blobs and filaments) with Poisson-Gaussian noise, trains a
+small 3D Noise2Void briefly, denoises it, prints PSNR of noisy and denoised against the truth, and writes
+a before/after montage and a loss curve (default folder: demo-output).`,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(HELP.main + '\n');
+    return command ? ExitCode.ok : ExitCode.usage;
+  }
+  if (command === '--version' || command === '-v') {
+    process.stdout.write(VERSION + '\n');
+    return ExitCode.ok;
+  }
+  switch (command) {
+    case 'train':
+      return runTrain(rest);
+    case 'denoise':
+      return runDenoise(rest);
+    case 'eval':
+      return runEval(rest);
+    case 'demo':
+      return runDemoCommand(rest);
+    default:
+      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, eval, demo (blindspot --help)`);
+  }
+}
+
+function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, allowPositionals: boolean) {
+  try {
+    return parseArgs({ args, options, allowPositionals, strict: true, allowNegative: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function intOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a non-negative integer, got '${value}'`);
+  return n;
+}
+
+function numberOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${value}'`);
+  return n;
+}
+
+function shapeOption(name: string, value: string | undefined): number[] | undefined {
+  if (value === undefined) return undefined;
+  const parts = value.split(/[x,]/).map(Number);
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => !Number.isInteger(p) || p <= 0)) {
+    throw new UsageError(`--${name} must look like 64x64 or 32x64x64, got '${value}'`);
+  }
+  return parts;
+}
+
+function choice<T extends string>(name: string, value: string | undefined, allowed: readonly T[]): T | undefined {
+  if (value === undefined) return undefined;
+  if (!allowed.includes(value as T)) throw new UsageError(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`);
+  return value as T;
+}
+
+async function setUp(values: { backend?: string; threads?: string; json?: boolean }): Promise<{ reporter: Reporter; backend: { name: string; threads: number } }> {
+  const reporter = createReporter({ json: values.json === true || !process.stderr.isTTY });
+  const backend = choice('backend', values.backend, BACKENDS) ?? 'auto';
+  const info = await initBackend({ backend, threads: intOption('threads', values.threads) });
+  reporter.log(`backend ${info.name} (${info.detail}), ${info.threads} thread(s)`);
+  reporter.event('backend', { ...info });
+  return { reporter, backend: { name: info.name, threads: info.threads } };
+}
+
+/** First Ctrl-C / SIGTERM asks the run to stop at a safe point; a second one exits at once. */
+function interruptController(reporter: Reporter): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (controller.signal.aborted) process.exit(ExitCode.interrupted);
+    reporter.log(`${sig}: stopping after the current step (again to quit now)`);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}
+
+async function runTrain(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      ...commonOptions,
+      out: { type: 'string' },
+      method: { type: 'string' },
+      steps: { type: 'string' },
+      'batch-size': { type: 'string' },
+      patch: { type: 'string' },
+      seed: { type: 'string' },
+      'learning-rate': { type: 'string' },
+      'mask-fraction': { type: 'string' },
+      strategy: { type: 'string' },
+      loss: { type: 'string' },
+      depth: { type: 'string' },
+      filters: { type: 'string' },
+      'kernel-size': { type: 'string' },
+      'batch-norm': { type: 'boolean', default: true },
+      normalisation: { type: 'string' },
+      augment: { type: 'boolean', default: true },
+      'val-fraction': { type: 'string' },
+      'validate-every': { type: 'string' },
+      resume: { type: 'boolean', default: false },
+      overwrite: { type: 'boolean', default: false },
+    },
+    true,
+  );
+  if (values.help) return printHelp('train');
+  if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
+  if (!values.out) throw new UsageError('train needs --out <model-dir>');
+  const inputs = await expandInputs(positionals);
+  const network: Record<string, number | boolean> = {};
+  const depth = intOption('depth', values.depth);
+  const filters = intOption('filters', values.filters);
+  const kernelSize = intOption('kernel-size', values['kernel-size']);
+  if (depth !== undefined) network.depth = depth;
+  if (filters !== undefined) network.filters = filters;
+  if (kernelSize !== undefined) network.kernelSize = kernelSize;
+  if (values['batch-norm'] === false) network.batchNorm = false;
+  const { reporter, backend } = await setUp(values);
+  const interrupt = interruptController(reporter);
+  try {
+    const manifest = await trainModel({
+      inputs,
+      out: values.out,
+      method: choice('method', values.method, ['n2v', 'n2v2'] as const),
+      steps: intOption('steps', values.steps),
+      batchSize: intOption('batch-size', values['batch-size']),
+      patchShape: shapeOption('patch', values.patch),
+      seed: intOption('seed', values.seed),
+      learningRate: numberOption('learning-rate', values['learning-rate']),
+      maskFraction: numberOption('mask-fraction', values['mask-fraction']),
+      strategy: choice('strategy', values.strategy, ['uniform-without-centre', 'uniform-with-centre', 'median'] as const),
+      loss: choice('loss', values.loss, ['mse', 'mae'] as const),
+      network,
+      normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
+      augment: values.augment,
+      valFraction: numberOption('val-fraction', values['val-fraction']),
+      validateEvery: intOption('validate-every', values['validate-every']),
+      resume: values.resume,
+      overwrite: values.overwrite,
+      backend,
+      signal: interrupt.signal,
+      onEvent: (e) => reporter.train(e),
+      command: ['blindspot', 'train', ...args],
+    });
+    reporter.finish();
+    reporter.log(`model written to ${values.out} (best validation at step ${manifest.training.bestStep})`);
+    return ExitCode.ok;
+  } catch (err) {
+    reporter.finish();
+    if (err instanceof TrainingInterrupted) {
+      reporter.log(err.message);
+      return ExitCode.interrupted;
+    }
+    throw err;
+  } finally {
+    interrupt.dispose();
+  }
+}
+
+async function runDenoise(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      ...commonOptions,
+      out: { type: 'string' },
+      dtype: { type: 'string' },
+      tta: { type: 'boolean', default: false },
+      tile: { type: 'string' },
+      overwrite: { type: 'boolean', default: false },
+    },
+    true,
+  );
+  if (values.help) return printHelp('denoise');
+  const [modelDir, ...inputArgs] = positionals;
+  if (!modelDir || inputArgs.length === 0) throw new UsageError('denoise needs <model-dir> and input images (blindspot denoise --help)');
+  if (!values.out) throw new UsageError('denoise needs --out <dir>');
+  const inputs = await expandInputs(inputArgs);
+  const outputType = choice('dtype', values.dtype, ['float32', 'input'] as const) as OutputType | undefined;
+  const { reporter } = await setUp(values);
+  const outputs = await denoiseFiles({
+    modelDir,
+    inputs,
+    outDir: values.out,
+    outputType,
+    tta: values.tta,
+    tileShape: shapeOption('tile', values.tile),
+    overwrite: values.overwrite,
+    onEvent: (e) => reporter.denoise(e),
+  });
+  reporter.finish();
+  reporter.event('done', { outputs });
+  if (!reporter.json) reporter.log(`${outputs.length} image(s) denoised into ${path.resolve(values.out)}`);
+  return ExitCode.ok;
+}
+
+async function runEval(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      clean: { type: 'string', multiple: true },
+      denoised: { type: 'string', multiple: true },
+      range: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    false,
+  );
+  if (values.help) return printHelp('eval');
+  void positionals;
+  if (!values.clean?.length || !values.denoised?.length) throw new UsageError('eval needs --clean and --denoised (blindspot eval --help)');
+  const report = await evaluateFolders({ clean: values.clean, denoised: values.denoised, range: numberOption('range', values.range) });
+  if (values.json) {
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  } else {
+    const nameWidth = Math.max(5, ...report.images.map((i) => i.name.length));
+    const lines = [`${'image'.padEnd(nameWidth)}  PSNR(dB)   SSIM`];
+    for (const i of report.images) lines.push(`${i.name.padEnd(nameWidth)}  ${i.psnr.toFixed(2).padStart(8)}  ${i.ssim.toFixed(4)}`);
+    lines.push(`${'mean'.padEnd(nameWidth)}  ${report.mean.psnr.toFixed(2).padStart(8)}  ${report.mean.ssim.toFixed(4)}   (${report.count} images)`);
+    process.stdout.write(lines.join('\n') + '\n');
+  }
+  return ExitCode.ok;
+}
+
+async function runDemoCommand(args: string[]): Promise<number> {
+  const { values } = parse(args, { ...commonOptions, out: { type: 'string' }, steps: { type: 'string' } }, false);
+  if (values.help) return printHelp('demo');
+  const { reporter, backend } = await setUp(values);
+  await runDemo({ outDir: values.out ?? 'demo-output', steps: intOption('steps', values.steps), backend, reporter });
+  return ExitCode.ok;
+}
+
+function printHelp(command: string): number {
+  process.stdout.write(HELP[command] + '\n');
+  return ExitCode.ok;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof BlindspotError) {
+      process.stderr.write(`blindspot: ${err.message}\n`);
+      process.exitCode = err.exitCode;
+    } else {
+      process.stderr.write(`blindspot: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+      process.exitCode = ExitCode.failure;
+    }
+  },
+);

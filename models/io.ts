@@ -1,0 +1,165 @@
+/**
+ * A trained model is a folder: TensorFlow.js `model.json` + `weights.bin` (loadable by any tfjs
+ * runtime, including tfjs-node and the browser) and `blindspot.json` (method, network, normalisation,
+ * patch size, backend, training history). Everything is written to a temporary name and renamed,
+ * so a crash never leaves a folder that looks complete but is not.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { InputError, OutputError } from '../core/errors.js';
+import type { UNetConfig } from './unet.js';
+import type { Normalisation } from './normalise.js';
+import type { MaskOptions } from './masking.js';
+// Registers the custom layers (max-blur-pool, 3D upsampling) so saved topologies deserialise.
+import './layers.js';
+
+export const MODEL_JSON = 'model.json';
+export const WEIGHTS_BIN = 'weights.bin';
+export const MANIFEST_JSON = 'blindspot.json';
+
+export type MethodName = 'n2v' | 'n2v2';
+
+export interface TrainingRecord {
+  step: number;
+  loss: number;
+  valLoss?: number;
+  learningRate: number;
+  /** Seconds since the run started (summed over resumed segments). */
+  seconds: number;
+}
+
+/** What `blindspot.json` holds: everything needed to use the model, and how it came to be. */
+export interface ModelManifest {
+  format: 'blindspot-model';
+  formatVersion: 1;
+  method: MethodName;
+  network: UNetConfig;
+  normalisation: Normalisation;
+  /** Training patch size, YX or ZYX, in pixels/voxels. */
+  patchShape: number[];
+  masking: MaskOptions;
+  loss: 'mse' | 'mae';
+  training: {
+    steps: number;
+    stepsDone: number;
+    batchSize: number;
+    seed: number;
+    learningRate: number;
+    backend: string;
+    threads: number;
+    inputs: string[];
+    validationInputs: string[];
+    bestStep: number;
+    bestValLoss: number | null;
+    wallSeconds: number;
+    finished: boolean;
+  };
+  history: TrainingRecord[];
+  createdBy: { name: 'blindspot'; version: string; command: string[] };
+}
+
+/** Serialises a layers model to the tfjs model.json + weights.bin pair, in memory. */
+export async function modelToFiles(model: tfl.LayersModel): Promise<{ modelJson: string; weights: Uint8Array }> {
+  let captured: tf.io.ModelArtifacts | undefined;
+  await model.save(
+    tf.io.withSaveHandler(async (artifacts) => {
+      captured = artifacts;
+      return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: 'JSON' } };
+    }),
+  );
+  if (!captured) throw new Error('model.save produced no artifacts');
+  const weightData = captured.weightData ?? new ArrayBuffer(0);
+  const weights = new Uint8Array(tf.io.CompositeArrayBuffer.join(weightData));
+  const modelJson = JSON.stringify({
+    modelTopology: captured.modelTopology,
+    format: 'layers-model',
+    generatedBy: captured.generatedBy,
+    convertedBy: null,
+    weightsManifest: [{ paths: [WEIGHTS_BIN], weights: captured.weightSpecs ?? [] }],
+  });
+  return { modelJson, weights };
+}
+
+export async function modelFromFiles(modelJson: string, weights: Uint8Array, name: string): Promise<tfl.LayersModel> {
+  let parsed: { modelTopology?: unknown; weightsManifest?: Array<{ weights: tf.io.WeightsManifestEntry[] }> };
+  try {
+    parsed = JSON.parse(modelJson);
+  } catch (err) {
+    throw new InputError(name, `model.json is not valid JSON (${(err as Error).message})`);
+  }
+  if (!parsed.modelTopology || !Array.isArray(parsed.weightsManifest)) {
+    throw new InputError(name, 'model.json has no modelTopology/weightsManifest: not a TensorFlow.js layers model');
+  }
+  const weightSpecs = parsed.weightsManifest.flatMap((g) => g.weights);
+  const buffer = weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) as ArrayBuffer;
+  try {
+    return await tfl.loadLayersModel(
+      tf.io.fromMemory({ modelTopology: parsed.modelTopology as tf.io.ModelArtifacts['modelTopology'], weightSpecs, weightData: buffer }),
+    );
+  } catch (err) {
+    throw new InputError(name, `cannot load the network: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Writes files into `dir` atomically as a set: each file goes to a temp name first, then all are renamed. */
+export async function writeFilesAtomically(dir: string, files: Record<string, string | Uint8Array>): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  const suffix = `.tmp-${process.pid}-${Date.now()}`;
+  const names = Object.keys(files);
+  for (const name of names) await fs.writeFile(path.join(dir, name + suffix), files[name]);
+  for (const name of names) await fs.rename(path.join(dir, name + suffix), path.join(dir, name));
+}
+
+/** Saves network + manifest. The manifest is renamed last: its presence marks the folder complete. */
+export async function saveModelFolder(dir: string, model: tfl.LayersModel, manifest: ModelManifest): Promise<void> {
+  const { modelJson, weights } = await modelToFiles(model);
+  await writeFilesAtomically(dir, { [MODEL_JSON]: modelJson, [WEIGHTS_BIN]: weights });
+  await writeFilesAtomically(dir, { [MANIFEST_JSON]: JSON.stringify(manifest, null, 2) + '\n' });
+}
+
+export async function readManifest(dir: string): Promise<ModelManifest> {
+  const file = path.join(dir, MANIFEST_JSON);
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    throw new InputError(dir, `not a blindspot model folder (no ${MANIFEST_JSON}); train one with 'blindspot train'`);
+  }
+  let manifest: ModelManifest;
+  try {
+    manifest = JSON.parse(text) as ModelManifest;
+  } catch (err) {
+    throw new InputError(file, `not valid JSON (${(err as Error).message})`);
+  }
+  if (manifest.format !== 'blindspot-model') throw new InputError(file, 'not a blindspot model manifest');
+  if (manifest.formatVersion !== 1) {
+    throw new InputError(file, `model format version ${String(manifest.formatVersion)} is not supported by this blindspot (expects 1)`);
+  }
+  return manifest;
+}
+
+export async function loadModelFolder(dir: string): Promise<{ model: tfl.LayersModel; manifest: ModelManifest }> {
+  const manifest = await readManifest(dir);
+  let modelJson: string;
+  let weights: Uint8Array;
+  try {
+    modelJson = await fs.readFile(path.join(dir, MODEL_JSON), 'utf8');
+    weights = new Uint8Array(await fs.readFile(path.join(dir, WEIGHTS_BIN)));
+  } catch (err) {
+    throw new InputError(dir, `model folder is incomplete: ${(err as Error).message}`);
+  }
+  const model = await modelFromFiles(modelJson, weights, path.join(dir, MODEL_JSON));
+  return { model, manifest };
+}
+
+export function assertWritableOutput(out: string, inputs: string[]): void {
+  const resolvedOut = path.resolve(out);
+  for (const input of inputs) {
+    const resolvedIn = path.resolve(input);
+    if (resolvedIn === resolvedOut || resolvedIn.startsWith(resolvedOut + path.sep)) {
+      throw new OutputError(out, `output would overwrite or contain the input ${input}; choose another output`);
+    }
+  }
+}

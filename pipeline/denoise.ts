@@ -1,0 +1,115 @@
+/**
+ * Denoise files with a trained model folder: read, normalise, predict (whole or tiled with
+ * blending), denormalise, write. Inputs are never overwritten.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { InputError, OutputError, UsageError } from '../core/errors.js';
+import type { SampleType, Volume } from '../core/volume.js';
+import { loadModelFolder, type ModelManifest } from '../models/io.js';
+import { unetGeometry } from '../models/unet.js';
+import { normalise, denormalise } from '../models/normalise.js';
+import { predictVolume, type PredictOptions } from './predict.js';
+import { readImage, writeImage } from '../storage/index.js';
+
+export type OutputType = 'float32' | 'input';
+
+export interface DenoiseOptions {
+  modelDir: string;
+  inputs: string[];
+  outDir: string;
+  /** float32 (default, lossless) or the input's sample type, rounded and clipped. */
+  outputType?: OutputType;
+  tta?: boolean;
+  tileShape?: number[];
+  overwrite?: boolean;
+  onEvent?: (event: DenoiseEvent) => void;
+}
+
+export type DenoiseEvent =
+  | { type: 'model'; manifest: ModelManifest }
+  | { type: 'image-start'; file: string; index: number; count: number; shape: readonly number[] }
+  | { type: 'tiles'; file: string; done: number; total: number }
+  | { type: 'image-done'; file: string; output: string; seconds: number; megapixelsPerSecond: number };
+
+/** Output file for an input: same base name in outDir; float32 output of a PNG goes to TIFF. */
+export function outputPathFor(input: string, outDir: string, outputType: OutputType): string {
+  const base = path.basename(input);
+  const lower = base.toLowerCase();
+  if (outputType === 'float32' && lower.endsWith('.png')) return path.join(outDir, base.slice(0, -4) + '.tif');
+  if (lower.endsWith('.fits.gz') || lower.endsWith('.fit.gz')) return path.join(outDir, base.slice(0, -3));
+  return path.join(outDir, base);
+}
+
+export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
+  const outputType = opts.outputType ?? 'float32';
+  if (opts.inputs.length === 0) throw new UsageError('denoise needs at least one input image');
+  const outputs = opts.inputs.map((f) => outputPathFor(f, opts.outDir, outputType));
+  const resolvedInputs = new Set(opts.inputs.map((f) => path.resolve(f)));
+  outputs.forEach((o, i) => {
+    if (resolvedInputs.has(path.resolve(o))) {
+      throw new OutputError(o, `output would overwrite the input ${opts.inputs[i]}; choose another --out`);
+    }
+  });
+  if (new Set(outputs.map((o) => path.resolve(o))).size !== outputs.length) {
+    throw new UsageError('two inputs would write the same output file (same base name); denoise them into separate --out folders');
+  }
+  if (!opts.overwrite) {
+    for (const o of outputs) {
+      if (await exists(o)) throw new OutputError(o, 'exists already; pass --overwrite to replace it');
+    }
+  }
+  const { model, manifest } = await loadModelFolder(opts.modelDir);
+  opts.onEvent?.({ type: 'model', manifest });
+  await fs.mkdir(opts.outDir, { recursive: true });
+  try {
+    for (let i = 0; i < opts.inputs.length; i++) {
+      const file = opts.inputs[i];
+      const volume = await readImage(file);
+      if (volume.shape.length !== manifest.network.dims) {
+        throw new InputError(file, `is ${volume.shape.length}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
+      }
+      opts.onEvent?.({ type: 'image-start', file, index: i, count: opts.inputs.length, shape: volume.shape });
+      const t0 = performance.now();
+      const denoised = await denoiseVolume(model, manifest, volume, {
+        tta: opts.tta,
+        tileShape: opts.tileShape,
+        onProgress: (done, total) => opts.onEvent?.({ type: 'tiles', file, done, total }),
+      });
+      const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
+      await writeImage(outputs[i], denoised, { sampleType, overwrite: opts.overwrite });
+      const seconds = (performance.now() - t0) / 1000;
+      opts.onEvent?.({ type: 'image-done', file, output: outputs[i], seconds, megapixelsPerSecond: volume.data.length / 1e6 / seconds });
+    }
+  } finally {
+    model.dispose();
+  }
+  return outputs;
+}
+
+/** Denoises one in-memory volume with a loaded model: the library entry point beneath `denoiseFiles`. */
+export async function denoiseVolume(
+  model: tfl.LayersModel,
+  manifest: ModelManifest,
+  volume: Volume,
+  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> = {},
+): Promise<Volume> {
+  const geometry = unetGeometry(manifest.network);
+  const input = normalise(volume.data, manifest.normalisation);
+  const predicted = await predictVolume(model, input, volume.shape, {
+    sizeMultiple: geometry.sizeMultiple,
+    receptiveRadius: geometry.receptiveRadius,
+    ...opts,
+  });
+  return { data: denormalise(predicted, manifest.normalisation), shape: volume.shape, sampleType: volume.sampleType };
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
