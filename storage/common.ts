@@ -92,8 +92,10 @@ export function collapseChannels<T extends SampleArray>(
   interleaved: T,
   pixelCount: number,
   channels: number,
+  width: number,
   opts: { alphaLast?: boolean; opaque?: number } = {},
 ): T {
+  const where = (p: number): string => describeIndex(p, [pixelCount / width, width]);
   if (channels === 1) return interleaved;
   const colourChannels = opts.alphaLast ? channels - 1 : channels;
   const grey = new (interleaved.constructor as new (n: number) => T)(pixelCount);
@@ -104,13 +106,13 @@ export function collapseChannels<T extends SampleArray>(
       if (interleaved[base + c] !== v) {
         throw new InputError(
           file,
-          `has ${colourChannels} colour channels that differ (first at pixel ${p}); it must be single-channel (greyscale). ` +
+          `has ${colourChannels} colour channels that differ (first at ${where(p)}); it must be single-channel (greyscale). ` +
             'Convert it to grey or split the channels first.',
         );
       }
     }
     if (opts.alphaLast && opts.opaque !== undefined && interleaved[base + channels - 1] !== opts.opaque) {
-      throw new InputError(file, `has a transparency (alpha) channel that is not fully opaque (first at pixel ${p}); it must be single-channel`);
+      throw new InputError(file, `has a transparency (alpha) channel that is not fully opaque (first at ${where(p)}); it must be single-channel`);
     }
     grey[p] = v;
   }

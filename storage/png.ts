@@ -150,10 +150,10 @@ export function decodePng(file: string, bytes: Uint8Array): DecodedPng {
       rgba[p * 4 + 2] = plte[index * 3 + 2];
       rgba[p * 4 + 3] = paletteAlpha && index < paletteAlpha.length ? paletteAlpha[index] : 255;
     }
-    grey = collapseChannels(file, rgba, pixelCount, 4, { alphaLast: true, opaque: 255 });
+    grey = collapseChannels(file, rgba, pixelCount, 4, width, { alphaLast: true, opaque: 255 });
   } else {
     const hasAlpha = colourType === 4 || colourType === 6;
-    grey = collapseChannels(file, interleaved, pixelCount, channels, { alphaLast: hasAlpha, opaque: bitDepth === 16 ? 65535 : 255 });
+    grey = collapseChannels(file, interleaved, pixelCount, channels, width, { alphaLast: hasAlpha, opaque: bitDepth === 16 ? 65535 : 255 });
   }
   return { samples: grey, shape: [height, width], sampleType: bitDepth === 16 ? 'uint16' : 'uint8' };
 }

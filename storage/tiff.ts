@@ -73,7 +73,7 @@ export async function decodeTiff(file: string, bytes: Uint8Array): Promise<Decod
         throw new InputError(file, `page ${z} decoded to ${raster.length} samples, expected ${pixelsPerPage * channels} (corrupt file)`);
       }
       const opaque = format === 3 ? 1 : 2 ** bits - 1;
-      const grey = collapseChannels(file, raster, pixelsPerPage, channels, { alphaLast, opaque });
+      const grey = collapseChannels(file, raster, pixelsPerPage, channels, width, { alphaLast, opaque });
       samples.set(grey, z * pixelsPerPage);
     }
     const shape: Shape = used.length === 1 ? [height, width] : [used.length, height, width];
@@ -114,32 +114,48 @@ interface Tag {
 }
 
 /**
- * Baseline little-endian TIFF: [header | all pixel data, page after page, contiguous | IFDs].
- * Contiguous data is what ImageJ expects when the description says images=N.
+ * Baseline little-endian TIFF of a 2D image or a 3D stack (one page per Z).
+ * Layout [header | all pixel data, page after page, contiguous | IFDs]: contiguous data is
+ * what ImageJ expects when the description says images=N.
  */
 export function encodeTiff(file: string, samples: SampleArray, shape: Shape, sampleType: SampleType): Uint8Array[] {
   const [pages, height, width] = shape.length === 3 ? shape : [1, shape[0], shape[1]];
-  const sampleBytes = bytesPerSample[sampleType];
-  const rowBytes = width * sampleBytes;
-  const pageBytes = rowBytes * height;
-  const dataBytes = pageBytes * pages;
-  const rowsPerStrip = Math.max(1, Math.min(height, Math.floor(262144 / rowBytes)));
-  const stripsPerPage = Math.ceil(height / rowsPerStrip);
-  const dataStart = 8;
+  const pageSize = height * width;
+  return encodeTiffPages(
+    file,
+    Array.from({ length: pages }, (_, z) => ({ samples: samples.subarray(z * pageSize, (z + 1) * pageSize) as SampleArray, width, height })),
+    sampleType,
+  );
+}
 
+/** Pages may differ in size here (a general multi-page file); encodeTiff always passes equal ones. */
+export function encodeTiffPages(
+  file: string,
+  pages: readonly { samples: SampleArray; width: number; height: number }[],
+  sampleType: SampleType,
+): Uint8Array[] {
+  const sampleBytes = bytesPerSample[sampleType];
+  const dataStart = 8;
+  const pageStarts: number[] = [];
+  let dataEnd = dataStart;
+  for (const page of pages) {
+    if (page.samples.length !== page.width * page.height) throw new OutputError(file, 'page sample count does not match its size');
+    pageStarts.push(dataEnd);
+    dataEnd += page.samples.length * sampleBytes;
+  }
   const description =
-    pages > 1 ? `ImageJ=1.11a\nimages=${pages}\nslices=${pages}\nloop=false\n\0` : `blindspot ${sampleType}\0`;
+    pages.length > 1 ? `ImageJ=1.11a\nimages=${pages.length}\nslices=${pages.length}\nloop=false\n\0` : `blindspot ${sampleType}\0`;
   const ifds: Uint8Array[] = [];
-  let cursor = dataStart + dataBytes;
-  cursor += cursor & 1;
-  const firstIfdOffset = cursor;
-  for (let z = 0; z < pages; z++) {
+  const firstIfdOffset = dataEnd + (dataEnd & 1);
+  let cursor = firstIfdOffset;
+  pages.forEach(({ width, height }, z) => {
+    const rowBytes = width * sampleBytes;
+    const rowsPerStrip = Math.max(1, Math.min(height, Math.floor(262144 / rowBytes)));
     const stripOffsets: number[] = [];
     const stripCounts: number[] = [];
-    for (let s = 0; s < stripsPerPage; s++) {
-      const rows = Math.min(rowsPerStrip, height - s * rowsPerStrip);
-      stripOffsets.push(dataStart + z * pageBytes + s * rowsPerStrip * rowBytes);
-      stripCounts.push(rows * rowBytes);
+    for (let row = 0; row < height; row += rowsPerStrip) {
+      stripOffsets.push(pageStarts[z] + row * rowBytes);
+      stripCounts.push(Math.min(rowsPerStrip, height - row) * rowBytes);
     }
     const tags: Tag[] = [
       { code: 254, type: LONG, values: [0] },
@@ -156,23 +172,20 @@ export function encodeTiff(file: string, samples: SampleArray, shape: Shape, sam
       { code: 284, type: SHORT, values: [1] },
       { code: 339, type: SHORT, values: [sampleFormatCode[sampleType]] },
     ];
-    const ifd = encodeIfd(tags, cursor, z === pages - 1);
+    const ifd = encodeIfd(tags, cursor, z === pages.length - 1);
     ifds.push(ifd);
     cursor += ifd.length;
-  }
+  });
   if (cursor > 0xffffffff) {
-    throw new OutputError(file, `is ${cursor} bytes, beyond the 4 GiB limit of classic TIFF; write .npy instead or split the stack`);
+    throw new OutputError(file, `would be ${cursor} bytes, beyond the 4 GiB limit of classic TIFF; write .npy instead or split the stack`);
   }
-
   const header = new Uint8Array(8);
   const hv = new DataView(header.buffer);
   header[0] = 0x49;
   header[1] = 0x49;
   hv.setUint16(2, 42, true);
   hv.setUint32(4, firstIfdOffset, true);
-  const pixelBytes = littleEndianBytes(samples, sampleType);
-  const padding = new Uint8Array(firstIfdOffset - (dataStart + dataBytes));
-  return [header, pixelBytes, padding, ...ifds];
+  return [header, ...pages.map((p) => littleEndianBytes(p.samples, sampleType)), new Uint8Array(firstIfdOffset - dataEnd), ...ifds];
 }
 
 /** One IFD at `offset` with its out-of-line values right after it; links to the next IFD unless `last`. */
