@@ -10,11 +10,14 @@
  * - Conv3DBackpropInputV2  (shipped: wrong results): per depth tap the 2D dx, scattered in depth.
  * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
- * Gradients need tfjs's gradient registrations (importing @tensorflow/tfjs-layers does it).
+ * Also registers the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
+ * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
+ * registrations (importing @tensorflow/tfjs-layers does it).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
 import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad.js';
+import { registerMissingGradients } from './gradients.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
 
@@ -54,6 +57,7 @@ function install(kernelName: string, fast: FastPath, needsFallback: boolean): vo
 
 /** Registers the training kernels on the 'wasm' backend; safe to call more than once. */
 export function registerWasmTrainingKernels(): void {
+  registerMissingGradients();
   install('Conv2DBackpropFilter', conv2DBackpropFilterWasm, false);
   install('Conv2DBackpropInput', conv2DBackpropInputFast, true);
   install('Conv3D', conv3DFast, true);

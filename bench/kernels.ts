@@ -1,0 +1,142 @@
+/**
+ * Micro-benchmark of the wasm training kernels on the reference U-Net layer shapes (batch 16,
+ * 3x3, 'same'): forward conv, dx and dW in GFLOP/s, plus the alternatives tried for dW/dx.
+ * Build with `npx tsc -p tsconfig.json`, run `node dist/bench/kernels.js [--quick]`.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-layers';
+import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
+import { setStridedInputGradViaZeroInsertion } from '../backend/kernels/conv2d-grad.js';
+
+interface LayerShape {
+  batch: number;
+  size: number;
+  inC: number;
+  outC: number;
+}
+
+const quick = process.argv.includes('--quick');
+const layers: LayerShape[] = [
+  { batch: 16, size: 64, inC: 1, outC: 32 },
+  { batch: 16, size: 64, inC: 32, outC: 32 },
+  { batch: 16, size: 32, inC: 64, outC: 64 },
+  { batch: 16, size: 16, inC: 128, outC: 128 },
+];
+
+/** Median wall time in ms of `run`, which must leave no tensors behind. */
+async function timeMs(run: () => tf.Tensor, repeats: number): Promise<number> {
+  const warm = run();
+  await warm.data();
+  warm.dispose();
+  const times: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const start = performance.now();
+    const out = run();
+    await out.data();
+    times.push(performance.now() - start);
+    out.dispose();
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+function runKernel(name: string, inputs: tf.NamedTensorMap, attrs: object): tf.Tensor {
+  return tf.engine().runKernel(name, inputs, attrs as tf.NamedAttrMap) as tf.Tensor;
+}
+
+/** dW as one matmul per filter tap: dW[i,j] = shift_ij(x)^T dy (the alternative to the transposed conv). */
+function filterGradPerTapMatmul(x: tf.Tensor4D, dy: tf.Tensor4D, k: number): tf.Tensor {
+  return tf.tidy(() => {
+    const [batch, h, w, inC] = x.shape;
+    const outC = dy.shape[3];
+    const half = (k - 1) / 2;
+    const padded = tf.pad(x, [[0, 0], [half, half], [half, half], [0, 0]]);
+    const dyRows = tf.reshape(dy, [batch * h * w, outC]);
+    const taps: tf.Tensor[] = [];
+    for (let i = 0; i < k; i++) {
+      for (let j = 0; j < k; j++) {
+        const shifted = tf.reshape(tf.slice(padded, [0, i, j, 0], [batch, h, w, inC]), [batch * h * w, inC]);
+        taps.push(tf.matMul(shifted, dyRows, true, false));
+      }
+    }
+    return tf.reshape(tf.stack(taps), [k, k, inC, outC]);
+  });
+}
+
+function row(cells: (string | number)[]): string {
+  return '| ' + cells.map((c) => (typeof c === 'number' ? c.toFixed(2) : c)).join(' | ') + ' |';
+}
+
+async function main(): Promise<void> {
+  await import('@tensorflow/tfjs-backend-wasm');
+  await tf.setBackend('wasm');
+  await tf.ready();
+  const repeats = quick ? 2 : 5;
+  const shippedDx = tf.getKernel('Conv2DBackpropInput', 'wasm')!.kernelFunc;
+  registerWasmTrainingKernels();
+  const lines: string[] = [
+    row(['layer (B, HxW, Ci->Co)', 'GFLOP', 'fwd GFLOP/s', 'dx GFLOP/s', 'dx shipped loop', 'dW GFLOP/s', 'dW per-tap matmul']),
+    row(['---', '---', '---', '---', '---', '---', '---']),
+  ];
+  for (const l of layers) {
+    const x = tf.randomNormal([l.batch, l.size, l.size, l.inC], 0, 1, 'float32', 1) as tf.Tensor4D;
+    const w = tf.randomNormal([3, 3, l.inC, l.outC], 0, 1, 'float32', 2) as tf.Tensor4D;
+    const dy = tf.randomNormal([l.batch, l.size, l.size, l.outC], 0, 1, 'float32', 3) as tf.Tensor4D;
+    const gflop = (2 * l.batch * l.size * l.size * 9 * l.inC * l.outC) / 1e9;
+    const rate = (ms: number): number => gflop / (ms / 1e3);
+    const fwd = await timeMs(() => tf.conv2d(x, w, 1, 'same'), repeats);
+    const dxAttrs = { strides: [1, 1], pad: 'same', dataFormat: 'NHWC', inputShape: x.shape };
+    const dx = await timeMs(() => runKernel('Conv2DBackpropInput', { dy, filter: w }, dxAttrs), repeats);
+    const dxLoop = await timeMs(() => {
+      const info = shippedDx({ inputs: { dy, filter: w }, backend: tf.backend(), attrs: dxAttrs as unknown as tf.NamedAttrMap });
+      return tf.engine().makeTensorFromTensorInfo(info as tf.TensorInfo);
+    }, quick ? 1 : 2);
+    const dwAttrs = { strides: [1, 1], pad: 'same', dataFormat: 'NHWC', filterShape: w.shape };
+    const dw = await timeMs(() => runKernel('Conv2DBackpropFilter', { x, dy }, dwAttrs), repeats);
+    const dwMatmul = await timeMs(() => filterGradPerTapMatmul(x, dy, 3), repeats);
+    lines.push(
+      row([`${l.batch}, ${l.size}x${l.size}, ${l.inC}->${l.outC}`, gflop, rate(fwd), rate(dx), rate(dxLoop), rate(dw), rate(dwMatmul)]),
+    );
+    tf.dispose([x, w, dy]);
+  }
+
+  // Stride 2 dx: zero-inserted dy + stride-1 conv vs the shipped loop.
+  {
+    const x = tf.randomNormal([16, 32, 32, 32], 0, 1, 'float32', 4) as tf.Tensor4D;
+    const w = tf.randomNormal([3, 3, 32, 32], 0, 1, 'float32', 5) as tf.Tensor4D;
+    const dy = tf.randomNormal([16, 16, 16, 32], 0, 1, 'float32', 6) as tf.Tensor4D;
+    const gflop = (2 * 16 * 16 * 16 * 9 * 32 * 32) / 1e9;
+    const attrs = { strides: [2, 2], pad: 'same', dataFormat: 'NHWC', inputShape: x.shape };
+    setStridedInputGradViaZeroInsertion(true);
+    const zi = await timeMs(() => runKernel('Conv2DBackpropInput', { dy, filter: w }, attrs), repeats);
+    setStridedInputGradViaZeroInsertion(false);
+    const loop = await timeMs(() => runKernel('Conv2DBackpropInput', { dy, filter: w }, attrs), repeats);
+    setStridedInputGradViaZeroInsertion(true);
+    lines.push('', `stride-2 dx (16, 32x32 -> 16x16, 32->32): zero insertion ${(gflop / (zi / 1e3)).toFixed(2)} GFLOP/s, shipped loop ${(gflop / (loop / 1e3)).toFixed(2)} GFLOP/s`);
+    tf.dispose([x, w, dy]);
+  }
+
+  // 3D: the composed kernels vs the shipped Conv3D loop.
+  {
+    const shape = [2, 16, 32, 32, 32] as const;
+    const x = tf.randomNormal([...shape], 0, 1, 'float32', 7) as tf.Tensor5D;
+    const w = tf.randomNormal([3, 3, 3, 32, 32], 0, 1, 'float32', 8) as tf.Tensor5D;
+    const dy = tf.randomNormal([...shape], 0, 1, 'float32', 9) as tf.Tensor5D;
+    const gflop = (2 * 2 * 16 * 32 * 32 * 27 * 32 * 32) / 1e9;
+    const rate = (ms: number): string => (gflop / (ms / 1e3)).toFixed(2);
+    const fwd = await timeMs(() => tf.conv3d(x, w, 1, 'same'), repeats);
+    const dx = await timeMs(
+      () => runKernel('Conv3DBackpropInputV2', { dy, filter: w }, { strides: [1, 1, 1], pad: 'same', inputShape: x.shape }),
+      repeats,
+    );
+    const dw = await timeMs(
+      () => runKernel('Conv3DBackpropFilterV2', { x, dy }, { strides: [1, 1, 1], pad: 'same', filterShape: w.shape }),
+      repeats,
+    );
+    lines.push('', `3D (2, 16x32x32, 32->32, 3x3x3 same; ${gflop.toFixed(2)} GFLOP): fwd ${rate(fwd)}, dx ${rate(dx)}, dW ${rate(dw)} GFLOP/s`);
+    tf.dispose([x, w, dy]);
+  }
+  console.log(lines.join('\n'));
+}
+
+await main();
