@@ -90,6 +90,17 @@ describe('round trips: write then read gives identical values, shape and sample 
     expect((await readImage(file)).data).toEqual(volume.data);
   });
 
+  it('a float32 TIFF stack with several strips per page', async () => {
+    const volume = randomVolume([2, 70, 1500], 'float32', 98); // 6000-byte rows -> 43-row strips
+    const file = path.join(dir, 'strips.tif');
+    await writeImage(file, volume);
+    const back = await readImage(file);
+    expect(back.shape).toEqual([2, 70, 1500]);
+    let mismatches = 0;
+    for (let i = 0; i < volume.data.length; i++) if (back.data[i] !== volume.data[i]) mismatches++;
+    expect(mismatches).toBe(0);
+  });
+
   it('supportedExtensions lists every readable extension', () => {
     expect([...supportedExtensions].sort()).toEqual(['.fit', '.fit.gz', '.fits', '.fits.gz', '.npy', '.png', '.tif', '.tiff']);
   });
