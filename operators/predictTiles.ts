@@ -1,0 +1,116 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import { type OperatorFunction, bufferCount, mergeMap, pipe } from 'rxjs';
+import { voxelCount } from '../core/volume.js';
+import { predictDihedralMean } from '../models/tta.js';
+import type { TileSpec } from './tileGrid.js';
+
+/** A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape. */
+export type TileModel = LayersModel | ((x: tf.Tensor) => tf.Tensor);
+
+/** Prediction of one tile, cropped to its kept region (C order, shape `spec.kept.shape`). */
+export interface PredictedTile {
+  readonly spec: TileSpec;
+  readonly data: Float32Array;
+}
+
+export interface PredictTilesOptions {
+  model: TileModel;
+  /** Pixels of `spec.read` (YX or ZYX, C order, float32) from wherever the image lives; may be async. */
+  readRegion: (spec: TileSpec) => Float32Array | Promise<Float32Array>;
+  /** Tiles per model call (tiles of one plan all have the same shape); default 1. */
+  batchSize?: number;
+  /** Batches read and predicted at once (overlaps slow reads with compute); default 1. With more than 1, tiles may come out of order. */
+  concurrency?: number;
+  /** Average the 8 in-plane (YX) flips/rotations of every tile. */
+  tta?: boolean;
+}
+
+/** Runs `model` in inference mode (batch norm uses its moving statistics). */
+export function applyModel(model: TileModel, x: tf.Tensor): tf.Tensor {
+  if (typeof model === 'function') return model(x);
+  const y = model.predict(x);
+  if (Array.isArray(y)) throw new Error(`predictTiles: the model has ${y.length} outputs; one is expected`);
+  return y;
+}
+
+/**
+ * Tile coordinates -> predictions of their kept regions. Reads each padded tile with `readRegion`,
+ * runs the model on batches of tiles (optionally averaged over the 8 in-plane dihedral transforms),
+ * drops the margin and emits one PredictedTile per TileSpec.
+ */
+export function predictTiles(opts: PredictTilesOptions): OperatorFunction<TileSpec, PredictedTile> {
+  const batchSize = opts.batchSize ?? 1;
+  const concurrency = opts.concurrency ?? 1;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`predictTiles: batchSize must be a positive integer, got ${batchSize}`);
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`predictTiles: concurrency must be a positive integer, got ${concurrency}`);
+  return pipe(
+    bufferCount<TileSpec>(batchSize),
+    // A buffer may mix plans (several images in one stream); a model call needs one tile shape.
+    mergeMap((specs) => groupByReadShape(specs)),
+    mergeMap((specs) => predictBatch(specs, opts), concurrency),
+    mergeMap((tiles) => tiles),
+  );
+}
+
+function groupByReadShape(specs: TileSpec[]): TileSpec[][] {
+  const groups = new Map<string, TileSpec[]>();
+  for (const spec of specs) {
+    const key = spec.read.shape.join('x');
+    const group = groups.get(key);
+    if (group) group.push(spec);
+    else groups.set(key, [spec]);
+  }
+  return [...groups.values()];
+}
+
+async function predictBatch(specs: TileSpec[], opts: PredictTilesOptions): Promise<PredictedTile[]> {
+  const readShape = specs[0].read.shape;
+  const tileVoxels = voxelCount(readShape);
+  const pixels = await Promise.all(specs.map((spec) => opts.readRegion(spec)));
+  const batch = new Float32Array(specs.length * tileVoxels);
+  pixels.forEach((tile, i) => {
+    if (tile.length !== tileVoxels) {
+      throw new Error(`predictTiles: readRegion returned ${tile.length} values for a [${readShape.join(', ')}] region`);
+    }
+    batch.set(tile, i * tileVoxels);
+  });
+  const expectedShape = [specs.length, ...readShape, 1];
+  const predicted = tf.tidy(() => {
+    const x = tf.tensor(batch, expectedShape, 'float32');
+    const run = (input: tf.Tensor): tf.Tensor => applyModel(opts.model, input);
+    return opts.tta ? predictDihedralMean(run, x) : run(x);
+  });
+  let values: Float32Array;
+  try {
+    if (predicted.shape.join() !== expectedShape.join()) {
+      throw new Error(
+        `predictTiles: the model maps [${expectedShape.join(', ')}] to [${predicted.shape.join(', ')}]; a fully convolutional one-channel model keeps the shape`,
+      );
+    }
+    values = (await predicted.data()) as Float32Array;
+  } finally {
+    predicted.dispose();
+  }
+  return specs.map((spec, i) => ({
+    spec,
+    data: cropKept(values.subarray(i * tileVoxels, (i + 1) * tileVoxels), spec),
+  }));
+}
+
+/** Copies the kept region out of a predicted padded tile (the margin is dropped here). */
+function cropKept(tile: Float32Array, spec: TileSpec): Float32Array {
+  // Treat 2D as 3D with one plane.
+  const pad3 = (v: readonly number[], fill: number): number[] => (v.length === 2 ? [fill, ...v] : [...v]);
+  const [, ty, tx] = pad3(spec.read.shape, 1);
+  const [oz, oy, ox] = pad3(spec.kept.origin.map((o, axis) => o - spec.read.origin[axis]), 0);
+  const [kz, ky, kx] = pad3(spec.kept.shape, 1);
+  const out = new Float32Array(kz * ky * kx);
+  for (let z = 0; z < kz; z++) {
+    for (let y = 0; y < ky; y++) {
+      const from = ((z + oz) * ty + (y + oy)) * tx + ox;
+      out.set(tile.subarray(from, from + kx), (z * ky + y) * kx);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,146 @@
+import * as tf from '@tensorflow/tfjs-core';
+import * as tfl from '@tensorflow/tfjs-layers';
+import { lastValueFrom, of, tap } from 'rxjs';
+import { InputError, UsageError } from '../core/errors.js';
+import type { Shape } from '../core/volume.js';
+import { voxelCount } from '../core/volume.js';
+import { type TileModel, predictTiles } from '../operators/predictTiles.js';
+import { type OutputBlock, stitchWithBlending } from '../operators/stitchWithBlending.js';
+import {
+  DEFAULT_MAX_TILE_VOXELS,
+  type TilePlan,
+  type TileSpec,
+  type TilingOptions,
+  planTileGrid,
+  tileGrid,
+} from '../operators/tileGrid.js';
+
+export type { TilePlan, TileSpec } from '../operators/tileGrid.js';
+
+export interface PredictOptions extends TilingOptions {
+  /** Average the 8 in-plane flips/rotations (YX only in 3D). */
+  tta?: boolean;
+  /** Tiles per model call (default 1). */
+  batchSize?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Memory one padded tile (times batchSize) may use when maxTileVoxels is not given. */
+export const TILE_BUDGET_BYTES = 512 * 2 ** 20;
+
+/** Plans the tiles of an image; maxTileVoxels defaults to DEFAULT_MAX_TILE_VOXELS (no model to measure here). */
+export function planTiles(shape: Shape, opts: PredictOptions): TilePlan {
+  return planTileGrid(shape, opts);
+}
+
+/**
+ * Bytes of activations per input voxel for one forward pass of `model`, an upper bound:
+ * the sum over every layer's output of (channels x its voxels per input voxel) x 4 bytes (float32),
+ * as if every activation were alive at once. tfjs-layers' predict frees each activation once its
+ * last consumer has run, so the real peak is lower (for a U-Net, mostly the skip connections plus
+ * the layer being computed); that slack covers kernel temporaries (padding copies, XNNPACK
+ * buffers), so no extra factor is applied. The voxels per input voxel of each layer (1/2^dims per
+ * pooling level) are measured by running the model once on a small input of 2 pooling cells per
+ * axis. Plain functions cannot be introspected: they get the default (4 KiB per voxel, about a
+ * 32-filter depth-2 U-Net).
+ */
+export function estimateBytesPerVoxel(model: TileModel, dims: 2 | 3, sizeMultiple: number): number {
+  const fallback = TILE_BUDGET_BYTES / DEFAULT_MAX_TILE_VOXELS;
+  if (typeof model === 'function') return fallback;
+  try {
+    const layerOutputs = model.layers.flatMap((layer) => {
+      const out = layer.output;
+      return Array.isArray(out) ? out : [out];
+    });
+    const probe = tfl.model({ inputs: model.inputs, outputs: layerOutputs });
+    const side = 2 * sizeMultiple;
+    const inputVoxels = side ** dims;
+    return tf.tidy(() => {
+      const x = tf.zeros([1, ...new Array<number>(dims).fill(side), 1]);
+      const outputs = probe.predict(x);
+      const list = Array.isArray(outputs) ? outputs : [outputs];
+      const floatsPerVoxel = list.reduce((sum, t) => sum + t.size / inputVoxels, 0);
+      return 4 * floatsPerVoxel;
+    });
+  } catch {
+    // Models with shared layers (several output nodes per layer) cannot be probed this way.
+    return fallback;
+  }
+}
+
+/** Reader for an in-memory image: any region of its virtual reflection ('reflect', edge not repeated). */
+export function reflectedRegionReader(data: Float32Array, shape: Shape): (spec: TileSpec) => Float32Array {
+  return (spec) => readReflected(data, shape, spec.read.origin, spec.read.shape);
+}
+
+/** Index into [0, n) of position i of the image extended by reflection about its first and last sample. */
+export function reflectIndex(i: number, n: number): number {
+  if (n === 1) return 0;
+  const period = 2 * (n - 1);
+  const j = ((i % period) + period) % period;
+  return j < n ? j : period - j;
+}
+
+function readReflected(data: Float32Array, shape: Shape, origin: readonly number[], extent: readonly number[]): Float32Array {
+  const shape3 = shape.length === 2 ? [1, ...shape] : [...shape];
+  const origin3 = origin.length === 2 ? [0, ...origin] : [...origin];
+  const extent3 = extent.length === 2 ? [1, ...extent] : [...extent];
+  const indices = extent3.map((e, axis) => Int32Array.from({ length: e }, (_, i) => reflectIndex(origin3[axis] + i, shape3[axis])));
+  const [zs, ys, xs] = indices;
+  const out = new Float32Array(extent3[0] * extent3[1] * extent3[2]);
+  let o = 0;
+  for (let z = 0; z < zs.length; z++) {
+    for (let y = 0; y < ys.length; y++) {
+      const row = (zs[z] * shape3[1] + ys[y]) * shape3[2];
+      for (let x = 0; x < xs.length; x++) out[o++] = data[row + xs[x]];
+    }
+  }
+  return out;
+}
+
+function writeBlock(out: Float32Array, shape: Shape, block: OutputBlock): void {
+  const shape3 = shape.length === 2 ? [1, ...shape] : [...shape];
+  const origin = block.region.origin.length === 2 ? [0, ...block.region.origin] : [...block.region.origin];
+  const extent = block.region.shape.length === 2 ? [1, ...block.region.shape] : [...block.region.shape];
+  for (let z = 0; z < extent[0]; z++) {
+    for (let y = 0; y < extent[1]; y++) {
+      const src = (z * extent[1] + y) * extent[2];
+      const dst = ((origin[0] + z) * shape3[1] + origin[1] + y) * shape3[2] + origin[2];
+      out.set(block.data.subarray(src, src + extent[2]), dst);
+    }
+  }
+}
+
+/**
+ * Predicts a whole image or volume (normalised float32, shape [Y,X] or [Z,Y,X]) with `model`
+ * (tfjs LayersModel, run in inference mode, or any function on NHWC/NDHWC). The whole image in one
+ * call when its padded form fits maxTileVoxels, else overlapping tiles blended; either way the
+ * result is the model applied to the reflect-padded image (see operators/tileGrid.ts). Returns
+ * float32 of the same shape.
+ */
+export async function predictVolume(model: TileModel, data: Float32Array, shape: Shape, opts: PredictOptions): Promise<Float32Array> {
+  if (shape.length !== 2 && shape.length !== 3) throw new InputError('<in-memory image>', `shape must be [Y, X] or [Z, Y, X], got [${(shape as readonly number[]).join(', ')}]`);
+  if (data.length !== voxelCount(shape)) {
+    throw new InputError('<in-memory image>', `has ${data.length} values but shape [${shape.join(', ')}] needs ${voxelCount(shape)}`);
+  }
+  const batchSize = opts.batchSize ?? 1;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batchSize must be a positive integer, got ${batchSize}`);
+  const dims = shape.length;
+  const maxTileVoxels =
+    opts.maxTileVoxels ?? Math.max(1, Math.floor(TILE_BUDGET_BYTES / batchSize / estimateBytesPerVoxel(model, dims, opts.sizeMultiple)));
+  const tiling: TilingOptions = { ...opts, maxTileVoxels };
+  const plan = planTileGrid(shape, tiling);
+  const out = new Float32Array(data.length);
+  let done = 0;
+  await lastValueFrom(
+    of({ shape }).pipe(
+      tileGrid(tiling),
+      predictTiles({ model, readRegion: reflectedRegionReader(data, shape), batchSize, tta: opts.tta }),
+      tap(() => opts.onProgress?.(++done, plan.tileCount)),
+      stitchWithBlending(),
+      tap((block) => writeBlock(out, shape, block)),
+    ),
+    { defaultValue: undefined },
+  );
+  return out;
+}
