@@ -39,9 +39,12 @@ export interface BackendInfo {
 /** An explicitly requested backend that cannot be loaded here. */
 export class BackendUnavailableError extends BlindspotError {
   readonly backend: BackendChoice;
+  /** Why, starting with the package concerned. */
+  readonly reason: string;
   constructor(backend: BackendChoice, reason: string, options?: { cause?: unknown }) {
     super(`backend '${backend}' is not available: ${reason}`, ExitCode.failure, options);
     this.backend = backend;
+    this.reason = reason;
   }
 }
 
@@ -108,22 +111,23 @@ async function choose(request: Request): Promise<BackendInfo> {
     case 'wasm':
       return loadWasm(threads);
     case 'cpu':
-      return loadCpu('requested');
+      return loadCpu('as requested');
     case 'auto': {
       const skipped: string[] = [];
       for (const [pkg, choice] of [[TF_NODE_GPU, 'tensorflow-gpu'], [TF_NODE, 'tensorflow']] as const) {
         try {
           return await loadTensorflow(pkg, choice);
         } catch (error) {
-          skipped.push(error instanceof BackendUnavailableError ? error.message : String(error));
+          skipped.push(error instanceof BackendUnavailableError ? error.reason : `${pkg}: ${String(error)}`);
         }
       }
       try {
-        return await loadWasm(threads);
+        const wasm = await loadWasm(threads);
+        return { ...wasm, detail: `${wasm.detail} (auto; ${skipped.join('; ')})` };
       } catch (error) {
-        skipped.push(`wasm: ${error instanceof Error ? error.message : String(error)}`);
+        skipped.push(`wasm failed: ${error instanceof Error ? error.message : String(error)}`);
       }
-      return loadCpu(`fallback: ${skipped.join('; ')}`);
+      return loadCpu(`auto; ${skipped.join('; ')}`);
     }
   }
 }
@@ -137,7 +141,7 @@ interface NodeKernelBackend {
 async function loadTensorflow(pkg: typeof TF_NODE | typeof TF_NODE_GPU, choice: 'tensorflow' | 'tensorflow-gpu'): Promise<BackendInfo> {
   const version = installedVersion(pkg);
   if (version === null) {
-    throw new BackendUnavailableError(choice, `${pkg} is not installed (it is an optional dependency whose install downloads libtensorflow; install it with \`npm install ${pkg}\`, or choose 'wasm')`);
+    throw new BackendUnavailableError(choice, `${pkg} is not installed (optional dependency; its install downloads libtensorflow: \`npm install ${pkg}\`, or choose 'wasm')`);
   }
   // A variable specifier: the package is optional, has no types here, and must not be resolved at build time.
   const specifier: string = pkg;

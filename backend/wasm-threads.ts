@@ -150,10 +150,13 @@ const wasmGlobal = (globalThis as unknown as {
   WebAssembly: { Memory: new (descriptor: { initial: number; maximum: number; shared: boolean }) => { buffer: ArrayBufferLike } };
 }).WebAssembly;
 
-/** Workers made by the shim during the current start, so a failed start can end them. */
-let startingWorkers: PthreadWorker[] = [];
-/** Set when a pthread worker reports an error before the start has finished. */
-let rejectStart: ((error: Error) => void) | null = null;
+/** One threaded start: the workers it made, so a failed start can end them and ignore their errors. */
+interface StartAttempt {
+  state: 'starting' | 'started' | 'failed';
+  workers: PthreadWorker[];
+  fail: (error: Error) => void;
+}
+let currentStart: StartAttempt | null = null;
 
 let cachedWorkerScript: string | undefined;
 function pthreadWorkerScript(): string {
@@ -176,9 +179,13 @@ class PthreadWorker extends NodeWorker {
     super(pthreadWorkerScript(), { eval: true });
     // The blob behind this URL is never read; free it.
     if (typeof scriptUrl === 'string' && scriptUrl.startsWith('blob:')) URL.revokeObjectURL(scriptUrl);
-    startingWorkers.push(this);
+    if (currentStart === null) throw new Error('tfjs-backend-wasm started a pthread worker after its start-up');
+    this.attempt = currentStart;
+    this.attempt.workers.push(this);
     this.unref();
   }
+
+  private readonly attempt: StartAttempt;
 
   override postMessage(message: unknown, transferList?: Parameters<NodeWorker['postMessage']>[1]): void {
     if (isLoadCommand(message)) message = { ...message, urlOrBlob: threadedFactoryPath };
@@ -190,11 +197,12 @@ class PthreadWorker extends NodeWorker {
 
   override on(event: string | symbol, listener: (...args: any[]) => void): this {
     if (event !== 'error') return super.on(event, listener);
-    // Emscripten's handler rethrows, which would crash the process; during the start the error
-    // fails the start instead (and we fall back to one thread).
+    // Emscripten's handler rethrows, which would crash the process. During the start an error
+    // fails the start instead (we fall back to one thread), and the other workers of a failed
+    // start, being terminated, may report the same error: ignored.
     return super.on('error', (error: unknown) => {
-      if (rejectStart !== null) rejectStart(error instanceof Error ? error : new Error(messageOf(error)));
-      else listener(error);
+      if (this.attempt.state === 'starting') this.attempt.fail(error instanceof Error ? error : new Error(messageOf(error)));
+      else if (this.attempt.state === 'started') listener(error);
     });
   }
 }
@@ -207,12 +215,14 @@ async function startThreaded(threads: number): Promise<number> {
   const savedWorker = Object.getOwnPropertyDescriptor(globalThis, 'Worker');
   const savedCpus = os.cpus;
   const savedParallelism = os.availableParallelism;
-  startingWorkers = [];
   let timer: NodeJS.Timeout | undefined;
+  let fail: (error: Error) => void = () => {};
   const failed = new Promise<never>((_, reject) => {
-    rejectStart = reject;
+    fail = reject;
     timer = setTimeout(() => reject(new Error(`no answer from the pthread workers after ${THREADED_INIT_TIMEOUT_MS / 1000} s`)), THREADED_INIT_TIMEOUT_MS);
   });
+  const attempt: StartAttempt = { state: 'starting', workers: [], fail };
+  currentStart = attempt;
   try {
     // Emscripten assigns node's Worker to the global before starting its workers; the no-op
     // setter keeps the shim in place.
@@ -224,14 +234,15 @@ async function startThreaded(threads: number): Promise<number> {
     tfWasm.setThreadsCount(threads);
     const backend = await Promise.race([shippedWasmFactory(), failed]);
     await useBackendInstance(backend);
+    attempt.state = 'started';
     return tfWasm.getThreadsCount();
   } catch (error) {
-    for (const worker of startingWorkers) void worker.terminate();
+    attempt.state = 'failed';
+    for (const worker of attempt.workers) void worker.terminate();
     throw error;
   } finally {
     clearTimeout(timer);
-    rejectStart = null;
-    startingWorkers = [];
+    currentStart = null;
     os.cpus = savedCpus;
     os.availableParallelism = savedParallelism;
     if (savedWorker !== undefined) Object.defineProperty(globalThis, 'Worker', savedWorker);

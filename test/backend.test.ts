@@ -23,6 +23,8 @@ const isInstalled = (pkg: string): boolean => {
     return false;
   }
 };
+const originalCpus = os.cpus;
+const originalAvailableParallelism = os.availableParallelism;
 const tfNodeInstalled = isInstalled('@tensorflow/tfjs-node');
 const tfNodeGpuInstalled = isInstalled('@tensorflow/tfjs-node-gpu');
 
@@ -56,7 +58,8 @@ describe('initBackend in this process', () => {
 
   it('leaves no trace of the start-up shims in globals', () => {
     expect((globalThis as { Worker?: unknown }).Worker).toBeUndefined();
-    expect(os.cpus().length).toBe(os.availableParallelism());
+    expect(os.cpus).toBe(originalCpus);
+    expect(os.availableParallelism).toBe(originalAvailableParallelism);
   });
 
   it('computes a conv2d on wasm equal to the cpu backend', async () => {
@@ -92,9 +95,9 @@ describe('initBackend in this process', () => {
 describe('wasm threads in child processes', () => {
   let buildDir = '';
   let childScript = '';
-  const runChild = async (backend: string, threads: number): Promise<{ report: ChildReport; outputs: Float32Array }> => {
-    const resultsFile = path.join(buildDir, `outputs-${backend}-${threads}.f32`);
-    const { stdout } = await promisify(execFile)(process.execPath, [childScript, backend, String(threads), resultsFile], {
+  const runChild = async (backend: string, threads: number, nodeFlags: string[] = []): Promise<{ report: ChildReport; outputs: Float32Array }> => {
+    const resultsFile = path.join(buildDir, `outputs-${backend}-${threads}-${nodeFlags.length}.f32`);
+    const { stdout } = await promisify(execFile)(process.execPath, [...nodeFlags, childScript, backend, String(threads), resultsFile], {
       cwd: repoRoot,
       // A child that does not exit by itself (a pthread worker holding the event loop) fails here.
       timeout: 60_000,
@@ -152,6 +155,14 @@ describe('wasm threads in child processes', () => {
     }
     expect(scale).toBeGreaterThan(1);
     expect(maxDiff).toBeLessThanOrEqual(1e-5 * scale);
+  });
+
+  it('falls back to one thread, saying why, when the pthread workers cannot start', async () => {
+    // The worker script loads the emscripten factory with eval(), which this flag forbids (in workers too).
+    const broken = await runChild('wasm', 2, ['--disallow-code-generation-from-strings']);
+    expect(broken.report.info).toMatchObject({ name: 'wasm', threads: 1 });
+    expect(broken.report.info.detail).toMatch(/single-threaded SIMD build: threaded build failed to start: .*[Cc]ode generation from strings/);
+    expect(broken.outputs).toEqual(one.outputs);
   });
 
   it("'auto' picks wasm with all cores when tfjs-node is not installed", async () => {
