@@ -1,0 +1,186 @@
+/**
+ * The N2V / N2V2 U-Net (CSBDeep's `unet_block` as used by n2v), 2D (NHWC) and 3D (NDHWC), fully
+ * convolutional with a linear 1-channel output the size of the input.
+ */
+import * as tfl from '@tensorflow/tfjs-layers';
+import { Rng } from '../core/rng.js';
+import { ChannelBatchNorm, MaxBlurPool, NearestUpSampling } from './layers.js';
+
+export interface UNetConfig {
+  dims: 2 | 3;
+  /** Number of poolings. */
+  depth: number;
+  /** Filters of the first level; doubled per level down. */
+  filters: number;
+  /** Convolution kernel side, odd (same on every spatial axis). */
+  kernelSize: number;
+  batchNorm: boolean;
+  /** 'n2v2': max-blur-pool and no skip connection at the top level (Hoeck et al. 2022). */
+  variant: 'n2v' | 'n2v2';
+}
+
+export const defaultUNetConfig = (dims: 2 | 3): UNetConfig => ({ dims, depth: 2, filters: 32, kernelSize: 3, batchNorm: true, variant: 'n2v' });
+
+export interface UNetGeometry {
+  /** Every spatial size must be a multiple of this (2^depth). */
+  sizeMultiple: number;
+  /** Exact receptive-field half-width in pixels, per axis: max over both sides and all output positions. */
+  receptiveRadius: number;
+  /** Pixels an output depends on before it (towards index 0), max over output positions. */
+  receptiveBefore: number;
+  /** Pixels an output depends on after it, max over output positions. */
+  receptiveAfter: number;
+}
+
+function validateConfig(cfg: UNetConfig): void {
+  if (cfg.dims !== 2 && cfg.dims !== 3) throw new RangeError(`U-Net dims must be 2 or 3, got ${String(cfg.dims)}`);
+  if (!Number.isInteger(cfg.depth) || cfg.depth < 0) throw new RangeError(`U-Net depth must be an integer >= 0, got ${cfg.depth}`);
+  if (!Number.isInteger(cfg.filters) || cfg.filters < 1) throw new RangeError(`U-Net filters must be a positive integer, got ${cfg.filters}`);
+  if (!Number.isInteger(cfg.kernelSize) || cfg.kernelSize < 1 || cfg.kernelSize % 2 === 0) {
+    throw new RangeError(`U-Net kernelSize must be a positive odd integer, got ${cfg.kernelSize}`);
+  }
+  if (cfg.variant !== 'n2v' && cfg.variant !== 'n2v2') throw new RangeError(`U-Net variant must be 'n2v' or 'n2v2', got ${String(cfg.variant)}`);
+}
+
+const convsPerLevel = 2;
+
+/**
+ * Fully convolutional U-Net: per level two convs (kernelSize, 'same', [batchnorm], relu), pooling 2
+ * (max, or max-blur for n2v2), two convs at the bottom, nearest upsampling 2, concatenation with the
+ * skip (none at the top level for n2v2), two convs; a final linear 1x1 conv. Filter counts follow
+ * CSBDeep: the last conv of the bottom and of each decoder level halves the count for the level above.
+ * The same seed gives the same initial weights.
+ */
+export function buildUNet(cfg: UNetConfig, seed: number): tfl.LayersModel {
+  validateConfig(cfg);
+  const rng = new Rng(seed);
+  const { dims, depth, filters, kernelSize, batchNorm, variant } = cfg;
+  const input = tfl.input({ shape: dims === 2 ? [null, null, 1] : [null, null, null, 1], name: 'input' });
+
+  const conv = (x: tfl.SymbolicTensor, channels: number, name: string): tfl.SymbolicTensor => {
+    const args = {
+      filters: channels,
+      kernelSize,
+      padding: 'same' as const,
+      kernelInitializer: tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
+      biasInitializer: 'zeros' as const,
+      name: `${name}_conv`,
+    };
+    let y = (dims === 2 ? tfl.layers.conv2d(args) : tfl.layers.conv3d(args)).apply(x) as tfl.SymbolicTensor;
+    if (batchNorm) {
+      const bn = dims === 2 ? tfl.layers.batchNormalization({ name: `${name}_bn` }) : new ChannelBatchNorm({ name: `${name}_bn` });
+      y = bn.apply(y) as tfl.SymbolicTensor;
+    }
+    return tfl.layers.activation({ activation: 'relu', name: `${name}_relu` }).apply(y) as tfl.SymbolicTensor;
+  };
+  const pool = (x: tfl.SymbolicTensor, name: string): tfl.SymbolicTensor => {
+    if (variant === 'n2v2') return new MaxBlurPool({ dims, name }).apply(x) as tfl.SymbolicTensor;
+    const args = { poolSize: 2, strides: 2, padding: 'valid' as const, name };
+    return (dims === 2 ? tfl.layers.maxPooling2d(args) : tfl.layers.maxPooling3d(args)).apply(x) as tfl.SymbolicTensor;
+  };
+  const upsample = (x: tfl.SymbolicTensor, name: string): tfl.SymbolicTensor => new NearestUpSampling({ dims, name }).apply(x) as tfl.SymbolicTensor;
+
+  let x: tfl.SymbolicTensor = input;
+  const skips: tfl.SymbolicTensor[] = [];
+  for (let level = 0; level < depth; level++) {
+    for (let i = 0; i < convsPerLevel; i++) x = conv(x, filters * 2 ** level, `down${level}_${i}`);
+    skips.push(x);
+    x = pool(x, `down${level}_pool`);
+  }
+  for (let i = 0; i < convsPerLevel - 1; i++) x = conv(x, filters * 2 ** depth, `bottom_${i}`);
+  x = conv(x, filters * 2 ** Math.max(0, depth - 1), `bottom_${convsPerLevel - 1}`);
+  for (let level = depth - 1; level >= 0; level--) {
+    x = upsample(x, `up${level}_upsample`);
+    const skipped = variant === 'n2v2' && level === 0;
+    if (!skipped) x = tfl.layers.concatenate({ axis: -1, name: `up${level}_concat` }).apply([x, skips[level]]) as tfl.SymbolicTensor;
+    for (let i = 0; i < convsPerLevel - 1; i++) x = conv(x, filters * 2 ** level, `up${level}_${i}`);
+    x = conv(x, filters * 2 ** Math.max(0, level - 1), `up${level}_${convsPerLevel - 1}`);
+  }
+  const finalArgs = {
+    filters: 1,
+    kernelSize: 1,
+    padding: 'same' as const,
+    activation: 'linear' as const,
+    kernelInitializer: tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
+    name: 'output',
+  };
+  const output = (dims === 2 ? tfl.layers.conv2d(finalArgs) : tfl.layers.conv3d(finalArgs)).apply(x) as tfl.SymbolicTensor;
+  return tfl.model({ inputs: input, outputs: output, name: `unet${dims}d_${variant}_depth${depth}` });
+}
+
+/** Input interval [lo, hi] (inclusive) each feature index depends on; null where it depends on nothing. */
+type Dependency = [lo: number, hi: number] | null;
+
+function union(a: Dependency, b: Dependency): Dependency {
+  if (a === null) return b;
+  if (b === null) return a;
+  return [Math.min(a[0], b[0]), Math.max(a[1], b[1])];
+}
+
+/**
+ * Receptive field along one axis, traced exactly through the same layer sequence as buildUNet:
+ * every feature map is an array of input intervals over a 1D line long enough that its centre is
+ * free of border effects. Pooling windows and the blur's 'same' padding make the field depend on the
+ * output position modulo 2^depth, so the extents are maxima over those phases.
+ */
+function traceReceptiveField(cfg: UNetConfig): { before: number; after: number } {
+  const { depth, kernelSize, variant } = cfg;
+  const sizeMultiple = 2 ** depth;
+  const halfKernel = (kernelSize - 1) / 2;
+  // Each level adds at most (4 convs + pooling + upsampling) * 2^level per side: 2^depth * (6 halfKernel + 8)
+  // bounds the radius, so a line of twice that plus margin has a border-free centre.
+  const length = sizeMultiple * (2 * (6 * halfKernel + 8) + 4);
+  const conv = (prev: Dependency[]): Dependency[] =>
+    prev.map((_, j) => {
+      let dep: Dependency = null;
+      for (let t = -halfKernel; t <= halfKernel; t++) if (j + t >= 0 && j + t < prev.length) dep = union(dep, prev[j + t]);
+      return dep;
+    });
+  const pool = (prev: Dependency[]): Dependency[] => {
+    const half = prev.length / 2;
+    if (variant === 'n2v') return Array.from({ length: half }, (_, j) => union(prev[2 * j], prev[2 * j + 1]));
+    const maxed = prev.map((dep, i) => (i + 1 < prev.length ? union(dep, prev[i + 1]) : dep));
+    return Array.from({ length: half }, (_, j) => {
+      let dep: Dependency = null;
+      for (let t = 0; t < 3; t++) if (2 * j + t < maxed.length) dep = union(dep, maxed[2 * j + t]);
+      return dep;
+    });
+  };
+  const upsample = (prev: Dependency[]): Dependency[] => Array.from({ length: 2 * prev.length }, (_, i) => prev[i >> 1]);
+
+  let x: Dependency[] = Array.from({ length }, (_, i) => [i, i]);
+  const skips: Dependency[][] = [];
+  for (let level = 0; level < depth; level++) {
+    for (let i = 0; i < convsPerLevel; i++) x = conv(x);
+    skips.push(x);
+    x = pool(x);
+  }
+  for (let i = 0; i < convsPerLevel; i++) x = conv(x);
+  for (let level = depth - 1; level >= 0; level--) {
+    x = upsample(x);
+    if (!(variant === 'n2v2' && level === 0)) {
+      const skip = skips[level];
+      x = x.map((dep, i) => union(dep, skip[i]));
+    }
+    for (let i = 0; i < convsPerLevel; i++) x = conv(x);
+  }
+  let before = 0;
+  let after = 0;
+  const centre = Math.floor(length / 2 / sizeMultiple) * sizeMultiple;
+  for (let p = centre; p < centre + sizeMultiple; p++) {
+    const dep = x[p];
+    if (dep === null) throw new Error('receptive field trace: output depends on no input');
+    before = Math.max(before, p - dep[0]);
+    after = Math.max(after, dep[1] - p);
+  }
+  return { before, after };
+}
+
+export function unetGeometry(cfg: UNetConfig): UNetGeometry {
+  validateConfig(cfg);
+  const { before, after } = traceReceptiveField(cfg);
+  return { sizeMultiple: 2 ** cfg.depth, receptiveRadius: Math.max(before, after), receptiveBefore: before, receptiveAfter: after };
+}
+
+/** Re-exported so callers that load a saved model can make sure the custom layers are registered. */
+export { ChannelBatchNorm, MaxBlurPool, NearestUpSampling };
