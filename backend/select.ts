@@ -125,7 +125,7 @@ async function choose(request: Request): Promise<BackendInfo> {
         const wasm = await loadWasm(threads);
         return { ...wasm, detail: `${wasm.detail} (auto; ${skipped.join('; ')})` };
       } catch (error) {
-        skipped.push(`wasm failed: ${error instanceof Error ? error.message : String(error)}`);
+        skipped.push(error instanceof BackendUnavailableError ? error.reason : String(error));
       }
       return loadCpu(`auto; ${skipped.join('; ')}`);
     }
@@ -169,7 +169,14 @@ async function loadTensorflow(pkg: typeof TF_NODE | typeof TF_NODE_GPU, choice: 
 async function loadWasm(threads: number): Promise<BackendInfo> {
   // Installed before activation so their setup runs with the backend's.
   registerWasmTrainingKernels();
-  const wasm = await startWasmBackend(threads);
+  let wasm: Awaited<ReturnType<typeof startWasmBackend>>;
+  try {
+    wasm = await startWasmBackend(threads);
+  } catch (error) {
+    // tfjs rejects with a plain { message } object when the module aborts.
+    const message = typeof error === 'object' && error !== null && 'message' in error ? String(error.message) : String(error);
+    throw new BackendUnavailableError('wasm', `@tensorflow/tfjs-backend-wasm failed to start: ${message}`, { cause: error });
+  }
   return { name: 'wasm', tfBackend: 'wasm', threads: wasm.threads, simd: wasm.simd, detail: wasm.detail };
 }
 
