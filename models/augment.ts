@@ -1,0 +1,83 @@
+/**
+ * Dihedral augmentation of training patches: flips and 90-degree rotations in the YX plane. Z (3D)
+ * is never mixed into YX, since microscopy stacks are usually anisotropic.
+ */
+import type { Rng } from '../core/rng.js';
+import type { Shape } from '../core/volume.js';
+import { voxelCount } from '../core/volume.js';
+
+/**
+ * Transform k in 0..7 of the dihedral group of the YX square, as bits: 4 = transpose Y and X first,
+ * then 2 = flip Y, 1 = flip X. Transpose plus one flip is a 90-degree rotation.
+ */
+export const dihedralCount = 8;
+
+function planeOf(shape: Shape): { slices: number; ny: number; nx: number } {
+  if (shape.length === 2) return { slices: 1, ny: shape[0], nx: shape[1] };
+  return { slices: shape[0], ny: shape[1], nx: shape[2] };
+}
+
+/** True when transform k swaps Y and X (so it needs a square YX plane). */
+export function swapsAxes(k: number): boolean {
+  return (k & 4) !== 0;
+}
+
+/** For each output index of one YX plane, the input index it is taken from under transform k. */
+function sourceIndexMap(ny: number, nx: number, k: number): Int32Array {
+  if (!Number.isInteger(k) || k < 0 || k >= dihedralCount) throw new RangeError(`dihedral transform index must be 0..7, got ${k}`);
+  const transpose = swapsAxes(k);
+  if (transpose && ny !== nx) throw new RangeError(`dihedral transform ${k} swaps Y and X and needs a square YX plane, got ${ny}x${nx}`);
+  const flipY = (k & 2) !== 0;
+  const flipX = (k & 1) !== 0;
+  const map = new Int32Array(ny * nx);
+  for (let y = 0; y < ny; y++) {
+    for (let x = 0; x < nx; x++) {
+      const a = flipY ? ny - 1 - y : y;
+      const b = flipX ? nx - 1 - x : x;
+      map[y * nx + x] = transpose ? b * nx + a : a * nx + b;
+    }
+  }
+  return map;
+}
+
+function checkLength(patch: Float32Array, shape: Shape): void {
+  if (patch.length !== voxelCount(shape)) throw new RangeError(`patch has ${patch.length} values, shape [${shape.join(', ')}] needs ${voxelCount(shape)}`);
+}
+
+/** Apply dihedral transform k (0..7) to every YX plane of the patch; the shape is unchanged. */
+export function dihedralTransform(patch: Float32Array, shape: Shape, k: number): Float32Array {
+  checkLength(patch, shape);
+  const { slices, ny, nx } = planeOf(shape);
+  const map = sourceIndexMap(ny, nx, k);
+  const plane = ny * nx;
+  const out = new Float32Array(patch.length);
+  for (let s = 0; s < slices; s++) {
+    const base = s * plane;
+    for (let i = 0; i < plane; i++) out[base + i] = patch[base + map[i]];
+  }
+  return out;
+}
+
+/** Undo dihedralTransform(., shape, k). */
+export function inverseDihedralTransform(patch: Float32Array, shape: Shape, k: number): Float32Array {
+  checkLength(patch, shape);
+  const { slices, ny, nx } = planeOf(shape);
+  const map = sourceIndexMap(ny, nx, k);
+  const plane = ny * nx;
+  const out = new Float32Array(patch.length);
+  for (let s = 0; s < slices; s++) {
+    const base = s * plane;
+    for (let i = 0; i < plane; i++) out[base + map[i]] = patch[base + i];
+  }
+  return out;
+}
+
+/**
+ * One of the 8 dihedral transforms chosen by rng (only the 4 flips when the YX plane is not square,
+ * since the others would change the shape).
+ */
+export function augmentPatch(patch: Float32Array, shape: Shape, rng: Rng): Float32Array {
+  const { ny, nx } = planeOf(shape);
+  const k = rng.int(ny === nx ? dihedralCount : 4);
+  return dihedralTransform(patch, shape, k);
+}
