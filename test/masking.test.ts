@@ -237,6 +237,30 @@ describe('replacement values', () => {
   }
 });
 
+describe('median with ties', () => {
+  it('small-integer data (many equal values): still the exact median of the window without the centre', () => {
+    const rng = new Rng(5);
+    const shape: Shape = [7, 9];
+    let checked = 0;
+    for (let trial = 0; trial < 200; trial++) {
+      const patch = Float32Array.from({ length: 63 }, () => rng.int(4));
+      const { input, mask } = maskPatch(patch, shape, { fraction: 0.3, strategy: 'median', radius: 2 }, rng);
+      for (const i of maskedIndices(mask)) {
+        const y = Math.floor(i / 9);
+        const x = i % 9;
+        const values: number[] = [];
+        for (let wy = Math.max(0, y - 2); wy <= Math.min(6, y + 2); wy++)
+          for (let wx = Math.max(0, x - 2); wx <= Math.min(8, x + 2); wx++) if (wy !== y || wx !== x) values.push(patch[wy * 9 + wx]);
+        values.sort((a, b) => a - b);
+        const n = values.length;
+        expect(input[i]).toBe(n % 2 === 1 ? values[(n - 1) / 2] : (values[n / 2 - 1] + values[n / 2]) / 2);
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(1000);
+  });
+});
+
 describe('maskedLoss', () => {
   beforeAll(async () => {
     await tf.setBackend('cpu');
