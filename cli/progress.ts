@@ -25,7 +25,7 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
   let lastDraw = 0;
 
   const emitJson = (kind: string, fields: Record<string, unknown>): void => {
-    out.write(JSON.stringify({ time: new Date().toISOString(), type: kind, ...fields }) + '\n');
+    out.write(JSON.stringify({ time: new Date().toISOString(), ...fields, type: kind }) + '\n');
   };
   const draw = (line: string, force = false): void => {
     const now = Date.now();

@@ -86,7 +86,7 @@ export interface TilingInput {
 }
 
 /** Default bound when nothing better is known: 512 MiB over 4 KiB per voxel (a default 32-filter depth-2 U-Net is estimated at 2.2-3 KiB). */
-export const DEFAULT_MAX_TILE_VOXELS = Math.floor((512 * 2 ** 20) / 4096);
+export const DEFAULT_MAX_TILE_VOXELS = Math.floor((1024 * 2 ** 20) / 4096);
 
 export function defaultBlendWidth(dims: 2 | 3): number {
   return dims === 2 ? 16 : 8;
@@ -132,20 +132,33 @@ export function planTileGrid(shape: Shape, opts: TilingOptions): TilePlan {
       return Math.min(roundUp(t, m), wholeCore[axis]);
     });
   } else {
-    // Largest cores that fit: shrink the largest axis one pooling cell at a time (cheap: at most n/m steps per axis).
-    core = [...wholeCore];
-    const paddedVoxels = (c: number[]): number =>
-      voxelCount(c.map((ci, axis) => ci + 2 * haloFor(ci < wholeCore[axis] ? 2 : 1, requestedBlend)));
-    while (paddedVoxels(core) > maxTileVoxels) {
-      let largest = -1;
-      for (let axis = 0; axis < dims; axis++) {
-        if (core[axis] > m && (largest < 0 || core[axis] > core[largest])) largest = axis;
+    // Least total work that fits: every core/read voxel beyond the image is computed for nothing, and
+    // with a 3D receptive field of ~20 voxels the halo can dwarf a small core. So search the tile
+    // counts per axis (balanced cores on the pooling grid) and keep the plan computing the fewest
+    // voxels in all; ties go to fewer tiles.
+    const candidates = shape.map((n, axis) => {
+      const sizes = new Set<number>();
+      const maxTiles = Math.min(Math.ceil(n / m), 64);
+      for (let k = 1; k <= maxTiles; k++) sizes.add(Math.min(roundUp(Math.ceil(n / k), m), wholeCore[axis]));
+      return [...sizes];
+    });
+    let best: { core: number[]; work: number; tiles: number } | null = null;
+    const visit = (axis: number, chosen: number[]): void => {
+      if (axis === dims) {
+        const grid = chosen.map((c, a) => Math.ceil(shape[a] / c));
+        const read = chosen.map((c, a) => c + 2 * haloFor(grid[a], requestedBlend));
+        const readVoxels = voxelCount(read);
+        if (readVoxels > maxTileVoxels) return;
+        const tiles = voxelCount(grid);
+        const work = tiles * readVoxels;
+        if (best === null || work < best.work || (work === best.work && tiles < best.tiles)) best = { core: [...chosen], work, tiles };
+        return;
       }
-      if (largest < 0) break; // one pooling cell per axis is the smallest tile there is
-      // Jump straight to the balanced size for the tile count this step forces.
-      const tiles = Math.ceil(shape[largest] / (core[largest] - m));
-      core[largest] = Math.max(m, roundUp(Math.ceil(shape[largest] / tiles), m));
-    }
+      for (const c of candidates[axis]) visit(axis + 1, [...chosen, c]);
+    };
+    visit(0, []);
+    // Nothing fits: the smallest tile there is (one pooling cell per axis), over the bound.
+    core = best === null ? shape.map(() => m) : (best as { core: number[] }).core;
     // Balance: the same number of tiles, cores as even as the pooling grid allows (less padding waste at the end).
     core = core.map((c, axis) => roundUp(Math.ceil(shape[axis] / Math.ceil(shape[axis] / c)), m));
   }

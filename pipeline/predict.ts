@@ -26,7 +26,7 @@ export interface PredictOptions extends TilingOptions {
 }
 
 /** Memory one padded tile (times batchSize) may use when maxTileVoxels is not given. */
-export const TILE_BUDGET_BYTES = 512 * 2 ** 20;
+export const TILE_BUDGET_BYTES = 1024 * 2 ** 20;
 
 /**
  * Plans the tiles of an image. Without a model to measure, maxTileVoxels defaults to
