@@ -161,6 +161,60 @@ export class NearestUpSampling extends tfl.layers.Layer {
   }
 }
 
+/**
+ * Per-channel sums of x viewed as [N, C], as one [1, N] x [N, C] matmul. A reduction over the
+ * leading axes is a transpose plus a reduce on wasm (and the tfjs batch-norm gradient tiles its
+ * statistics to the full tensor); the matmul runs in XNNPACK's fast path and is as good on GPUs.
+ */
+function channelSums(x2d: tf.Tensor2D): tf.Tensor1D {
+  const [n, c] = x2d.shape;
+  return tf.reshape(tf.matMul(tf.ones([1, n]), x2d), [c]);
+}
+
+/**
+ * Batch normalisation in training mode as one differentiable op with the analytic gradient
+ * dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), dgamma = sum(dy * xhat),
+ * dbeta = sum(dy): a handful of broadcasts and two channel sums instead of tfjs's generic chain.
+ * Returns the batch statistics (kept; the caller disposes them) for the moving averages.
+ */
+export function batchNormTraining(
+  x: tf.Tensor,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  epsilon: number,
+): { y: tf.Tensor; mean: tf.Tensor1D; variance: tf.Tensor1D } {
+  const channels = x.shape[x.shape.length - 1];
+  const n = x.size / channels;
+  let stats: { mean: tf.Tensor1D; variance: tf.Tensor1D } | null = null;
+  const forward = (input: tf.Tensor, g: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const x2 = tf.reshape(input, [n, channels]) as tf.Tensor2D;
+    const mean = tf.div(channelSums(x2), n) as tf.Tensor1D;
+    const centred = tf.sub(x2, mean);
+    const variance = tf.div(channelSums(tf.square(centred) as tf.Tensor2D), n) as tf.Tensor1D;
+    const rstd = tf.rsqrt(tf.add(variance, epsilon));
+    const xhat = tf.mul(centred, rstd) as tf.Tensor2D;
+    stats = { mean: tf.keep(mean), variance: tf.keep(variance) };
+    save([xhat, rstd, g]);
+    return {
+      value: tf.reshape(tf.add(tf.mul(xhat, g), b), input.shape),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [savedXhat, savedRstd, savedGamma] = saved as [tf.Tensor2D, tf.Tensor1D, tf.Tensor1D];
+        const dy2 = tf.reshape(dy, [n, channels]) as tf.Tensor2D;
+        const dbeta = channelSums(dy2);
+        const dgamma = channelSums(tf.mul(dy2, savedXhat) as tf.Tensor2D);
+        const centredDy = tf.sub(tf.sub(dy2, tf.div(dbeta, n)), tf.mul(savedXhat, tf.div(dgamma, n)));
+        const dx = tf.mul(centredDy, tf.mul(savedGamma, savedRstd));
+        return [tf.reshape(dx, input.shape), dgamma, dbeta];
+      },
+    };
+  };
+  const op = tf.customGrad(forward as unknown as Parameters<typeof tf.customGrad>[0]) as (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => tf.Tensor;
+  const y = op(x, gamma, beta);
+  const kept = stats as { mean: tf.Tensor1D; variance: tf.Tensor1D } | null;
+  if (kept === null) throw new Error('batchNormTraining: statistics were not computed');
+  return { y, ...kept };
+}
+
 export interface ChannelBatchNormArgs extends NonNullable<LayerArgs> {
   momentum?: number;
   epsilon?: number;
@@ -203,29 +257,23 @@ export class ChannelBatchNorm extends tfl.layers.Layer {
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[], kwargs: Kwargs): tf.Tensor {
-    return tf.tidy(() => {
-      const x = singleTensor(inputs);
-      const reductionAxes = [...Array(x.rank - 1).keys()];
-      let mean: tf.Tensor;
-      let variance: tf.Tensor;
-      if (kwargs['training'] === true) {
-        ({ mean, variance } = tf.moments(x, reductionAxes));
-        const decay = 1 - this.momentum;
-        const batchMean = mean;
-        const batchVariance = variance;
-        tf.tidy(() => {
-          const oldMean = this.movingMean.read();
-          const oldVariance = this.movingVariance.read();
-          this.movingMean.write(tf.sub(oldMean, tf.mul(tf.sub(oldMean, batchMean), decay)));
-          this.movingVariance.write(tf.sub(oldVariance, tf.mul(tf.sub(oldVariance, batchVariance), decay)));
-        });
-      } else {
-        mean = this.movingMean.read();
-        variance = this.movingVariance.read();
-      }
-      const scale = tf.mul(this.gamma.read(), tf.rsqrt(tf.add(variance, this.epsilon)));
-      return tf.add(tf.mul(tf.sub(x, mean), scale), this.beta.read());
+    const x = singleTensor(inputs);
+    if (kwargs['training'] !== true) {
+      return tf.tidy(() => {
+        const scale = tf.mul(this.gamma.read(), tf.rsqrt(tf.add(this.movingVariance.read(), this.epsilon)));
+        return tf.add(tf.mul(tf.sub(x, this.movingMean.read()), scale), this.beta.read());
+      });
+    }
+    const { y, mean, variance } = batchNormTraining(x, this.gamma.read(), this.beta.read(), this.epsilon);
+    tf.tidy(() => {
+      const decay = 1 - this.momentum;
+      const oldMean = this.movingMean.read();
+      const oldVariance = this.movingVariance.read();
+      this.movingMean.write(tf.sub(oldMean, tf.mul(tf.sub(oldMean, mean), decay)));
+      this.movingVariance.write(tf.sub(oldVariance, tf.mul(tf.sub(oldVariance, variance), decay)));
     });
+    tf.dispose([mean, variance]);
+    return y;
   }
 
   override getConfig(): tf.serialization.ConfigDict {

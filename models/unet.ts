@@ -64,11 +64,13 @@ export function buildUNet(cfg: UNetConfig, seed: number): tfl.LayersModel {
       padding: 'same' as const,
       kernelInitializer: tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
       biasInitializer: 'zeros' as const,
+      // Batch norm subtracts the per-channel mean right after: a bias there is dead weight (and a costly gradient reduction).
+      useBias: !batchNorm,
       name: `${name}_conv`,
     };
     let y = (dims === 2 ? tfl.layers.conv2d(args) : tfl.layers.conv3d(args)).apply(x) as tfl.SymbolicTensor;
     if (batchNorm) {
-      const bn = dims === 2 ? tfl.layers.batchNormalization({ name: `${name}_bn` }) : new ChannelBatchNorm({ name: `${name}_bn` });
+      const bn = new ChannelBatchNorm({ name: `${name}_bn` });
       y = bn.apply(y) as tfl.SymbolicTensor;
     }
     return tfl.layers.activation({ activation: 'relu', name: `${name}_relu` }).apply(y) as tfl.SymbolicTensor;

@@ -318,3 +318,19 @@ describe('a tiny 3D U-Net trains on wasm like on cpu', () => {
     for (let i = 0; i < 3; i++) expect(Math.abs(losses.wasm[i] - losses.cpu[i])).toBeLessThan(1e-4 * losses.cpu[i]);
   });
 });
+
+describe('SplitV along the channel axis (concat gradients)', () => {
+  it('matches cpu for even, uneven and inferred (-1) splits, rank 2 to 5', async () => {
+    const cases: Array<{ shape: number[]; splits: number | number[] }> = [
+      { shape: [5, 7], splits: [3, 4] },
+      { shape: [2, 3, 5, 6], splits: 3 },
+      { shape: [2, 3, 4, 5, 9], splits: [4, -1, 2] },
+      { shape: [1, 2, 3, 4, 8], splits: [8] },
+    ];
+    for (const [i, c] of cases.entries()) {
+      await expectWasmMatchesCpu(() => tf.split(tensor(c.shape, 700 + i), c.splits, -1));
+    }
+    // Not the last axis: the shipped kernel still handles it.
+    await expectWasmMatchesCpu(() => tf.split(tensor([4, 6, 3], 777), [1, 3], 0));
+  });
+});

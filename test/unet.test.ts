@@ -217,7 +217,8 @@ describe('receptive radius', () => {
     for (const layer of model.layers) {
       if (!layer.name.endsWith('_conv') && layer.name !== 'output') continue;
       const [kernel, bias] = layer.getWeights();
-      layer.setWeights([tf.abs(kernel), tf.fill(bias.shape, 0.1)]);
+      // Layers followed by batch norm have no bias (see buildUNet); positive kernels keep ReLUs open either way.
+      layer.setWeights(bias === undefined ? [tf.abs(kernel)] : [tf.abs(kernel), tf.fill(bias.shape, 0.1)]);
     }
     const plane = spatial.reduce((a, b) => a * b, 1);
     const inputValues = new Float32Array(batch * plane);
@@ -296,4 +297,44 @@ describe('receptive radius', () => {
       expect(Math.max(measured.before, measured.after)).toBe(geometry.receptiveRadius);
     });
   }
+});
+
+describe('batch normalisation in training mode (one op with an analytic gradient)', () => {
+  it('matches the textbook formula and its autodiff gradient, rank 2 to 5', async () => {
+    const { batchNormTraining } = await import('../models/layers.js');
+    const rng = new Rng(42);
+    for (const shape of [[6, 3], [2, 5, 4, 3], [2, 3, 4, 5, 2]]) {
+      const values = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => 3 + 2 * rng.normal());
+      const channels = shape[shape.length - 1];
+      const x = tf.tensor(values, shape);
+      const gamma = tf.tensor1d(Array.from({ length: channels }, () => 0.5 + rng.uniform()));
+      const beta = tf.tensor1d(Array.from({ length: channels }, () => rng.normal()));
+      const weight = tf.tensor(Float32Array.from({ length: values.length }, () => rng.normal()), shape);
+      const axes = shape.slice(0, -1).map((_, i) => i);
+      const reference = (xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor): tf.Tensor => {
+        const { mean, variance } = tf.moments(xi, axes);
+        return tf.add(tf.mul(tf.div(tf.sub(xi, mean), tf.sqrt(tf.add(variance, 1e-3))), g), b);
+      };
+      const ours = (xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor): tf.Tensor => {
+        const r = batchNormTraining(xi, g, b, 1e-3);
+        tf.dispose([r.mean, r.variance]);
+        return r.y;
+      };
+      const lossOf = (f: typeof ours) => (xi: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(f(xi, g, b), weight));
+      const expected = await Promise.all(tf.grads(lossOf(reference))([x, gamma, beta]).map((t) => t.data()));
+      const actual = await Promise.all(tf.grads(lossOf(ours))([x, gamma, beta]).map((t) => t.data()));
+      const forwardError = tf.max(tf.abs(tf.sub(ours(x, gamma, beta), reference(x, gamma, beta)))).dataSync()[0];
+      expect(forwardError).toBeLessThan(1e-4);
+      actual.forEach((a, k) => {
+        const e = expected[k];
+        const scale = Math.max(...Array.from(e, Math.abs));
+        a.forEach((v, i) => expect(Math.abs(v - e[i])).toBeLessThan(1e-4 * scale + 1e-5));
+      });
+      const stats = batchNormTraining(x, gamma, beta, 1e-3);
+      const m = tf.moments(x, axes);
+      const meanError = tf.max(tf.abs(tf.sub(stats.mean, m.mean))).dataSync()[0];
+      expect(meanError).toBeLessThan(1e-4);
+      tf.dispose([stats.y, stats.mean, stats.variance, m.mean, m.variance]);
+    }
+  });
 });

@@ -9,6 +9,7 @@
  * - Conv3D                 (shipped: plain loop): depth taps of batched 2D convs, any stride.
  * - Conv3DBackpropInputV2  (shipped: wrong results): per depth tap the 2D dx, scattered in depth.
  * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
+ * - SplitV                 (shipped: generic rank-5 slice, slow): last-axis splits as strided row copies.
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
  * Also registers the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
  * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
@@ -20,9 +21,10 @@ import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad
 import { registerMissingGradients } from './gradients.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
+import { splitVLastAxisFast } from './split.js';
 
 /** A fast path: returns null for the cases it leaves to the shipped kernel. */
-type FastPath = (args: KernelArgs) => tf.TensorInfo | null;
+type FastPath = (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[] | null;
 
 const ourKernelFuncs = new WeakSet<tf.KernelFunc>();
 
@@ -33,6 +35,7 @@ export const wasmTrainingKernelNames = [
   'Conv3D',
   'Conv3DBackpropInputV2',
   'Conv3DBackpropFilterV2',
+  'SplitV',
 ] as const;
 
 function install(kernelName: string, fast: FastPath, needsFallback: boolean): void {
@@ -63,4 +66,5 @@ export function registerWasmTrainingKernels(): void {
   install('Conv3D', conv3DFast, true);
   install('Conv3DBackpropInputV2', conv3DBackpropInputFast, true);
   install('Conv3DBackpropFilterV2', conv3DBackpropFilterFast, true);
+  install('SplitV', splitVLastAxisFast, true);
 }
