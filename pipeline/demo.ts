@@ -49,7 +49,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     volumes: [{ volume: noisy, name: 'synthetic-noisy' }],
     out: modelDir,
     method: 'n2v',
-    steps: opts.steps ?? 300,
+    steps: opts.steps ?? 200,
     batchSize: 4,
     patchShape: [8, 32, 32],
     network: { depth: 2, filters: 16, kernelSize: 3, batchNorm: true },
