@@ -1,12 +1,13 @@
 /**
  * Micro-benchmark of the wasm training kernels on the reference U-Net layer shapes (batch 16,
  * 3x3, 'same'): forward conv, dx and dW in GFLOP/s, plus the alternatives tried for dW/dx.
- * Build with `npx tsc -p tsconfig.json`, run `node dist/bench/kernels.js [--quick]`.
+ * `npm run bench:kernels [-- --quick]`; the table goes to bench/results/kernels-*.json too.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-layers';
 import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
 import { setStridedInputGradViaZeroInsertion } from '../backend/kernels/conv2d-grad.js';
+import { writeResult } from './common.js';
 
 interface LayerShape {
   batch: number;
@@ -137,6 +138,8 @@ async function main(): Promise<void> {
     tf.dispose([x, w, dy]);
   }
   console.log(lines.join('\n'));
+  const file = await writeResult('kernels', { backend: 'wasm', threads: 1, repeats, table: lines });
+  console.log(`written ${file}`);
 }
 
 await main();

@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
-import { InputError, OutputError } from '../core/errors.js';
+import { InputError } from '../core/errors.js';
 import type { UNetConfig } from './unet.js';
 import type { Normalisation } from './normalise.js';
 import type { MaskOptions } from './masking.js';
@@ -152,14 +152,4 @@ export async function loadModelFolder(dir: string): Promise<{ model: tfl.LayersM
   }
   const model = await modelFromFiles(modelJson, weights, path.join(dir, MODEL_JSON));
   return { model, manifest };
-}
-
-export function assertWritableOutput(out: string, inputs: string[]): void {
-  const resolvedOut = path.resolve(out);
-  for (const input of inputs) {
-    const resolvedIn = path.resolve(input);
-    if (resolvedIn === resolvedOut || resolvedIn.startsWith(resolvedOut + path.sep)) {
-      throw new OutputError(out, `output would overwrite or contain the input ${input}; choose another output`);
-    }
-  }
 }

@@ -86,15 +86,10 @@ export interface SpatialLayerArgs extends NonNullable<LayerArgs> {
   dims: 2 | 3;
 }
 
-/**
- * N2V2's max-blur-pool (Zhang 2019 "Making convolutional networks shift-invariant again", used by
- * Hoeck et al. 2022): a 2x2(x2) max pool with stride 1, then a fixed binomial blur [1,2,1] (outer
- * product over the spatial axes, per channel) with stride 2. Both are separable, so they are applied
- * axis by axis, which is exact. Halves every spatial size (sizes must be even).
- */
-export class MaxBlurPool extends tfl.layers.Layer {
-  static className = 'BlindspotMaxBlurPool';
+/** A layer that scales every spatial axis of NHWC / NDHWC input by a fixed factor (pooling 1/2, upsampling 2). */
+abstract class SpatialScaleLayer extends tfl.layers.Layer {
   readonly dims: 2 | 3;
+  protected abstract readonly scale: number;
 
   constructor(args: SpatialLayerArgs) {
     super(args);
@@ -105,10 +100,25 @@ export class MaxBlurPool extends tfl.layers.Layer {
     const shape = singleShape(inputShape).slice();
     for (let axis = 1; axis <= this.dims; axis++) {
       const size = shape[axis];
-      shape[axis] = size == null ? null : Math.floor(size / 2);
+      shape[axis] = size == null ? null : Math.floor(size * this.scale);
     }
     return shape;
   }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), dims: this.dims };
+  }
+}
+
+/**
+ * N2V2's max-blur-pool (Zhang 2019 "Making convolutional networks shift-invariant again", used by
+ * Hoeck et al. 2022): a 2x2(x2) max pool with stride 1, then a fixed binomial blur [1,2,1] (outer
+ * product over the spatial axes, per channel) with stride 2. Both are separable, so they are applied
+ * axis by axis, which is exact. Halves every spatial size (sizes must be even).
+ */
+export class MaxBlurPool extends SpatialScaleLayer {
+  static className = 'BlindspotMaxBlurPool';
+  protected readonly scale = 0.5;
 
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
@@ -118,10 +128,6 @@ export class MaxBlurPool extends tfl.layers.Layer {
       return x;
     });
   }
-
-  override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), dims: this.dims };
-  }
 }
 
 /**
@@ -130,23 +136,9 @@ export class MaxBlurPool extends tfl.layers.Layer {
  * gradients across batch elements (it offsets dy by the input's batch stride); reshape + concat is
  * correct everywhere.
  */
-export class NearestUpSampling extends tfl.layers.Layer {
+export class NearestUpSampling extends SpatialScaleLayer {
   static className = 'BlindspotNearestUpSampling';
-  readonly dims: 2 | 3;
-
-  constructor(args: SpatialLayerArgs) {
-    super(args);
-    this.dims = args.dims;
-  }
-
-  override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
-    const shape = singleShape(inputShape).slice();
-    for (let axis = 1; axis <= this.dims; axis++) {
-      const size = shape[axis];
-      shape[axis] = size == null ? null : 2 * size;
-    }
-    return shape;
-  }
+  protected readonly scale = 2;
 
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
@@ -154,10 +146,6 @@ export class NearestUpSampling extends tfl.layers.Layer {
       for (let axis = 1; axis <= this.dims; axis++) x = repeatTwiceAlongAxis(x, axis);
       return x;
     });
-  }
-
-  override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), dims: this.dims };
   }
 }
 

@@ -12,6 +12,7 @@ import { unetGeometry } from '../models/unet.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
+import { exists } from '../storage/common.js';
 
 export type OutputType = 'float32' | 'input';
 
@@ -103,13 +104,4 @@ export async function denoiseVolume(
     ...opts,
   });
   return { data: denormalise(predicted, manifest.normalisation), shape: volume.shape, sampleType: volume.sampleType };
-}
-
-async function exists(file: string): Promise<boolean> {
-  try {
-    await fs.access(file);
-    return true;
-  } catch {
-    return false;
-  }
 }

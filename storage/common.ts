@@ -205,7 +205,8 @@ export async function writeFileAtomic(file: string, bytes: Uint8Array | readonly
   await fsp.rm(temp, { force: true }); // after a successful link the temp name is a second link
 }
 
-async function exists(file: string): Promise<boolean> {
+/** Whether anything (a file, folder or link) is at `file`. */
+export async function exists(file: string): Promise<boolean> {
   try {
     await fsp.lstat(file);
     return true;
