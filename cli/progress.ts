@@ -55,7 +55,7 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
     },
     train(e) {
       if (json) {
-        emitJson(e.type, { ...e, type: undefined });
+        emitJson(e.type, { ...e });
         return;
       }
       switch (e.type) {
@@ -89,10 +89,21 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
     },
     denoise(e) {
       if (json) {
-        emitJson(e.type, e.type === 'model' ? { method: e.manifest.method, dims: e.manifest.network.dims } : { ...e, type: undefined });
+        emitJson(
+          e.type,
+          e.type === 'model'
+            ? { method: e.manifest.method, dims: e.manifest.network.dims, stepsDone: e.manifest.training.stepsDone, finished: e.manifest.training.finished }
+            : { ...e },
+        );
         return;
       }
       switch (e.type) {
+        case 'model': {
+          const t = e.manifest.training;
+          say(`model: ${e.manifest.method} ${e.manifest.network.dims}D U-Net, trained ${t.stepsDone} steps (best at ${t.bestStep})`);
+          if (!t.finished) say(`warning: this model comes from an unfinished run (step ${t.stepsDone} of ${t.steps}); resume its training with --resume`);
+          break;
+        }
         case 'image-start':
           draw(`denoise [${e.index + 1}/${e.count}] ${e.file} (${e.shape.join('x')})`, true);
           break;
