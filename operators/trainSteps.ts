@@ -13,6 +13,11 @@ export interface TrainStepsOptions {
   model: tfl.LayersModel;
   optimizer: tf.Optimizer;
   loss: 'mse' | 'mae';
+  /**
+   * Runs after each step and before the next one starts: work that reads or saves the model
+   * (validation, checkpoints) must not interleave with an update, or it snapshots a half-new state.
+   */
+  afterEach?: (result: StepResult) => Promise<void>;
 }
 
 /**
@@ -35,6 +40,8 @@ export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBa
     if (!lossTensor) throw new Error('optimizer returned no loss');
     const loss = (await lossTensor.data())[0];
     lossTensor.dispose();
-    return { step: batch.step, loss };
+    const result = { step: batch.step, loss };
+    await opts.afterEach?.(result);
+    return result;
   });
 }

@@ -4,7 +4,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Subject, lastValueFrom, concatMap, tap, defaultIfEmpty } from 'rxjs';
+import { Subject, lastValueFrom, tap, defaultIfEmpty } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
@@ -277,10 +277,13 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     augmentPatches({ enabled: opts.augment ?? true }),
     maskN2V(masking),
     batchPatches({ batchSize }),
-    trainSteps({ model, optimizer, loss: lossKind }),
-    concatMap(async (r) => {
-      if (!interrupted) await afterStep(r);
-      return r;
+    trainSteps({
+      model,
+      optimizer,
+      loss: lossKind,
+      afterEach: async (r) => {
+        if (!interrupted) await afterStep(r);
+      },
     }),
     tap({ complete: () => stepDone.complete() }),
     defaultIfEmpty(null),

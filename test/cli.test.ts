@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -127,5 +127,35 @@ describe('blindspot CLI end to end', () => {
     const badOption = blindspot('train', 'noisy', '--out', 'm', '--steps', 'many');
     expect(badOption.code).toBe(2);
     expect(badOption.stderr).toMatch(/--steps/);
+  });
+
+  it('stops on SIGINT with a checkpoint and exit code 130, then --resume finishes the run', async () => {
+    const args = ['train', 'noisy', '--out', 'model-int', '--steps', '40', '--batch-size', '2', '--patch', '32x32', '--filters', '4', '--validate-every', '20', '--backend', 'wasm', '--json'];
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: tmp, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let signalled = false;
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      if (!signalled && /"type":"step","step":3,/.test(stdout)) {
+        signalled = true;
+        child.kill('SIGINT');
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(signalled).toBe(true);
+    expect(code).toBe(130);
+    expect(stdout).toMatch(/"type":"interrupted"/);
+    expect(await listFiles(path.join(tmp, 'model-int', 'checkpoint'))).toContain('state.json');
+
+    const again = blindspot(...args);
+    expect(again.code).toBe(4);
+    expect(again.stderr).toMatch(/--resume/);
+
+    const resumed = blindspot(...args, '--resume');
+    expect(resumed.code).toBe(0);
+    const steps = resumed.stdout.trim().split('\n').map((l) => JSON.parse(l) as { type: string; step?: number }).filter((e) => e.type === 'step');
+    expect(steps[0].step).toBeGreaterThan(3);
+    expect(steps[steps.length - 1].step).toBe(40);
+    expect(await listFiles(path.join(tmp, 'model-int'))).toEqual(['blindspot.json', 'model.json', 'weights.bin']);
   });
 });

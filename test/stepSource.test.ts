@@ -33,4 +33,19 @@ describe('stepsOnDemand (training backpressure)', () => {
     const steps = await lastValueFrom(stepsOnDemand(10, 10, 2, new Subject<void>()).pipe(toArray()));
     expect(steps).toEqual([]);
   });
+
+  it('ends when the consumer completes its signal (an interrupt), without emitting the rest', async () => {
+    const completed = new Subject<void>();
+    const steps = await lastValueFrom(
+      stepsOnDemand(0, 100, 2, completed).pipe(
+        concatMap(async (step) => {
+          if (step === 3) completed.complete();
+          else completed.next();
+          return step;
+        }),
+        toArray(),
+      ),
+    );
+    expect(steps).toEqual([0, 1, 2, 3, 4]);
+  });
 });
