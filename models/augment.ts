@@ -46,20 +46,16 @@ function checkLength(patch: Float32Array, shape: Shape): void {
 
 /** Apply dihedral transform k (0..7) to every YX plane of the patch; the shape is unchanged. */
 export function dihedralTransform(patch: Float32Array, shape: Shape, k: number): Float32Array {
-  checkLength(patch, shape);
-  const { slices, ny, nx } = planeOf(shape);
-  const map = sourceIndexMap(ny, nx, k);
-  const plane = ny * nx;
-  const out = new Float32Array(patch.length);
-  for (let s = 0; s < slices; s++) {
-    const base = s * plane;
-    for (let i = 0; i < plane; i++) out[base + i] = patch[base + map[i]];
-  }
-  return out;
+  return remapPlanes(patch, shape, k, false);
 }
 
 /** Undo dihedralTransform(., shape, k). */
 export function inverseDihedralTransform(patch: Float32Array, shape: Shape, k: number): Float32Array {
+  return remapPlanes(patch, shape, k, true);
+}
+
+/** Gathers (forward) or scatters (inverse) every YX plane through transform k's source-index map. */
+function remapPlanes(patch: Float32Array, shape: Shape, k: number, inverse: boolean): Float32Array {
   checkLength(patch, shape);
   const { slices, ny, nx } = planeOf(shape);
   const map = sourceIndexMap(ny, nx, k);
@@ -67,7 +63,8 @@ export function inverseDihedralTransform(patch: Float32Array, shape: Shape, k: n
   const out = new Float32Array(patch.length);
   for (let s = 0; s < slices; s++) {
     const base = s * plane;
-    for (let i = 0; i < plane; i++) out[base + map[i]] = patch[base + i];
+    if (inverse) for (let i = 0; i < plane; i++) out[base + map[i]] = patch[base + i];
+    else for (let i = 0; i < plane; i++) out[base + i] = patch[base + map[i]];
   }
   return out;
 }
