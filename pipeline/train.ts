@@ -11,10 +11,9 @@ import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig } from '../models/unet.js';
-import { computeNormalisation, type Normalisation } from '../models/normalise.js';
+import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
 import { maskPatch, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
-import { normalise } from '../models/normalise.js';
 import { maskedLoss } from '../models/losses.js';
 import {
   MANIFEST_JSON,
