@@ -15,7 +15,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { buildUNet, defaultUNetConfig, unetGeometry } from '../models/unet.js';
-import { maskPatch } from '../models/masking.js';
+import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
 import { predictVolume } from '../pipeline/predict.js';
@@ -48,7 +48,7 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
     const masks = new Float32Array(BATCH * per);
     for (let b = 0; b < BATCH; b++) {
       const patch = Float32Array.from({ length: per }, () => rng.normal());
-      const m = maskPatch(patch, [PATCH, PATCH], { fraction: 0.015, strategy: 'uniform-without-centre', radius: 2 }, rng);
+      const m = maskPatch(patch, [PATCH, PATCH], defaultMaskOptions, rng);
       inputs.set(m.input, b * per);
       targets.set(patch, b * per);
       masks.set(m.mask, b * per);

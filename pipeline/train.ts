@@ -12,7 +12,7 @@ import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
-import { maskPatch, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
+import { defaultMaskOptions, maskPatch, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
 import { maskedLoss } from '../models/losses.js';
 import {
@@ -118,9 +118,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const seed = opts.seed ?? 1;
   const lossKind = opts.loss ?? 'mse';
   const masking: MaskOptions = {
-    fraction: opts.maskFraction ?? 0.015,
-    strategy: opts.strategy ?? (method === 'n2v2' ? 'median' : 'uniform-without-centre'),
-    radius: 2,
+    fraction: opts.maskFraction ?? defaultMaskOptions.fraction,
+    strategy: opts.strategy ?? (method === 'n2v2' ? 'median' : defaultMaskOptions.strategy),
+    radius: defaultMaskOptions.radius,
   };
   if (!(masking.fraction > 0 && masking.fraction < 0.5)) throw new UsageError(`--mask-fraction must be in (0, 0.5), got ${masking.fraction}`);
   const baseLearningRate = opts.learningRate ?? 4e-4;

@@ -30,10 +30,6 @@ export const bytesPerSample: Record<SampleType, number> = {
   float64: 8,
 };
 
-export function isIntegerType(t: SampleType): boolean {
-  return t !== 'float32' && t !== 'float64';
-}
-
 /** "[z=0, y=2, x=5]" for flat index `i` of an array of `shape`. */
 export function describeIndex(i: number, shape: readonly number[]): string {
   const names = shape.length === 3 ? ['z', 'y', 'x'] : shape.length === 2 ? ['y', 'x'] : shape.map((_, k) => `axis${k}`);
