@@ -1,6 +1,6 @@
 /**
  * The N2V / N2V2 U-Net (CSBDeep's `unet_block` as used by n2v), 2D (NHWC) and 3D (NDHWC), fully
- * convolutional with a linear 1-channel output the size of the input.
+ * convolutional with a linear output the size of the input (1 channel, or 2 for a Gaussian prior).
  */
 import * as tfl from '@tensorflow/tfjs-layers';
 import { Rng } from '../core/rng.js';
@@ -17,6 +17,8 @@ export interface UNetConfig {
   batchNorm: boolean;
   /** 'n2v2': max-blur-pool and no skip connection at the top level (Hoeck et al. 2022). */
   variant: 'n2v' | 'n2v2';
+  /** 1 (the denoised value) or 2 (mean and log variance of a Gaussian prior, models/bayes.ts); default 1. */
+  outputChannels?: number;
 }
 
 export const defaultUNetConfig = (dims: 2 | 3): UNetConfig => ({ dims, depth: 2, filters: 32, kernelSize: 3, batchNorm: true, variant: 'n2v' });
@@ -38,6 +40,9 @@ function validateConfig(cfg: UNetConfig): void {
   if (!Number.isInteger(cfg.filters) || cfg.filters < 1) throw new RangeError(`U-Net filters must be a positive integer, got ${cfg.filters}`);
   if (!Number.isInteger(cfg.kernelSize) || cfg.kernelSize < 1 || cfg.kernelSize % 2 === 0) {
     throw new RangeError(`U-Net kernelSize must be a positive odd integer, got ${cfg.kernelSize}`);
+  }
+  if (cfg.outputChannels !== undefined && cfg.outputChannels !== 1 && cfg.outputChannels !== 2) {
+    throw new RangeError(`U-Net outputChannels must be 1 or 2, got ${cfg.outputChannels}`);
   }
   if (cfg.variant !== 'n2v' && cfg.variant !== 'n2v2') throw new RangeError(`U-Net variant must be 'n2v' or 'n2v2', got ${String(cfg.variant)}`);
 }
@@ -99,7 +104,7 @@ export function buildUNet(cfg: UNetConfig, seed: number): tfl.LayersModel {
     x = conv(x, filters * 2 ** Math.max(0, level - 1), `up${level}_${convsPerLevel - 1}`);
   }
   const finalArgs = {
-    filters: 1,
+    filters: cfg.outputChannels ?? 1,
     kernelSize: 1,
     padding: 'same' as const,
     activation: 'linear' as const,

@@ -9,10 +9,13 @@ export interface StepResult {
   loss: number;
 }
 
+/** A loss on (prediction, noisy target, mask of the pixels the network did not see). */
+export type MaskedLossFn = (prediction: tf.Tensor, target: tf.Tensor, mask: tf.Tensor) => tf.Scalar;
+
 export interface TrainStepsOptions {
   model: tfl.LayersModel;
   optimizer: tf.Optimizer;
-  loss: 'mse' | 'mae';
+  loss: 'mse' | 'mae' | MaskedLossFn;
   /**
    * Runs after each step and before the next one starts: work that reads or saves the model
    * (validation, checkpoints) must not interleave with an update, or it snapshots a half-new state.
@@ -26,13 +29,14 @@ export interface TrainStepsOptions {
  * producer from racing ahead of the device.
  */
 export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBatch, StepResult> {
+  const lossFn: MaskedLossFn = typeof opts.loss === 'function' ? opts.loss : (p, t, m) => maskedLoss(p, t, m, opts.loss as 'mse' | 'mae');
   const variables = (): tf.Variable[] => opts.model.trainableWeights.map((w) => w.read() as tf.Variable);
   return concatMap(async (batch) => {
     const x = tf.tensor(batch.inputs, batch.shape);
     const y = tf.tensor(batch.targets, batch.shape);
     const m = tf.tensor(batch.masks, batch.shape);
     const lossTensor = opts.optimizer.minimize(
-      () => maskedLoss(opts.model.apply(x, { training: true }) as tf.Tensor, y, m, opts.loss),
+      () => lossFn(opts.model.apply(x, { training: true }) as tf.Tensor, y, m),
       true,
       variables(),
     );
