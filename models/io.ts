@@ -14,6 +14,7 @@ import type { Normalisation } from './normalise.js';
 import type { MaskOptions } from './masking.js';
 // Registers the custom layers (max-blur-pool, 3D upsampling) so saved topologies deserialise.
 import './layers.js';
+import type { NoiseSpec } from './bayes.js';
 
 export const MODEL_JSON = 'model.json';
 export const WEIGHTS_BIN = 'weights.bin';
@@ -40,7 +41,10 @@ export interface ModelManifest {
   /** Training patch size, YX or ZYX, in pixels/voxels. */
   patchShape: number[];
   masking: MaskOptions;
-  loss: 'mse' | 'mae';
+  /** 'prior-nll': the network predicts a Gaussian prior (models/bayes.ts), trained by its likelihood. */
+  loss: 'mse' | 'mae' | 'prior-nll';
+  /** Present for Gaussian-prior models: the noise model that turns the prior into a posterior. */
+  prior?: { noise: NoiseSpec };
   training: {
     steps: number;
     stepsDone: number;

@@ -9,6 +9,7 @@ import { InputError, OutputError, UsageError } from '../core/errors.js';
 import type { SampleType, Volume } from '../core/volume.js';
 import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { unetGeometry } from '../models/unet.js';
+import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
@@ -25,6 +26,10 @@ export interface DenoiseOptions {
   tta?: boolean;
   tileShape?: number[];
   overwrite?: boolean;
+  /** Gaussian-prior models: also write the posterior standard deviation next to each output (`<name>.std.tif`). */
+  uncertainty?: boolean;
+  /** Gaussian-prior models: write the prior mean (a plain blind-spot estimate) instead of the posterior mean. */
+  priorMean?: boolean;
   onEvent?: (event: DenoiseEvent) => void;
 }
 
@@ -43,10 +48,17 @@ export function outputPathFor(input: string, outDir: string, outputType: OutputT
   return path.join(outDir, base);
 }
 
+/** Where the posterior standard deviation of `output` goes: `<name>.std.tif`. */
+export function uncertaintyPathFor(output: string): string {
+  const base = output.replace(/\.(tiff?|png|fits|npy)$/i, '');
+  return `${base}.std.tif`;
+}
+
 export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   const outputType = opts.outputType ?? 'float32';
   if (opts.inputs.length === 0) throw new UsageError('denoise needs at least one input image');
   const outputs = opts.inputs.map((f) => outputPathFor(f, opts.outDir, outputType));
+  const uncertaintyOutputs = opts.uncertainty ? outputs.map(uncertaintyPathFor) : [];
   const resolvedInputs = new Set(opts.inputs.map((f) => path.resolve(f)));
   outputs.forEach((o, i) => {
     if (resolvedInputs.has(path.resolve(o))) {
@@ -57,12 +69,16 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
     throw new UsageError('two inputs would write the same output file (same base name); denoise them into separate --out folders');
   }
   if (!opts.overwrite) {
-    for (const o of outputs) {
+    for (const o of [...outputs, ...uncertaintyOutputs]) {
       if (await exists(o)) throw new OutputError(o, 'exists already; pass --overwrite to replace it');
     }
   }
   const { model, manifest } = await loadModelFolder(opts.modelDir);
   opts.onEvent?.({ type: 'model', manifest });
+  const mainOutput: DenoiseOutput = opts.priorMean ? 'prior-mean' : 'denoised';
+  // Fails early (before any work) when the model has no prior.
+  denoisingTileModel(model, manifest, mainOutput);
+  if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty');
   await fs.mkdir(opts.outDir, { recursive: true });
   try {
     for (let i = 0; i < opts.inputs.length; i++) {
@@ -73,13 +89,19 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
       }
       opts.onEvent?.({ type: 'image-start', file, index: i, count: opts.inputs.length, shape: volume.shape });
       const t0 = performance.now();
-      const denoised = await denoiseVolume(model, manifest, volume, {
+      const tiling = {
         tta: opts.tta,
         tileShape: opts.tileShape,
-        onProgress: (done, total) => opts.onEvent?.({ type: 'tiles', file, done, total }),
-      });
+        onProgress: (done: number, total: number) => opts.onEvent?.({ type: 'tiles', file, done, total }),
+      };
+      const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput });
       const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
       await writeImage(outputs[i], denoised, { sampleType, overwrite: opts.overwrite });
+      if (opts.uncertainty) {
+        // A second pass: the tile pipeline carries one channel. Always float32: a standard deviation is not an intensity.
+        const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty' });
+        await writeImage(uncertaintyOutputs[i], std, { sampleType: 'float32', overwrite: opts.overwrite });
+      }
       const seconds = (performance.now() - t0) / 1000;
       opts.onEvent?.({ type: 'image-done', file, output: outputs[i], seconds, megapixelsPerSecond: volume.data.length / 1e6 / seconds });
     }
@@ -94,14 +116,17 @@ export async function denoiseVolume(
   model: tfl.LayersModel,
   manifest: ModelManifest,
   volume: Volume,
-  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> = {},
+  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput } = {},
 ): Promise<Volume> {
   const geometry = unetGeometry(manifest.network);
   const input = normalise(volume.data, manifest.normalisation);
-  const predicted = await predictVolume(model, input, volume.shape, {
+  const output = opts.output ?? 'denoised';
+  const predicted = await predictVolume(denoisingTileModel(model, manifest, output), input, volume.shape, {
     sizeMultiple: geometry.sizeMultiple,
     receptiveRadius: geometry.receptiveRadius,
     ...opts,
   });
-  return { data: denormalise(predicted, manifest.normalisation), shape: volume.shape, sampleType: volume.sampleType };
+  // A standard deviation scales with the normalisation but has no offset.
+  const data = output === 'uncertainty' ? predicted.map((v) => v * manifest.normalisation.scale) : denormalise(predicted, manifest.normalisation);
+  return { data, shape: volume.shape, sampleType: volume.sampleType };
 }
