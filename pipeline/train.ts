@@ -4,7 +4,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Subject, lastValueFrom, tap, defaultIfEmpty } from 'rxjs';
+import { type OperatorFunction, Subject, lastValueFrom, tap, defaultIfEmpty } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
@@ -27,7 +27,21 @@ import {
   type ModelManifest,
   type TrainingRecord,
 } from '../models/io.js';
-import { samplePatches, mixSeed } from '../operators/samplePatches.js';
+import { samplePatches, mixSeed, type PatchSample } from '../operators/samplePatches.js';
+import {
+  regionBytes,
+  regionStepSampler,
+  sampleNormalisation,
+  sampleRegions,
+  sourceBounds,
+  type BackgroundFilter,
+  type ChunkedSource,
+  type RegionEvent,
+  type RegionSamplingStats,
+  type SampledNormalisation,
+} from '../operators/sampleRegions.js';
+import { ChunkCache } from '../storage/chunkCache.js';
+import type { ChunkedArrayReader } from '../storage/chunked.js';
 import { augmentPatches } from '../operators/augmentPatches.js';
 import { maskN2V } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
@@ -41,10 +55,48 @@ export interface NamedVolume {
   name: string;
 }
 
+/** A chunked array to train from without reading it whole (Zarr, TIFF stack, frame folder, S3). */
+export interface NamedSource {
+  reader: ChunkedArrayReader;
+  name: string;
+}
+
+/** Settings of streaming training (with `sources`); every one has a default. */
+export interface StreamingTrainSettings {
+  /** Bytes of decoded chunks the shared cache may hold; default max(256 MiB, one step's regions). */
+  cacheBytes?: number;
+  /** Patches cut from each region (more: fewer chunk reads per patch, less variety per batch); default min(batch, 8). */
+  patchesPerRegion?: number;
+  /** Region size in chunks per axis; default the fewest chunks spanning two patches per axis. */
+  regionChunks?: number[];
+  /** Chunk reads in flight at once; default 4. */
+  readConcurrency?: number;
+  /** Skip patches whose mean (or percentile) is below a raw intensity threshold. */
+  background?: BackgroundFilter;
+  /** Values sampled (as whole chunks) for the normalisation statistics; default 2^24. */
+  normalisationSampleValues?: number;
+  /** Called for every region fetched (training and validation), e.g. to count chunk reads. */
+  onRegion?: (event: RegionEvent) => void;
+}
+
 export interface TrainOptions {
-  /** Image files (already expanded), or give `volumes` directly. */
+  /** Image files (already expanded), or give `volumes` directly, or chunked `sources` (streaming). */
   inputs?: string[];
   volumes?: NamedVolume[];
+  /**
+   * Streaming training: patches come from random chunk-aligned regions read through a byte-bounded
+   * chunk cache, statistics from a sample of chunks; nothing holds a whole volume. Exclusive with
+   * `inputs` / `volumes`.
+   */
+  sources?: NamedSource[];
+  streaming?: StreamingTrainSettings;
+  /**
+   * Batches the patch producer may run ahead of the model (explicit backpressure); default 2.
+   * Memory held by the queue: (aheadBatches + 1) batches of inputs, targets and masks.
+   */
+  aheadBatches?: number;
+  /** Called when a batch is ready for the model, before it is trained on (progress, tests). */
+  onBatchReady?: (step: number) => void;
   /** Model folder to create. */
   out: string;
   method?: MethodName;
@@ -76,6 +128,16 @@ export interface TrainOptions {
 }
 
 export type TrainEvent =
+  | {
+      type: 'normalisation';
+      mode: 'meanstd' | 'percentile';
+      offset: number;
+      scale: number;
+      chunksRead: number;
+      chunksTotal: number;
+      valuesSeen: number;
+      rankErrorBound: number;
+    }
   | { type: 'start'; steps: number; firstStep: number; dims: 2 | 3; patchShape: number[]; batchSize: number; trainVolumes: number; valVolumes: number; resumed: boolean }
   | { type: 'step'; step: number; steps: number; loss: number; learningRate: number; stepsPerSecond: number; lastValLoss: number | null }
   | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
@@ -99,9 +161,10 @@ interface CheckpointState {
 /** Trains a model and writes its folder. Returns the final manifest. */
 export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const method: MethodName = opts.method ?? 'n2v';
-  const named = opts.volumes ?? (await readInputs(opts.inputs ?? []));
-  if (named.length === 0) throw new UsageError('train needs at least one input image');
-  const dims = inferDims(named);
+  if (opts.sources && (opts.inputs?.length || opts.volumes)) throw new UsageError('train takes either chunked sources or images, not both');
+  const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
+  if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
+  const dims = opts.sources ? inferSourceDims(opts.sources) : inferDims(named);
   const network: UNetConfig = { ...defaultUNetConfig(dims), ...opts.network, dims, variant: method === 'n2v2' ? 'n2v2' : 'n2v' };
   const geometry = unetGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
@@ -113,6 +176,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       }
     });
   }
+  for (const source of opts.sources ?? []) sourceBounds(source, patchShape);
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
   const steps = opts.steps ?? 1000;
   const seed = opts.seed ?? 1;
@@ -123,19 +187,16 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     radius: defaultMaskOptions.radius,
   };
   if (!(masking.fraction > 0 && masking.fraction < 0.5)) throw new UsageError(`--mask-fraction must be in (0, 0.5), got ${masking.fraction}`);
+  const aheadBatches = opts.aheadBatches ?? 2;
+  if (!(Number.isInteger(aheadBatches) && aheadBatches >= 1)) throw new UsageError(`aheadBatches must be a positive integer, got ${aheadBatches}`);
   const baseLearningRate = opts.learningRate ?? 4e-4;
   const validateEvery = opts.validateEvery ?? Math.max(10, Math.round(steps / 20));
   const patience = opts.patience ?? 5;
   const rng = new Rng(seed);
+  const valFraction = opts.valFraction ?? 0.1;
+  const valPatches = opts.valPatches ?? Math.max(2 * batchSize, 32);
 
-  const { train, validation } = splitForValidation(named, patchShape, opts.valFraction ?? 0.1);
-  const normalisation: Normalisation = computeNormalisation(
-    train.map((t) => t.volume),
-    opts.normalisation ?? 'meanstd',
-    { rng: rng.fork() },
-  );
-
-  // Resume or start fresh.
+  // Resume or start fresh (checked before any statistics are read: on a remote volume that takes a while).
   const checkpointDir = path.join(opts.out, CHECKPOINT_DIR);
   const existing = await inspectOutput(opts.out);
   if (existing === 'checkpoint' && !opts.resume) {
@@ -145,6 +206,36 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     throw new OutputError(opts.out, 'already holds a trained model: choose another --out, or pass --overwrite');
   }
   if (existing === 'other') throw new OutputError(opts.out, 'exists and is not a blindspot model folder: choose another --out');
+
+  let data: TrainingData;
+  if (opts.sources) {
+    data = await prepareStreamingData(opts.sources, {
+      patchShape,
+      batchSize,
+      seed,
+      valFraction,
+      valPatches,
+      masking,
+      mode: opts.normalisation ?? 'meanstd',
+      settings: opts.streaming ?? {},
+      onEvent: opts.onEvent,
+    });
+  } else {
+    const { train, validation } = splitForValidation(named, patchShape, valFraction);
+    const normalisation: Normalisation = computeNormalisation(
+      train.map((t) => t.volume),
+      opts.normalisation ?? 'meanstd',
+      { rng: rng.fork() },
+    );
+    data = {
+      trainNames: train.map((t) => t.name),
+      validationNames: validation.map((v) => v.name),
+      normalisation,
+      patches: samplePatches({ volumes: train, patchShape: patchShape as unknown as Shape, patchesPerStep: batchSize, normalisation, seed }),
+      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, masking, seed),
+    };
+  }
+  const { normalisation, valBatches } = data;
 
   let model: tfl.LayersModel;
   const optimizer = tf.train.adam(baseLearningRate);
@@ -168,7 +259,6 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
   setLearningRate(optimizer, state.learningRate);
 
-  const valBatches = makeValidationBatches(validation, patchShape, batchSize, opts.valPatches ?? Math.max(2 * batchSize, 32), normalisation, masking, seed);
   opts.onEvent?.({
     type: 'start',
     steps,
@@ -176,8 +266,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     dims,
     patchShape,
     batchSize,
-    trainVolumes: train.length,
-    valVolumes: validation.length,
+    trainVolumes: data.trainNames.length,
+    valVolumes: data.validationNames.length,
     resumed,
   });
 
@@ -198,8 +288,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       learningRate: baseLearningRate,
       backend: opts.backend?.name ?? tf.getBackend(),
       threads: opts.backend?.threads ?? 1,
-      inputs: train.map((t) => t.name),
-      validationInputs: validation.map((v) => v.name),
+      inputs: data.trainNames,
+      validationInputs: data.validationNames,
       bestStep: state.bestStep,
       bestValLoss: state.bestValLoss,
       wallSeconds: state.wallSeconds,
@@ -271,11 +361,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     stepDone.next();
   };
 
-  const run$ = stepsOnDemand(state.stepsDone, steps, 2, stepDone).pipe(
-    samplePatches({ volumes: train, patchShape: patchShape as unknown as Shape, patchesPerStep: batchSize, normalisation, seed }),
+  const run$ = stepsOnDemand(state.stepsDone, steps, aheadBatches, stepDone).pipe(
+    data.patches,
     augmentPatches({ enabled: opts.augment ?? true }),
     maskN2V(masking),
     batchPatches({ batchSize }),
+    tap((batch) => opts.onBatchReady?.(batch.step)),
     trainSteps({
       model,
       optimizer,
@@ -371,6 +462,150 @@ function sliceAxis0(volume: Volume, start: number, end: number): Volume {
   const plane = volume.data.length / volume.shape[0];
   const shape = [end - start, ...volume.shape.slice(1)] as unknown as Shape;
   return { data: volume.data.subarray(start * plane, end * plane), shape, sampleType: volume.sampleType };
+}
+
+/** Where training patches and validation batches come from: in-memory volumes or streamed sources. */
+interface TrainingData {
+  trainNames: string[];
+  validationNames: string[];
+  normalisation: Normalisation;
+  /** Step index -> that step's normalised patches, in index order. */
+  patches: OperatorFunction<number, PatchSample>;
+  valBatches: ValidationBatch[];
+  /** Streaming only: the chunk cache and region counters (for progress and tests). */
+  cache?: ChunkCache;
+  regionStats?: RegionSamplingStats;
+}
+
+function inferSourceDims(sources: NamedSource[]): 2 | 3 {
+  for (const s of sources) {
+    const rank = s.reader.info.shape.length;
+    if (rank !== 2 && rank !== 3) {
+      throw new InputError(s.name, `has ${rank} axes [${s.reader.info.shape.join(', ')}]; training needs a YX or ZYX array (choose a channel and time point)`);
+    }
+  }
+  const dims = new Set(sources.map((s) => s.reader.info.shape.length));
+  if (dims.size > 1) {
+    const first3 = sources.find((s) => s.reader.info.shape.length === 3)!;
+    throw new InputError(first3.name, 'is a 3D stack while other inputs are 2D images: train 2D and 3D models separately');
+  }
+  return sources[0].reader.info.shape.length === 3 ? 3 : 2;
+}
+
+/**
+ * Held-out data for streamed sources, the same policy as splitForValidation but chunk-aligned:
+ * whole sources when there are several, else a slab of whole chunks at the end of axis 0 (at least
+ * one patch thick, about `fraction` of the chunks), so no chunk serves both training and
+ * validation. Too small to split: validation patches come from the training data.
+ */
+export function splitSourcesForValidation(
+  sources: NamedSource[],
+  patchShape: number[],
+  fraction: number,
+): { train: ChunkedSource[]; validation: ChunkedSource[] } {
+  if (fraction <= 0) return { train: sources, validation: sources };
+  if (sources.length >= 2) {
+    const nVal = Math.max(1, Math.round(sources.length * fraction));
+    return { train: sources.slice(0, sources.length - nVal), validation: sources.slice(sources.length - nVal) };
+  }
+  const { reader, name } = sources[0];
+  const { shape, chunks } = reader.info;
+  const chunkRows = Math.ceil(shape[0] / chunks[0]);
+  const valRows = Math.max(Math.ceil(patchShape[0] / chunks[0]), Math.round(chunkRows * fraction));
+  const slabStart = (chunkRows - valRows) * chunks[0];
+  // The slab must hold a patch too (the last chunk row may be short).
+  if (slabStart < patchShape[0] || shape[0] - slabStart < patchShape[0]) return { train: sources, validation: sources };
+  const whole = { start: shape.map(() => 0), end: [...shape] };
+  return {
+    train: [{ reader, name, bounds: { start: whole.start, end: [slabStart, ...whole.end.slice(1)] } }],
+    validation: [{ reader, name: `${name} (validation slab)`, bounds: { start: [slabStart, ...whole.start.slice(1)], end: whole.end } }],
+  };
+}
+
+async function prepareStreamingData(
+  sources: NamedSource[],
+  opts: {
+    patchShape: number[];
+    batchSize: number;
+    seed: number;
+    valFraction: number;
+    valPatches: number;
+    masking: MaskOptions;
+    mode: 'meanstd' | 'percentile';
+    settings: StreamingTrainSettings;
+    onEvent?: (event: TrainEvent) => void;
+  },
+): Promise<TrainingData> {
+  const { patchShape, batchSize, seed, settings } = opts;
+  const { train, validation } = splitSourcesForValidation(sources, patchShape, opts.valFraction);
+  const patchesPerRegion = Math.max(1, Math.min(batchSize, settings.patchesPerRegion ?? 8));
+  const regionsPerStep = Math.ceil(batchSize / patchesPerRegion);
+  // One step's regions must fit in the cache together, or patches re-read chunks the step just fetched.
+  const stepBytes = regionsPerStep * Math.max(...[...train, ...validation].map((s) => regionBytes(s, patchShape, settings.regionChunks)));
+  const cacheBytes = settings.cacheBytes ?? Math.max(256 * 2 ** 20, stepBytes);
+  if (cacheBytes < stepBytes) {
+    throw new UsageError(
+      `the chunk cache (${mib(cacheBytes)}) cannot hold the chunks of one training step (${regionsPerStep} region(s), ${mib(stepBytes)}): ` +
+        'allow more memory, or use smaller regions or more patches per region',
+    );
+  }
+  const cache = new ChunkCache(cacheBytes);
+  const sampled: SampledNormalisation = await sampleNormalisation(train, opts.mode, {
+    seed: mixSeed(seed, 0x6e6f, 0),
+    sampleValues: settings.normalisationSampleValues,
+    readConcurrency: settings.readConcurrency,
+  });
+  const { normalisation } = sampled;
+  opts.onEvent?.({
+    type: 'normalisation',
+    mode: normalisation.mode,
+    offset: normalisation.offset,
+    scale: normalisation.scale,
+    chunksRead: sampled.chunksRead,
+    chunksTotal: sampled.chunksTotal,
+    valuesSeen: sampled.valuesSeen,
+    rankErrorBound: sampled.rankErrorBound,
+  });
+  const common = {
+    cache,
+    patchShape: patchShape as unknown as Shape,
+    patchesPerRegion,
+    regionChunks: settings.regionChunks,
+    readConcurrency: settings.readConcurrency,
+    normalisation,
+    background: settings.background,
+    onRegion: settings.onRegion,
+  };
+  // Validation: a fixed seeded set drawn once (the same every validation, so losses compare).
+  const validationSampler = regionStepSampler({ ...common, sources: validation, patchesPerStep: batchSize, seed: seed ^ 0x5a5a5a5a });
+  const per = patchShape.reduce((a, b) => a * b, 1);
+  const valBatches: ValidationBatch[] = [];
+  for (let b = 0; b * batchSize < opts.valPatches; b++) {
+    const patches = (await validationSampler(b)).slice(0, Math.min(batchSize, opts.valPatches - b * batchSize));
+    const n = patches.length;
+    const batch: ValidationBatch = { shape: [n, ...patchShape, 1], inputs: new Float32Array(per * n), targets: new Float32Array(per * n), masks: new Float32Array(per * n) };
+    patches.forEach((p, i) => {
+      const m = maskPatch(p.data, p.shape, opts.masking, p.rng);
+      batch.inputs.set(m.input, i * per);
+      batch.targets.set(p.data, i * per);
+      batch.masks.set(m.mask, i * per);
+    });
+    valBatches.push(batch);
+  }
+  const regionStats: RegionSamplingStats = { regions: 0, patchesDrawn: 0, backgroundSkipped: 0 };
+  return {
+    trainNames: train.map((t) => t.name),
+    validationNames: validation.map((v) => v.name),
+    normalisation,
+    patches: sampleRegions({ ...common, sources: train, patchesPerStep: batchSize, seed, stats: regionStats }),
+    valBatches,
+    cache,
+    regionStats,
+  };
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
 interface ValidationBatch {

@@ -1,0 +1,406 @@
+/**
+ * Training patches from chunked arrays larger than memory: each step picks a few random
+ * chunk-aligned regions (blocks of whole chunks), fetches their chunks through the shared byte-bounded
+ * ChunkCache with bounded concurrency, and cuts several patches from each region, so every fetched
+ * chunk serves many patches. Optionally skips background patches by an intensity threshold.
+ * Also: normalisation statistics from a random sample of chunks (core/quantiles.ts).
+ */
+import { type OperatorFunction, concatMap, from, mergeAll } from 'rxjs';
+import { InputError, UsageError } from '../core/errors.js';
+import { Rng } from '../core/rng.js';
+import { QuantileSketch, RunningMoments, defaultSketchCapacity } from '../core/quantiles.js';
+import type { Shape } from '../core/volume.js';
+import { voxelCount } from '../core/volume.js';
+import { defaultPercentiles, normalise, type Normalisation } from '../models/normalise.js';
+import type { ChunkedArrayReader } from '../storage/chunked.js';
+import { ChunkCache, readRegionReflected } from '../storage/chunkCache.js';
+import { mixSeed, type PatchSample } from './samplePatches.js';
+
+/** A voxel box [start, end) per axis. */
+export interface Box {
+  start: number[];
+  end: number[];
+}
+
+/** A YX or ZYX chunked array to sample from, optionally restricted to a box (e.g. without the validation slab). */
+export interface ChunkedSource {
+  reader: ChunkedArrayReader;
+  name: string;
+  /** Default: the whole array. Chunk-aligned boxes keep training and validation chunks apart. */
+  bounds?: Box;
+}
+
+export interface BackgroundFilter {
+  /** Raw (not normalised) intensity: a patch whose statistic is below it is background. */
+  threshold: number;
+  /** The statistic: this percentile (0..100) of the patch; default: the patch mean. */
+  percentile?: number;
+  /**
+   * Give up (InputError) when, after at least 200 patches drawn, fewer than this fraction were
+   * foreground: the threshold is wrong for the data. Default 0.02.
+   */
+  minForegroundFraction?: number;
+}
+
+export interface RegionEvent {
+  step: number;
+  /** Region slot within the step (a slot draws another region when its region is all background). */
+  slot: number;
+  source: string;
+  /** First chunk index per axis, and chunks per axis. */
+  firstChunk: number[];
+  chunkCounts: number[];
+}
+
+export interface RegionSamplingStats {
+  regions: number;
+  patchesDrawn: number;
+  backgroundSkipped: number;
+}
+
+export interface SampleRegionsOptions {
+  sources: readonly ChunkedSource[];
+  cache: ChunkCache;
+  /** YX or ZYX, voxels; same rank as every source. */
+  patchShape: Shape;
+  patchesPerStep: number;
+  /** Patches cut from one region; default min(patchesPerStep, 8). */
+  patchesPerRegion?: number;
+  /** Region size in chunks per axis; default per axis the fewest chunks spanning 2 patches (within bounds). */
+  regionChunks?: number[];
+  /** Chunk reads in flight at once; default 4. */
+  readConcurrency?: number;
+  normalisation: Normalisation;
+  seed: number;
+  background?: BackgroundFilter;
+  onRegion?: (event: RegionEvent) => void;
+  /** Filled in as sampling goes (for progress and tests). */
+  stats?: RegionSamplingStats;
+}
+
+/** A region: a box of whole chunks (clipped to the source bounds) of one source. */
+interface Region {
+  source: number;
+  firstChunk: number[];
+  chunkCounts: number[];
+  /** Voxel box of the region, inside the source bounds. */
+  box: Box;
+}
+
+/** Per source: bounds, and per axis the candidate first chunks for a region of `chunkCounts` chunks. */
+interface SourcePlan {
+  bounds: Box;
+  chunkCounts: number[];
+  candidates: number[][];
+  weight: number;
+}
+
+const REGION_SALT = 0x7265676e;
+/** Patch draws per patch wanted before a region counts as background and the slot moves on. */
+const DRAWS_PER_PATCH = 4;
+const MAX_REGIONS_PER_SLOT = 64;
+const MIN_DRAWS_BEFORE_GIVING_UP = 200;
+
+/** Bounds of a source (default: the whole array), validated against its rank and the patch. */
+export function sourceBounds(source: ChunkedSource, patchShape: readonly number[]): Box {
+  const shape = source.reader.info.shape;
+  if (shape.length !== 2 && shape.length !== 3) {
+    throw new InputError(source.name, `has ${shape.length} axes [${shape.join(', ')}]; training needs a YX or ZYX array (choose a channel and time point)`);
+  }
+  if (shape.length !== patchShape.length) {
+    throw new InputError(source.name, `is ${shape.length}D [${shape.join(', ')}] but the training patches are ${patchShape.length}D [${patchShape.join(', ')}]`);
+  }
+  const bounds = source.bounds ?? { start: shape.map(() => 0), end: [...shape] };
+  shape.forEach((n, axis) => {
+    const { start, end } = { start: bounds.start[axis], end: bounds.end[axis] };
+    if (!(start >= 0 && end <= n && start < end)) throw new RangeError(`${source.name}: bounds [${bounds.start}]..[${bounds.end}] are outside the array [${shape}]`);
+    if (end - start < patchShape[axis]) {
+      throw new InputError(source.name, `image is ${shape.join('x')}, smaller than the training patch ${patchShape.join('x')}; use a smaller --patch`);
+    }
+  });
+  return bounds;
+}
+
+function planSource(source: ChunkedSource, patchShape: readonly number[], regionChunks: readonly number[] | undefined): SourcePlan {
+  const bounds = sourceBounds(source, patchShape);
+  const { chunks } = source.reader.info;
+  const chunkCounts: number[] = [];
+  const candidates: number[][] = [];
+  chunks.forEach((chunk, axis) => {
+    const [start, end] = [bounds.start[axis], bounds.end[axis]];
+    const c0 = Math.floor(start / chunk);
+    const c1 = Math.ceil(end / chunk);
+    const wanted = regionChunks?.[axis] ?? Math.ceil((2 * patchShape[axis]) / chunk);
+    // The fewest chunks >= wanted for which some region holds a whole patch (edge chunks may be clipped by the bounds).
+    for (let k = Math.min(Math.max(1, wanted), c1 - c0); k <= c1 - c0; k++) {
+      const ok: number[] = [];
+      for (let r = c0; r + k <= c1; r++) {
+        if (Math.min(end, (r + k) * chunk) - Math.max(start, r * chunk) >= patchShape[axis]) ok.push(r);
+      }
+      if (ok.length > 0) {
+        chunkCounts.push(k);
+        candidates.push(ok);
+        return;
+      }
+    }
+    throw new Error(`unreachable: bounds hold a patch along axis ${axis}`);
+  });
+  return { bounds, chunkCounts, candidates, weight: voxelCount(bounds.end.map((e, a) => e - bounds.start[a])) };
+}
+
+/** Float32 bytes of the chunks of one region of `source` (what the cache must hold per region in flight). */
+export function regionBytes(source: ChunkedSource, patchShape: readonly number[], regionChunks?: readonly number[]): number {
+  const plan = planSource(source, patchShape, regionChunks);
+  return 4 * voxelCount(plan.chunkCounts) * voxelCount(source.reader.info.chunks);
+}
+
+/** Runs `work` over `items` with at most `limit` in flight; rejects on the first failure. */
+export async function forEachLimited<T>(items: readonly T[], limit: number, work: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < items.length) await work(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+}
+
+function regionChunkIndices(region: Region): number[][] {
+  const out: number[][] = [];
+  const walk = (axis: number, prefix: number[]): void => {
+    if (axis === region.chunkCounts.length) {
+      out.push(prefix);
+      return;
+    }
+    for (let i = 0; i < region.chunkCounts[axis]; i++) walk(axis + 1, [...prefix, region.firstChunk[axis] + i]);
+  };
+  walk(0, []);
+  return out;
+}
+
+function patchStatistic(values: Float32Array, percentile: number | undefined): number {
+  if (percentile === undefined) {
+    let sum = 0;
+    for (let i = 0; i < values.length; i++) sum += values[i];
+    return sum / values.length;
+  }
+  const sorted = values.slice().sort();
+  const position = (percentile / 100) * (sorted.length - 1);
+  const below = Math.floor(position);
+  const above = Math.min(below + 1, sorted.length - 1);
+  return sorted[below] + (position - below) * (sorted[above] - sorted[below]);
+}
+
+/**
+ * step -> the step's `patchesPerStep` patches, in index order, all decided by (seed, step): region
+ * slot j draws from Rng(mix(seed, step, j)) and patch i gets Rng(mix(seed, step, i)) for its later
+ * augmentation and masking (as samplePatches), so a resumed run draws what an uninterrupted one would.
+ * Returns a function that samples one step (used for the operator and for fixed validation sets).
+ */
+export function regionStepSampler(opts: SampleRegionsOptions): (step: number) => Promise<PatchSample[]> {
+  if (opts.sources.length === 0) throw new UsageError('training needs at least one source');
+  const patchShape = [...opts.patchShape];
+  const plans = opts.sources.map((s) => planSource(s, patchShape, opts.regionChunks));
+  const totalWeight = plans.reduce((a, p) => a + p.weight, 0);
+  const perRegion = Math.max(1, Math.min(opts.patchesPerStep, opts.patchesPerRegion ?? 8));
+  const slots = Math.ceil(opts.patchesPerStep / perRegion);
+  const concurrency = opts.readConcurrency ?? 4;
+  const stats = opts.stats ?? { regions: 0, patchesDrawn: 0, backgroundSkipped: 0 };
+  const background = opts.background;
+  const minForeground = background?.minForegroundFraction ?? 0.02;
+  const names = opts.sources.map((s) => s.name).join(', ');
+
+  const drawRegion = (rng: Rng): Region => {
+    let u = rng.uniform() * totalWeight;
+    let source = 0;
+    while (source < plans.length - 1 && u >= plans[source].weight) u -= plans[source++].weight;
+    const plan = plans[source];
+    const chunks = opts.sources[source].reader.info.chunks;
+    const firstChunk = plan.candidates.map((c) => c[rng.int(c.length)]);
+    const start = firstChunk.map((c, a) => Math.max(plan.bounds.start[a], c * chunks[a]));
+    const end = firstChunk.map((c, a) => Math.min(plan.bounds.end[a], (c + plan.chunkCounts[a]) * chunks[a]));
+    return { source, firstChunk, chunkCounts: plan.chunkCounts, box: { start, end } };
+  };
+  const fetchRegions = (step: number, regions: Array<{ slot: number; region: Region }>): Promise<void> => {
+    const reads: Array<{ reader: ChunkedArrayReader; index: number[] }> = [];
+    for (const { slot, region } of regions) {
+      stats.regions++;
+      const source = opts.sources[region.source];
+      opts.onRegion?.({ step, slot, source: source.name, firstChunk: region.firstChunk, chunkCounts: region.chunkCounts });
+      for (const index of regionChunkIndices(region)) reads.push({ reader: source.reader, index });
+    }
+    return forEachLimited(reads, concurrency, (r) => opts.cache.get(r.reader, r.index));
+  };
+
+  return async (step: number): Promise<PatchSample[]> => {
+    const slotRngs = Array.from({ length: slots }, (_, j) => new Rng(mixSeed(opts.seed ^ REGION_SALT, step, j)));
+    const regions = slotRngs.map((rng) => drawRegion(rng));
+    // All of the step's regions at once: the reads overlap each other (and the model's current step).
+    await fetchRegions(
+      step,
+      regions.map((region, slot) => ({ slot, region })),
+    );
+    const patches: PatchSample[] = [];
+    for (let slot = 0; slot < slots; slot++) {
+      const rng = slotRngs[slot];
+      let region = regions[slot];
+      const quota = Math.min(perRegion, opts.patchesPerStep - slot * perRegion);
+      let got = 0;
+      for (let regionsTried = 1; got < quota; regionsTried++) {
+        const source = opts.sources[region.source];
+        for (let draws = 0; got < quota && draws < DRAWS_PER_PATCH * quota; draws++) {
+          const origin = region.box.start.map((s, a) => s + rng.int(region.box.end[a] - s - patchShape[a] + 1));
+          const raw = await readRegionReflected(source.reader, opts.cache, origin, patchShape);
+          stats.patchesDrawn++;
+          if (background && patchStatistic(raw, background.percentile) < background.threshold) {
+            stats.backgroundSkipped++;
+            const foreground = stats.patchesDrawn - stats.backgroundSkipped;
+            if (stats.patchesDrawn >= MIN_DRAWS_BEFORE_GIVING_UP && foreground < minForeground * stats.patchesDrawn) {
+              throw new InputError(
+                names,
+                `${stats.backgroundSkipped} of ${stats.patchesDrawn} patches drawn are background (below the threshold ${background.threshold}); ` +
+                  'lower the background threshold or train without it',
+              );
+            }
+            continue;
+          }
+          const index = slot * perRegion + got;
+          patches.push({ step, index, data: normalise(raw, opts.normalisation), shape: opts.patchShape, rng: new Rng(mixSeed(opts.seed, step, index)) });
+          got++;
+        }
+        if (got < quota) {
+          if (regionsTried >= MAX_REGIONS_PER_SLOT) {
+            throw new InputError(names, `${regionsTried} regions in a row held no patch above the background threshold ${background?.threshold}; lower it or train without it`);
+          }
+          region = drawRegion(rng);
+          await fetchRegions(step, [{ slot, region }]);
+        }
+      }
+    }
+    return patches;
+  };
+}
+
+/**
+ * Operator: step index -> that step's patches (index order), sampled from chunk-aligned regions.
+ * Steps are handled one at a time (concatMap): batches stay whole and in order, and the reads of the
+ * steps the producer runs ahead (see pipeline/stepSource.ts) overlap with the model's work.
+ */
+export function sampleRegions(opts: SampleRegionsOptions): OperatorFunction<number, PatchSample> {
+  const sampleStep = regionStepSampler(opts);
+  return concatMap((step: number) => from(sampleStep(step)).pipe(mergeAll()));
+}
+
+export interface SampledNormalisation {
+  normalisation: Normalisation;
+  chunksRead: number;
+  chunksTotal: number;
+  valuesSeen: number;
+  /** Rank error bound of the percentiles over the values seen (0: exact over them), at delta 1e-3. */
+  rankErrorBound: number;
+}
+
+export interface SampleNormalisationOptions {
+  pLow?: number;
+  pHigh?: number;
+  seed?: number;
+  /** Values to read (whole chunks, cropped to the bounds); default 2^24. Every chunk when the sources hold fewer. */
+  sampleValues?: number;
+  sketchCapacity?: number;
+  readConcurrency?: number;
+}
+
+/**
+ * Normalisation statistics from a seeded random sample of whole chunks (without replacement, each
+ * chunk in the sources' bounds equally likely), read directly (not through the training cache: the
+ * sample would only evict useful chunks). Memory: the sketch plus `readConcurrency` chunks.
+ * 'meanstd' is exact over the values read (float64); 'percentile' carries the sketch's rank error.
+ */
+export async function sampleNormalisation(
+  sources: readonly ChunkedSource[],
+  mode: 'meanstd' | 'percentile',
+  opts: SampleNormalisationOptions = {},
+): Promise<SampledNormalisation> {
+  const pLow = opts.pLow ?? defaultPercentiles.pLow;
+  const pHigh = opts.pHigh ?? defaultPercentiles.pHigh;
+  if (!(pLow >= 0 && pLow < pHigh && pHigh <= 100)) throw new RangeError(`percentiles must satisfy 0 <= pLow < pHigh <= 100, got ${pLow}, ${pHigh}`);
+  const rng = new Rng(opts.seed ?? 0x6e6f726d);
+  const all: Array<{ source: number; index: number[]; box: Box }> = [];
+  sources.forEach((source, s) => {
+    const { shape, chunks } = source.reader.info;
+    const bounds = source.bounds ?? { start: shape.map(() => 0), end: [...shape] };
+    const first = chunks.map((c, a) => Math.floor(bounds.start[a] / c));
+    const last = chunks.map((c, a) => Math.ceil(bounds.end[a] / c));
+    const counts = last.map((l, a) => l - first[a]);
+    const total = voxelCount(counts);
+    for (let flat = 0; flat < total; flat++) {
+      let rest = flat;
+      const index = new Array<number>(counts.length);
+      for (let a = counts.length - 1; a >= 0; a--) {
+        index[a] = first[a] + (rest % counts[a]);
+        rest = Math.floor(rest / counts[a]);
+      }
+      const start = index.map((c, a) => Math.max(bounds.start[a], c * chunks[a]) - c * chunks[a]);
+      const end = index.map((c, a) => Math.min(bounds.end[a], (c + 1) * chunks[a]) - c * chunks[a]);
+      all.push({ source: s, index, box: { start, end } });
+    }
+  });
+  if (all.length === 0) throw new InputError('normalisation', 'no data to compute normalisation statistics from');
+  const chunkVoxels = voxelCount(sources[0].reader.info.chunks);
+  const wanted = Math.min(all.length, Math.max(1, Math.ceil((opts.sampleValues ?? 2 ** 24) / chunkVoxels)));
+  // Partial Fisher-Yates: the first `wanted` entries become a uniform sample without replacement.
+  for (let i = 0; i < wanted; i++) {
+    const j = i + rng.int(all.length - i);
+    [all[i], all[j]] = [all[j], all[i]];
+  }
+  const chosen = all.slice(0, wanted);
+  // Read order does not change the result: values are added in the chosen order once all are in.
+  const moments = new RunningMoments();
+  const sketch = new QuantileSketch({ capacity: opts.sketchCapacity ?? defaultSketchCapacity, seed: rng.nextUint32() });
+  const done = new Map<number, Float32Array>();
+  let nextToAdd = 0;
+  await forEachLimited(
+    chosen.map((_, i) => i),
+    opts.readConcurrency ?? 4,
+    async (i) => {
+      const { source, index, box } = chosen[i];
+      const reader = sources[source].reader;
+      done.set(i, cropChunk(await reader.readChunk(index), reader.info.chunks, box));
+      while (done.has(nextToAdd)) {
+        const values = done.get(nextToAdd)!;
+        done.delete(nextToAdd++);
+        moments.add(values);
+        sketch.add(values);
+      }
+    },
+  );
+  const names = sources.map((s) => s.name).join(', ');
+  if (sketch.nonFinite > 0) throw new InputError(names, `data contain NaN or infinite values (${sketch.nonFinite} in the sampled chunks)`);
+  let normalisation: Normalisation;
+  if (mode === 'meanstd') {
+    const std = moments.std;
+    normalisation = { mode, offset: moments.mean, scale: std > 0 ? std : 1 };
+  } else {
+    const low = sketch.quantile(pLow / 100);
+    const high = sketch.quantile(pHigh / 100);
+    normalisation = { mode, offset: low, scale: high - low > 0 ? high - low : 1, pLow, pHigh };
+  }
+  return { normalisation, chunksRead: wanted, chunksTotal: all.length, valuesSeen: sketch.count, rankErrorBound: sketch.rankErrorBound() };
+}
+
+/** The values of `box` (relative to the chunk) out of a whole chunk, C order. */
+function cropChunk(chunk: Float32Array, chunkShape: readonly number[], box: Box): Float32Array {
+  const whole = box.start.every((s, a) => s === 0 && box.end[a] === chunkShape[a]);
+  if (whole) return chunk;
+  const c3 = chunkShape.length === 2 ? [1, ...chunkShape] : [...chunkShape];
+  const s3 = box.start.length === 2 ? [0, ...box.start] : [...box.start];
+  const e3 = box.end.length === 2 ? [1, ...box.end] : [...box.end];
+  const out = new Float32Array((e3[0] - s3[0]) * (e3[1] - s3[1]) * (e3[2] - s3[2]));
+  let o = 0;
+  for (let z = s3[0]; z < e3[0]; z++) {
+    for (let y = s3[1]; y < e3[1]; y++) {
+      const from = (z * c3[1] + y) * c3[2];
+      out.set(chunk.subarray(from + s3[2], from + e3[2]), o);
+      o += e3[2] - s3[2];
+    }
+  }
+  return out;
+}
