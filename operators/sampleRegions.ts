@@ -323,55 +323,58 @@ export async function sampleNormalisation(
   const pHigh = opts.pHigh ?? defaultPercentiles.pHigh;
   if (!(pLow >= 0 && pLow < pHigh && pHigh <= 100)) throw new RangeError(`percentiles must satisfy 0 <= pLow < pHigh <= 100, got ${pLow}, ${pHigh}`);
   const rng = new Rng(opts.seed ?? 0x6e6f726d);
-  const all: Array<{ source: number; index: number[]; box: Box }> = [];
-  sources.forEach((source, s) => {
+  // Chunk grids of the bounds, addressed by one flat number over all sources (no list of every chunk:
+  // a terabyte volume has millions).
+  const grids = sources.map((source) => {
     const { shape, chunks } = source.reader.info;
     const bounds = source.bounds ?? { start: shape.map(() => 0), end: [...shape] };
     const first = chunks.map((c, a) => Math.floor(bounds.start[a] / c));
-    const last = chunks.map((c, a) => Math.ceil(bounds.end[a] / c));
-    const counts = last.map((l, a) => l - first[a]);
-    const total = voxelCount(counts);
-    for (let flat = 0; flat < total; flat++) {
-      let rest = flat;
-      const index = new Array<number>(counts.length);
-      for (let a = counts.length - 1; a >= 0; a--) {
-        index[a] = first[a] + (rest % counts[a]);
-        rest = Math.floor(rest / counts[a]);
-      }
-      const start = index.map((c, a) => Math.max(bounds.start[a], c * chunks[a]) - c * chunks[a]);
-      const end = index.map((c, a) => Math.min(bounds.end[a], (c + 1) * chunks[a]) - c * chunks[a]);
-      all.push({ source: s, index, box: { start, end } });
-    }
+    const counts = chunks.map((c, a) => Math.ceil(bounds.end[a] / c) - first[a]);
+    return { bounds, chunks, first, counts, total: voxelCount(counts) };
   });
-  if (all.length === 0) throw new InputError('normalisation', 'no data to compute normalisation statistics from');
+  const chunksTotal = grids.reduce((n, g) => n + g.total, 0);
+  if (chunksTotal === 0) throw new InputError('normalisation', 'no data to compute normalisation statistics from');
+  const locate = (flat: number): { source: number; index: number[]; box: Box } => {
+    let source = 0;
+    while (flat >= grids[source].total) flat -= grids[source++].total;
+    const { bounds, chunks, first, counts } = grids[source];
+    const index = new Array<number>(counts.length);
+    for (let a = counts.length - 1; a >= 0; a--) {
+      index[a] = first[a] + (flat % counts[a]);
+      flat = Math.floor(flat / counts[a]);
+    }
+    // The part of the chunk inside the bounds (and so inside the array: edge padding is never seen).
+    const start = index.map((c, a) => Math.max(bounds.start[a], c * chunks[a]) - c * chunks[a]);
+    const end = index.map((c, a) => Math.min(bounds.end[a], (c + 1) * chunks[a]) - c * chunks[a]);
+    return { source, index, box: { start, end } };
+  };
   const chunkVoxels = voxelCount(sources[0].reader.info.chunks);
-  const wanted = Math.min(all.length, Math.max(1, Math.ceil((opts.sampleValues ?? 2 ** 24) / chunkVoxels)));
-  // Partial Fisher-Yates: the first `wanted` entries become a uniform sample without replacement.
-  for (let i = 0; i < wanted; i++) {
-    const j = i + rng.int(all.length - i);
-    [all[i], all[j]] = [all[j], all[i]];
+  const wanted = Math.min(chunksTotal, Math.max(1, Math.ceil((opts.sampleValues ?? 2 ** 24) / chunkVoxels)));
+  // Floyd's algorithm: `wanted` distinct chunks, uniformly, in O(wanted); read in storage order.
+  const picked = new Set<number>();
+  for (let j = chunksTotal - wanted; j < chunksTotal; j++) {
+    const t = rng.int(j + 1);
+    picked.add(picked.has(t) ? j : t);
   }
-  const chosen = all.slice(0, wanted);
-  // Read order does not change the result: values are added in the chosen order once all are in.
+  const chosen = [...picked].sort((a, b) => a - b);
   const moments = new RunningMoments();
   const sketch = new QuantileSketch({ capacity: opts.sketchCapacity ?? defaultSketchCapacity, seed: rng.nextUint32() });
-  const done = new Map<number, Float32Array>();
-  let nextToAdd = 0;
-  await forEachLimited(
-    chosen.map((_, i) => i),
-    opts.readConcurrency ?? 4,
-    async (i) => {
-      const { source, index, box } = chosen[i];
-      const reader = sources[source].reader;
-      done.set(i, cropChunk(await reader.readChunk(index), reader.info.chunks, box));
-      while (done.has(nextToAdd)) {
-        const values = done.get(nextToAdd)!;
-        done.delete(nextToAdd++);
-        moments.add(values);
-        sketch.add(values);
-      }
-    },
-  );
+  // Windows of `concurrency` reads, added in order: the same statistics whatever order reads finish in, and
+  // at most one window of chunks in memory.
+  const concurrency = Math.max(1, opts.readConcurrency ?? 4);
+  for (let at = 0; at < chosen.length; at += concurrency) {
+    const window = await Promise.all(
+      chosen.slice(at, at + concurrency).map(async (flat) => {
+        const { source, index, box } = locate(flat);
+        const reader = sources[source].reader;
+        return cropChunk(await reader.readChunk(index), reader.info.chunks, box);
+      }),
+    );
+    for (const values of window) {
+      moments.add(values);
+      sketch.add(values);
+    }
+  }
   const names = sources.map((s) => s.name).join(', ');
   if (sketch.nonFinite > 0) throw new InputError(names, `data contain NaN or infinite values (${sketch.nonFinite} in the sampled chunks)`);
   let normalisation: Normalisation;
@@ -383,7 +386,7 @@ export async function sampleNormalisation(
     const high = sketch.quantile(pHigh / 100);
     normalisation = { mode, offset: low, scale: high - low > 0 ? high - low : 1, pLow, pHigh };
   }
-  return { normalisation, chunksRead: wanted, chunksTotal: all.length, valuesSeen: sketch.count, rankErrorBound: sketch.rankErrorBound() };
+  return { normalisation, chunksRead: wanted, chunksTotal, valuesSeen: sketch.count, rankErrorBound: sketch.rankErrorBound() };
 }
 
 /** The values of `box` (relative to the chunk) out of a whole chunk, C order. */

@@ -14,7 +14,7 @@ import type { ArrayInfo, ChunkedArrayReader } from '../storage/chunked.js';
 import { ChunkCache } from '../storage/chunkCache.js';
 import { mixSeed } from '../operators/samplePatches.js';
 import { sampleNormalisation, sampleRegions, type RegionEvent, type RegionSamplingStats } from '../operators/sampleRegions.js';
-import { trainModel, type TrainEvent } from '../pipeline/train.js';
+import { trainModel, TrainingInterrupted, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
 
 /**
  * A YX or ZYX array that exists only as a rule: each chunk is synthetic cells (x100) plus Gaussian
@@ -332,5 +332,44 @@ describe('streaming training (trainModel with chunked sources)', () => {
     expect(stored.normalisation).toEqual({ mode: norm.mode, offset: norm.offset, scale: norm.scale });
     expect(stored.normalisation.scale).toBeGreaterThan(1);
     expect(stored.training.finished).toBe(true);
+  }, 240_000);
+
+  it('a streamed run interrupted and resumed follows the uninterrupted trajectory (same regions and patches per step)', async () => {
+    const options = (out: string, extra: Partial<TrainOptions> = {}): TrainOptions => ({
+      sources: [{ reader: new SyntheticChunkedReader([256, 256], [32, 32], 21), name: 'synthetic.zarr' }],
+      out,
+      steps: 30,
+      batchSize: 8,
+      patchShape: [32, 32],
+      network: { depth: 2, filters: 8, kernelSize: 3, batchNorm: true },
+      learningRate: 2e-3,
+      validateEvery: 10,
+      valPatches: 8,
+      normalisation: 'percentile',
+      seed: 4,
+      streaming: { patchesPerRegion: 4, cacheBytes: 2 * 2 ** 20 },
+      ...extra,
+    });
+    const whole = await trainModel(options(path.join(tmp, 'stream-whole')));
+    const out = path.join(tmp, 'stream-resume');
+    const controller = new AbortController();
+    await expect(
+      trainModel(
+        options(out, {
+          signal: controller.signal,
+          onEvent: (e) => {
+            if (e.type === 'step' && e.step === 13) controller.abort();
+          },
+        }),
+      ),
+    ).rejects.toBeInstanceOf(TrainingInterrupted);
+    const resumed = await trainModel(options(out, { resume: true }));
+    expect(resumed.history.length).toBe(whole.history.length);
+    resumed.history.forEach((h, i) => {
+      expect(h.step).toBe(whole.history[i].step);
+      expect(h.loss).toBeCloseTo(whole.history[i].loss, 4);
+    });
+    expect(resumed.normalisation).toEqual(whole.normalisation);
+    expect(resumed.normalisation.mode).toBe('percentile');
   }, 240_000);
 });
