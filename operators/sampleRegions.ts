@@ -66,7 +66,7 @@ export interface SampleRegionsOptions {
   patchesPerStep: number;
   /** Patches cut from one region; default min(patchesPerStep, 8). */
   patchesPerRegion?: number;
-  /** Region size in chunks per axis; default per axis the fewest chunks spanning 2 patches (within bounds). */
+  /** Region size in chunks per axis; default defaultRegionChunks (2 patches per axis, shrunk when large). */
   regionChunks?: number[];
   /** Chunk reads in flight at once; default 4. */
   readConcurrency?: number;
@@ -121,16 +121,41 @@ export function sourceBounds(source: ChunkedSource, patchShape: readonly number[
   return bounds;
 }
 
+/** Regions larger than this shrink (down to a floor per axis) unless their size is given. */
+export const defaultMaxRegionBytes = 64 * 2 ** 20;
+
+/**
+ * Default region size in chunks per axis: enough chunks to span two patches (so a region yields
+ * patches at many offsets and each chunk serves several patches). When that is more than
+ * defaultMaxRegionBytes (big chunks, or thin ones such as one TIFF page per z), the axis with the
+ * most chunks shrinks first, down to the fewest chunks that hold a patch with half a chunk to spare.
+ */
+export function defaultRegionChunks(chunks: readonly number[], patchShape: readonly number[]): number[] {
+  const counts = chunks.map((c, a) => Math.max(1, Math.ceil((2 * patchShape[a]) / c)));
+  const floor = chunks.map((c, a) => Math.max(1, Math.ceil((patchShape[a] + Math.floor(c / 2)) / c)));
+  const bytes = (): number => 4 * voxelCount(counts) * voxelCount(chunks);
+  while (bytes() > defaultMaxRegionBytes) {
+    let axis = -1;
+    counts.forEach((k, a) => {
+      if (k > floor[a] && (axis < 0 || k > counts[axis])) axis = a;
+    });
+    if (axis < 0) break;
+    counts[axis]--;
+  }
+  return counts;
+}
+
 function planSource(source: ChunkedSource, patchShape: readonly number[], regionChunks: readonly number[] | undefined): SourcePlan {
   const bounds = sourceBounds(source, patchShape);
   const { chunks } = source.reader.info;
   const chunkCounts: number[] = [];
   const candidates: number[][] = [];
+  const wantedCounts = regionChunks ? [...regionChunks] : defaultRegionChunks(chunks, patchShape);
   chunks.forEach((chunk, axis) => {
     const [start, end] = [bounds.start[axis], bounds.end[axis]];
     const c0 = Math.floor(start / chunk);
     const c1 = Math.ceil(end / chunk);
-    const wanted = regionChunks?.[axis] ?? Math.ceil((2 * patchShape[axis]) / chunk);
+    const wanted = wantedCounts[axis];
     // The fewest chunks >= wanted for which some region holds a whole patch (edge chunks may be clipped by the bounds).
     for (let k = Math.min(Math.max(1, wanted), c1 - c0); k <= c1 - c0; k++) {
       const ok: number[] = [];

@@ -41,6 +41,7 @@ import {
   type SampledNormalisation,
 } from '../operators/sampleRegions.js';
 import { ChunkCache } from '../storage/chunkCache.js';
+import { defaultSketchCapacity } from '../core/quantiles.js';
 import type { ChunkedArrayReader } from '../storage/chunked.js';
 import { augmentPatches } from '../operators/augmentPatches.js';
 import { maskN2V } from '../operators/maskN2V.js';
@@ -63,7 +64,13 @@ export interface NamedSource {
 
 /** Settings of streaming training (with `sources`); every one has a default. */
 export interface StreamingTrainSettings {
-  /** Bytes of decoded chunks the shared cache may hold; default max(256 MiB, one step's regions). */
+  /**
+   * Memory for the data side of training (chunk cache, batch queue, validation patches, statistics
+   * sketch); what streamingTrainBufferBytes does not claim goes to the cache. The network's own
+   * tensors (weights, optimiser state, activations) come on top: they depend on the model, not the data.
+   */
+  maxMemoryBytes?: number;
+  /** Bytes of decoded chunks the shared cache may hold; default from maxMemoryBytes, else max(256 MiB, one step's regions). */
   cacheBytes?: number;
   /** Patches cut from each region (more: fewer chunk reads per patch, less variety per batch); default min(batch, 8). */
   patchesPerRegion?: number;
@@ -217,6 +224,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       valPatches,
       masking,
       mode: opts.normalisation ?? 'meanstd',
+      aheadBatches,
       settings: opts.streaming ?? {},
       onEvent: opts.onEvent,
     });
@@ -532,6 +540,7 @@ async function prepareStreamingData(
     valPatches: number;
     masking: MaskOptions;
     mode: 'meanstd' | 'percentile';
+    aheadBatches: number;
     settings: StreamingTrainSettings;
     onEvent?: (event: TrainEvent) => void;
   },
@@ -542,10 +551,19 @@ async function prepareStreamingData(
   const regionsPerStep = Math.ceil(batchSize / patchesPerRegion);
   // One step's regions must fit in the cache together, or patches re-read chunks the step just fetched.
   const stepBytes = regionsPerStep * Math.max(...[...train, ...validation].map((s) => regionBytes(s, patchShape, settings.regionChunks)));
-  const cacheBytes = settings.cacheBytes ?? Math.max(256 * 2 ** 20, stepBytes);
+  const buffers = streamingTrainBufferBytes({
+    patchShape,
+    batchSize,
+    aheadBatches: opts.aheadBatches,
+    valPatches: opts.valPatches,
+    chunkShape: sources[0].reader.info.chunks,
+    readConcurrency: settings.readConcurrency,
+  });
+  const cacheBytes = settings.cacheBytes ?? (settings.maxMemoryBytes !== undefined ? settings.maxMemoryBytes - buffers : Math.max(256 * 2 ** 20, stepBytes));
   if (cacheBytes < stepBytes) {
+    const budget = settings.maxMemoryBytes !== undefined && settings.cacheBytes === undefined ? ` (${mib(settings.maxMemoryBytes)} memory less ${mib(buffers)} of batches and statistics)` : '';
     throw new UsageError(
-      `the chunk cache (${mib(cacheBytes)}) cannot hold the chunks of one training step (${regionsPerStep} region(s), ${mib(stepBytes)}): ` +
+      `the chunk cache${budget}, ${mib(cacheBytes)}, cannot hold the chunks of one training step (${regionsPerStep} region(s), ${mib(stepBytes)}): ` +
         'allow more memory, or use smaller regions or more patches per region',
     );
   }
@@ -602,6 +620,27 @@ async function prepareStreamingData(
     cache,
     regionStats,
   };
+}
+
+/**
+ * Bytes the streaming data side holds besides the chunk cache: the batch queue ((aheadBatches + 1)
+ * batches, each about six float32 copies of its patches between sampling, augmentation, masking and
+ * packing), the fixed validation set (input, target, mask), the quantile sketch and the chunks of
+ * one window of normalisation reads (raw and cropped).
+ */
+export function streamingTrainBufferBytes(opts: {
+  patchShape: readonly number[];
+  batchSize: number;
+  aheadBatches?: number;
+  valPatches: number;
+  chunkShape: readonly number[];
+  readConcurrency?: number;
+}): number {
+  const patchBytes = 4 * opts.patchShape.reduce((a, b) => a * b, 1);
+  const queue = ((opts.aheadBatches ?? 2) + 1) * 6 * opts.batchSize * patchBytes;
+  const validation = 3 * opts.valPatches * patchBytes;
+  const statistics = 4 * defaultSketchCapacity + 2 * (opts.readConcurrency ?? 4) * 4 * opts.chunkShape.reduce((a, b) => a * b, 1);
+  return queue + validation + statistics;
 }
 
 function mib(bytes: number): string {

@@ -7,13 +7,13 @@ import { initBackend } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { syntheticCells, addGaussianNoise } from '../core/synthetic.js';
 import { voxelCount, type Shape } from '../core/volume.js';
-import { InputError } from '../core/errors.js';
+import { InputError, UsageError } from '../core/errors.js';
 import { computeNormalisation, denormalise, percentileOfSorted } from '../models/normalise.js';
 import { readManifest } from '../models/io.js';
 import type { ArrayInfo, ChunkedArrayReader } from '../storage/chunked.js';
 import { ChunkCache } from '../storage/chunkCache.js';
 import { mixSeed } from '../operators/samplePatches.js';
-import { sampleNormalisation, sampleRegions, type RegionEvent, type RegionSamplingStats } from '../operators/sampleRegions.js';
+import { defaultRegionChunks, defaultMaxRegionBytes, sampleNormalisation, sampleRegions, type RegionEvent, type RegionSamplingStats } from '../operators/sampleRegions.js';
 import { trainModel, TrainingInterrupted, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
 
 /**
@@ -209,6 +209,22 @@ describe('sampleRegions (patches from chunk-aligned regions)', () => {
   });
 });
 
+describe('defaultRegionChunks', () => {
+  it('spans two patches per axis, and shrinks big regions toward one patch plus half a chunk', () => {
+    expect(defaultRegionChunks([32, 32], [32, 32])).toEqual([2, 2]);
+    expect(defaultRegionChunks([16, 64, 64], [32, 64, 64])).toEqual([4, 2, 2]);
+    // One 1024x1024 TIFF page per z: 64 pages of 4 MiB would be 256 MiB; the floor is 32 pages.
+    const pages = defaultRegionChunks([1, 1024, 1024], [32, 64, 64]);
+    expect(pages).toEqual([32, 1, 1]);
+    // Shrinks only as far as needed.
+    const mid = defaultRegionChunks([2, 600, 600], [32, 64, 64]);
+    expect(mid[0]).toBeLessThan(32);
+    expect(mid[0]).toBeGreaterThan(17);
+    expect(4 * mid[0] * 2 * 600 * 600).toBeLessThanOrEqual(defaultMaxRegionBytes);
+    expect(4 * (mid[0] + 1) * 2 * 600 * 600).toBeGreaterThan(defaultMaxRegionBytes);
+  });
+});
+
 describe('sampleNormalisation (statistics from a sample of chunks)', () => {
   it('matches exact statistics when it reads every chunk, within the sketch bound for percentiles, ignoring chunk padding', async () => {
     const reader = new SyntheticChunkedReader([150, 140], [32, 32], 8, { fill: 1e6 });
@@ -347,7 +363,7 @@ describe('streaming training (trainModel with chunked sources)', () => {
       valPatches: 8,
       normalisation: 'percentile',
       seed: 4,
-      streaming: { patchesPerRegion: 4, cacheBytes: 2 * 2 ** 20 },
+      streaming: { patchesPerRegion: 4, maxMemoryBytes: 8 * 2 ** 20 },
       ...extra,
     });
     const whole = await trainModel(options(path.join(tmp, 'stream-whole')));
@@ -371,5 +387,11 @@ describe('streaming training (trainModel with chunked sources)', () => {
     });
     expect(resumed.normalisation).toEqual(whole.normalisation);
     expect(resumed.normalisation.mode).toBe('percentile');
+
+    // A memory budget that leaves the cache less than one step's regions is refused before any read.
+    const tooSmall = options(path.join(tmp, 'stream-small'), { streaming: { maxMemoryBytes: 4 * 2 ** 20 } });
+    const err = await trainModel(tooSmall).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UsageError);
+    expect((err as Error).message).toMatch(/4\.0 MiB memory less .* cannot hold the chunks of one training step/);
   }, 240_000);
 });
