@@ -1,6 +1,9 @@
 /**
  * Noise2Void / N2V2 training: random patches -> augmentation -> stratified masking -> batches ->
  * optimiser steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume.
+ * Patches come from in-memory volumes, or (with `sources`) stream from chunked arrays of any size:
+ * random chunk-aligned regions through a byte-bounded chunk cache, normalisation statistics from a
+ * seeded sample of chunks, the producer at most `aheadBatches` batches in front of the model.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -74,7 +77,7 @@ export interface StreamingTrainSettings {
   cacheBytes?: number;
   /** Patches cut from each region (more: fewer chunk reads per patch, less variety per batch); default min(batch, 8). */
   patchesPerRegion?: number;
-  /** Region size in chunks per axis; default the fewest chunks spanning two patches per axis. */
+  /** Region size in chunks per axis; default defaultRegionChunks (two patches per axis, shrunk for big or thin chunks). */
   regionChunks?: number[];
   /** Chunk reads in flight at once; default 4. */
   readConcurrency?: number;
