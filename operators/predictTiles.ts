@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
-import { type OperatorFunction, bufferCount, mergeMap, pipe } from 'rxjs';
+import { type OperatorFunction, bufferCount, concatMap, mergeMap, pipe } from 'rxjs';
 import { voxelCount } from '../core/volume.js';
 import { predictDihedralMean } from '../models/tta.js';
 import type { TileSpec } from './tileGrid.js';
@@ -26,6 +26,20 @@ export interface PredictTilesOptions {
   tta?: boolean;
 }
 
+/** A tile's padded read region, already read: pixels of `spec.read` (C order, float32). */
+export interface TilePixels {
+  readonly spec: TileSpec;
+  readonly data: Float32Array;
+}
+
+export interface PredictTilePixelsOptions {
+  model: TileModel;
+  /** Tiles per model call, in arrival order (the caller fixes the order for reproducible batches); default 1. */
+  batchSize?: number;
+  /** Average the 8 in-plane (YX) flips/rotations of every tile. */
+  tta?: boolean;
+}
+
 /** Runs `model` in inference mode (batch norm uses its moving statistics). */
 export function applyModel(model: TileModel, x: tf.Tensor): tf.Tensor {
   if (typeof model === 'function') return model(x);
@@ -47,27 +61,48 @@ export function predictTiles(opts: PredictTilesOptions): OperatorFunction<TileSp
   return pipe(
     bufferCount<TileSpec>(batchSize),
     // A buffer may mix plans (several images in one stream); a model call needs one tile shape.
-    mergeMap((specs) => groupByReadShape(specs)),
+    mergeMap((specs) => groupByReadShape(specs, (spec) => spec)),
     mergeMap((specs) => predictBatch(specs, opts), concurrency),
     mergeMap((tiles) => tiles),
   );
 }
 
-function groupByReadShape(specs: TileSpec[]): TileSpec[][] {
-  const groups = new Map<string, TileSpec[]>();
-  for (const spec of specs) {
-    const key = spec.read.shape.join('x');
+/**
+ * Tiles already read -> predictions of their kept regions: the model half of predictTiles, for
+ * pipelines that read tiles in their own bounded operator (operators/readTiles.ts). Batches are
+ * consecutive tiles in arrival order; one model call at a time (the backend runs one anyway), so a
+ * slow consumer holds back the batches after it.
+ */
+export function predictTilePixels(opts: PredictTilePixelsOptions): OperatorFunction<TilePixels, PredictedTile> {
+  const batchSize = opts.batchSize ?? 1;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`predictTilePixels: batchSize must be a positive integer, got ${batchSize}`);
+  return pipe(
+    bufferCount<TilePixels>(batchSize),
+    mergeMap((tiles) => groupByReadShape(tiles, (t) => t.spec)),
+    concatMap((tiles) => predictPixels(tiles.map((t) => t.spec), tiles.map((t) => t.data), opts)),
+    mergeMap((tiles) => tiles),
+  );
+}
+
+function groupByReadShape<T>(items: T[], specOf: (item: T) => TileSpec): T[][] {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const key = specOf(item).read.shape.join('x');
     const group = groups.get(key);
-    if (group) group.push(spec);
-    else groups.set(key, [spec]);
+    if (group) group.push(item);
+    else groups.set(key, [item]);
   }
   return [...groups.values()];
 }
 
 async function predictBatch(specs: TileSpec[], opts: PredictTilesOptions): Promise<PredictedTile[]> {
+  const pixels = await Promise.all(specs.map((spec) => opts.readRegion(spec)));
+  return predictPixels(specs, pixels, opts);
+}
+
+async function predictPixels(specs: TileSpec[], pixels: Float32Array[], opts: PredictTilePixelsOptions): Promise<PredictedTile[]> {
   const readShape = specs[0].read.shape;
   const tileVoxels = voxelCount(readShape);
-  const pixels = await Promise.all(specs.map((spec) => opts.readRegion(spec)));
   const batch = new Float32Array(specs.length * tileVoxels);
   pixels.forEach((tile, i) => {
     if (tile.length !== tileVoxels) {

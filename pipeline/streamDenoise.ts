@@ -1,0 +1,549 @@
+/**
+ * Streaming denoise: chunked input -> chunked output in memory bounded by the tile, its halo, the
+ * queue depths and the chunk cache, never by the volume.
+ *
+ *   tile specs (one per output chunk, handed out against credits)
+ *     -> readTiles (bounded concurrency, through the ChunkCache, reflect padding, normalisation)
+ *     -> predictTilePixels (the model, one call at a time)
+ *     -> stitchWithBlending (crops the halo; emits each block when complete)
+ *     -> writeChunks (whole chunks, bounded concurrency, checksum journaled)
+ *
+ * Backpressure: at most `tickets` tiles are between the spec generator and a finished chunk write;
+ * a ticket comes back only when its chunk is stored, so a slow model or a slow store holds back the
+ * reads instead of letting queues grow.
+ *
+ * Blending: tiles are cut with a margin >= the receptive radius on the pooling grid, so every tile's
+ * prediction of its core already equals the canonical whole-volume prediction (see
+ * operators/tileGrid.ts); blending overlapping kept regions would only average float rounding.
+ * Blending also needs the neighbours of a block before the block can be written, i.e. a front of
+ * blocks (a row in 2D, a slab in 3D) held in memory, which grows with the volume's cross-section.
+ * So the streaming path blends with width 0: each block is its own tile's core, written as soon as
+ * predicted, and the result matches the in-memory (blended) denoise within float rounding.
+ *
+ * Resume: a journal of sha256 checksums of the stored bytes of every written chunk, plus a run
+ * fingerprint (model and options), lives next to the output. On resume a chunk counts as done only
+ * if the journal names it under the same fingerprint and its stored bytes hash to the recorded
+ * value; only tiles of chunks not done are computed. Inference is deterministic (one tile per model
+ * call, fixed geometry), so a resumed run writes the same bytes as an uninterrupted one.
+ */
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { Observable, Subject, lastValueFrom, tap } from 'rxjs';
+import { InputError, OutputError, UsageError } from '../core/errors.js';
+import type { Shape } from '../core/volume.js';
+import { voxelCount } from '../core/volume.js';
+import { type Normalisation, denormalise, normalise } from '../models/normalise.js';
+import { readTiles } from '../operators/readTiles.js';
+import { type TileModel, predictTilePixels } from '../operators/predictTiles.js';
+import { stitchWithBlending } from '../operators/stitchWithBlending.js';
+import { type TilePlan, type TileSpec, planTileGrid, tileSpecAt } from '../operators/tileGrid.js';
+import { type WrittenChunk, sha256Hex, writeChunks } from '../operators/writeChunks.js';
+import type { ByteStore } from '../storage/byteStore.js';
+import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
+import { type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
+import { estimateBytesPerVoxel } from './predict.js';
+
+/** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
+export const RUNTIME_BYTES = 192 * 2 ** 20;
+
+const MiB = 2 ** 20;
+
+/** Bytes from a size like '2GiB', '512MiB', '1.5G', '800M' or a plain number of bytes. */
+export function parseByteSize(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(text);
+  if (!match) throw new UsageError(`a memory size must look like 2GiB, 512MiB or 800M, got '${text}'`);
+  const power = ' kmgt'.indexOf(match[2].toLowerCase() || ' ');
+  return Math.floor(Number(match[1]) * 1024 ** power);
+}
+
+function roundUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+export interface StreamGeometry {
+  /** Tile sizes and origins are multiples of this (2^depth). */
+  sizeMultiple: number;
+  /** Context per side a prediction depends on. */
+  receptiveRadius: number;
+}
+
+/** How `maxMemoryBytes` is spent. All values in bytes unless named otherwise. */
+export interface StreamMemoryPlan {
+  maxMemoryBytes: number;
+  /** Node + TensorFlow.js + backend (RUNTIME_BYTES). */
+  runtimeBytes: number;
+  /** Model weights, counted twice (the loaded copy and the backend's). */
+  modelBytes: number;
+  /** Output chunk = tile core, YX or ZYX voxels. */
+  coreShape: number[];
+  /** Padded tile fed to the model. */
+  readShape: number[];
+  /** One forward pass on one padded tile (estimated bytes per voxel x voxels; x2 with TTA for the 8 averaged passes' outputs). */
+  activationBytes: number;
+  /** Tiles allowed between the spec generator and a stored chunk. */
+  tickets: number;
+  readConcurrency: number;
+  writeConcurrency: number;
+  /** Buffers one ticket may hold: raw and normalised padded tile, prediction, block, chunk and its encoded bytes. */
+  ticketBytes: number;
+  /** Input chunk cache bound. */
+  cacheBytes: number;
+  /** Sum of everything above except the cache's share not needed: runtime + model + activations + tickets + cache. */
+  totalBytes: number;
+}
+
+export interface PlanStreamOptions extends StreamGeometry {
+  maxMemoryBytes: number;
+  /** Image shape, YX or ZYX. */
+  shape: readonly number[];
+  /** Input chunk shape (for the cache's minimum: the chunks every in-flight tile touches). */
+  inputChunks: readonly number[];
+  bytesPerVoxel: number;
+  modelWeightBytes: number;
+  tta?: boolean;
+  /** Fixed core (the output's chunks); chosen from the budget when absent. */
+  coreShape?: readonly number[];
+  readConcurrency?: number;
+  writeConcurrency?: number;
+}
+
+function memoryFor(core: readonly number[], o: PlanStreamOptions, halo: number): Omit<StreamMemoryPlan, 'cacheBytes' | 'totalBytes'> & { minCacheBytes: number } {
+  const readConcurrency = o.readConcurrency ?? 4;
+  const writeConcurrency = o.writeConcurrency ?? 4;
+  const readShape = core.map((c) => c + 2 * halo);
+  const readVoxels = voxelCount(readShape);
+  const coreVoxels = voxelCount(core);
+  const activationBytes = readVoxels * o.bytesPerVoxel * (o.tta ? 2 : 1);
+  const tickets = readConcurrency + 1 + writeConcurrency;
+  const ticketBytes = readVoxels * 4 * 2 + coreVoxels * 4 * 5;
+  const touchedPerTile = readShape.reduce((n, r, axis) => n * (Math.min(Math.ceil(r / o.inputChunks[axis]) + 1, Math.ceil(o.shape[axis] / o.inputChunks[axis]))), 1);
+  const minCacheBytes = (readConcurrency + 1) * touchedPerTile * voxelCount(o.inputChunks) * 4;
+  return {
+    maxMemoryBytes: o.maxMemoryBytes,
+    runtimeBytes: RUNTIME_BYTES,
+    modelBytes: 2 * o.modelWeightBytes,
+    coreShape: [...core],
+    readShape,
+    activationBytes,
+    tickets,
+    readConcurrency,
+    writeConcurrency,
+    ticketBytes,
+    minCacheBytes,
+  };
+}
+
+/**
+ * Splits `maxMemoryBytes`: runtime and model first; of the rest, the tile (activations plus every
+ * ticket's buffers plus the cache's minimum) may take 60%, and the cache gets what is left, so
+ * neighbouring tiles find most of their input chunks cached. Without a fixed core, the core shape
+ * (= output chunk shape, a multiple of sizeMultiple) is the one computing the fewest voxels in all
+ * (halo included) among those that fit. Throws a UsageError when nothing fits.
+ */
+export function planStreamMemory(o: PlanStreamOptions): StreamMemoryPlan {
+  const m = o.sizeMultiple;
+  const halo = roundUp(o.receptiveRadius, m);
+  const available = o.maxMemoryBytes - RUNTIME_BYTES - 2 * o.modelWeightBytes;
+  const tileShare = 0.6 * available;
+  const cost = (core: readonly number[]): number => {
+    const p = memoryFor(core, o, halo);
+    return p.activationBytes + p.tickets * p.ticketBytes + p.minCacheBytes;
+  };
+  let core: number[];
+  if (o.coreShape) {
+    core = [...o.coreShape];
+    if (core.some((c, axis) => c % m !== 0 && c < o.shape[axis])) {
+      throw new UsageError(`output chunks [${core.join(', ')}] must be multiples of the network's pooling size ${m}`);
+    }
+  } else {
+    core = chooseCoreShape(o.shape, m, halo, (c) => cost(c) <= tileShare);
+  }
+  const need = cost(core);
+  if (available <= 0 || need > available) {
+    const floor = RUNTIME_BYTES + 2 * o.modelWeightBytes + need;
+    throw new UsageError(
+      `--max-memory ${(o.maxMemoryBytes / MiB).toFixed(0)} MiB is too small: the runtime, the model and one ` +
+        `[${core.join('x')}] tile need about ${Math.ceil(floor / MiB)} MiB`,
+    );
+  }
+  const p = memoryFor(core, o, halo);
+  const rest = available - p.activationBytes - p.tickets * p.ticketBytes;
+  const cacheBytes = Math.max(p.minCacheBytes, Math.floor(rest));
+  const { minCacheBytes: _unused, ...plan } = p;
+  void _unused;
+  return { ...plan, cacheBytes, totalBytes: RUNTIME_BYTES + plan.modelBytes + plan.activationBytes + plan.tickets * plan.ticketBytes + cacheBytes };
+}
+
+/**
+ * The core shape computing the fewest voxels (tiles x padded tile voxels) among multiples of
+ * `sizeMultiple` for which `fits` holds; ties go to fewer tiles. Per axis at most 96 candidate
+ * sizes are tried (evenly spread, plus the balanced sizes ceil(n/k) for small k).
+ */
+export function chooseCoreShape(shape: readonly number[], sizeMultiple: number, halo: number, fits: (core: number[]) => boolean): number[] {
+  const m = sizeMultiple;
+  const candidates = shape.map((n) => {
+    const largest = roundUp(n, m);
+    const steps = largest / m;
+    const sizes = new Set<number>();
+    const stride = Math.max(1, Math.ceil(steps / 64));
+    for (let k = 1; k <= steps; k += stride) sizes.add(k * m);
+    for (let k = 1; k <= 32; k++) sizes.add(Math.min(largest, roundUp(Math.ceil(n / k), m)));
+    return [...sizes].sort((a, b) => a - b);
+  });
+  let best: { core: number[]; work: number; tiles: number } | null = null;
+  const visit = (axis: number, chosen: number[]): void => {
+    if (axis === shape.length) {
+      if (!fits(chosen)) return;
+      const tiles = chosen.reduce((t, c, a) => t * Math.ceil(shape[a] / c), 1);
+      const work = tiles * chosen.reduce((v, c) => v * (c + 2 * halo), 1);
+      if (best === null || work < best.work || (work === best.work && tiles < best.tiles)) best = { core: [...chosen], work, tiles };
+      return;
+    }
+    for (const c of candidates[axis]) {
+      const partial = [...chosen, c];
+      // Sizes only grow along a candidate list: once the smallest completion does not fit, stop.
+      if (!fits([...partial, ...candidates.slice(axis + 1).map((list) => list[0])])) break;
+      visit(axis + 1, partial);
+    }
+  };
+  visit(0, []);
+  if (best === null) return shape.map(() => m);
+  const chosen = (best as { core: number[] }).core;
+  // Balance: same tile count, cores as even as the pooling grid allows.
+  return chosen.map((c, axis) => roundUp(Math.ceil(shape[axis] / Math.ceil(shape[axis] / c)), m));
+}
+
+/** A journal of stored chunks and the fingerprint of the run that wrote them, kept in a ByteStore under `prefix`. */
+export class RunJournal {
+  private pending: WrittenChunk[] = [];
+  private nextSegment = 0;
+  private flushing: Promise<void> = Promise.resolve();
+  private lastFlush = Date.now();
+
+  constructor(
+    readonly store: ByteStore,
+    readonly prefix: string,
+    readonly fingerprint: string,
+    /** Flush after this many chunks or this many ms, whichever first. */
+    readonly flushEvery = { chunks: 32, ms: 1000 },
+  ) {}
+
+  private get runKey(): string {
+    return `${this.prefix}/run.json`;
+  }
+
+  private segmentKey(n: number): string {
+    return `${this.prefix}/journal/${String(n).padStart(8, '0')}.json`;
+  }
+
+  /** The stored run record, or null when there is none. */
+  async readRun(): Promise<{ fingerprint: string; complete: boolean } | null> {
+    const bytes = await this.store.get(this.runKey);
+    if (!bytes) return null;
+    return JSON.parse(Buffer.from(bytes).toString('utf8')) as { fingerprint: string; complete: boolean };
+  }
+
+  async writeRun(complete: boolean): Promise<void> {
+    await this.store.set(this.runKey, new TextEncoder().encode(JSON.stringify({ format: 'blindspot-denoise-run', fingerprint: this.fingerprint, complete }) + '\n'));
+  }
+
+  /** Every journaled chunk (key 'i.j.k' -> sha256), later segments winning; also sets the next segment number. */
+  async readEntries(): Promise<Map<string, string>> {
+    const keys: string[] = [];
+    for await (const key of this.store.list(`${this.prefix}/journal/`)) keys.push(key);
+    keys.sort();
+    const entries = new Map<string, string>();
+    for (const key of keys) {
+      const bytes = await this.store.get(key);
+      if (!bytes) continue;
+      let segment: { fingerprint: string; chunks: Array<[string, string]> };
+      try {
+        segment = JSON.parse(Buffer.from(bytes).toString('utf8'));
+      } catch {
+        continue; // Unreadable segments only cost recomputation.
+      }
+      if (segment.fingerprint !== this.fingerprint) continue;
+      for (const [chunk, sha] of segment.chunks) entries.set(chunk, sha);
+      const n = Number(key.slice(key.lastIndexOf('/') + 1, -'.json'.length));
+      if (Number.isInteger(n)) this.nextSegment = Math.max(this.nextSegment, n + 1);
+    }
+    return entries;
+  }
+
+  record(chunk: WrittenChunk): Promise<void> {
+    this.pending.push(chunk);
+    if (this.pending.length >= this.flushEvery.chunks || Date.now() - this.lastFlush >= this.flushEvery.ms) return this.flush();
+    return Promise.resolve();
+  }
+
+  /** Writes the pending entries as one new segment (segments are written one at a time, in order). */
+  flush(): Promise<void> {
+    const batch = this.pending;
+    this.pending = [];
+    this.lastFlush = Date.now();
+    if (batch.length === 0) return this.flushing;
+    const n = this.nextSegment++;
+    const body = JSON.stringify({ fingerprint: this.fingerprint, chunks: batch.map((c) => [c.index.join('.'), c.sha256]) });
+    this.flushing = this.flushing.then(() => this.store.set(this.segmentKey(n), new TextEncoder().encode(body)));
+    return this.flushing;
+  }
+
+  /** Drops the journal segments (after the run record says complete). */
+  async removeSegments(): Promise<void> {
+    const keys: string[] = [];
+    for await (const key of this.store.list(`${this.prefix}/journal/`)) keys.push(key);
+    for (const key of keys) await this.store.delete(key);
+  }
+}
+
+function s3Parts(url: string): { bucket: string; key: string } | null {
+  const match = /^s3:\/\/([^/]+)\/?(.*)$/i.exec(url);
+  if (!match) return null;
+  return { bucket: match[1], key: match[2].replace(/\/+$/, '') };
+}
+
+/** Whether `inner` is `outer` or lies inside it, comparing '/'-separated path segments. */
+function within(inner: string, outer: string): boolean {
+  if (outer === '') return true;
+  return inner === outer || inner.startsWith(outer.endsWith('/') ? outer : `${outer}/`);
+}
+
+/**
+ * Refuses (UsageError, before anything is written) an output that is the input, lies inside it or
+ * contains it: same path, or the same S3 bucket with one prefix inside the other.
+ */
+export function assertOutputIsNotInput(input: string, output: string): void {
+  const a = s3Parts(input);
+  const b = s3Parts(output);
+  let clash = false;
+  if (a && b) {
+    clash = a.bucket === b.bucket && (within(a.key, b.key) || within(b.key, a.key));
+  } else if (!a && !b) {
+    const ra = path.resolve(input);
+    const rb = path.resolve(output);
+    clash = ra === rb || rb.startsWith(ra + path.sep) || ra.startsWith(rb + path.sep);
+  }
+  if (clash) throw new UsageError(`the output ${output} would overwrite the input ${input}; choose an output outside the input`);
+}
+
+/** sha256 of the things that decide the output's bytes: the model and the options. */
+export function runFingerprint(parts: Record<string, unknown>): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
+}
+
+export type StreamDenoiseEvent =
+  | { type: 'stream-start'; shape: readonly number[]; chunks: readonly number[]; chunksTotal: number; chunksDone: number; memory: StreamMemoryPlan }
+  | { type: 'stream-verified'; journaled: number; verified: number }
+  | { type: 'chunk'; index: readonly number[]; done: number; total: number }
+  | { type: 'stream-done'; seconds: number; chunksWritten: number; megavoxelsPerSecond: number; cache: ChunkCacheStats };
+
+export interface DenoiseChunkedOptions extends StreamGeometry {
+  /** YX or ZYX input (raw intensities). */
+  input: ChunkedArrayReader;
+  /** Output of the same shape; its chunks are the tile cores (multiples of sizeMultiple). */
+  output: ChunkedArrayWriter;
+  /** One channel in and out, on normalised values. */
+  model: TileModel;
+  normalisation: Normalisation;
+  maxMemoryBytes: number;
+  /** Bytes of the model's weights (counted in the budget). */
+  modelWeightBytes?: number;
+  /** Activation bytes per padded-tile voxel; default estimated from the model (pipeline/predict.ts). */
+  bytesPerVoxel?: number;
+  tta?: boolean;
+  /** Where the run record and chunk journal go (normally the output's own store); without it nothing can be resumed. */
+  journal?: { store: ByteStore; prefix?: string; fingerprint: string };
+  /** Continue an interrupted run: verify journaled chunks, compute only the others. */
+  resume?: boolean;
+  signal?: AbortSignal;
+  onEvent?: (event: StreamDenoiseEvent) => void;
+  readConcurrency?: number;
+  writeConcurrency?: number;
+}
+
+export interface DenoiseChunkedResult {
+  chunksTotal: number;
+  /** Chunks found complete and verified before this run. */
+  chunksSkipped: number;
+  chunksWritten: number;
+  interrupted: boolean;
+  memory: StreamMemoryPlan;
+  cache: ChunkCacheStats;
+}
+
+export const JOURNAL_PREFIX = '/.blindspot-denoise';
+
+/** Chunk indices of a grid in raster (C) order. */
+function* gridIndices(grid: readonly number[]): Generator<number[]> {
+  const index = grid.map(() => 0);
+  const total = voxelCount(grid);
+  for (let i = 0; i < total; i++) {
+    yield [...index];
+    for (let axis = index.length - 1; axis >= 0; axis--) {
+      if (++index[axis] < grid[axis]) break;
+      index[axis] = 0;
+    }
+  }
+}
+
+function rasterOrdinal(index: readonly number[], grid: readonly number[]): number {
+  let o = 0;
+  for (let axis = 0; axis < index.length; axis++) o = o * grid[axis] + index[axis];
+  return o;
+}
+
+/**
+ * Denoises a chunked array into another, chunk by chunk, in bounded memory (see the module comment).
+ * Returns when every output chunk is stored (or, after `signal` aborts, once the chunks under way are
+ * stored and journaled: `interrupted` is then true).
+ */
+export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<DenoiseChunkedResult> {
+  const { input, output } = opts;
+  const shape = input.info.shape;
+  if (shape.length !== 2 && shape.length !== 3) throw new InputError(input.info.url, `must be a YX or ZYX array, got shape [${shape.join(', ')}]`);
+  if (output.info.shape.join() !== shape.join()) {
+    throw new OutputError(output.info.url, `has shape [${output.info.shape.join(', ')}], the input [${shape.join(', ')}]`);
+  }
+  assertOutputIsNotInput(input.info.url, output.info.url);
+  const dims = shape.length as 2 | 3;
+  const memory = planStreamMemory({
+    maxMemoryBytes: opts.maxMemoryBytes,
+    shape,
+    inputChunks: input.info.chunks,
+    sizeMultiple: opts.sizeMultiple,
+    receptiveRadius: opts.receptiveRadius,
+    bytesPerVoxel: opts.bytesPerVoxel ?? estimateBytesPerVoxel(opts.model, dims, opts.sizeMultiple),
+    modelWeightBytes: opts.modelWeightBytes ?? 0,
+    tta: opts.tta,
+    coreShape: output.info.chunks,
+    readConcurrency: opts.readConcurrency,
+    writeConcurrency: opts.writeConcurrency,
+  });
+  const plan: TilePlan = planTileGrid(shape as unknown as Shape, {
+    sizeMultiple: opts.sizeMultiple,
+    receptiveRadius: opts.receptiveRadius,
+    tileShape: output.info.chunks,
+    blendWidth: 0,
+  });
+  const grid = chunkGrid(output.info);
+  if (plan.grid.join() !== grid.join()) {
+    throw new Error(`denoiseChunked: tile grid [${plan.grid.join(', ')}] does not match the output chunk grid [${grid.join(', ')}]`);
+  }
+  const chunksTotal = plan.tileCount;
+
+  // What is already done: journaled under this fingerprint and still holding the journaled bytes.
+  const done = new Uint8Array(chunksTotal);
+  const journal = opts.journal ? new RunJournal(opts.journal.store, opts.journal.prefix ?? JOURNAL_PREFIX, opts.journal.fingerprint) : null;
+  let chunksSkipped = 0;
+  if (journal) {
+    const run = await journal.readRun();
+    if (run && run.fingerprint !== journal.fingerprint) {
+      throw new OutputError(output.info.url, 'was written by a different model or different options; choose another output or delete it');
+    }
+    if (run && !opts.resume) throw new OutputError(output.info.url, 'holds a denoise run already; pass --resume to continue it, or choose another output');
+    if (run?.complete) {
+      // Written only after every chunk was stored and journaled; the journal itself is gone then.
+      done.fill(1);
+      chunksSkipped = chunksTotal;
+      await journal.store.cleanUpInterruptedWrites();
+      await journal.removeSegments();
+    } else if (opts.resume) {
+      await journal.store.cleanUpInterruptedWrites();
+      const entries = await journal.readEntries();
+      const verify = [...entries];
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < verify.length) {
+          const [key, sha] = verify[next++];
+          const index = key.split('.').map(Number);
+          if (index.length !== dims || index.some((k, axis) => !(k >= 0 && k < grid[axis]))) continue;
+          const stored = await output.readStoredChunk(index);
+          if (stored && sha256Hex(stored) === sha) {
+            const ordinal = rasterOrdinal(index, grid);
+            if (!done[ordinal]) chunksSkipped++;
+            done[ordinal] = 1;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, worker));
+      opts.onEvent?.({ type: 'stream-verified', journaled: entries.size, verified: chunksSkipped });
+    }
+    if (!run?.complete) await journal.writeRun(false);
+  }
+  opts.onEvent?.({ type: 'stream-start', shape, chunks: output.info.chunks, chunksTotal, chunksDone: chunksSkipped, memory });
+
+  const cache = new ChunkCache(memory.cacheBytes);
+  const credits = new Subject<void>();
+  let interrupted = false;
+  // Tile specs of the chunks not done, in raster order, one per credit.
+  const specs = new Observable<TileSpec>((subscriber) => {
+    const indices = gridIndices(grid);
+    let available = memory.tickets;
+    let pulling = false;
+    const pull = (): void => {
+      if (pulling) return;
+      pulling = true;
+      try {
+        while (available > 0) {
+          if (opts.signal?.aborted) {
+            interrupted = true;
+            subscriber.complete();
+            return;
+          }
+          const next = indices.next();
+          if (next.done) {
+            subscriber.complete();
+            return;
+          }
+          if (done[rasterOrdinal(next.value, grid)]) continue;
+          available--;
+          subscriber.next(tileSpecAt(plan, next.value));
+        }
+      } finally {
+        pulling = false;
+      }
+    };
+    const subscription = credits.subscribe(() => {
+      available++;
+      pull();
+    });
+    pull();
+    return () => subscription.unsubscribe();
+  });
+
+  const t0 = performance.now();
+  let chunksWritten = 0;
+  await lastValueFrom(
+    specs.pipe(
+      readTiles({
+        concurrency: memory.readConcurrency,
+        read: async (spec) => normalise(await readRegionReflected(input, cache, spec.read.origin, spec.read.shape), opts.normalisation),
+      }),
+      predictTilePixels({ model: opts.model, tta: opts.tta }),
+      stitchWithBlending(),
+      writeChunks({
+        writer: output,
+        concurrency: memory.writeConcurrency,
+        transform: (values) => denormalise(values, opts.normalisation),
+        record: journal ? (chunk) => journal.record(chunk) : undefined,
+      }),
+      tap((chunk) => {
+        chunksWritten++;
+        opts.onEvent?.({ type: 'chunk', index: chunk.index, done: chunksSkipped + chunksWritten, total: chunksTotal });
+        credits.next();
+      }),
+    ),
+    { defaultValue: undefined },
+  );
+  if (journal) {
+    await journal.flush();
+    if (!interrupted && chunksWritten + chunksSkipped === chunksTotal) {
+      await journal.writeRun(true);
+      await journal.removeSegments();
+    }
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const voxelsWritten = chunksWritten * voxelCount(output.info.chunks);
+  opts.onEvent?.({ type: 'stream-done', seconds, chunksWritten, megavoxelsPerSecond: voxelsWritten / 1e6 / seconds, cache: { ...cache.stats } });
+  return { chunksTotal, chunksSkipped, chunksWritten, interrupted, memory, cache: { ...cache.stats } };
+}
