@@ -9,6 +9,7 @@ import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { trainModel, TrainingInterrupted } from '../pipeline/train.js';
 import { denoiseFiles, type OutputType } from '../pipeline/denoise.js';
+import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
@@ -68,8 +69,18 @@ Options:
   --overwrite               replace existing outputs
   --backend B --threads N --json   as for train
 
+Streaming (any size, bounded memory): one chunked input (.zarr, OME-Zarr, TIFF stack, frame folder, s3://...)
+and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
+  --max-memory SIZE         memory bound that sets tile/chunk size, queues and cache (default 2GiB)
+  --resume                  continue an interrupted run (finished chunks are verified, then skipped)
+  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
+  --ngff-version 0.5|0.4    OME-Zarr version of the output (default 0.5, Zarr v3)
+  --channel N --time N      channel and time point of a multi-channel / time-lapse OME-Zarr input
+
 Examples:
   blindspot denoise models/conv data/noisy/*.tif --out data/denoised
+  blindspot denoise models/stack3d data/volume.ome.zarr --out data/volume-denoised.zarr --max-memory 4GiB
+  blindspot denoise models/stack3d s3://lab/raw/vol.zarr --out s3://lab/denoised/vol.zarr --resume
   blindspot denoise models/conv big.png --out out --dtype input --tile 512x512 --tta`,
   eval: `Usage: blindspot eval --clean <dir|files> --denoised <dir|files> [--range R] [--json]
 
@@ -201,6 +212,12 @@ async function runDenoise(args: string[]): Promise<number> {
       tta: { type: 'boolean', default: false },
       tile: { type: 'string' },
       overwrite: { type: 'boolean', default: false },
+      'max-memory': { type: 'string' },
+      resume: { type: 'boolean', default: false },
+      's3-endpoint': { type: 'string' },
+      'ngff-version': { type: 'string' },
+      channel: { type: 'string' },
+      time: { type: 'string' },
     },
     true,
   );
@@ -208,8 +225,55 @@ async function runDenoise(args: string[]): Promise<number> {
   const [modelDir, ...inputArgs] = positionals;
   if (!modelDir || inputArgs.length === 0) throw new UsageError('denoise needs <model-dir> and input images (blindspot denoise --help)');
   if (!values.out) throw new UsageError('denoise needs --out <dir>');
-  const inputs = await expandInputs(inputArgs);
   const outputType = choice('dtype', values.dtype, ['float32', 'input'] as const) as OutputType | undefined;
+  const isChunkedUrl = (s: string): boolean => /^s3:\/\//i.test(s) || /\.zarr\/?$/i.test(s);
+  if (isChunkedUrl(values.out) || inputArgs.some(isChunkedUrl)) {
+    // Streaming: one chunked input (Zarr, TIFF stack, frame folder; local or S3) -> one OME-Zarr.
+    if (inputArgs.length !== 1) throw new UsageError('a streaming denoise (Zarr or S3 input or output) takes exactly one input');
+    if (!isChunkedUrl(values.out)) throw new UsageError(`--out must be a .zarr path or an s3:// URL for a chunked input, got '${values.out}'`);
+    if (values.tile !== undefined) throw new UsageError('--tile does not apply to a streaming denoise: the output chunks are the tiles, sized by --max-memory');
+    if (values.overwrite) throw new UsageError('--overwrite does not apply to a streaming denoise: delete the output, or pass --resume to continue it');
+    const ngffVersion = choice('ngff-version', values['ngff-version'], ['0.4', '0.5'] as const);
+    const { reporter } = await setUp(values);
+    const interrupt = interruptController(reporter);
+    const recorded = ['blindspot', 'denoise', ...args.filter((a) => a !== '--resume')];
+    try {
+      const result = await denoiseUrl({
+        input: inputArgs[0],
+        out: values.out,
+        modelDir,
+        maxMemoryBytes: parseByteSize(values['max-memory'] ?? '2GiB'),
+        s3: values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined,
+        ngffVersion,
+        channel: intOption('channel', values.channel),
+        time: intOption('time', values.time),
+        resume: values.resume,
+        tta: values.tta,
+        outputType,
+        command: recorded,
+        signal: interrupt.signal,
+        onEvent: (e) => {
+          if (e.type === 'model') reporter.denoise(e);
+          else reporter.event(e.type, { ...e });
+        },
+      });
+      reporter.finish();
+      if (result.interrupted) {
+        reporter.log(`interrupted after ${result.chunksSkipped + result.chunksWritten} of ${result.chunksTotal} chunks; run again with --resume to finish`);
+        return ExitCode.interrupted;
+      }
+      reporter.event('done', { outputs: [values.out] });
+      if (!reporter.json) reporter.log(`${result.chunksWritten} chunk(s) denoised (${result.chunksSkipped} already done) into ${values.out}`);
+      return ExitCode.ok;
+    } finally {
+      interrupt.dispose();
+    }
+  }
+  for (const option of ['max-memory', 's3-endpoint', 'ngff-version', 'channel', 'time'] as const) {
+    if (values[option] !== undefined) throw new UsageError(`--${option} applies only to a streaming denoise (a .zarr or s3:// input or --out)`);
+  }
+  if (values.resume) throw new UsageError('--resume applies only to a streaming denoise (a .zarr or s3:// --out)');
+  const inputs = await expandInputs(inputArgs);
   const { reporter } = await setUp(values);
   const outputs = await denoiseFiles({
     modelDir,

@@ -27,6 +27,7 @@
  * call, fixed geometry), so a resumed run writes the same bytes as an uninterrupted one.
  */
 import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Observable, Subject, lastValueFrom, tap } from 'rxjs';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
@@ -42,6 +43,10 @@ import type { ByteStore } from '../storage/byteStore.js';
 import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
 import { type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
 import { estimateBytesPerVoxel } from './predict.js';
+import { VERSION } from '../core/version.js';
+import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN, type ModelManifest, loadModelFolder } from '../models/io.js';
+import { denoisingTileModel } from '../models/bayes.js';
+import { unetGeometry } from '../models/unet.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
 export const RUNTIME_BYTES = 192 * 2 ** 20;
@@ -546,4 +551,161 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   const voxelsWritten = chunksWritten * voxelCount(output.info.chunks);
   opts.onEvent?.({ type: 'stream-done', seconds, chunksWritten, megavoxelsPerSecond: voxelsWritten / 1e6 / seconds, cache: { ...cache.stats } });
   return { chunksTotal, chunksSkipped, chunksWritten, interrupted, memory, cache: { ...cache.stats } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// URL level: a model folder, an input URL (Zarr/OME-Zarr, TIFF stack, frame folder; local or S3)
+// and an output OME-Zarr URL.
+
+/** S3 settings as storage/s3.ts defines them (structural copy, so this module does not load the SDK). */
+export interface StreamS3Settings {
+  endpoint?: string;
+  region?: string;
+  maxConcurrency?: number;
+  maxAttempts?: number;
+  multipartThresholdBytes?: number;
+  partSizeBytes?: number;
+}
+
+export interface DenoiseUrlOptions {
+  input: string;
+  out: string;
+  modelDir: string;
+  maxMemoryBytes: number;
+  s3?: StreamS3Settings;
+  ngffVersion?: '0.4' | '0.5';
+  channel?: number;
+  time?: number;
+  resume?: boolean;
+  tta?: boolean;
+  /** Output sample type: float32 (default) or the input's, rounded and clipped. */
+  outputType?: 'float32' | 'input';
+  /** Pyramid levels below level 0 (default: the writer's choice). */
+  pyramidLevels?: number;
+  /** The command line, recorded as provenance (leave --resume out: the metadata must not change between runs). */
+  command?: string[];
+  signal?: AbortSignal;
+  onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | { type: 'pyramid' }) => void;
+}
+
+/** sha256 of a model folder's files (network, weights, manifest): the model part of the run fingerprint. */
+export async function modelFolderHash(dir: string): Promise<string> {
+  const hash = createHash('sha256');
+  for (const name of [MODEL_JSON, WEIGHTS_BIN, MANIFEST_JSON]) {
+    hash.update(name);
+    hash.update(await fs.readFile(path.join(dir, name)));
+  }
+  return hash.digest('hex');
+}
+
+/** A display window for the output known before any voxel is denoised: the model's normalisation range. */
+function displayWindow(n: Normalisation): { start: number; end: number; min: number; max: number } {
+  const low = n.mode === 'percentile' ? n.offset : n.offset - 3 * n.scale;
+  const high = n.mode === 'percentile' ? n.offset + n.scale : n.offset + 3 * n.scale;
+  return { start: low, end: high, min: Math.min(low, 0), max: high };
+}
+
+/**
+ * Denoises the array at `input` into a new OME-Zarr at `out` in bounded memory, then builds its
+ * pyramid. Refuses an output that is, contains or lies inside the input before anything is written.
+ * With `resume`, continues an interrupted run at `out` (same model and options), verifying what is there.
+ */
+export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
+  assertOutputIsNotInput(opts.input, opts.out);
+  // Loaded by path so this module builds before the storage back ends exist in every checkout.
+  const openModule = '../storage/open.js';
+  const omeModule = '../storage/ome.js';
+  const open = (await import(openModule)) as {
+    openChunkedSource(url: string, o?: { channel?: number; time?: number; s3?: StreamS3Settings }): Promise<ChunkedArrayReader>;
+    openByteStore(url: string, s3?: StreamS3Settings): ByteStore;
+  };
+  const ome = (await import(omeModule)) as {
+    createOmeZarr(url: string, o: Record<string, unknown>): Promise<OmeZarrWriterLike>;
+    openOmeZarrWriter(url: string, s3?: StreamS3Settings): Promise<OmeZarrWriterLike | null>;
+  };
+  const { model, manifest } = await loadModelFolder(opts.modelDir);
+  let input: ChunkedArrayReader | null = null;
+  let writer: OmeZarrWriterLike | null = null;
+  let store: ByteStore | null = null;
+  try {
+    opts.onEvent?.({ type: 'model', manifest });
+    const tileModel = denoisingTileModel(model, manifest, 'denoised');
+    input = await open.openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
+    const dims = input.info.shape.length;
+    if (dims !== manifest.network.dims) {
+      throw new InputError(opts.input, `is ${dims}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
+    }
+    const geometry = unetGeometry(manifest.network);
+    const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
+    const bytesPerVoxel = estimateBytesPerVoxel(model, dims as 2 | 3, geometry.sizeMultiple);
+    const dtype = opts.outputType === 'input' ? input.info.dtype : 'float32';
+    if (opts.resume) writer = await ome.openOmeZarrWriter(opts.out, opts.s3);
+    if (writer && writer.info.shape.join() !== input.info.shape.join()) {
+      throw new OutputError(opts.out, `holds an array of shape [${writer.info.shape.join(', ')}], the input is [${input.info.shape.join(', ')}]`);
+    }
+    if (!writer) {
+      const memory = planStreamMemory({
+        maxMemoryBytes: opts.maxMemoryBytes,
+        shape: input.info.shape,
+        inputChunks: input.info.chunks,
+        ...geometry,
+        bytesPerVoxel,
+        modelWeightBytes,
+        tta: opts.tta,
+      });
+      writer = await ome.createOmeZarr(opts.out, {
+        shape: [...input.info.shape],
+        chunks: memory.coreShape,
+        dtype,
+        axes: input.info.axes,
+        placement: input.info.placement,
+        ngffVersion: opts.ngffVersion ?? '0.5',
+        provenance: {
+          software: 'blindspot',
+          version: VERSION,
+          command: opts.command ?? [],
+          input: opts.input,
+          model: { folder: opts.modelDir, method: manifest.method, network: manifest.network, sha256: await modelFolderHash(opts.modelDir) },
+        },
+        window: displayWindow(manifest.normalisation),
+        s3: opts.s3,
+      });
+    }
+    store = open.openByteStore(opts.out, opts.s3);
+    const fingerprint = runFingerprint({
+      model: await modelFolderHash(opts.modelDir),
+      tta: opts.tta === true,
+      input: { shape: input.info.shape, dtype: input.info.dtype, channel: opts.channel ?? null, time: opts.time ?? null },
+      output: { shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
+    });
+    const result = await denoiseChunked({
+      input,
+      output: writer,
+      model: tileModel,
+      ...geometry,
+      normalisation: manifest.normalisation,
+      maxMemoryBytes: opts.maxMemoryBytes,
+      modelWeightBytes,
+      bytesPerVoxel,
+      tta: opts.tta,
+      journal: { store, fingerprint },
+      resume: opts.resume,
+      signal: opts.signal,
+      onEvent: opts.onEvent,
+    });
+    if (!result.interrupted) {
+      opts.onEvent?.({ type: 'pyramid' });
+      await writer.buildPyramid(opts.pyramidLevels === undefined ? {} : { levels: opts.pyramidLevels });
+    }
+    return result;
+  } finally {
+    model.dispose();
+    await input?.close?.();
+    await writer?.close?.();
+    await store?.close?.();
+  }
+}
+
+interface OmeZarrWriterLike extends ChunkedArrayWriter {
+  buildPyramid(opts?: { levels?: number; concurrency?: number }): Promise<void>;
 }

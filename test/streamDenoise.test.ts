@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
-import { promises as fs } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -288,5 +289,17 @@ describe('resume (in process)', () => {
       }),
     ).rejects.toThrow(/different model/);
     model.dispose();
+  });
+});
+
+describe('CLI (from dist/, built by pretest)', () => {
+  const cli = path.join(path.resolve(path.dirname(new URL(import.meta.url).pathname), '..'), 'dist', 'cli', 'main.js');
+  test.skipIf(!existsSync(cli))('refuses to write a streaming output over or inside its input, before writing anything', () => {
+    for (const out of [path.join(tmp, 'in.zarr'), path.join(tmp, 'in.zarr', 'den.zarr')]) {
+      const r = spawnSync(process.execPath, [cli, 'denoise', path.join(tmp, 'model'), path.join(tmp, 'in.zarr'), '--out', out, '--backend', 'cpu'], { encoding: 'utf8' });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/would overwrite the input/);
+      expect(existsSync(out)).toBe(false);
+    }
   });
 });
