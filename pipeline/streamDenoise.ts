@@ -27,6 +27,7 @@
  * call, fixed geometry), so a resumed run writes the same bytes as an uninterrupted one.
  */
 import { createHash } from 'node:crypto';
+import * as tf from '@tensorflow/tfjs-core';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Observable, Subject, lastValueFrom, tap } from 'rxjs';
@@ -110,6 +111,13 @@ export interface PlanStreamOptions extends StreamGeometry {
   coreShape?: readonly number[];
   readConcurrency?: number;
   writeConcurrency?: number;
+  /** Cap on one forward pass (the wasm heap stops at 4 GiB); default: the active backend's (wasmActivationCap). */
+  maxActivationBytes?: number;
+}
+
+/** The wasm backend's heap tops out at 4 GiB and never shrinks: keep one pass well inside it. */
+export function activationCapForBackend(): number {
+  return tf.getBackend() === 'wasm' ? 3 * 2 ** 30 : Infinity;
 }
 
 function memoryFor(core: readonly number[], o: PlanStreamOptions, halo: number): Omit<StreamMemoryPlan, 'cacheBytes' | 'totalBytes'> & { minCacheBytes: number } {
@@ -161,7 +169,8 @@ export function planStreamMemory(o: PlanStreamOptions): StreamMemoryPlan {
       throw new UsageError(`output chunks [${core.join(', ')}] must be multiples of the network's pooling size ${m}`);
     }
   } else {
-    core = chooseCoreShape(o.shape, m, halo, (c) => cost(c) <= tileShare);
+    const cap = o.maxActivationBytes ?? activationCapForBackend();
+    core = chooseCoreShape(o.shape, m, halo, (c) => cost(c) <= tileShare && memoryFor(c, o, halo).activationBytes <= cap);
   }
   const need = cost(core);
   if (available <= 0 || need > available) {
