@@ -589,6 +589,8 @@ export interface DenoiseUrlOptions {
   tta?: boolean;
   /** Output sample type: float32 (default) or the input's, rounded and clipped. */
   outputType?: 'float32' | 'input';
+  /** Output chunk (= tile core) shape, multiples of the pooling size; default chosen from maxMemoryBytes. */
+  outputChunks?: number[];
   /** Pyramid levels below level 0 (default: the writer's choice). */
   pyramidLevels?: number;
   /** The command line, recorded as provenance (leave --resume out: the metadata must not change between runs). */
@@ -661,6 +663,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
         bytesPerVoxel,
         modelWeightBytes,
         tta: opts.tta,
+        coreShape: opts.outputChunks,
       });
       writer = await ome.createOmeZarr(opts.out, {
         shape: [...input.info.shape],

@@ -303,3 +303,106 @@ describe('CLI (from dist/, built by pretest)', () => {
     }
   });
 });
+
+describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
+  const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+  const zarrBackEnd = ['ome.ts', 'open.ts'].every((f) => existsSync(path.join(repoRoot, 'storage', f)));
+  // Loaded by path: storage/ome.ts and storage/open.ts come from another part of the work.
+  const load = async () => {
+    const omeModule = '../storage/ome.js';
+    const openModule = '../storage/open.js';
+    return {
+      ome: (await import(omeModule)) as { createOmeZarr(url: string, o: Record<string, unknown>): Promise<import('../storage/chunked.js').ChunkedArrayWriter> },
+      open: (await import(openModule)) as { openChunkedSource(url: string): Promise<import('../storage/chunked.js').ChunkedArrayReader> },
+    };
+  };
+
+  async function saveTinyModel(dir: string, cfg: UNetConfig): Promise<import('../models/io.js').ModelManifest> {
+    const { saveModelFolder } = await import('../models/io.js');
+    const model = buildUNet(cfg, 12);
+    const manifest: import('../models/io.js').ModelManifest = {
+      format: 'blindspot-model',
+      formatVersion: 1,
+      method: 'n2v',
+      network: cfg,
+      normalisation,
+      patchShape: [32, 32],
+      masking: { fraction: 0.015, strategy: 'uniform-without-centre', radius: 2 },
+      loss: 'mse',
+      training: {
+        steps: 0, stepsDone: 0, batchSize: 1, seed: 1, learningRate: 0, backend: 'cpu', threads: 1,
+        inputs: [], validationInputs: [], bestStep: 0, bestValLoss: null, wallSeconds: 0, finished: true,
+      },
+      history: [],
+      createdBy: { name: 'blindspot', version: 'test', command: [] },
+    };
+    await saveModelFolder(dir, model, manifest);
+    model.dispose();
+    return manifest;
+  }
+
+  async function readArray(reader: import('../storage/chunked.js').ChunkedArrayReader): Promise<Float32Array> {
+    const scratch = new RawChunkArray(new DirectoryStore(await fs.mkdtemp(path.join(tmp, 'scratch-'))), reader.info.shape, reader.info.chunks);
+    for (const index of (function* () {
+      const grid = reader.info.shape.map((n, a) => Math.ceil(n / reader.info.chunks[a]));
+      for (let y = 0; y < grid[0]; y++) for (let x = 0; x < grid[1]; x++) yield [y, x];
+    })()) {
+      await scratch.writeChunk(index, await reader.readChunk(index));
+    }
+    return scratch.readAll();
+  }
+
+  test.skipIf(!zarrBackEnd)('2D: equals the in-memory denoise; refuses its input as output; resumed output is byte-identical', async () => {
+    const { ome, open } = await load();
+    const { denoiseUrl } = await import('../pipeline/streamDenoise.js');
+    const cfg: UNetConfig = { ...defaultUNetConfig(2), filters: 4 };
+    const modelDir = path.join(tmp, 'zarr-model');
+    await saveTinyModel(modelDir, cfg);
+    const shape = [70, 83];
+    const image = randomImage(shape, 21, 100, 20);
+    const inputUrl = path.join(tmp, 'in.zarr');
+    const writer = await ome.createOmeZarr(inputUrl, {
+      shape,
+      chunks: [16, 20],
+      dtype: 'float32',
+      axes: [{ name: 'y', type: 'space', unit: 'micrometer' }, { name: 'x', type: 'space', unit: 'micrometer' }],
+      placement: { scale: [0.5, 0.25], translation: [10, 20] },
+    });
+    const source = new MemoryArrayReader(image, shape, [16, 20]);
+    for (let y = 0; y < 5; y++) for (let x = 0; x < 5; x++) await writer.writeChunk([y, x], await source.readChunk([y, x]));
+
+    await expect(denoiseUrl({ input: inputUrl, out: inputUrl, modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [24, 32] })).rejects.toThrow(/overwrite the input/);
+
+    const outA = path.join(tmp, 'a.zarr');
+    await denoiseUrl({ input: inputUrl, out: outA, modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [24, 32] });
+    const denoised = await open.openChunkedSource(outA);
+    expect(denoised.info.placement).toEqual({ scale: [0.5, 0.25], translation: [10, 20] });
+    const model = buildUNet(cfg, 12);
+    const { loadModelFolder } = await import('../models/io.js');
+    const loaded = await loadModelFolder(modelDir);
+    const inMemory = denormalise(await predictVolume(loaded.model, normalise(image, normalisation), shape as unknown as Shape, unetGeometry(cfg)), normalisation);
+    loaded.model.dispose();
+    model.dispose();
+    const streamed = await readArray(denoised);
+    expect(maxAbsDiff(streamed, inMemory) / maxAbs(inMemory)).toBeLessThan(1e-4);
+
+    // Interrupted after 2 chunks, resumed: the same files, byte for byte.
+    const outB = path.join(tmp, 'b.zarr');
+    const controller = new AbortController();
+    let chunks = 0;
+    const stopped = await denoiseUrl({
+      input: inputUrl, out: outB, modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [24, 32], signal: controller.signal,
+      onEvent: (e) => { if (e.type === 'chunk' && ++chunks === 2) controller.abort(); },
+    });
+    const resumed = await denoiseUrl({ input: inputUrl, out: outB, modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [24, 32], resume: true });
+    expect(stopped.interrupted).toBe(true);
+    expect(stopped.chunksTotal).toBe(9);
+    expect(resumed.chunksSkipped).toBeGreaterThanOrEqual(1);
+    expect(resumed.chunksSkipped + resumed.chunksWritten).toBe(9);
+    const files = (await fs.readdir(outA, { recursive: true })).map(String).sort();
+    expect((await fs.readdir(outB, { recursive: true })).map(String).sort()).toEqual(files);
+    for (const f of files) {
+      if ((await fs.stat(path.join(outA, f))).isFile()) expect(Buffer.compare(await fs.readFile(path.join(outA, f)), await fs.readFile(path.join(outB, f))), f).toBe(0);
+    }
+  });
+});
