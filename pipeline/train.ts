@@ -18,6 +18,7 @@ import { computeNormalisation, normalise, type Normalisation } from '../models/n
 import { defaultMaskOptions, maskPatch, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
 import { maskedLoss } from '../models/losses.js';
+import { gaussianPriorLoss, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import {
   MANIFEST_JSON,
   modelFromFiles,
@@ -49,7 +50,7 @@ import type { ChunkedArrayReader } from '../storage/chunked.js';
 import { augmentPatches } from '../operators/augmentPatches.js';
 import { maskN2V } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
-import { trainSteps, type StepResult } from '../operators/trainSteps.js';
+import { trainSteps, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
 import { readImage } from '../storage/index.js';
 import { VERSION } from '../core/version.js';
@@ -119,6 +120,12 @@ export interface TrainOptions {
   maskFraction?: number;
   strategy?: ReplacementStrategy;
   loss?: 'mse' | 'mae';
+  /**
+   * Train a Gaussian prior (mean and variance of the clean value, Laine et al.) by the likelihood of
+   * the noisy value under this noise model, instead of a point estimate; denoise then gives the
+   * posterior mean (models/bayes.ts).
+   */
+  prior?: NoiseSpec;
   network?: Partial<Omit<UNetConfig, 'dims' | 'variant'>>;
   normalisation?: 'meanstd' | 'percentile';
   augment?: boolean;
@@ -175,7 +182,14 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
   if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
   const dims = opts.sources ? inferSourceDims(opts.sources) : inferDims(named);
-  const network: UNetConfig = { ...defaultUNetConfig(dims), ...opts.network, dims, variant: method === 'n2v2' ? 'n2v2' : 'n2v' };
+  if (opts.prior) validateNoiseSpec(opts.prior, 'train --prior');
+  const network: UNetConfig = {
+    ...defaultUNetConfig(dims),
+    ...opts.network,
+    dims,
+    variant: method === 'n2v2' ? 'n2v2' : 'n2v',
+    ...(opts.prior ? { outputChannels: 2 } : {}),
+  };
   const geometry = unetGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
   validatePatchShape(patchShape, dims, geometry.sizeMultiple);
@@ -247,6 +261,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     };
   }
   const { normalisation, valBatches } = data;
+  const lossFn: MaskedLossFn = opts.prior
+    ? gaussianPriorLoss(normalisedNoiseVariance(opts.prior, normalisation))
+    : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
 
   let model: tfl.LayersModel;
   const optimizer = tf.train.adam(baseLearningRate);
@@ -290,7 +307,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     normalisation,
     patchShape,
     masking,
-    loss: lossKind,
+    loss: opts.prior ? 'prior-nll' : lossKind,
+    ...(opts.prior ? { prior: { noise: opts.prior } } : {}),
     training: {
       steps,
       stepsDone: state.stepsDone,
@@ -334,7 +352,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     const record: TrainingRecord = { step: state.stepsDone, loss: result.loss, learningRate: state.learningRate, seconds: state.wallSeconds };
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
     if (isValidationStep) {
-      const valLoss = evaluateValidation(model, valBatches, lossKind);
+      const valLoss = evaluateValidation(model, valBatches, lossFn);
       record.valLoss = valLoss;
       lastValLoss = valLoss;
       const improved = state.bestValLoss === null || valLoss < state.bestValLoss;
@@ -381,7 +399,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     trainSteps({
       model,
       optimizer,
-      loss: lossKind,
+      loss: lossFn,
       afterEach: async (r) => {
         if (!interrupted) await afterStep(r);
       },
@@ -688,13 +706,13 @@ function makeValidationBatches(
   return batches;
 }
 
-function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], kind: 'mse' | 'mae'): number {
+function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: MaskedLossFn): number {
   let sum = 0;
   let weight = 0;
   for (const b of batches) {
     const value = tf.tidy(() => {
       const pred = model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor;
-      return maskedLoss(pred, tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape), kind).dataSync()[0];
+      return lossFn(pred, tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)).dataSync()[0];
     });
     sum += value * b.shape[0];
     weight += b.shape[0];
