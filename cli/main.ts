@@ -13,6 +13,7 @@ import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
+import { parseNoiseSpec } from '../models/bayes.js';
 import { choice, commonOptions, interruptController, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
 
 const HELP: Record<string, string> = {
@@ -44,6 +45,9 @@ Options:
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
   --loss mse|mae            loss on masked pixels (default mse)
+  --prior gaussian:S | poisson-gaussian:A,B
+                            predict a Gaussian prior and train it by the likelihood under this noise
+                            (input units; var = A*x + B); denoise then gives the posterior mean (Laine et al.)
   --depth N --filters N --kernel-size N --no-batch-norm   U-Net shape (default 2, 32, 3, batch norm on)
   --normalisation meanstd|percentile   (default meanstd)
   --no-augment              no flips/rotations
@@ -143,12 +147,14 @@ async function runTrain(args: string[]): Promise<number> {
       augment: { type: 'boolean', default: true },
       'val-fraction': { type: 'string' },
       'validate-every': { type: 'string' },
+      prior: { type: 'string' },
       resume: { type: 'boolean', default: false },
       overwrite: { type: 'boolean', default: false },
     },
     true,
   );
   if (values.help) return printHelp('train');
+  const prior = values.prior === undefined ? undefined : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
   const inputs = await expandInputs(positionals);
@@ -175,6 +181,7 @@ async function runTrain(args: string[]): Promise<number> {
       maskFraction: numberOption('mask-fraction', values['mask-fraction']),
       strategy: choice('strategy', values.strategy, ['uniform-without-centre', 'uniform-with-centre', 'median'] as const),
       loss: choice('loss', values.loss, ['mse', 'mae'] as const),
+      prior,
       network,
       normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
       augment: values.augment,

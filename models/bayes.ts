@@ -130,3 +130,15 @@ export function denoisingTileModel(model: LayersModel, manifest: ModelManifest, 
   const which: PriorOutput = output === 'denoised' ? 'posterior-mean' : output === 'uncertainty' ? 'posterior-std' : 'prior-mean';
   return priorTileModel(model, noiseVariance, which);
 }
+
+/** Parses `gaussian:SIGMA` or `poisson-gaussian:A,B` (raw intensity units), as the CLI's --prior takes it. */
+export function parseNoiseSpec(text: string, option = '--prior'): NoiseSpec {
+  const [kind, params = ''] = text.split(':', 2);
+  const numbers = params.split(',').map((p) => Number(p.trim()));
+  let spec: NoiseSpec;
+  if (kind === 'gaussian' && numbers.length === 1) spec = { kind: 'gaussian', sigma: numbers[0] };
+  else if (kind === 'poisson-gaussian' && numbers.length === 2) spec = { kind: 'poisson-gaussian', a: numbers[0], b: numbers[1] };
+  else throw new UsageError(`${option} must be gaussian:SIGMA or poisson-gaussian:A,B (input intensity units), got '${text}'`);
+  validateNoiseSpec(spec, option);
+  return spec;
+}
