@@ -3,6 +3,7 @@
  * (seeded, not clipped), evaluate on BSD68, mean PSNR with peak 255 (per image, then averaged).
  *
  *   npm run bench:bsd68 -- --steps 2000 [--method n2v2] [--batch-size 16] [--threads 2] [--tta] [--limit 68]
+ *     [--prior gaussian:25]   Gaussian-prior training; reports the posterior mean and the prior mean
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -14,6 +15,7 @@ import { SHARED_DIR } from '../core/version.js';
 import { addGaussianNoise } from '../core/synthetic.js';
 import type { Volume } from '../core/volume.js';
 import { loadModelFolder } from '../models/io.js';
+import { parseNoiseSpec } from '../models/bayes.js';
 import { trainModel, type NamedVolume } from '../pipeline/train.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { expandInputs, readImage } from '../storage/index.js';
@@ -29,6 +31,7 @@ async function main(): Promise<void> {
   const method = (args.get('method') ?? 'n2v') as 'n2v' | 'n2v2';
   const limit = Number(args.get('limit') ?? 68);
   const tta = args.get('tta') === 'true';
+  const prior = args.has('prior') ? parseNoiseSpec(String(args.get('prior'))) : undefined;
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
   const trainDir = path.join(SHARED_DIR, 'data', 'Train400');
   const testDir = path.join(SHARED_DIR, 'data', 'BSD68');
@@ -57,6 +60,7 @@ async function main(): Promise<void> {
     method,
     steps,
     batchSize,
+    prior,
     patchShape: [64, 64],
     seed: 1,
     backend,
@@ -68,7 +72,7 @@ async function main(): Promise<void> {
 
   const { model } = await loadModelFolder(modelDir);
   const testFiles = (await expandInputs([testDir])).slice(0, limit);
-  const perImage: Array<{ file: string; psnrNoisy: number; psnr: number; ssim: number }> = [];
+  const perImage: Array<{ file: string; psnrNoisy: number; psnr: number; ssim: number; psnrPriorMean?: number }> = [];
   const testRng = new Rng(68);
   const t1 = performance.now();
   for (const f of testFiles) {
@@ -80,12 +84,13 @@ async function main(): Promise<void> {
       psnrNoisy: psnr(clean.data, noisy.data, 255),
       psnr: psnr(clean.data, denoised.data, 255),
       ssim: ssim(clean.data, denoised.data, clean.shape, 255),
+      ...(prior ? { psnrPriorMean: psnr(clean.data, (await denoiseVolume(model, manifest, noisy, { tta, output: 'prior-mean' })).data, 255) } : {}),
     });
     reporter.event('image', perImage[perImage.length - 1]);
   }
   const inferSeconds = (performance.now() - t1) / 1000;
   model.dispose();
-  const mean = (k: 'psnr' | 'psnrNoisy' | 'ssim'): number => perImage.reduce((a, r) => a + r[k], 0) / perImage.length;
+  const mean = (k: 'psnr' | 'psnrNoisy' | 'ssim' | 'psnrPriorMean'): number => perImage.reduce((a, r) => a + (r[k] ?? NaN), 0) / perImage.length;
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -97,6 +102,7 @@ async function main(): Promise<void> {
     meanPsnrNoisy: +mean('psnrNoisy').toFixed(3),
     meanPsnr: +mean('psnr').toFixed(3),
     meanSsim: +mean('ssim').toFixed(4),
+    ...(prior ? { prior, meanPsnrPriorMean: +mean('psnrPriorMean').toFixed(3) } : {}),
     bestStep: manifest.training.bestStep,
     trainSeconds: +trainSeconds.toFixed(1),
     inferSeconds: +inferSeconds.toFixed(1),
@@ -104,7 +110,7 @@ async function main(): Promise<void> {
     anchors: { n2vPaper: 27.71, n2vReproduction: 27.81, bm3d: 28.57 },
     perImage,
   };
-  const file = await writeResult('bsd68', result);
+  const file = await writeResult(prior ? 'bsd68-prior' : 'bsd68', result);
   await fs.rm(modelDir, { recursive: true, force: true });
   console.log(`BSD68 sigma=25 (${perImage.length} images): noisy ${result.meanPsnrNoisy} dB -> ${method} ${result.meanPsnr} dB (SSIM ${result.meanSsim}); train ${result.trainSeconds} s; written ${file}`);
   console.log(JSON.stringify({ meanPsnr: result.meanPsnr, meanPsnrNoisy: result.meanPsnrNoisy, steps, trainSeconds: result.trainSeconds }));
