@@ -395,3 +395,72 @@ describe('streaming training (trainModel with chunked sources)', () => {
     expect((err as Error).message).toMatch(/4\.0 MiB memory less .* cannot hold the chunks of one training step/);
   }, 240_000);
 });
+
+/** The Zarr helper's modules, if present (they land separately; this test skips without them). */
+async function zarrModules(): Promise<{
+  createOmeZarr: (url: string, opts: Record<string, unknown>) => Promise<{ writeChunk(index: number[], values: Float32Array): Promise<unknown>; close?(): Promise<void> }>;
+  openChunkedSource: (url: string) => Promise<ChunkedArrayReader>;
+} | null> {
+  try {
+    const ome = (await import('../storage/' + 'ome.js')) as Record<string, unknown>;
+    const open = (await import('../storage/' + 'open.js')) as Record<string, unknown>;
+    if (typeof ome.createOmeZarr !== 'function' || typeof open.openChunkedSource !== 'function') return null;
+    return { createOmeZarr: ome.createOmeZarr as never, openChunkedSource: open.openChunkedSource as never };
+  } catch (err) {
+    console.warn(`Zarr modules not loadable: ${(err as Error).message}`);
+    return null;
+  }
+}
+
+describe('streaming training from a real Zarr source', () => {
+  it('trains from an OME-Zarr v0.5 volume opened with openChunkedSource; statistics equal those of the same values from memory', async (ctx) => {
+    const zarr = await zarrModules();
+    if (!zarr) {
+      ctx.skip('storage/ome.ts createOmeZarr / storage/open.ts openChunkedSource not available');
+      return;
+    }
+    const shape = [200, 180];
+    const chunks = [32, 32];
+    const synthetic = new SyntheticChunkedReader(shape, chunks, 31);
+    const url = path.join(tmp, 'vol.zarr');
+    const writer = await zarr.createOmeZarr(url, {
+      shape,
+      chunks,
+      dtype: 'float32',
+      axes: [
+        { name: 'y', type: 'space', unit: 'micrometer' },
+        { name: 'x', type: 'space', unit: 'micrometer' },
+      ],
+      placement: { scale: [1, 1], translation: [0, 0] },
+    });
+    for (let cy = 0; cy * chunks[0] < shape[0]; cy++) for (let cx = 0; cx * chunks[1] < shape[1]; cx++) await writer.writeChunk([cy, cx], synthetic.generate([cy, cx]));
+    await writer.close?.();
+    const reader = await zarr.openChunkedSource(url);
+    expect([...reader.info.shape]).toEqual(shape);
+    const events: TrainEvent[] = [];
+    const manifest = await trainModel({
+      sources: [{ reader, name: url }],
+      out: path.join(tmp, 'zarr-model'),
+      steps: 12,
+      batchSize: 8,
+      patchShape: [32, 32],
+      network: { depth: 2, filters: 8, kernelSize: 3, batchNorm: true },
+      learningRate: 2e-3,
+      validateEvery: 6,
+      valPatches: 8,
+      seed: 2,
+      onEvent: (e) => events.push(e),
+    });
+    await reader.close?.();
+    expect(manifest.training.stepsDone).toBe(12);
+    expect(manifest.training.inputs).toEqual([url]);
+    // Same values in memory (the synthetic rule), same training bounds: identical statistics.
+    const trainBounds = { start: [0, 0], end: [192, 180] }; // 7 chunk rows, the last (rows 192..200) held out
+    expect(manifest.training.validationInputs).toEqual([`${url} (validation slab)`]);
+    const reference = await sampleNormalisation([{ reader: synthetic, name: 'memory', bounds: trainBounds }], 'meanstd');
+    expect(manifest.normalisation.offset).toBeCloseTo(reference.normalisation.offset, 5);
+    expect(manifest.normalisation.scale).toBeCloseTo(reference.normalisation.scale, 5);
+    expect(events.some((e) => e.type === 'normalisation')).toBe(true);
+  }, 120_000);
+});
+
