@@ -1,0 +1,277 @@
+/**
+ * OME-Zarr metadata checked against the NGFF specification (v0.4 and v0.5), field by field.
+ * No npm package ships the NGFF JSON schemas: @fideus-labs/ngff-zarr 0.14 has zod schemas that check
+ * less than the spec says (no axis order, no unique time axis, no scale-first rule), so every
+ * required field is asserted here explicitly.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as zarr from 'zarrita';
+import { createOmeZarr, openOmeZarrWriter, planPyramid, type CreateOmeZarrOptions } from '../storage/ome.js';
+import { createZarrArray, encodeJson } from '../storage/zarr.js';
+import { FileSystemStore } from '../storage/fsStore.js';
+import { openChunkedSource } from '../storage/open.js';
+import { chunkGrid, type Axis } from '../storage/chunked.js';
+import { InputError, OutputError } from '../core/errors.js';
+import { VERSION } from '../core/version.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-ome-'));
+});
+afterAll(async () => {
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+const NGFF_UNITS_SPACE = new Set([
+  'angstrom', 'attometer', 'centimeter', 'decimeter', 'exameter', 'femtometer', 'foot', 'gigameter', 'hectometer', 'inch',
+  'kilometer', 'megameter', 'meter', 'micrometer', 'mile', 'millimeter', 'nanometer', 'parsec', 'petameter', 'picometer',
+  'terameter', 'yard', 'yoctometer', 'yottameter', 'zeptometer', 'zettameter',
+]);
+
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** Asserts every MUST of the NGFF multiscales spec (0.4 / 0.5) and returns the level paths. */
+function assertValidMultiscale(ms: Json, version: '0.4' | '0.5', rank: number): string[] {
+  if (version === '0.4') expect(ms.version).toBe('0.4');
+  else expect(ms.version).toBeUndefined();
+  // axes: 2-5, names unique, types, 2-3 space, at most one time and one channel, order t, c, space.
+  const axes = ms.axes as Json[];
+  expect(Array.isArray(axes)).toBe(true);
+  expect(axes.length).toBeGreaterThanOrEqual(2);
+  expect(axes.length).toBeLessThanOrEqual(5);
+  expect(axes.length).toBe(rank);
+  expect(new Set(axes.map((a) => a.name)).size).toBe(axes.length);
+  for (const a of axes) {
+    expect(typeof a.name).toBe('string');
+    if (a.type !== undefined) expect(typeof a.type).toBe('string');
+    if (a.type === 'space' && a.unit !== undefined) expect(NGFF_UNITS_SPACE.has(a.unit)).toBe(true);
+  }
+  const types = axes.map((a) => a.type);
+  const space = types.filter((t) => t === 'space').length;
+  expect(space).toBeGreaterThanOrEqual(2);
+  expect(space).toBeLessThanOrEqual(3);
+  expect(types.filter((t) => t === 'time').length).toBeLessThanOrEqual(1);
+  expect(types.filter((t) => t === 'channel').length).toBeLessThanOrEqual(1);
+  const order = types.map((t) => (t === 'time' ? 0 : t === 'channel' || t === undefined || t === 'other' ? 1 : 2));
+  expect([...order].sort()).toEqual(order);
+  // datasets: path, coordinateTransformations = exactly one scale first, at most one translation after it.
+  const datasets = ms.datasets as Json[];
+  expect(datasets.length).toBeGreaterThanOrEqual(1);
+  for (const d of datasets) {
+    expect(typeof d.path).toBe('string');
+    const transforms = d.coordinateTransformations as Json[];
+    expect(transforms.length === 1 || transforms.length === 2).toBe(true);
+    expect(transforms[0].type).toBe('scale');
+    expect(transforms[0].scale).toHaveLength(rank);
+    for (const s of transforms[0].scale) expect(s).toBeGreaterThan(0);
+    if (transforms.length === 2) {
+      expect(transforms[1].type).toBe('translation');
+      expect(transforms[1].translation).toHaveLength(rank);
+    }
+  }
+  if (ms.coordinateTransformations) {
+    expect(ms.coordinateTransformations[0].type).toBe('scale');
+    expect(ms.coordinateTransformations.length).toBeLessThanOrEqual(2);
+  }
+  return datasets.map((d) => d.path);
+}
+
+function assertValidOmero(omero: Json): void {
+  expect(Array.isArray(omero.channels)).toBe(true);
+  for (const c of omero.channels) {
+    for (const key of ['start', 'end', 'min', 'max']) expect(typeof c.window[key]).toBe('number');
+    expect(c.window.start).toBeLessThanOrEqual(c.window.end);
+    expect(c.color).toMatch(/^[0-9A-F]{6}$/);
+  }
+}
+
+const zyxAxes: Axis[] = [
+  { name: 'z', type: 'space', unit: 'micrometer' },
+  { name: 'y', type: 'space', unit: 'micrometer' },
+  { name: 'x', type: 'space', unit: 'micrometer' },
+];
+const shape = [20, 50, 70];
+const chunks = [8, 16, 16];
+
+function valueAt(z: number, y: number, x: number): number {
+  return (z * 7 + y * 3 + x) % 251;
+}
+
+async function writeLevel0(writer: { info: { shape: readonly number[]; chunks: readonly number[] }; writeChunk(i: number[], v: Float32Array): Promise<Uint8Array> }): Promise<void> {
+  const [cz, cy, cx] = writer.info.chunks;
+  const grid = chunkGrid(writer.info);
+  for (let i = 0; i < grid[0]; i++)
+    for (let j = 0; j < grid[1]; j++)
+      for (let k = 0; k < grid[2]; k++) {
+        const values = new Float32Array(cz * cy * cx);
+        for (let z = 0; z < cz; z++) for (let y = 0; y < cy; y++) for (let x = 0; x < cx; x++) {
+          const gz = i * cz + z, gy = j * cy + y, gx = k * cx + x;
+          if (gz < shape[0] && gy < shape[1] && gx < shape[2]) values[(z * cy + y) * cx + x] = valueAt(gz, gy, gx);
+        }
+        await writer.writeChunk([i, j, k], values);
+      }
+}
+
+describe.each(['0.5', '0.4'] as const)('OME-Zarr v%s output', (version) => {
+  const placement = { scale: [1.5, 1.5, 1.5], translation: [10, -2, 0.5] };
+  const options = (): CreateOmeZarrOptions => ({
+    shape, chunks, dtype: 'float32', axes: zyxAxes, placement, ngffVersion: version,
+    provenance: { model: 'models/n2v', command: ['blindspot', 'denoise'] },
+  });
+
+  it('writes metadata valid under the NGFF spec, a mean pyramid, an omero window and provenance; reads back', async () => {
+    const url = path.join(dir, `out-${version}.zarr`);
+    const writer = await createOmeZarr(url, options());
+    await writeLevel0(writer);
+    await writer.buildPyramid();
+    let attrs: Json;
+    if (version === '0.5') {
+      const group = JSON.parse(await fs.readFile(path.join(url, 'zarr.json'), 'utf8'));
+      expect(group.zarr_format).toBe(3);
+      expect(group.node_type).toBe('group');
+      expect(group.attributes.ome.version).toBe('0.5');
+      attrs = { multiscales: group.attributes.ome.multiscales, omero: group.attributes.ome.omero, blindspot: group.attributes.blindspot };
+    } else {
+      expect(JSON.parse(await fs.readFile(path.join(url, '.zgroup'), 'utf8'))).toEqual({ zarr_format: 2 });
+      attrs = JSON.parse(await fs.readFile(path.join(url, '.zattrs'), 'utf8'));
+    }
+    expect(attrs.multiscales).toHaveLength(1);
+    const paths = assertValidMultiscale(attrs.multiscales[0], version, 3);
+    assertValidOmero(attrs.omero);
+    expect(attrs.blindspot.version).toBe(VERSION);
+    expect(attrs.blindspot.model).toBe('models/n2v');
+    expect(attrs.blindspot.command).toEqual(['blindspot', 'denoise']);
+    expect(attrs.multiscales[0].axes).toEqual(zyxAxes);
+
+    // Isotropic voxels: every level halves z, y and x until it fits one chunk.
+    const expectedShapes = [[20, 50, 70], [10, 25, 35], [5, 13, 18], [3, 7, 9]];
+    expect(paths).toEqual(['0', '1', '2', '3']);
+    for (let k = 0; k < paths.length; k++) {
+      const array = await zarr.open(new FileSystemStore(path.join(url, paths[k])), { kind: 'array' });
+      expect(array.shape).toEqual(expectedShapes[k]);
+      const [scale, translation] = attrs.multiscales[0].datasets[k].coordinateTransformations;
+      expect(scale.scale).toEqual([1.5, 1.5, 1.5].map((s) => s * 2 ** k));
+      // Centre of the first voxel of level k = mean of the level-0 centres it covers.
+      expect(translation.translation.map((t: number) => +t.toFixed(9))).toEqual(placement.translation.map((t, a) => +(t + ((2 ** k - 1) / 2) * placement.scale[a]).toFixed(9)));
+    }
+    // Level 1 values are means of 2x2x2 blocks; at the odd x edge the block is 2x2x1... (70 is even: check y edge 50/2=25 exact, level 2 y edge 25 -> 13 has a 1-row block).
+    const level1 = await zarr.get(await zarr.open(new FileSystemStore(path.join(url, '1')), { kind: 'array' }));
+    const mean1 = (z: number, y: number, x: number): number => {
+      let s = 0;
+      for (let dz = 0; dz < 2; dz++) for (let dy = 0; dy < 2; dy++) for (let dx = 0; dx < 2; dx++) s += valueAt(2 * z + dz, 2 * y + dy, 2 * x + dx);
+      return s / 8;
+    };
+    const l1 = level1.data as Float32Array;
+    for (const [z, y, x] of [[0, 0, 0], [9, 24, 34], [4, 13, 20]]) expect(l1[(z * 25 + y) * 35 + x]).toBeCloseTo(mean1(z, y, x), 4);
+    const level2 = await zarr.get(await zarr.open(new FileSystemStore(path.join(url, '2')), { kind: 'array' }));
+    const l2 = level2.data as Float32Array;
+    // Last y row of level 2 averages level-1 row 24 only (25 rows); last x column averages column 34 only.
+    const edge = (l1[(0 * 25 + 24) * 35 + 34] + l1[(1 * 25 + 24) * 35 + 34]) / 2;
+    expect(l2[(0 * 13 + 12) * 18 + 17]).toBeCloseTo(edge, 4);
+
+    const reader = await openChunkedSource(url);
+    expect(reader.info.shape).toEqual(shape);
+    expect(reader.info.axes).toEqual(zyxAxes);
+    expect(reader.info.placement).toEqual(placement);
+    const first = await reader.readChunk([0, 0, 0]);
+    expect(first[(1 * 16 + 2) * 16 + 3]).toBe(valueAt(1, 2, 3));
+
+    // Same options again: fine, nothing rewritten; different options: OutputError naming the output.
+    const again = await createOmeZarr(url, options());
+    expect(again.info.shape).toEqual(shape);
+    await expect(createOmeZarr(url, { ...options(), chunks: [4, 16, 16] })).rejects.toBeInstanceOf(OutputError);
+    await expect(createOmeZarr(url, { ...options(), placement: { scale: [2, 1.5, 1.5], translation: placement.translation } })).rejects.toThrow(url);
+
+    const reopened = await openOmeZarrWriter(url);
+    expect(reopened).not.toBeNull();
+    expect(reopened!.info.shape).toEqual(shape);
+    expect(reopened!.info.chunks).toEqual(chunks);
+    expect(reopened!.ngffVersion).toBe(version);
+    expect(await reopened!.readStoredChunk([0, 0, 0])).toEqual(await writer.readStoredChunk([0, 0, 0]));
+    expect(await openOmeZarrWriter(path.join(dir, 'nothing-here.zarr'))).toBeNull();
+  });
+});
+
+describe('pyramid planning', () => {
+  it('halves z only while the voxel is isotropic', () => {
+    const levels = planPyramid([40, 512, 512], [16, 64, 64], { scale: [2, 0.5, 0.5], translation: [0, 0, 0] });
+    // y,x scale 0.5 -> 1 -> 2 (now equal to z) -> then z halves too.
+    expect(levels.map((l) => l.shape)).toEqual([[40, 512, 512], [40, 256, 256], [40, 128, 128], [20, 64, 64], [10, 32, 32]]);
+    expect(levels[3].placement.scale).toEqual([4, 4, 4]);
+    expect(levels[3].factors).toEqual([2, 2, 2]);
+    expect(levels[1].factors).toEqual([1, 2, 2]);
+  });
+
+  it('2D: stops when the image fits one chunk', () => {
+    expect(planPyramid([100, 30], [32, 32], { scale: [1, 1], translation: [0, 0] }).map((l) => l.shape)).toEqual([[100, 30], [50, 15], [25, 8]]);
+  });
+});
+
+describe('reading OME-Zarr inputs', () => {
+  it('tczyx v0.4 with multiscale-level transforms: chooses channel and time, c chunk of 2 sliced', async () => {
+    const url = path.join(dir, 'tczyx.zarr');
+    const store = new FileSystemStore(url);
+    const full = [3, 4, 5, 10, 12];
+    const fullChunks = [1, 2, 4, 8, 8];
+    const writer = await createZarrArray(store, '/0', { shape: full, chunks: fullChunks, dtype: 'uint16', zarrVersion: 2 });
+    const value = (t: number, c: number, z: number, y: number, x: number): number => t * 10000 + c * 1000 + z * 100 + y * 10 + x;
+    const grid = chunkGrid({ shape: full, chunks: fullChunks });
+    for (let t = 0; t < grid[0]; t++) for (let c = 0; c < grid[1]; c++) for (let z = 0; z < grid[2]; z++) for (let y = 0; y < grid[3]; y++) for (let x = 0; x < grid[4]; x++) {
+      const values = new Float32Array(1 * 2 * 4 * 8 * 8);
+      let i = 0;
+      for (let dc = 0; dc < 2; dc++) for (let dz = 0; dz < 4; dz++) for (let dy = 0; dy < 8; dy++) for (let dx = 0; dx < 8; dx++) {
+        const g = [t, c * 2 + dc, z * 4 + dz, y * 8 + dy, x * 8 + dx];
+        values[i++] = g.every((v, a) => v < full[a]) ? value(g[0], g[1], g[2], g[3], g[4]) : 0;
+      }
+      await writer.writeChunk([t, c, z, y, x], values);
+    }
+    await store.set('/.zgroup', encodeJson({ zarr_format: 2 }));
+    await store.set('/.zattrs', encodeJson({
+      multiscales: [{
+        version: '0.4',
+        axes: [
+          { name: 't', type: 'time', unit: 'second' }, { name: 'c', type: 'channel' },
+          { name: 'z', type: 'space', unit: 'micrometer' }, { name: 'y', type: 'space', unit: 'micrometer' }, { name: 'x', type: 'space', unit: 'micrometer' },
+        ],
+        datasets: [{ path: '0', coordinateTransformations: [{ type: 'scale', scale: [1, 1, 2, 0.5, 0.5] }, { type: 'translation', translation: [0, 0, 1, 1, 1] }] }],
+        coordinateTransformations: [{ type: 'scale', scale: [60, 1, 3, 3, 3] }],
+      }],
+      omero: { channels: [0, 1, 2, 3].map((c) => ({ color: 'FFFFFF', window: { start: c, end: 100 + c, min: 0, max: 65535 } })) },
+    }));
+
+    await expect(openChunkedSource(url)).rejects.toBeInstanceOf(InputError);
+    await expect(openChunkedSource(url, { time: 1 })).rejects.toThrow(/--channel/);
+    await expect(openChunkedSource(url, { channel: 4, time: 0 })).rejects.toThrow(/no channel 4/);
+
+    const reader = await openChunkedSource(url, { channel: 3, time: 2 });
+    expect(reader.info.shape).toEqual([5, 10, 12]);
+    expect(reader.info.chunks).toEqual([4, 8, 8]);
+    expect(reader.info.axes.map((a) => a.name)).toEqual(['z', 'y', 'x']);
+    expect(reader.info.axes[0].unit).toBe('micrometer');
+    expect(reader.info.dtype).toBe('uint16');
+    // Dataset transform first, then the multiscale one: scale 3*s, translation 3*t.
+    expect(reader.info.placement).toEqual({ scale: [6, 1.5, 1.5], translation: [3, 3, 3] });
+    expect(reader.info.attributes?.window).toEqual({ start: 3, end: 103, min: 0, max: 65535 });
+    const chunk = await reader.readChunk([1, 1, 0]);
+    expect(chunk).toHaveLength(4 * 8 * 8);
+    expect(chunk[0]).toBe(value(2, 3, 4, 8, 0));
+    expect(chunk[(0 * 8 + 1) * 8 + 7]).toBe(value(2, 3, 4, 9, 7));
+    expect(chunk[(1 * 8 + 0) * 8 + 0]).toBe(0); // z = 5 lies outside: padding
+  });
+
+  it('names the problem for inputs it cannot read', async () => {
+    const empty = path.join(dir, 'empty-folder');
+    await fs.mkdir(empty, { recursive: true });
+    await expect(openChunkedSource(empty)).rejects.toThrow(/no Zarr metadata and no image frames/);
+    await expect(openChunkedSource(path.join(dir, 'absent.zarr'))).rejects.toThrow(/does not exist/);
+    const group = path.join(dir, 'plain-group.zarr');
+    await new FileSystemStore(group).set('/.zgroup', encodeJson({ zarr_format: 2 }));
+    await expect(openChunkedSource(group)).rejects.toThrow(/group without OME/);
+    const odd = path.join(dir, 'notes.txt');
+    await fs.writeFile(odd, 'hi');
+    await expect(openChunkedSource(odd)).rejects.toBeInstanceOf(InputError);
+  });
+});
