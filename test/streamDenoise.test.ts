@@ -306,7 +306,8 @@ describe('CLI (from dist/, built by pretest)', () => {
 
 describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
   const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-  const zarrBackEnd = ['ome.ts', 'open.ts'].every((f) => existsSync(path.join(repoRoot, 'storage', f)));
+  // open.ts also imports the S3, TIFF-stack and frame-folder sources.
+  const zarrBackEnd = ['ome.ts', 'open.ts', 's3.ts', 'tiffStack.ts', 'frameFolder.ts'].every((f) => existsSync(path.join(repoRoot, 'storage', f)));
   // Loaded by path: storage/ome.ts and storage/open.ts come from another part of the work.
   const load = async () => {
     const omeModule = '../storage/ome.js';
