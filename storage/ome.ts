@@ -339,18 +339,27 @@ function groupDocuments(
   ];
 }
 
-/** Existing group metadata matches what we would write, allowing what buildPyramid adds (a computed window). */
+/**
+ * Existing group metadata matches what we would write, allowing what buildPyramid changes: a
+ * computed window (when none was given) and a pyramid cut short by `buildPyramid({ levels })`.
+ */
 function sameGroupDocument(existing: Record<string, unknown>, planned: Record<string, unknown>, windowPlanned: boolean): boolean {
   if (isDeepStrictEqual(existing, planned)) return true;
-  if (windowPlanned) return false;
-  const strip = (doc: Record<string, unknown>): Record<string, unknown> => {
+  const multiscaleOf = (doc: Record<string, unknown>): NgffMultiscale | undefined =>
+    ((doc.attributes as { ome?: { multiscales?: NgffMultiscale[] } } | undefined)?.ome?.multiscales ?? (doc.multiscales as NgffMultiscale[] | undefined))?.[0];
+  const existingLevels = multiscaleOf(existing)?.datasets?.length ?? 0;
+  const normalise = (doc: Record<string, unknown>): Record<string, unknown> => {
     const copy = structuredClone(doc);
-    delete copy.omero;
-    const attributes = copy.attributes as { ome?: Record<string, unknown> } | undefined;
-    if (attributes?.ome) delete attributes.ome.omero;
+    if (!windowPlanned) {
+      delete copy.omero;
+      const attributes = copy.attributes as { ome?: Record<string, unknown> } | undefined;
+      if (attributes?.ome) delete attributes.ome.omero;
+    }
+    const multiscale = multiscaleOf(copy);
+    if (multiscale && existingLevels >= 1) multiscale.datasets = multiscale.datasets.slice(0, existingLevels);
     return copy;
   };
-  return isDeepStrictEqual(strip(existing), strip(planned));
+  return isDeepStrictEqual(normalise(existing), normalise(planned));
 }
 
 class OmeZarrWriterImpl implements OmeZarrWriter {
@@ -507,26 +516,38 @@ function accumulate(
   }
 }
 
-/** 0.1 / 99.9 percentiles of a (small, top-level) array, read chunk by chunk. */
+/** 0.1 / 99.9 percentiles (of a subsample) and min/max of an array, read chunk by chunk. */
 async function robustWindow(reader: ChunkedArrayReader): Promise<OmeroWindow> {
+  const { shape, chunks } = reader.info;
+  const rank = shape.length;
   const grid = chunkGrid(reader.info);
   const values: number[] = [];
   let min = Infinity;
   let max = -Infinity;
-  // The top level is small, but its z may not be downsampled: subsample to at most ~1M values.
-  const totalVoxels = voxelCount(reader.info.shape);
-  const step = Math.max(1, Math.ceil(totalVoxels / 1_000_000));
+  // The top level fits one chunk in y and x, but its z may not be downsampled: keep ~1M values.
+  const step = Math.max(1, Math.ceil(voxelCount(shape) / 1_000_000));
+  let seen = 0;
   for (let ordinal = 0; ordinal < voxelCount(grid); ordinal++) {
     const index = unravel(ordinal, grid);
     const chunk = await reader.readChunk(index);
-    for (let i = 0; i < chunk.length; i++) {
-      const position = unravel(i, reader.info.chunks).map((v, axis) => v + index[axis] * reader.info.chunks[axis]);
-      if (position.some((p, axis) => p >= reader.info.shape[axis])) continue;
-      const v = chunk[i];
-      if (!Number.isFinite(v)) continue;
-      if (v < min) min = v;
-      if (v > max) max = v;
-      if (i % step === 0) values.push(v);
+    // Only the part of the chunk inside the array: rows of the last axis, counted with a carry.
+    const extent = chunks.map((c, axis) => Math.min(c, shape[axis] - index[axis] * c));
+    const outer = extent.slice(0, rank - 1);
+    const counter = new Array<number>(rank - 1).fill(0);
+    for (let row = 0; row < voxelCount(outer); row++) {
+      let base = 0;
+      for (let axis = 0; axis < rank - 1; axis++) base = (base + counter[axis]) * chunks[axis + 1];
+      for (let x = 0; x < extent[rank - 1]; x++) {
+        const v = chunk[base + x];
+        if (!Number.isFinite(v)) continue;
+        if (v < min) min = v;
+        if (v > max) max = v;
+        if (seen++ % step === 0) values.push(v);
+      }
+      for (let axis = rank - 2; axis >= 0; axis--) {
+        if (++counter[axis] < outer[axis]) break;
+        counter[axis] = 0;
+      }
     }
   }
   if (!values.length) return { start: 0, end: 1, min: 0, max: 1 };

@@ -195,6 +195,51 @@ describe.each(['0.5', '0.4'] as const)('OME-Zarr v%s output', (version) => {
   });
 });
 
+describe('2D OME-Zarr output', () => {
+  it('a pyramid cut short lists only the built levels; a given window is written as given; create stays idempotent', async () => {
+    const url = path.join(dir, 'plane.zarr');
+    const opts: CreateOmeZarrOptions = {
+      shape: [100, 30], chunks: [16, 16], dtype: 'uint16',
+      axes: [{ name: 'y', type: 'space' }, { name: 'x', type: 'space' }],
+      placement: { scale: [1, 1], translation: [0, 0] },
+      window: { start: 5, end: 900, min: 0, max: 1000 },
+    };
+    const writer = await createOmeZarr(url, opts);
+    expect(writer.levelShapes).toEqual([[100, 30], [50, 15], [25, 8], [13, 4]]);
+    const grid = chunkGrid(writer.info);
+    for (let i = 0; i < grid[0]; i++) for (let j = 0; j < grid[1]; j++) await writer.writeChunk([i, j], new Float32Array(256).fill(i * 10 + j));
+    await writer.buildPyramid({ levels: 2 });
+    const group = JSON.parse(await fs.readFile(path.join(url, 'zarr.json'), 'utf8'));
+    expect(group.attributes.ome.multiscales[0].datasets.map((d: Json) => d.path)).toEqual(['0', '1']);
+    expect(group.attributes.ome.omero.channels[0].window).toEqual(opts.window);
+    assertValidMultiscale(group.attributes.ome.multiscales[0], '0.5', 2);
+    await expect(createOmeZarr(url, opts)).resolves.toBeDefined();
+    const level1 = await zarr.get(await zarr.open(new FileSystemStore(path.join(url, '1')), { kind: 'array' }));
+    // Level-1 row 8 averages level-0 rows 16 and 17 (chunk row 1); column 7 averages columns 14, 15 (chunk column 0).
+    expect((level1.data as Uint16Array)[8 * 15 + 7]).toBe(10);
+    expect((level1.data as Uint16Array)[7 * 15 + 8]).toBe(1);
+  });
+
+  it('computes a robust window from the top level when none is given', async () => {
+    const url = path.join(dir, 'window.zarr');
+    const writer = await createOmeZarr(url, {
+      shape: [40, 40], chunks: [16, 16], dtype: 'float32', ngffVersion: '0.4',
+      axes: [{ name: 'y', type: 'space' }, { name: 'x', type: 'space' }],
+      placement: { scale: [1, 1], translation: [0, 0] },
+    });
+    const grid = chunkGrid(writer.info);
+    for (let i = 0; i < grid[0]; i++) for (let j = 0; j < grid[1]; j++) await writer.writeChunk([i, j], Float32Array.from({ length: 256 }, (_, k) => 100 * i + k));
+    await writer.buildPyramid();
+    const attrs = JSON.parse(await fs.readFile(path.join(url, '.zattrs'), 'utf8'));
+    assertValidOmero(attrs.omero);
+    const { window } = attrs.omero.channels[0];
+    expect(window.min).toBeLessThanOrEqual(window.start);
+    expect(window.end).toBeLessThanOrEqual(window.max);
+    expect(window.max).toBeGreaterThan(window.min);
+    expect(window.max).toBeLessThanOrEqual(200 + 255);
+  });
+});
+
 describe('pyramid planning', () => {
   it('halves z only while the voxel is isotropic', () => {
     const levels = planPyramid([40, 512, 512], [16, 64, 64], { scale: [2, 0.5, 0.5], translation: [0, 0, 0] });
