@@ -256,12 +256,12 @@ describe('pyramid planning', () => {
 });
 
 describe('reading OME-Zarr inputs', () => {
-  it('tczyx v0.4 with multiscale-level transforms: chooses channel and time, c chunk of 2 sliced', async () => {
-    const url = path.join(dir, 'tczyx.zarr');
+  it.each(['0.4', '0.5'] as const)('tczyx v%s with multiscale-level transforms: chooses channel and time, c chunk of 2 sliced', async (version) => {
+    const url = path.join(dir, `tczyx-${version}.zarr`);
     const store = new FileSystemStore(url);
     const full = [3, 4, 5, 10, 12];
     const fullChunks = [1, 2, 4, 8, 8];
-    const writer = await createZarrArray(store, '/0', { shape: full, chunks: fullChunks, dtype: 'uint16', zarrVersion: 2 });
+    const writer = await createZarrArray(store, '/0', { shape: full, chunks: fullChunks, dtype: 'uint16', zarrVersion: version === '0.4' ? 2 : 3 });
     const value = (t: number, c: number, z: number, y: number, x: number): number => t * 10000 + c * 1000 + z * 100 + y * 10 + x;
     const grid = chunkGrid({ shape: full, chunks: fullChunks });
     for (let t = 0; t < grid[0]; t++) for (let c = 0; c < grid[1]; c++) for (let z = 0; z < grid[2]; z++) for (let y = 0; y < grid[3]; y++) for (let x = 0; x < grid[4]; x++) {
@@ -273,19 +273,21 @@ describe('reading OME-Zarr inputs', () => {
       }
       await writer.writeChunk([t, c, z, y, x], values);
     }
-    await store.set('/.zgroup', encodeJson({ zarr_format: 2 }));
-    await store.set('/.zattrs', encodeJson({
-      multiscales: [{
-        version: '0.4',
-        axes: [
-          { name: 't', type: 'time', unit: 'second' }, { name: 'c', type: 'channel' },
-          { name: 'z', type: 'space', unit: 'micrometer' }, { name: 'y', type: 'space', unit: 'micrometer' }, { name: 'x', type: 'space', unit: 'micrometer' },
-        ],
-        datasets: [{ path: '0', coordinateTransformations: [{ type: 'scale', scale: [1, 1, 2, 0.5, 0.5] }, { type: 'translation', translation: [0, 0, 1, 1, 1] }] }],
-        coordinateTransformations: [{ type: 'scale', scale: [60, 1, 3, 3, 3] }],
-      }],
-      omero: { channels: [0, 1, 2, 3].map((c) => ({ color: 'FFFFFF', window: { start: c, end: 100 + c, min: 0, max: 65535 } })) },
-    }));
+    const multiscale = {
+      axes: [
+        { name: 't', type: 'time', unit: 'second' }, { name: 'c', type: 'channel' },
+        { name: 'z', type: 'space', unit: 'micrometer' }, { name: 'y', type: 'space', unit: 'micrometer' }, { name: 'x', type: 'space', unit: 'micrometer' },
+      ],
+      datasets: [{ path: '0', coordinateTransformations: [{ type: 'scale', scale: [1, 1, 2, 0.5, 0.5] }, { type: 'translation', translation: [0, 0, 1, 1, 1] }] }],
+      coordinateTransformations: [{ type: 'scale', scale: [60, 1, 3, 3, 3] }],
+    };
+    const omero = { channels: [0, 1, 2, 3].map((c) => ({ color: 'FFFFFF', window: { start: c, end: 100 + c, min: 0, max: 65535 } })) };
+    if (version === '0.4') {
+      await store.set('/.zgroup', encodeJson({ zarr_format: 2 }));
+      await store.set('/.zattrs', encodeJson({ multiscales: [{ version: '0.4', ...multiscale }], omero }));
+    } else {
+      await store.set('/zarr.json', encodeJson({ zarr_format: 3, node_type: 'group', attributes: { ome: { version: '0.5', multiscales: [multiscale], omero } } }));
+    }
 
     await expect(openChunkedSource(url)).rejects.toBeInstanceOf(InputError);
     await expect(openChunkedSource(url, { time: 1 })).rejects.toThrow(/--channel/);

@@ -6,6 +6,7 @@ import * as zarr from 'zarrita';
 import Zstd from 'numcodecs/zstd';
 import GZip from 'numcodecs/gzip';
 import Blosc from 'numcodecs/blosc';
+import Zlib from 'numcodecs/zlib';
 import { FileSystemStore, isTempFileName } from '../storage/fsStore.js';
 import { arrayMetadata, chunkKey, createZarrArray, encodeJson, openZarrArray, type ZarrVersion } from '../storage/zarr.js';
 import { chunkGrid } from '../storage/chunked.js';
@@ -151,6 +152,7 @@ describe('reading Zarr v2 arrays with every codec', () => {
     ['blosc-zstd', { id: 'blosc', cname: 'zstd', clevel: 3, shuffle: 2, blocksize: 0 }, Blosc],
     ['gzip', { id: 'gzip', level: 1 }, GZip],
     ['zstd', { id: 'zstd', level: 1 }, Zstd],
+    ['zlib', { id: 'zlib', level: 1 }, Zlib],
     ['raw', null, null],
   ] as const)('%s', async (name, compressor, Codec) => {
     const root = path.join(dir, `codec-${name}.zarr`);
