@@ -1,0 +1,144 @@
+/**
+ * Streaming denoise with S3 (a real OpenStack Swift with s3api on loopback) as source and sink:
+ * equals the local run, also through a proxy failing 10% of requests (500, 503, connection reset).
+ * Skips with a message when Swift is not installed or the S3 modules are not in this checkout.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { existsSync, promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Rng } from '../core/rng.js';
+import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
+import { saveModelFolder, type ModelManifest } from '../models/io.js';
+import type { ChunkedArrayReader, ChunkedArrayWriter } from '../storage/chunked.js';
+import { chunkGrid } from '../storage/chunked.js';
+import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const modulesPresent = ['infra/localS3.ts', 'infra/faultProxy.ts', 'storage/s3.ts', 'storage/ome.ts', 'storage/open.ts', 'storage/tiffStack.ts', 'storage/frameFolder.ts'].every((f) =>
+  existsSync(path.join(repoRoot, f)),
+);
+
+interface LocalS3 {
+  endpoint: string;
+  region: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  createBucket(name: string): Promise<void>;
+  stop(): Promise<void>;
+}
+// Loaded by path: these modules come from another part of the work.
+const localS3Module = '../infra/localS3.js';
+const faultProxyModule = '../infra/faultProxy.js';
+const omeModule = '../storage/ome.js';
+const openModule = '../storage/open.js';
+
+let swift = false;
+if (modulesPresent) {
+  swift = ((await import(localS3Module)) as { swiftAvailable(): boolean }).swiftAvailable();
+}
+const skipReason = !modulesPresent ? 'the S3/Zarr modules are not in this checkout' : !swift ? 'OpenStack Swift (Debian swift packages) is not installed' : '';
+if (skipReason) console.log(`streamS3: skipped: ${skipReason}`);
+
+describe.skipIf(skipReason !== '')('streaming denoise on S3 (local Swift)', () => {
+  let s3: LocalS3;
+  let tmp = '';
+  let modelDir = '';
+  const shape = [60, 75];
+  const cfg: UNetConfig = { ...defaultUNetConfig(2), filters: 4 };
+  const normalisation = { mode: 'meanstd' as const, offset: 100, scale: 20 };
+
+  const load = async () => ({
+    ome: (await import(omeModule)) as { createOmeZarr(url: string, o: Record<string, unknown>): Promise<ChunkedArrayWriter> },
+    open: (await import(openModule)) as { openChunkedSource(url: string, o?: Record<string, unknown>): Promise<ChunkedArrayReader> },
+  });
+
+  async function writeInput(url: string, settings?: Record<string, unknown>): Promise<void> {
+    const { ome } = await load();
+    const writer = await ome.createOmeZarr(url, {
+      shape,
+      chunks: [16, 16],
+      dtype: 'float32',
+      axes: [{ name: 'y', type: 'space' }, { name: 'x', type: 'space' }],
+      placement: { scale: [1, 1], translation: [0, 0] },
+      s3: settings,
+    });
+    const rng = new Rng(3);
+    const grid = chunkGrid(writer.info);
+    for (let y = 0; y < grid[0]; y++) for (let x = 0; x < grid[1]; x++) await writer.writeChunk([y, x], Float32Array.from({ length: 256 }, () => 100 + 20 * rng.normal()));
+  }
+
+  async function readAll(url: string, settings?: Record<string, unknown>): Promise<Float32Array[]> {
+    const { open } = await load();
+    const reader = await open.openChunkedSource(url, { s3: settings });
+    const grid = chunkGrid(reader.info);
+    const chunks: Float32Array[] = [];
+    for (let y = 0; y < grid[0]; y++) for (let x = 0; x < grid[1]; x++) chunks.push(await reader.readChunk([y, x]));
+    return chunks;
+  }
+
+  beforeAll(async () => {
+    await tf.setBackend('cpu');
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-stream-s3-'));
+    s3 = await ((await import(localS3Module)) as { startLocalS3(): Promise<LocalS3> }).startLocalS3();
+    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+    process.env.AWS_REGION = s3.region;
+    await s3.createBucket('blindspot');
+    modelDir = path.join(tmp, 'model');
+    const model = buildUNet(cfg, 2);
+    const manifest: ModelManifest = {
+      format: 'blindspot-model',
+      formatVersion: 1,
+      method: 'n2v',
+      network: cfg,
+      normalisation,
+      patchShape: [32, 32],
+      masking: { fraction: 0.015, strategy: 'uniform-without-centre', radius: 2 },
+      loss: 'mse',
+      training: { steps: 0, stepsDone: 0, batchSize: 1, seed: 1, learningRate: 0, backend: 'cpu', threads: 1, inputs: [], validationInputs: [], bestStep: 0, bestValLoss: null, wallSeconds: 0, finished: true },
+      history: [],
+      createdBy: { name: 'blindspot', version: 'test', command: [] },
+    };
+    await saveModelFolder(modelDir, model, manifest);
+    model.dispose();
+  }, 120_000);
+
+  afterAll(async () => {
+    await s3?.stop();
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+  });
+
+  test('S3 source -> S3 sink equals local -> local, also through a proxy failing 10% of requests', async () => {
+    const settings = { endpoint: s3.endpoint, region: s3.region };
+    const localIn = path.join(tmp, 'in.zarr');
+    await writeInput(localIn);
+    await writeInput('s3://blindspot/raw/in.zarr', settings);
+    const common = { modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [16, 16] };
+    await denoiseUrl({ ...common, input: localIn, out: path.join(tmp, 'out.zarr') });
+    const local = await readAll(path.join(tmp, 'out.zarr'));
+
+    await expect(denoiseUrl({ ...common, input: 's3://blindspot/raw/in.zarr', out: 's3://blindspot/raw/in.zarr/den.zarr', s3: settings })).rejects.toThrow(/overwrite the input/);
+    await denoiseUrl({ ...common, input: 's3://blindspot/raw/in.zarr', out: 's3://blindspot/denoised/out.zarr', s3: settings });
+    const remote = await readAll('s3://blindspot/denoised/out.zarr', settings);
+    expect(remote.length).toBe(local.length);
+    remote.forEach((chunk, i) => expect(Buffer.compare(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), Buffer.from(local[i].buffer, local[i].byteOffset, local[i].byteLength))).toBe(0));
+
+    const proxy = await ((await import(faultProxyModule)) as {
+      startFaultProxy(target: string, o: { failureRate: number; seed: number }): Promise<{ endpoint: string; stats: Record<string, number>; stop(): Promise<void> }>;
+    }).startFaultProxy(s3.endpoint, { failureRate: 0.1, seed: 7 });
+    try {
+      const faulty = { endpoint: proxy.endpoint, region: s3.region, maxAttempts: 10 };
+      await denoiseUrl({ ...common, input: 's3://blindspot/raw/in.zarr', out: 's3://blindspot/denoised/faulty.zarr', s3: faulty });
+      console.log(`fault proxy: ${JSON.stringify(proxy.stats)}`);
+      const viaProxy = await readAll('s3://blindspot/denoised/faulty.zarr', settings);
+      viaProxy.forEach((chunk, i) => expect(Buffer.compare(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), Buffer.from(local[i].buffer, local[i].byteOffset, local[i].byteLength))).toBe(0));
+      expect(Object.values(proxy.stats).some((v) => typeof v === 'number' && v > 0)).toBe(true);
+    } finally {
+      await proxy.stop();
+    }
+  }, 240_000);
+});
