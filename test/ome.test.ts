@@ -134,9 +134,18 @@ describe.each(['0.5', '0.4'] as const)('OME-Zarr v%s output', (version) => {
       expect(group.node_type).toBe('group');
       expect(group.attributes.ome.version).toBe('0.5');
       attrs = { multiscales: group.attributes.ome.multiscales, omero: group.attributes.ome.omero, blindspot: group.attributes.blindspot };
-    } else {
-      expect(JSON.parse(await fs.readFile(path.join(url, '.zgroup'), 'utf8'))).toEqual({ zarr_format: 2 });
+      // v0.5: the arrays' dimension_names are the axis names.
+      const array0 = JSON.parse(await fs.readFile(path.join(url, '0', 'zarr.json'), 'utf8'));
+      expect(array0.dimension_names).toEqual(['z', 'y', 'x']);
+      expect(array0.codecs.map((c: Json) => c.name)).toEqual(['bytes', 'zstd']);
+    } else if (version === '0.4') {
+      const array0 = JSON.parse(await fs.readFile(path.join(url, '0', '.zarray'), 'utf8'));
+      expect(array0.dimension_separator).toBe('/');
+      expect(array0.compressor.id).toBe('zstd');
       attrs = JSON.parse(await fs.readFile(path.join(url, '.zattrs'), 'utf8'));
+      expect(JSON.parse(await fs.readFile(path.join(url, '.zgroup'), 'utf8'))).toEqual({ zarr_format: 2 });
+    } else {
+      throw new Error(`unknown version ${version}`);
     }
     expect(attrs.multiscales).toHaveLength(1);
     const paths = assertValidMultiscale(attrs.multiscales[0], version, 3);

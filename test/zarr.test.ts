@@ -184,6 +184,17 @@ describe('reading Zarr v2 arrays with every codec', () => {
     expect(Array.from(whole.data as Int16Array)).toEqual(values);
   });
 
+  it('reads Fortran-ordered v2 chunks into C order', async () => {
+    const store = new FileSystemStore(path.join(dir, 'fortran.zarr'));
+    await store.set('/.zarray', encodeJson({ chunks: [3, 4], compressor: null, dtype: '<f4', fill_value: 0, filters: null, order: 'F', shape: [3, 4], zarr_format: 2 }));
+    const cOrder = Float32Array.from({ length: 12 }, (_, i) => i * 1.5);
+    const fOrder = new Float32Array(12);
+    for (let y = 0; y < 3; y++) for (let x = 0; x < 4; x++) fOrder[x * 3 + y] = cOrder[y * 4 + x];
+    await store.set('/0.0', new Uint8Array(fOrder.buffer));
+    const reader = await openZarrArray(store);
+    expect(await reader.readChunk([0, 0])).toEqual(cOrder);
+  });
+
   it('writes v3 chunk keys /c/i/j/k and v2 keys i/j/k', () => {
     expect(chunkKey('/', [1, 2, 3], 3)).toBe('/c/1/2/3');
     expect(chunkKey('/0', [1, 2, 3], 2)).toBe('/0/1/2/3');
