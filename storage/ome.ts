@@ -291,7 +291,7 @@ export function planPyramid(shape: readonly number[], chunks: readonly number[],
 }
 
 function ngffAxisOf(a: Axis): NgffAxis {
-  return { name: a.name, type: a.type === 'other' ? undefined : a.type, ...(a.unit ? { unit: a.unit } : {}) } as NgffAxis;
+  return { name: a.name, ...(a.type === 'other' ? {} : { type: a.type }), ...(a.unit ? { unit: a.unit } : {}) };
 }
 
 function omeroOf(window: OmeroWindow, shape: readonly number[], version: '0.4' | '0.5'): Record<string, unknown> {
@@ -579,7 +579,8 @@ export async function createOmeZarr(url: string, opts: CreateOmeZarrOptions & { 
       ),
     );
   }
-  const docs = groupDocuments(opts, levels, opts.window);
+  // Through JSON and back, so comparisons see what a reader of the stored document sees (no undefined).
+  const docs = groupDocuments(opts, levels, opts.window).map(({ key, doc }) => ({ key, doc: JSON.parse(JSON.stringify(doc)) as Record<string, unknown> }));
   for (const { key, doc } of docs) {
     const existing = decodeJson(await store.get(key));
     if (existing === undefined) continue;

@@ -226,7 +226,7 @@ export async function writeMetadataOnce(store: ByteStore, key: string, doc: unkn
     } catch {
       parsed = undefined;
     }
-    if (isDeepStrictEqual(parsed, doc)) return;
+    if (isDeepStrictEqual(parsed, JSON.parse(JSON.stringify(doc)))) return;
     throw new OutputError(`${store.url}${key}`, 'already holds different Zarr metadata; choose another output or remove it');
   }
   await store.set(key, encodeJson(doc));

@@ -119,7 +119,7 @@ describe.each(['0.5', '0.4'] as const)('OME-Zarr v%s output', (version) => {
   const placement = { scale: [1.5, 1.5, 1.5], translation: [10, -2, 0.5] };
   const options = (): CreateOmeZarrOptions => ({
     shape, chunks, dtype: 'float32', axes: zyxAxes, placement, ngffVersion: version,
-    provenance: { model: 'models/n2v', command: ['blindspot', 'denoise'] },
+    provenance: { model: 'models/n2v', command: ['blindspot', 'denoise'], tileShape: undefined },
   });
 
   it('writes metadata valid under the NGFF spec, a mean pyramid, an omero window and provenance; reads back', async () => {
