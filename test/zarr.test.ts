@@ -92,6 +92,30 @@ describe('FileSystemStore', () => {
   });
 });
 
+describe('FileSystemStore atomicity', () => {
+  it('concurrent readers see the old bytes or the new ones, never a mix', async () => {
+    const store = new FileSystemStore(path.join(dir, 'fs3'));
+    const a = new Uint8Array(2 << 20).fill(1);
+    const b = new Uint8Array(2 << 20).fill(2);
+    await store.set('/k', a);
+    let writing = true;
+    const writer = (async () => {
+      for (let i = 0; i < 10; i++) await store.set('/k', i % 2 ? a : b);
+      writing = false;
+    })();
+    let reads = 0;
+    while (writing) {
+      const got = (await store.get('/k'))!;
+      expect(got.length).toBe(a.length);
+      expect(got[0] === got[got.length - 1] && got[got.length >> 1] === got[0]).toBe(true);
+      reads++;
+    }
+    await writer;
+    expect(reads).toBeGreaterThan(0);
+    expect((await fs.readdir(path.join(dir, 'fs3'))).sort()).toEqual(['k']);
+  });
+});
+
 describe.each([2, 3] as ZarrVersion[])('Zarr v%i round trip', (version) => {
   it.each(['zstd', 'gzip', 'none'] as const)('codec %s: our reader and zarrita get return what was written', async (codec) => {
     const root = path.join(dir, `v${version}-${codec}.zarr`);
