@@ -30,11 +30,13 @@ import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs-core';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { Observable, Subject, lastValueFrom, tap } from 'rxjs';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import type { Shape } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
-import { type Normalisation, denormalise, normalise } from '../models/normalise.js';
+import type { Normalisation } from '../models/normalise.js';
 import { readTiles } from '../operators/readTiles.js';
 import { type TileModel, predictTilePixels } from '../operators/predictTiles.js';
 import { stitchWithBlending } from '../operators/stitchWithBlending.js';
@@ -387,6 +389,34 @@ export interface DenoiseChunkedResult {
 
 export const JOURNAL_PREFIX = '/.blindspot-denoise';
 
+/** models/normalise.ts normalise, in place (the same arithmetic, so the same float32 values). */
+function normaliseInPlace(values: Float32Array, n: Normalisation): Float32Array {
+  const inverseScale = 1 / n.scale;
+  for (let i = 0; i < values.length; i++) values[i] = (values[i] - n.offset) * inverseScale;
+  return values;
+}
+
+/** models/normalise.ts denormalise, in place. */
+function denormaliseInPlace(values: Float32Array, n: Normalisation): Float32Array {
+  for (let i = 0; i < values.length; i++) values[i] = values[i] * n.scale + n.offset;
+  return values;
+}
+
+/**
+ * V8 collects ArrayBuffers only when their total grows by tens of MiB since the last collection, so
+ * freed tile buffers linger and the peak RSS wanders with run length by that much. Collecting after
+ * every `slackBytes` of tile buffers keeps the garbage inside the budget. Null when gc cannot be had.
+ */
+function garbageCollector(): (() => void) | null {
+  try {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    return typeof gc === 'function' ? gc : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Chunk indices of a grid in raster (C) order. */
 function* gridIndices(grid: readonly number[]): Generator<number[]> {
   const index = grid.map(() => 0);
@@ -527,22 +557,33 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
 
   const t0 = performance.now();
   let chunksWritten = 0;
+  // Tile buffers allocated since the last collection; slack: two tickets' buffers (a full collection of the small JS heap takes milliseconds).
+  const collect = garbageCollector();
+  const garbageSlackBytes = Math.max(16 * MiB, 2 * memory.ticketBytes);
+  let garbageBytes = 0;
   await lastValueFrom(
     specs.pipe(
       readTiles({
         concurrency: memory.readConcurrency,
-        read: async (spec) => normalise(await readRegionReflected(input, cache, spec.read.origin, spec.read.shape), opts.normalisation),
+        // In place: the region is a fresh array, and fewer large temporaries keep the peak steady.
+        read: async (spec) => normaliseInPlace(await readRegionReflected(input, cache, spec.read.origin, spec.read.shape), opts.normalisation),
       }),
       predictTilePixels({ model: opts.model, tta: opts.tta }),
       stitchWithBlending(),
       writeChunks({
         writer: output,
         concurrency: memory.writeConcurrency,
-        transform: (values) => denormalise(values, opts.normalisation),
+        // The block's values are ours alone once emitted.
+        transform: (values) => denormaliseInPlace(values, opts.normalisation),
         record: journal ? (chunk) => journal.record(chunk) : undefined,
       }),
       tap((chunk) => {
         chunksWritten++;
+        garbageBytes += memory.ticketBytes;
+        if (collect && garbageBytes >= garbageSlackBytes) {
+          collect();
+          garbageBytes = 0;
+        }
         opts.onEvent?.({ type: 'chunk', index: chunk.index, done: chunksSkipped + chunksWritten, total: chunksTotal });
         credits.next();
       }),
