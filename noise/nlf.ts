@@ -15,8 +15,8 @@ import { PAIR_STRIDE, quantileOfSorted, type NoiseSample } from './sample.js';
 
 /** Half-width of the kept residuals, in noise standard deviations. */
 const TRIM_C = 2.5;
-/** Low-texture pixels: ring mean squared residual below chi^2_8 25th percentile / 8 (noise alone passes 25%). */
-const TEXTURE_LIMIT = 5.07 / 8;
+/** Low-texture pixels: ring mean squared residual below chi^2_8 median / 8 (noise alone passes half). */
+const TEXTURE_LIMIT = 7.34 / 8;
 
 /** Var of N(0,1) truncated to [-c, c]: 1 - 2 c phi(c) / (2 Phi(c) - 1). */
 export function truncatedNormalVariance(c: number): number {
@@ -157,6 +157,10 @@ export function fitPoissonGaussian(bins: readonly NlfBin[]): { a: number; b: num
   if (a < 0) {
     a = 0;
     b = sy / sw;
+  } else if (b < 0) {
+    // Through the origin: var = a x.
+    b = 0;
+    a = sxy / sxx;
   }
   return { a, b };
 }
@@ -203,7 +207,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
   }
 
   const rng = new Rng(opts.seed ?? 7);
-  const hidden = opts.hidden ?? 8;
+  const hidden = opts.hidden ?? 4;
   const iterations = opts.iterations ?? 250;
   const batchSize = Math.min(opts.batchSize ?? 2048, n);
   const learningRate = opts.learningRate ?? 0.03;
@@ -229,7 +233,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
   const net: NlfNetwork = {
     inputOffset: lo,
     inputScale,
-    w1: Array.from({ length: hidden }, () => rng.normal() * 2),
+    w1: Array.from({ length: hidden }, () => rng.normal()),
     b1: Array.from({ length: hidden }, () => rng.normal()),
     w2: Array.from({ length: hidden }, () => rng.normal() * 0.1),
     b2: Math.log(Math.E - 1), // softplus(b2) = 1: starts at the global variance

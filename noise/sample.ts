@@ -117,6 +117,22 @@ export function sampleNoise(image: NoiseImage, opts: SampleOptions = {}): NoiseS
   for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) nonFinite++;
   if (nonFinite === data.length) throw new InputError(name, 'has no finite values (all NaN or infinite): no noise to estimate');
   if (nonFinite > 0) warnings.push(`${nonFinite} NaN or infinite value(s) excluded from the noise fit`);
+  let firstFinite = NaN;
+  let constant = true;
+  for (let i = 0; i < data.length && constant; i++) {
+    const v = data[i];
+    if (!Number.isFinite(v)) continue;
+    if (Number.isNaN(firstFinite)) firstFinite = v;
+    else if (v !== firstFinite) constant = false;
+  }
+  if (constant) {
+    warnings.push(`the image is constant (every finite value is ${firstFinite}): no noise to measure; reporting sigma 0 (global estimate)`);
+    const percentiles = [1, 25, 50, 75, 99].map((p) => ({ p, intensity: firstFinite }));
+    return {
+      name, medianIntensity: firstFinite, percentiles, excludedPixels: { clipped: 0, nonFinite }, warnings,
+      pairs: new Float32Array(0), residualFactor: 1, usablePixels: 0, fallback: 'constant',
+    };
+  }
   const { low, high, clippedCount } = clipLimits(data, image.sampleType);
   if (clippedCount > 0) warnings.push(`${clippedCount} clipped or saturated pixel(s) (value ${Number.isFinite(low) ? low : ''}${Number.isFinite(low) && Number.isFinite(high) ? ' / ' : ''}${Number.isFinite(high) ? high : ''}) and their neighbours excluded from the noise fit`);
   const usable = (v: number): boolean => Number.isFinite(v) && v > low && v < high;
@@ -136,10 +152,6 @@ export function sampleNoise(image: NoiseImage, opts: SampleOptions = {}): NoiseS
     warnings,
   };
 
-  if (sortedValues.length > 0 && sortedValues[0] === sortedValues[sortedValues.length - 1] && clippedCount === 0) {
-    warnings.push('the image is constant: no noise to measure; reporting sigma 0 (global estimate)');
-    return { ...base, pairs: new Float32Array(0), residualFactor: 1, usablePixels: 0, fallback: 'constant' };
-  }
 
   // Candidate centres: pixels 4 from the border whose 3x3 neighbourhood (in-slice) is all usable.
   const B = 4;
