@@ -318,6 +318,22 @@ describe('reading OME-Zarr inputs', () => {
     expect(chunk[(1 * 8 + 0) * 8 + 0]).toBe(0); // z = 5 lies outside: padding
   });
 
+  it('dispatches .tif stacks and folders of frames to their readers', async () => {
+    const { writeImage } = await import('../storage/index.js');
+    const stack = { data: Float32Array.from({ length: 3 * 6 * 5 }, (_, i) => i), shape: [3, 6, 5] as const, sampleType: 'uint16' as const };
+    const tif = path.join(dir, 'stack.tif');
+    await writeImage(tif, stack);
+    const fromTiff = await openChunkedSource(tif);
+    expect(fromTiff.info.shape).toEqual([3, 6, 5]);
+    await expect(openChunkedSource(tif, { channel: 1 })).rejects.toBeInstanceOf(InputError);
+    const frames = path.join(dir, 'frames');
+    await fs.mkdir(frames, { recursive: true });
+    for (let z = 0; z < 4; z++) await writeImage(path.join(frames, `f${z}.png`), { data: new Float32Array(6 * 5).fill(z), shape: [6, 5], sampleType: 'uint8' });
+    const fromFrames = await openChunkedSource(frames);
+    expect(fromFrames.info.shape).toEqual([4, 6, 5]);
+    expect((await fromFrames.readChunk([2, 0, 0]))[0]).toBe(2);
+  });
+
   it('names the problem for inputs it cannot read', async () => {
     const empty = path.join(dir, 'empty-folder');
     await fs.mkdir(empty, { recursive: true });
