@@ -1,0 +1,113 @@
+/**
+ * A TIFF (classic or BigTIFF, stripped or tiled, one page or many) as a chunked array read by
+ * random access: geotiff reads only the byte ranges of the strips or tiles a chunk needs, so a stack
+ * larger than memory streams. Full-resolution pages are Z (reduced-resolution subfiles are skipped);
+ * a single page is YX. A chunk is one page high in Z and covers whole tiles or strips in YX.
+ */
+import { fromFile, type GeoTIFF, type GeoTIFFImage } from 'geotiff';
+import { InputError } from '../core/errors.js';
+import type { SampleType } from '../core/volume.js';
+import type { ArrayInfo, ChunkedArrayReader } from './chunked.js';
+
+const formatNames: Record<number, string> = { 1: 'unsigned integer', 2: 'signed integer', 3: 'float' };
+
+function sampleTypeOf(bits: number, format: number): SampleType | null {
+  if (format === 1 && bits === 8) return 'uint8';
+  if (format === 1 && bits === 16) return 'uint16';
+  if (format === 2 && bits === 16) return 'int16';
+  if (format === 2 && bits === 32) return 'int32';
+  if (format === 3 && bits === 32) return 'float32';
+  if (format === 3 && bits === 64) return 'float64';
+  return null;
+}
+
+/** Rows (and columns) per chunk: whole tiles, or whole strips grouped to at least 64 rows. */
+function blockShape(page: GeoTIFFImage): [number, number] {
+  const height = page.getHeight();
+  const width = page.getWidth();
+  if (page.isTiled) return [Math.min(page.getTileHeight(), height), Math.min(page.getTileWidth(), width)];
+  const rowsPerStrip = Math.min(Number(page.fileDirectory.RowsPerStrip ?? height), height);
+  const rows = Math.min(height, rowsPerStrip * Math.max(1, Math.ceil(64 / rowsPerStrip)));
+  return [rows, width];
+}
+
+export async function openTiffStack(file: string): Promise<ChunkedArrayReader> {
+  let tiff: GeoTIFF;
+  let pages: GeoTIFFImage[];
+  try {
+    tiff = await fromFile(file);
+    const count = await tiff.getImageCount();
+    const all: GeoTIFFImage[] = [];
+    for (let i = 0; i < count; i++) all.push(await tiff.getImage(i));
+    const fullResolution = all.filter((p) => !((p.fileDirectory.NewSubfileType ?? 0) & 1));
+    pages = fullResolution.length > 0 ? fullResolution : all;
+  } catch (err) {
+    throw new InputError(file, `is not a readable TIFF (corrupt or truncated): ${(err as Error).message}`, { cause: err });
+  }
+  const first = pages[0];
+  const width = first.getWidth();
+  const height = first.getHeight();
+  const bits = Number(first.getBitsPerSample(0));
+  const format = Number(first.getSampleFormat(0) ?? 1);
+  const dtype = sampleTypeOf(bits, format);
+  if (!dtype) {
+    throw new InputError(file, `unsupported TIFF sample type: ${bits}-bit ${formatNames[format] ?? `format ${format}`}; supported are 8/16-bit unsigned, 16/32-bit signed, 32/64-bit float`);
+  }
+  if (first.getSamplesPerPixel() !== 1) {
+    throw new InputError(file, `has ${first.getSamplesPerPixel()} samples per pixel (RGB or multi-channel); streaming reads one channel: convert it to a single-channel stack or an OME-Zarr with a channel axis`);
+  }
+  pages.forEach((page, z) => {
+    if (page.getWidth() !== width || page.getHeight() !== height || page.getSamplesPerPixel() !== 1) {
+      throw new InputError(file, `page ${z} is ${page.getWidth()}x${page.getHeight()} but page 0 is ${width}x${height}; all pages of a stack must match`);
+    }
+    if (Number(page.getBitsPerSample(0)) !== bits || Number(page.getSampleFormat(0) ?? 1) !== format) {
+      throw new InputError(file, `page ${z} has a different sample type from page 0; all pages of a stack must match`);
+    }
+  });
+  const [blockRows, blockCols] = blockShape(first);
+  const is3D = pages.length > 1;
+  const info: ArrayInfo = {
+    url: file,
+    shape: is3D ? [pages.length, height, width] : [height, width],
+    chunks: is3D ? [1, blockRows, blockCols] : [blockRows, blockCols],
+    dtype,
+    axes: is3D
+      ? [
+          { name: 'z', type: 'space' },
+          { name: 'y', type: 'space' },
+          { name: 'x', type: 'space' },
+        ]
+      : [
+          { name: 'y', type: 'space' },
+          { name: 'x', type: 'space' },
+        ],
+    placement: { scale: new Array<number>(is3D ? 3 : 2).fill(1), translation: new Array<number>(is3D ? 3 : 2).fill(0) },
+  };
+
+  return {
+    info,
+    async readChunk(index) {
+      const [z, cy, cx] = is3D ? index : [0, ...index];
+      if (z < 0 || z >= pages.length || cy < 0 || cx < 0 || cy * blockRows >= height || cx * blockCols >= width) {
+        throw new InputError(file, `chunk [${index.join(', ')}] is outside the ${info.shape.join('x')} stack`);
+      }
+      const y0 = cy * blockRows;
+      const x0 = cx * blockCols;
+      const y1 = Math.min(height, y0 + blockRows);
+      const x1 = Math.min(width, x0 + blockCols);
+      let raster: ArrayLike<number>;
+      try {
+        raster = (await pages[z].readRasters({ window: [x0, y0, x1, y1], interleave: true })) as unknown as ArrayLike<number>;
+      } catch (err) {
+        throw new InputError(file, `page ${z} rows ${y0}-${y1} cannot be decoded (corrupt or truncated): ${(err as Error).message}`, { cause: err });
+      }
+      const w = x1 - x0;
+      const out = new Float32Array(blockRows * blockCols); // edge chunks padded with 0
+      for (let y = 0; y < y1 - y0; y++) for (let x = 0; x < w; x++) out[y * blockCols + x] = raster[y * w + x];
+      return out;
+    },
+    async close() {
+      await tiff.close();
+    },
+  };
+}
