@@ -13,7 +13,7 @@ import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
-import { parseNoiseSpec } from '../models/bayes.js';
+import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
 import { choice, commonOptions, interruptController, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
 
 const HELP: Record<string, string> = {
@@ -71,6 +71,9 @@ Options:
   --tta                     average the 8 flips/rotations (slower, slightly better)
   --tile YxX | ZxYxX        tile core size (default: whole image if it fits the memory bound)
   --overwrite               replace existing outputs
+  --uncertainty             models trained with --prior: also write the posterior standard deviation
+                            (<name>.std.tif, or <out>.std.zarr when streaming)
+  --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
   --backend B --threads N --json   as for train
 
 Streaming (any size, bounded memory): one chunked input (.zarr, OME-Zarr, TIFF stack, frame folder, s3://...)
@@ -225,10 +228,13 @@ async function runDenoise(args: string[]): Promise<number> {
       'ngff-version': { type: 'string' },
       channel: { type: 'string' },
       time: { type: 'string' },
+      uncertainty: { type: 'boolean', default: false },
+      'prior-mean': { type: 'boolean', default: false },
     },
     true,
   );
   if (values.help) return printHelp('denoise');
+  if (values.uncertainty && values['prior-mean']) throw new UsageError('--uncertainty and --prior-mean do not go together: the uncertainty belongs to the posterior mean');
   const [modelDir, ...inputArgs] = positionals;
   if (!modelDir || inputArgs.length === 0) throw new UsageError('denoise needs <model-dir> and input images (blindspot denoise --help)');
   if (!values.out) throw new UsageError('denoise needs --out <dir>');
@@ -244,10 +250,17 @@ async function runDenoise(args: string[]): Promise<number> {
     const { reporter } = await setUp(values);
     const interrupt = interruptController(reporter);
     const recorded = ['blindspot', 'denoise', ...args.filter((a) => a !== '--resume')];
+    const uncertaintyOut = values.out.replace(/\.zarr\/?$/i, '').replace(/\/+$/, '') + '.std.zarr';
     try {
-      const result = await denoiseUrl({
+      const runs: Array<{ out: string; output: DenoiseOutput }> = [{ out: values.out, output: values['prior-mean'] ? 'prior-mean' : 'denoised' }];
+      // A second pass: the tile pipeline carries one channel.
+      if (values.uncertainty) runs.push({ out: uncertaintyOut, output: 'uncertainty' });
+      let result: Awaited<ReturnType<typeof denoiseUrl>> | undefined;
+      for (const run of runs) {
+      result = await denoiseUrl({
         input: inputArgs[0],
-        out: values.out,
+        out: run.out,
+        output: run.output,
         modelDir,
         maxMemoryBytes: parseByteSize(values['max-memory'] ?? '2GiB'),
         s3: values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined,
@@ -264,13 +277,16 @@ async function runDenoise(args: string[]): Promise<number> {
           else reporter.event(e.type, { ...e });
         },
       });
+      if (result.interrupted) break;
+      }
+      if (!result) throw new Error('no run');
       reporter.finish();
       if (result.interrupted) {
         reporter.log(`interrupted after ${result.chunksSkipped + result.chunksWritten} of ${result.chunksTotal} chunks; run again with --resume to finish`);
         return ExitCode.interrupted;
       }
-      reporter.event('done', { outputs: [values.out] });
-      if (!reporter.json) reporter.log(`${result.chunksWritten} chunk(s) denoised (${result.chunksSkipped} already done) into ${values.out}`);
+      reporter.event('done', { outputs: runs.map((r) => r.out) });
+      if (!reporter.json) reporter.log(`${result.chunksWritten} chunk(s) denoised (${result.chunksSkipped} already done) into ${runs.map((r) => r.out).join(' and ')}`);
       return ExitCode.ok;
     } finally {
       interrupt.dispose();
@@ -290,6 +306,8 @@ async function runDenoise(args: string[]): Promise<number> {
     tta: values.tta,
     tileShape: shapeOption('tile', values.tile),
     overwrite: values.overwrite,
+    uncertainty: values.uncertainty,
+    priorMean: values['prior-mean'],
     onEvent: (e) => reporter.denoise(e),
   });
   reporter.finish();

@@ -48,7 +48,7 @@ import { type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../
 import { estimateBytesPerVoxel } from './predict.js';
 import { VERSION } from '../core/version.js';
 import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN, type ModelManifest, loadModelFolder } from '../models/io.js';
-import { denoisingTileModel } from '../models/bayes.js';
+import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
 import { unetGeometry } from '../models/unet.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
@@ -361,6 +361,8 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
   /** One channel in and out, on normalised values. */
   model: TileModel;
   normalisation: Normalisation;
+  /** How model outputs go back to input units; default `normalisation` (a standard deviation: offset 0). */
+  outputNormalisation?: Normalisation;
   maxMemoryBytes: number;
   /** Bytes of the model's weights (counted in the budget). */
   modelWeightBytes?: number;
@@ -574,7 +576,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
         writer: output,
         concurrency: memory.writeConcurrency,
         // The block's values are ours alone once emitted.
-        transform: (values) => denormaliseInPlace(values, opts.normalisation),
+        transform: (values) => denormaliseInPlace(values, opts.outputNormalisation ?? opts.normalisation),
         record: journal ? (chunk) => journal.record(chunk) : undefined,
       }),
       tap((chunk) => {
@@ -630,6 +632,8 @@ export interface DenoiseUrlOptions {
   tta?: boolean;
   /** Output sample type: float32 (default) or the input's, rounded and clipped. */
   outputType?: 'float32' | 'input';
+  /** Gaussian-prior models: the posterior mean ('denoised', default), its standard deviation, or the prior mean. */
+  output?: DenoiseOutput;
   /** Output chunk (= tile core) shape, multiples of the pooling size; default chosen from maxMemoryBytes. */
   outputChunks?: number[];
   /** Pyramid levels below level 0 (default: the writer's choice). */
@@ -681,7 +685,8 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
   let store: ByteStore | null = null;
   try {
     opts.onEvent?.({ type: 'model', manifest });
-    const tileModel = denoisingTileModel(model, manifest, 'denoised');
+    const output = opts.output ?? 'denoised';
+    const tileModel = denoisingTileModel(model, manifest, output);
     input = await open.openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
     const dims = input.info.shape.length;
     if (dims !== manifest.network.dims) {
@@ -690,7 +695,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     const geometry = unetGeometry(manifest.network);
     const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
     const bytesPerVoxel = estimateBytesPerVoxel(model, dims as 2 | 3, geometry.sizeMultiple);
-    const dtype = opts.outputType === 'input' ? input.info.dtype : 'float32';
+    const dtype = opts.outputType === 'input' && output !== 'uncertainty' ? input.info.dtype : 'float32';
     if (opts.resume) writer = await ome.openOmeZarrWriter(opts.out, opts.s3);
     if (writer && writer.info.shape.join() !== input.info.shape.join()) {
       throw new OutputError(opts.out, `holds an array of shape [${writer.info.shape.join(', ')}], the input is [${input.info.shape.join(', ')}]`);
@@ -737,6 +742,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       model: tileModel,
       ...geometry,
       normalisation: manifest.normalisation,
+      outputNormalisation: output === 'uncertainty' ? { ...manifest.normalisation, offset: 0 } : manifest.normalisation,
       maxMemoryBytes: opts.maxMemoryBytes,
       modelWeightBytes,
       bytesPerVoxel,
