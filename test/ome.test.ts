@@ -16,6 +16,7 @@ import { openChunkedSource } from '../storage/open.js';
 import { chunkGrid, type Axis } from '../storage/chunked.js';
 import { InputError, OutputError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
+import { startLocalS3, swiftAvailable, SWIFT_MISSING_MESSAGE, type LocalS3 } from '../infra/localS3.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -345,5 +346,52 @@ describe('reading OME-Zarr inputs', () => {
     const odd = path.join(dir, 'notes.txt');
     await fs.writeFile(odd, 'hi');
     await expect(openChunkedSource(odd)).rejects.toBeInstanceOf(InputError);
+  });
+});
+
+const swiftSkip = !swiftAvailable();
+if (swiftSkip) console.log(`ome.test S3 part: skipped: ${SWIFT_MISSING_MESSAGE}`);
+
+describe.skipIf(swiftSkip)('OME-Zarr on S3 (local Swift)', () => {
+  let s3: LocalS3;
+  beforeAll(async () => {
+    s3 = await startLocalS3();
+    // A just-started Swift may answer 503 for a moment.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await s3.createBucket('blindspot-ome');
+        break;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
+      }
+    }
+    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+  }, 120_000);
+  afterAll(async () => {
+    await s3?.stop();
+  });
+
+  it.each(['0.5', '0.4'] as const)('v%s: written to s3://, reopened for resume, read back through openChunkedSource', async (version) => {
+    const url = `s3://blindspot-ome/run/out-${version}.zarr`;
+    const settings = { endpoint: s3.endpoint };
+    const opts: CreateOmeZarrOptions = {
+      shape: [12, 40, 36], chunks: [8, 16, 16], dtype: 'uint16', axes: zyxAxes, ngffVersion: version,
+      placement: { scale: [1, 1, 1], translation: [0, 0, 0] },
+    };
+    const writer = await createOmeZarr(url, { ...opts, s3: settings });
+    const grid = chunkGrid(writer.info);
+    for (let i = 0; i < grid[0]; i++) for (let j = 0; j < grid[1]; j++) for (let k = 0; k < grid[2]; k++) {
+      await writer.writeChunk([i, j, k], new Float32Array(8 * 16 * 16).fill(100 * i + 10 * j + k));
+    }
+    await writer.buildPyramid();
+    expect(await openOmeZarrWriter(`s3://blindspot-ome/run/absent-${version}.zarr`, settings)).toBeNull();
+    const reopened = await openOmeZarrWriter(url, settings);
+    expect(reopened!.levelShapes).toEqual([[12, 40, 36], [6, 20, 18], [3, 10, 9]]);
+    const reader = await openChunkedSource(url, { s3: settings });
+    expect(reader.info.shape).toEqual([12, 40, 36]);
+    expect((await reader.readChunk([1, 2, 1]))[0]).toBe(121);
+    await expect(createOmeZarr(url, { ...opts, chunks: [4, 16, 16], s3: settings })).rejects.toBeInstanceOf(OutputError);
   });
 });
