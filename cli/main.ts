@@ -7,6 +7,7 @@ import path from 'node:path';
 import { BlindspotError, ExitCode, UsageError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
+import { openChunkedSource } from '../storage/open.js';
 import { trainModel, TrainingInterrupted } from '../pipeline/train.js';
 import { denoiseFiles, type OutputType } from '../pipeline/denoise.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
@@ -55,6 +56,13 @@ Options:
   --validate-every N        steps between validations and checkpoints (default steps/20)
   --resume                  continue an interrupted run in --out
   --overwrite               replace an existing model in --out
+
+Streaming (inputs of any size; always for .zarr / OME-Zarr / s3:// inputs, or with --stream for TIFF stacks
+and frame folders): patches from random chunk-aligned regions through a bounded chunk cache, statistics
+from a sample of chunks:
+  --max-memory SIZE         bound on the sampler's cache and queues (default 2GiB; the model is extra)
+  --background T            skip patches whose mean is below T (raw intensity units)
+  --s3-endpoint URL --channel N --time N   as for denoise
   --backend B               auto|tensorflow-gpu|tensorflow|wasm|cpu (default auto)
   --threads N               CPU threads for wasm (default: all cores)
   --json                    JSON lines instead of a progress bar
@@ -62,7 +70,8 @@ Options:
 Examples:
   blindspot train data/noisy/*.tif --out models/conv --steps 2000
   blindspot train stack.tif --out models/stack3d --patch 16x64x64 --method n2v2
-  blindspot train data/noisy --out models/conv --resume`,
+  blindspot train data/noisy --out models/conv --resume
+  blindspot train s3://lab/raw/vol.zarr --out models/vol --patch 16x64x64 --max-memory 4GiB --background 120`,
   denoise: `Usage: blindspot denoise <model-dir> <inputs...> --out <dir> [options]
 
 Options:
@@ -151,6 +160,12 @@ async function runTrain(args: string[]): Promise<number> {
       'val-fraction': { type: 'string' },
       'validate-every': { type: 'string' },
       prior: { type: 'string' },
+      stream: { type: 'boolean', default: false },
+      'max-memory': { type: 'string' },
+      's3-endpoint': { type: 'string' },
+      channel: { type: 'string' },
+      time: { type: 'string' },
+      background: { type: 'string' },
       resume: { type: 'boolean', default: false },
       overwrite: { type: 'boolean', default: false },
     },
@@ -160,7 +175,24 @@ async function runTrain(args: string[]): Promise<number> {
   const prior = values.prior === undefined ? undefined : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
-  const inputs = await expandInputs(positionals);
+  // Zarr and S3 inputs always stream; --stream or --max-memory streams TIFF stacks and frame folders too.
+  const streaming = values.stream || values['max-memory'] !== undefined || positionals.some((p) => /^s3:\/\//i.test(p) || /\.zarr\/?$/i.test(p));
+  if (!streaming) {
+    for (const option of ['s3-endpoint', 'channel', 'time', 'background'] as const) {
+      if (values[option] !== undefined) throw new UsageError(`--${option} applies only to streaming training (.zarr or s3:// inputs, or --stream)`);
+    }
+  }
+  const s3 = values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined;
+  const sources = streaming
+    ? await Promise.all(
+        positionals.map(async (url) => ({
+          reader: await openChunkedSource(url, { channel: intOption('channel', values.channel), time: intOption('time', values.time), s3 }),
+          name: url,
+        })),
+      )
+    : undefined;
+  const inputs = streaming ? undefined : await expandInputs(positionals);
+  const background = numberOption('background', values.background);
   const network: Record<string, number | boolean> = {};
   const depth = intOption('depth', values.depth);
   const filters = intOption('filters', values.filters);
@@ -174,6 +206,13 @@ async function runTrain(args: string[]): Promise<number> {
   try {
     const manifest = await trainModel({
       inputs,
+      sources,
+      streaming: streaming
+        ? {
+            maxMemoryBytes: parseByteSize(values['max-memory'] ?? '2GiB'),
+            ...(background !== undefined ? { background: { threshold: background } } : {}),
+          }
+        : undefined,
       out: values.out,
       method: choice('method', values.method, ['n2v', 'n2v2'] as const),
       steps: intOption('steps', values.steps),
@@ -209,6 +248,7 @@ async function runTrain(args: string[]): Promise<number> {
     throw err;
   } finally {
     interrupt.dispose();
+    await Promise.all((sources ?? []).map((s) => s.reader.close?.()));
   }
 }
 
