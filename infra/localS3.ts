@@ -232,10 +232,18 @@ async function createBucket(endpoint: string, name: string): Promise<void> {
     credentials: { accessKeyId: ACCESS_KEY, secretAccessKey: SECRET_KEY },
   });
   try {
-    await client.send(new CreateBucketCommand({ Bucket: name }));
-  } catch (err) {
-    const code = (err as { name?: string }).name;
-    if (code !== 'BucketAlreadyOwnedByYou' && code !== 'BucketAlreadyExists') throw err;
+    // A freshly started Swift may answer 503 ("reduce your request rate") while its rings warm up.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await client.send(new CreateBucketCommand({ Bucket: name }));
+        return;
+      } catch (err) {
+        const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+        if (e.name === 'BucketAlreadyOwnedByYou' || e.name === 'BucketAlreadyExists') return;
+        if ((e.$metadata?.httpStatusCode ?? 0) < 500 || attempt >= 10) throw err;
+        await new Promise((r) => setTimeout(r, 100 * 2 ** Math.min(attempt, 5)));
+      }
+    }
   } finally {
     client.destroy();
   }

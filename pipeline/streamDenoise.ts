@@ -49,6 +49,9 @@ import { estimateBytesPerVoxel } from './predict.js';
 import { VERSION } from '../core/version.js';
 import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN, type ModelManifest, loadModelFolder } from '../models/io.js';
 import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
+import { createOmeZarr, openOmeZarrWriter, type OmeZarrWriter } from '../storage/ome.js';
+import { openByteStore, openChunkedSource } from '../storage/open.js';
+import type { S3Settings } from '../storage/s3.js';
 import { unetGeometry } from '../models/unet.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
@@ -609,15 +612,8 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
 // URL level: a model folder, an input URL (Zarr/OME-Zarr, TIFF stack, frame folder; local or S3)
 // and an output OME-Zarr URL.
 
-/** S3 settings as storage/s3.ts defines them (structural copy, so this module does not load the SDK). */
-export interface StreamS3Settings {
-  endpoint?: string;
-  region?: string;
-  maxConcurrency?: number;
-  maxAttempts?: number;
-  multipartThresholdBytes?: number;
-  partSizeBytes?: number;
-}
+/** S3 settings (storage/s3.ts). */
+export type StreamS3Settings = S3Settings;
 
 export interface DenoiseUrlOptions {
   input: string;
@@ -668,26 +664,15 @@ function displayWindow(n: Normalisation): { start: number; end: number; min: num
  */
 export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
   assertOutputIsNotInput(opts.input, opts.out);
-  // Loaded by path so this module builds before the storage back ends exist in every checkout.
-  const openModule = '../storage/open.js';
-  const omeModule = '../storage/ome.js';
-  const open = (await import(openModule)) as {
-    openChunkedSource(url: string, o?: { channel?: number; time?: number; s3?: StreamS3Settings }): Promise<ChunkedArrayReader>;
-    openByteStore(url: string, s3?: StreamS3Settings): ByteStore;
-  };
-  const ome = (await import(omeModule)) as {
-    createOmeZarr(url: string, o: Record<string, unknown>): Promise<OmeZarrWriterLike>;
-    openOmeZarrWriter(url: string, s3?: StreamS3Settings): Promise<OmeZarrWriterLike | null>;
-  };
   const { model, manifest } = await loadModelFolder(opts.modelDir);
   let input: ChunkedArrayReader | null = null;
-  let writer: OmeZarrWriterLike | null = null;
+  let writer: OmeZarrWriter | null = null;
   let store: ByteStore | null = null;
   try {
     opts.onEvent?.({ type: 'model', manifest });
     const output = opts.output ?? 'denoised';
     const tileModel = denoisingTileModel(model, manifest, output);
-    input = await open.openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
+    input = await openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
     const dims = input.info.shape.length;
     if (dims !== manifest.network.dims) {
       throw new InputError(opts.input, `is ${dims}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
@@ -696,7 +681,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
     const bytesPerVoxel = estimateBytesPerVoxel(model, dims as 2 | 3, geometry.sizeMultiple);
     const dtype = opts.outputType === 'input' && output !== 'uncertainty' ? input.info.dtype : 'float32';
-    if (opts.resume) writer = await ome.openOmeZarrWriter(opts.out, opts.s3);
+    if (opts.resume) writer = await openOmeZarrWriter(opts.out, opts.s3);
     if (writer && writer.info.shape.join() !== input.info.shape.join()) {
       throw new OutputError(opts.out, `holds an array of shape [${writer.info.shape.join(', ')}], the input is [${input.info.shape.join(', ')}]`);
     }
@@ -711,11 +696,11 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
         tta: opts.tta,
         coreShape: opts.outputChunks,
       });
-      writer = await ome.createOmeZarr(opts.out, {
+      writer = await createOmeZarr(opts.out, {
         shape: [...input.info.shape],
         chunks: memory.coreShape,
         dtype,
-        axes: input.info.axes,
+        axes: [...input.info.axes],
         placement: input.info.placement,
         ngffVersion: opts.ngffVersion ?? '0.5',
         provenance: {
@@ -729,7 +714,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
         s3: opts.s3,
       });
     }
-    store = open.openByteStore(opts.out, opts.s3);
+    store = openByteStore(opts.out, opts.s3);
     const fingerprint = runFingerprint({
       model: await modelFolderHash(opts.modelDir),
       tta: opts.tta === true,
@@ -765,6 +750,3 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
   }
 }
 
-interface OmeZarrWriterLike extends ChunkedArrayWriter {
-  buildPyramid(opts?: { levels?: number; concurrency?: number }): Promise<void>;
-}
