@@ -100,7 +100,7 @@ export interface FitOptions {
   learningRate?: number;
   seed?: number;
   bins?: number;
-  /** Called between rounds/iterations chunks so a cooperative caller can yield (workers: unused). */
+  /** Called every 10 Adam iterations (a worker uses it to throttle itself). */
   onProgress?: (fraction: number) => void;
 }
 
@@ -311,7 +311,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
         v[p] = 0.999 * v[p] + 0.001 * g * g;
         theta[p] -= (lr * (m[p] / b1c)) / (Math.sqrt(v[p] / b2c) + 1e-8);
       }
-      if (opts.onProgress && it % 50 === 0) opts.onProgress((round + it / iterations) / rounds);
+      if (opts.onProgress && it % 10 === 0) opts.onProgress((round + it / iterations) / rounds);
     }
     unpack();
     if (round < rounds - 1) {

@@ -22,6 +22,17 @@ export interface NoisePoolOptions {
   size?: number;
   /** Nice increment of the worker threads (0..19); default 19 (yield to training). */
   niceIncrement?: number;
+  /**
+   * Tasks handed to a worker at once (piscina concurrentTasksPerWorker); default 4. A worker runs them
+   * one after another, so it stays busy even while the main thread is inside a long synchronous
+   * training step and cannot dispatch the next task.
+   */
+  tasksPerWorker?: number;
+  /**
+   * Fraction of a core each fit may use (0..1]; default 1. Below 1 a worker sleeps between chunks of
+   * Adam iterations: fits take longer but leave the cores to training.
+   */
+  cpuShare?: number;
 }
 
 export interface NoiseFitOptions extends SampleOptions, Omit<FitOptions, 'onProgress'> {}
@@ -47,15 +58,18 @@ export function noiseTaskFile(): string {
 export class NoisePool {
   private readonly pool: Piscina<NoiseFitTask, NlfRecord>;
   readonly size: number;
+  private readonly cpuShare: number;
 
   constructor(opts: NoisePoolOptions = {}) {
     this.size = Math.max(1, Math.floor(opts.size ?? defaultPoolSize()));
+    this.cpuShare = opts.cpuShare ?? 1;
     this.pool = new Piscina<NoiseFitTask, NlfRecord>({
       filename: noiseTaskFile(),
       minThreads: 0,
       maxThreads: this.size,
       idleTimeout: 2000,
       niceIncrement: opts.niceIncrement ?? 19,
+      concurrentTasksPerWorker: Math.max(1, Math.floor(opts.tasksPerWorker ?? 4)),
     });
   }
 
@@ -71,6 +85,7 @@ export class NoisePool {
     const task: NoiseFitTask = {
       sample: { ...rest, pairsBuffer: buffer, fallbackValues: fallbackValues ? Array.from(fallbackValues) : undefined },
       fit,
+      cpuShare: this.cpuShare,
     };
     return this.pool.run(task, { transferList: [buffer] });
   }
@@ -102,8 +117,8 @@ export class NoisePool {
  * later: start it, train, then await it (the fits run at low priority beside training).
  */
 export async function fitNoiseInWorkers(images: readonly NoiseImage[], opts: NoiseFitOptions & NoisePoolOptions & { pool?: NoisePool } = {}): Promise<NoiseReport[]> {
-  const { size, niceIncrement, pool: given, ...fit } = opts;
-  const pool = given ?? new NoisePool({ size, niceIncrement });
+  const { size, niceIncrement, tasksPerWorker, cpuShare, pool: given, ...fit } = opts;
+  const pool = given ?? new NoisePool({ size, niceIncrement, tasksPerWorker, cpuShare });
   try {
     return await pool.fit(images, fit);
   } finally {
