@@ -14,6 +14,8 @@ import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
+import { runNoise } from './noise.js';
+import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
 import { choice, commonOptions, interruptController, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
 
@@ -26,6 +28,7 @@ Commands:
   train <inputs...> --out <model-dir>      learn a denoiser from noisy images alone
   denoise <model-dir> <inputs...> --out <dir>  denoise images with a trained model
   eval --clean <dir> --denoised <dir>      PSNR and SSIM against clean images
+  noise <inputs...>                        noise level (variance vs intensity) per image; --calibrate a noise model
   demo                                     the whole job on a built-in synthetic 3D sample
 
 Run 'blindspot <command> --help' for its options and examples.
@@ -46,9 +49,10 @@ Options:
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
   --loss mse|mae            loss on masked pixels (default mse)
-  --prior gaussian:S | poisson-gaussian:A,B
+  --prior gaussian:S | poisson-gaussian:A,B | noise-model.json
                             predict a Gaussian prior and train it by the likelihood under this noise
-                            (input units; var = A*x + B); denoise then gives the posterior mean (Laine et al.)
+                            (input units; var = A*x + B; or the a, b of a 'blindspot noise --calibrate'
+                            model or NLF record); denoise then gives the posterior mean (Laine et al.)
   --depth N --filters N --kernel-size N --no-batch-norm   U-Net shape (default 2, 32, 3, batch norm on)
   --normalisation meanstd|percentile   (default meanstd)
   --no-augment              no flips/rotations
@@ -131,8 +135,10 @@ async function main(argv: string[]): Promise<number> {
       return runEval(rest);
     case 'demo':
       return runDemoCommand(rest);
+    case 'noise':
+      return runNoise(rest);
     default:
-      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, eval, demo (blindspot --help)`);
+      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, eval, noise, demo (blindspot --help)`);
   }
 }
 
@@ -172,7 +178,9 @@ async function runTrain(args: string[]): Promise<number> {
     true,
   );
   if (values.help) return printHelp('train');
-  const prior = values.prior === undefined ? undefined : parseNoiseSpec(values.prior);
+  // A noise-model file (blindspot noise --calibrate, or an NLF record) gives its Poisson-Gaussian summary.
+  const prior =
+    values.prior === undefined ? undefined : /\.json$/i.test(values.prior) ? noiseSpecOf(await loadNoiseModel(values.prior)) : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
   // Zarr and S3 inputs always stream; --stream or --max-memory streams TIFF stacks and frame folders too.

@@ -80,6 +80,9 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
         case 'interrupted':
           say(`interrupted at step ${e.step}: checkpoint written`);
           break;
+        case 'warning':
+          say(`warning: ${e.message}`);
+          break;
         case 'done':
           say(`done: ${e.steps} steps in ${formatSeconds(e.seconds)}, best validation loss ${e.bestValLoss?.toFixed(5) ?? '-'} at step ${e.bestStep}`);
           break;

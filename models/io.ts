@@ -15,6 +15,7 @@ import type { MaskOptions } from './masking.js';
 // Registers the custom layers (max-blur-pool, 3D upsampling) so saved topologies deserialise.
 import './layers.js';
 import type { NoiseSpec } from './bayes.js';
+import type { NlfRecord } from '../noise/nlf.js';
 
 export const MODEL_JSON = 'model.json';
 export const WEIGHTS_BIN = 'weights.bin';
@@ -45,6 +46,8 @@ export interface ModelManifest {
   loss: 'mse' | 'mae' | 'prior-nll';
   /** Present for Gaussian-prior models: the noise model that turns the prior into a posterior. */
   prior?: { noise: NoiseSpec };
+  /** Noise-level function of every training image (fitted in worker threads while training ran). */
+  noise?: NlfRecord[];
   training: {
     steps: number;
     stepsDone: number;

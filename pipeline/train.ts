@@ -18,6 +18,7 @@ import { computeNormalisation, normalise, type Normalisation } from '../models/n
 import { defaultMaskOptions, maskPatch, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
 import { maskedLoss } from '../models/losses.js';
+import { fitNoiseInWorkers } from '../workers/noisePool.js';
 import { gaussianPriorLoss, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import {
   MANIFEST_JSON,
@@ -126,6 +127,11 @@ export interface TrainOptions {
    * posterior mean (models/bayes.ts).
    */
   prior?: NoiseSpec;
+  /**
+   * Fit each training image's noise-level function in worker threads while training runs and store
+   * them in the model (default true for in-memory images; streamed sources are not fitted).
+   */
+  noiseFits?: boolean;
   network?: Partial<Omit<UNetConfig, 'dims' | 'variant'>>;
   normalisation?: 'meanstd' | 'percentile';
   augment?: boolean;
@@ -159,6 +165,7 @@ export type TrainEvent =
   | { type: 'step'; step: number; steps: number; loss: number; learningRate: number; stepsPerSecond: number; lastValLoss: number | null }
   | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
   | { type: 'checkpoint'; step: number }
+  | { type: 'warning'; message: string }
   | { type: 'interrupted'; step: number }
   | { type: 'done'; steps: number; bestStep: number; bestValLoss: number | null; seconds: number };
 
@@ -261,6 +268,16 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     };
   }
   const { normalisation, valBatches } = data;
+  // Started now, awaited at the end: the fits run at low priority beside training.
+  const noiseFits =
+    opts.noiseFits === false || opts.sources
+      ? null
+      : fitNoiseInWorkers(named.map(({ volume, name }) => ({ name, data: volume.data, shape: volume.shape, sampleType: volume.sampleType }))).catch(
+          (err: Error) => {
+            opts.onEvent?.({ type: 'warning', message: `noise-level fits failed, the model is saved without them: ${err.message}` });
+            return null;
+          },
+        );
   const lossFn: MaskedLossFn = opts.prior
     ? gaussianPriorLoss(normalisedNoiseVariance(opts.prior, normalisation))
     : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
@@ -420,7 +437,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
   // The best model is what the folder holds; record the finished run in its manifest.
   if (state.bestStep === 0) await saveModelFolder(opts.out, model, manifestFor(true));
-  const manifest = manifestFor(true);
+  const noise = (await noiseFits) ?? undefined;
+  const manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
   await writeFilesAtomically(opts.out, { [MANIFEST_JSON]: JSON.stringify(manifest, null, 2) + '\n' });
   await fs.rm(checkpointDir, { recursive: true, force: true });
   opts.onEvent?.({ type: 'done', steps: state.stepsDone, bestStep: state.bestStep, bestValLoss: state.bestValLoss, seconds: state.wallSeconds });

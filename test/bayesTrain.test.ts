@@ -44,6 +44,10 @@ describe('Gaussian-prior training and posterior-mean denoising', () => {
     expect(manifest.loss).toBe('prior-nll');
     expect(manifest.prior).toEqual({ noise: { kind: 'gaussian', sigma } });
     expect(manifest.network.outputChannels).toBe(2);
+    // The training image's noise-level function was fitted in a worker while training ran.
+    expect(manifest.noise).toHaveLength(1);
+    expect(manifest.noise![0].name).toBe('synthetic');
+    expect(Math.abs(manifest.noise![0].sigma - sigma) / sigma).toBeLessThan(0.15);
 
     const { model, manifest: loaded } = await loadModelFolder(out);
     const posteriorMean = await denoiseVolume(model, loaded, noisy);
