@@ -95,6 +95,8 @@ describe('TIFF stacks by random access', () => {
     const file = path.join(tmp, 'garbage.tif');
     await fs.writeFile(file, 'not a tiff at all');
     await expect(openTiffStack(file)).rejects.toThrow(/garbage\.tif.*not a readable TIFF/);
+    await expect(openTiffStack(path.join(tmp, 'missing.tif'))).rejects.toThrow(/missing\.tif.*not a readable TIFF/);
+    await expect(openFrameFolder(path.join(tmp, 'no-such-folder'))).rejects.toThrow(/no-such-folder.*cannot be listed/);
   });
 });
 
