@@ -709,6 +709,10 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
           command: opts.command ?? [],
           input: opts.input,
           model: { folder: opts.modelDir, method: manifest.method, network: manifest.network, sha256: await modelFolderHash(opts.modelDir) },
+          output,
+          ...(manifest.prior ? { prior: manifest.prior } : {}),
+          // Noise-level functions of the training images (input units): var = a * x + b, sigma at the median.
+          ...(manifest.noise ? { noise: manifest.noise.map((n) => ({ image: n.name, a: n.a, b: n.b, sigma: n.sigma, medianIntensity: n.medianIntensity })) } : {}),
         },
         window: displayWindow(manifest.normalisation),
         s3: opts.s3,
@@ -719,7 +723,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       model: await modelFolderHash(opts.modelDir),
       tta: opts.tta === true,
       input: { shape: input.info.shape, dtype: input.info.dtype, channel: opts.channel ?? null, time: opts.time ?? null },
-      output: { shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
+      output: { kind: output, shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
     });
     const result = await denoiseChunked({
       input,
