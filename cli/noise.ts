@@ -28,7 +28,7 @@ Options:
   --seed <n>             sampling and fitting seed (default 1)
   --calibrate <stack>    a multi-page TIFF / 3D .npy of ~100 frames of a static sample: fits a
                          calibrated noise model (per-signal histograms and Poisson-Gaussian fit)
-  --out <file>           where --calibrate writes the model (for train/denoise --noise-model)
+  --out <file>           where --calibrate writes the model (for blindspot train --prior <file>)
   -h, --help`;
 
 export async function runNoise(args: string[]): Promise<number> {
