@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import { Rng } from '../core/rng.js';
 import type { Volume } from '../core/volume.js';
 import { chunkGrid, type ChunkedArrayReader } from '../storage/chunked.js';
@@ -89,6 +90,12 @@ describe('TIFF stacks by random access', () => {
     expect(reader.info.shape).toEqual([40, 50]);
     expect(reader.info.axes.map((a) => a.name)).toEqual(['y', 'x']);
     await reader.close?.();
+  });
+
+  it('an RGB TIFF is refused with a message to convert it to one channel', async () => {
+    const file = path.join(tmp, 'rgb.tif');
+    await sharp(Buffer.alloc(8 * 6 * 3, 100), { raw: { width: 8, height: 6, channels: 3 } }).tiff().toFile(file);
+    await expect(openTiffStack(file)).rejects.toThrow(/rgb\.tif.*3 samples per pixel.*single-channel/);
   });
 
   it('bad files are reported with their name', async () => {
