@@ -17,7 +17,7 @@ export interface DecodedTiff {
 }
 
 /** (bits, SampleFormat) -> our sample type; int8 and float16 widen losslessly. */
-function sampleTypeOf(bits: number, format: number): SampleType | null {
+export function sampleTypeOf(bits: number, format: number): SampleType | null {
   if (format === 1 && bits === 8) return 'uint8';
   if (format === 1 && bits === 16) return 'uint16';
   if (format === 2 && bits === 8) return 'int16';
@@ -28,7 +28,7 @@ function sampleTypeOf(bits: number, format: number): SampleType | null {
   return null;
 }
 
-const formatNames: Record<number, string> = { 1: 'unsigned integer', 2: 'signed integer', 3: 'float' };
+export const formatNames: Record<number, string> = { 1: 'unsigned integer', 2: 'signed integer', 3: 'float' };
 
 export async function decodeTiff(file: string, bytes: Uint8Array): Promise<DecodedTiff> {
   const arrayBuffer = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;

@@ -6,20 +6,8 @@
  */
 import { fromFile, type GeoTIFF, type GeoTIFFImage } from 'geotiff';
 import { InputError } from '../core/errors.js';
-import type { SampleType } from '../core/volume.js';
 import type { ArrayInfo, ChunkedArrayReader } from './chunked.js';
-
-const formatNames: Record<number, string> = { 1: 'unsigned integer', 2: 'signed integer', 3: 'float' };
-
-function sampleTypeOf(bits: number, format: number): SampleType | null {
-  if (format === 1 && bits === 8) return 'uint8';
-  if (format === 1 && bits === 16) return 'uint16';
-  if (format === 2 && bits === 16) return 'int16';
-  if (format === 2 && bits === 32) return 'int32';
-  if (format === 3 && bits === 32) return 'float32';
-  if (format === 3 && bits === 64) return 'float64';
-  return null;
-}
+import { formatNames, sampleTypeOf } from './tiff.js';
 
 /** Rows (and columns) per chunk: whole tiles, or whole strips grouped to at least 64 rows. */
 function blockShape(page: GeoTIFFImage): [number, number] {
@@ -51,7 +39,7 @@ export async function openTiffStack(file: string): Promise<ChunkedArrayReader> {
   const format = Number(first.getSampleFormat(0) ?? 1);
   const dtype = sampleTypeOf(bits, format);
   if (!dtype) {
-    throw new InputError(file, `unsupported TIFF sample type: ${bits}-bit ${formatNames[format] ?? `format ${format}`}; supported are 8/16-bit unsigned, 16/32-bit signed, 32/64-bit float`);
+    throw new InputError(file, `unsupported TIFF sample type: ${bits}-bit ${formatNames[format] ?? `format ${format}`}; supported are 8/16-bit unsigned, 8/16/32-bit signed, 16/32/64-bit float`);
   }
   if (first.getSamplesPerPixel() !== 1) {
     throw new InputError(file, `has ${first.getSamplesPerPixel()} samples per pixel (RGB or multi-channel); streaming reads one channel: convert it to a single-channel stack or an OME-Zarr with a channel axis`);
