@@ -13,8 +13,12 @@ import { voxelCount } from '../core/volume.js';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { denormalise, normalise, type Normalisation } from '../models/normalise.js';
 import { predictVolume, reflectedRegionReader } from '../pipeline/predict.js';
-import { assertOutputIsNotInput, chooseCoreShape, denoiseChunked, parseByteSize, planStreamMemory, runFingerprint } from '../pipeline/streamDenoise.js';
+import { loadModelFolder, saveModelFolder, type ModelManifest } from '../models/io.js';
+import { assertOutputIsNotInput, chooseCoreShape, denoiseChunked, denoiseUrl, parseByteSize, planStreamMemory, runFingerprint } from '../pipeline/streamDenoise.js';
 import { ChunkCache, readRegionReflected } from '../storage/chunkCache.js';
+import type { ChunkedArrayReader } from '../storage/chunked.js';
+import { createOmeZarr } from '../storage/ome.js';
+import { openChunkedSource } from '../storage/open.js';
 import type { TileSpec } from '../operators/tileGrid.js';
 import { DirectoryStore, MemoryArrayReader, RawChunkArray } from './fixtures/stream-arrays.js';
 
@@ -305,23 +309,9 @@ describe('CLI (from dist/, built by pretest)', () => {
 });
 
 describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
-  const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-  // open.ts also imports the S3, TIFF-stack and frame-folder sources.
-  const zarrBackEnd = ['ome.ts', 'open.ts', 's3.ts', 'tiffStack.ts', 'frameFolder.ts'].every((f) => existsSync(path.join(repoRoot, 'storage', f)));
-  // Loaded by path: storage/ome.ts and storage/open.ts come from another part of the work.
-  const load = async () => {
-    const omeModule = '../storage/ome.js';
-    const openModule = '../storage/open.js';
-    return {
-      ome: (await import(omeModule)) as { createOmeZarr(url: string, o: Record<string, unknown>): Promise<import('../storage/chunked.js').ChunkedArrayWriter> },
-      open: (await import(openModule)) as { openChunkedSource(url: string): Promise<import('../storage/chunked.js').ChunkedArrayReader> },
-    };
-  };
-
-  async function saveTinyModel(dir: string, cfg: UNetConfig): Promise<import('../models/io.js').ModelManifest> {
-    const { saveModelFolder } = await import('../models/io.js');
+  async function saveTinyModel(dir: string, cfg: UNetConfig): Promise<ModelManifest> {
     const model = buildUNet(cfg, 12);
-    const manifest: import('../models/io.js').ModelManifest = {
+    const manifest: ModelManifest = {
       format: 'blindspot-model',
       formatVersion: 1,
       method: 'n2v',
@@ -342,7 +332,7 @@ describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
     return manifest;
   }
 
-  async function readArray(reader: import('../storage/chunked.js').ChunkedArrayReader): Promise<Float32Array> {
+  async function readArray(reader: ChunkedArrayReader): Promise<Float32Array> {
     const scratch = new RawChunkArray(new DirectoryStore(await fs.mkdtemp(path.join(tmp, 'scratch-'))), reader.info.shape, reader.info.chunks);
     for (const index of (function* () {
       const grid = reader.info.shape.map((n, a) => Math.ceil(n / reader.info.chunks[a]));
@@ -353,16 +343,14 @@ describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
     return scratch.readAll();
   }
 
-  test.skipIf(!zarrBackEnd)('2D: equals the in-memory denoise; refuses its input as output; resumed output is byte-identical', async () => {
-    const { ome, open } = await load();
-    const { denoiseUrl } = await import('../pipeline/streamDenoise.js');
+  test('2D: equals the in-memory denoise; refuses its input as output; resumed output is byte-identical', async () => {
     const cfg: UNetConfig = { ...defaultUNetConfig(2), filters: 4 };
     const modelDir = path.join(tmp, 'zarr-model');
     await saveTinyModel(modelDir, cfg);
     const shape = [70, 83];
     const image = randomImage(shape, 21, 100, 20);
     const inputUrl = path.join(tmp, 'in.zarr');
-    const writer = await ome.createOmeZarr(inputUrl, {
+    const writer = await createOmeZarr(inputUrl, {
       shape,
       chunks: [16, 20],
       dtype: 'float32',
@@ -376,10 +364,9 @@ describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
 
     const outA = path.join(tmp, 'a.zarr');
     await denoiseUrl({ input: inputUrl, out: outA, modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [16, 16] });
-    const denoised = await open.openChunkedSource(outA);
+    const denoised = await openChunkedSource(outA);
     expect(denoised.info.placement).toEqual({ scale: [0.5, 0.25], translation: [10, 20] });
     const model = buildUNet(cfg, 12);
-    const { loadModelFolder } = await import('../models/io.js');
     const loaded = await loadModelFolder(modelDir);
     const inMemory = denormalise(await predictVolume(loaded.model, normalise(image, normalisation), shape as unknown as Shape, unetGeometry(cfg)), normalisation);
     loaded.model.dispose();

@@ -12,6 +12,8 @@ import { computeNormalisation, denormalise, percentileOfSorted } from '../models
 import { readManifest } from '../models/io.js';
 import type { ArrayInfo, ChunkedArrayReader } from '../storage/chunked.js';
 import { ChunkCache } from '../storage/chunkCache.js';
+import { createOmeZarr } from '../storage/ome.js';
+import { openChunkedSource } from '../storage/open.js';
 import { mixSeed } from '../operators/samplePatches.js';
 import { defaultRegionChunks, defaultMaxRegionBytes, sampleNormalisation, sampleRegions, type RegionEvent, type RegionSamplingStats } from '../operators/sampleRegions.js';
 import { trainModel, TrainingInterrupted, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
@@ -396,34 +398,13 @@ describe('streaming training (trainModel with chunked sources)', () => {
   }, 240_000);
 });
 
-/** The Zarr helper's modules, if present (they land separately; this test skips without them). */
-async function zarrModules(): Promise<{
-  createOmeZarr: (url: string, opts: Record<string, unknown>) => Promise<{ writeChunk(index: number[], values: Float32Array): Promise<unknown>; close?(): Promise<void> }>;
-  openChunkedSource: (url: string) => Promise<ChunkedArrayReader>;
-} | null> {
-  try {
-    const ome = (await import('../storage/' + 'ome.js')) as Record<string, unknown>;
-    const open = (await import('../storage/' + 'open.js')) as Record<string, unknown>;
-    if (typeof ome.createOmeZarr !== 'function' || typeof open.openChunkedSource !== 'function') return null;
-    return { createOmeZarr: ome.createOmeZarr as never, openChunkedSource: open.openChunkedSource as never };
-  } catch (err) {
-    console.warn(`Zarr modules not loadable: ${(err as Error).message}`);
-    return null;
-  }
-}
-
 describe('streaming training from a real Zarr source', () => {
-  it('trains from an OME-Zarr v0.5 volume opened with openChunkedSource; statistics equal those of the same values from memory', async (ctx) => {
-    const zarr = await zarrModules();
-    if (!zarr) {
-      ctx.skip('storage/ome.ts createOmeZarr / storage/open.ts openChunkedSource not available');
-      return;
-    }
-    const shape = [200, 180];
+  it('trains from an OME-Zarr v0.5 volume opened with openChunkedSource; statistics equal those of the same values from memory', async () => {
+    const shape = [224, 180];
     const chunks = [32, 32];
     const synthetic = new SyntheticChunkedReader(shape, chunks, 31);
     const url = path.join(tmp, 'vol.zarr');
-    const writer = await zarr.createOmeZarr(url, {
+    const writer = await createOmeZarr(url, {
       shape,
       chunks,
       dtype: 'float32',
@@ -435,7 +416,7 @@ describe('streaming training from a real Zarr source', () => {
     });
     for (let cy = 0; cy * chunks[0] < shape[0]; cy++) for (let cx = 0; cx * chunks[1] < shape[1]; cx++) await writer.writeChunk([cy, cx], synthetic.generate([cy, cx]));
     await writer.close?.();
-    const reader = await zarr.openChunkedSource(url);
+    const reader = await openChunkedSource(url);
     expect([...reader.info.shape]).toEqual(shape);
     const events: TrainEvent[] = [];
     const manifest = await trainModel({
@@ -455,7 +436,7 @@ describe('streaming training from a real Zarr source', () => {
     expect(manifest.training.stepsDone).toBe(12);
     expect(manifest.training.inputs).toEqual([url]);
     // Same values in memory (the synthetic rule), same training bounds: identical statistics.
-    const trainBounds = { start: [0, 0], end: [192, 180] }; // 7 chunk rows, the last (rows 192..200) held out
+    const trainBounds = { start: [0, 0], end: [192, 180] }; // 7 chunk rows, the last (rows 192..224, one patch thick) held out
     expect(manifest.training.validationInputs).toEqual([`${url} (validation slab)`]);
     const reference = await sampleNormalisation([{ reader: synthetic, name: 'memory', bounds: trainBounds }], 'meanstd');
     expect(manifest.normalisation.offset).toBeCloseTo(reference.normalisation.offset, 5);
