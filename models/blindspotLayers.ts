@@ -91,13 +91,14 @@ export class PadTop extends tfl.layers.Layer {
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
       const x = singleTensor(inputs);
-      const after = product(x.shape.slice(2));
-      const padded = tf.pad(tf.reshape(x, [x.shape[0], x.shape[1], after]), [
+      const shape = x.shape as number[];
+      const after = product(shape.slice(2));
+      const padded = tf.pad(tf.reshape(x, [shape[0], shape[1], after]), [
         [0, 0],
         [this.rows, 0],
         [0, 0],
       ]);
-      return tf.reshape(padded, [x.shape[0], x.shape[1] + this.rows, ...x.shape.slice(2)]);
+      return tf.reshape(padded, [shape[0], shape[1] + this.rows, ...shape.slice(2)]);
     });
   }
 
@@ -124,11 +125,12 @@ export class CropBottom extends tfl.layers.Layer {
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
       const x = singleTensor(inputs);
-      const kept = x.shape[1] - this.rows;
-      if (kept < 1) throw new RangeError(`CropBottom: cannot remove ${this.rows} of ${x.shape[1]} rows`);
-      const after = product(x.shape.slice(2));
-      const cropped = tf.slice(tf.reshape(x, [x.shape[0], x.shape[1], after]), [0, 0, 0], [x.shape[0], kept, after]);
-      return tf.reshape(cropped, [x.shape[0], kept, ...x.shape.slice(2)]);
+      const shape = x.shape as number[];
+      const kept = shape[1] - this.rows;
+      if (kept < 1) throw new RangeError(`CropBottom: cannot remove ${this.rows} of ${shape[1]} rows`);
+      const after = product(shape.slice(2));
+      const cropped = tf.slice(tf.reshape(x, [shape[0], shape[1], after]), [0, 0, 0], [shape[0], kept, after]);
+      return tf.reshape(cropped, [shape[0], kept, ...shape.slice(2)]);
     });
   }
 
