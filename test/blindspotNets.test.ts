@@ -379,3 +379,45 @@ describe('save and load', () => {
     });
   }
 });
+
+// On wasm, the backend training runs on here: the cpu backend's filter gradient makes even this tiny run take ~30 s.
+describe('training smoke test (wasm): a few Adam steps on every pixel lower the loss', () => {
+  /** Noisy patches of a smooth image (normalised units). */
+  function noisyBatch(batch: number, side: number, rng: Rng): tf.Tensor {
+    const values = new Float32Array(batch * side * side);
+    for (let b = 0; b < batch; b++) {
+      const phase = rng.uniform() * 6;
+      for (let i = 0; i < side * side; i++) values[b * side * side + i] = Math.sin(phase + (i % side) / 3) * Math.cos(Math.floor(i / side) / 4) + 0.3 * rng.normal();
+    }
+    return tf.tensor(values, [batch, side, side, 1]);
+  }
+
+  const cases: { name: string; build: () => tfl.LayersModel; loss: (prediction: tf.Tensor, target: tf.Tensor, mask: tf.Tensor) => tf.Scalar }[] = [
+    { name: 'laine19 (MSE, 1 channel)', build: () => buildLaine19({ dims: 2, depth: 2, filters: 4 }, 41), loss: (p, t) => tf.mean(tf.square(tf.sub(p, t))) as tf.Scalar },
+    { name: 'dbsn (dbsnLoss, 2 channels)', build: () => buildDbsn({ dims: 2, filters: 8, blocks: 1, outputChannels: 2 }, 42), loss: dbsnLoss((y) => tf.fill(y.shape, 0.09)) },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      await useBackend('wasm');
+      const model = c.build();
+      const optimizer = tf.train.adam(0.01);
+      const rng = new Rng(43);
+      const x = noisyBatch(4, 16, rng);
+      const mask = tf.onesLike(x);
+      const losses: number[] = [];
+      for (let step = 0; step < 12; step++) {
+        const loss = optimizer.minimize(() => c.loss(model.apply(x, { training: true }) as tf.Tensor, x, mask), true) as tf.Scalar;
+        losses.push(loss.dataSync()[0]);
+        loss.dispose();
+      }
+      expect(losses.every(Number.isFinite)).toBe(true);
+      const first = losses.slice(0, 3).reduce((a, b) => a + b, 0) / 3;
+      const last = losses.slice(-3).reduce((a, b) => a + b, 0) / 3;
+      expect(last, `losses ${losses.map((l) => l.toFixed(4)).join(' ')}`).toBeLessThan(first);
+      console.log(`${c.name}: loss ${losses[0].toFixed(4)} -> ${losses[losses.length - 1].toFixed(4)} in ${losses.length} steps`);
+      tf.dispose([x, mask]);
+      optimizer.dispose();
+      model.dispose();
+    });
+  }
+});
