@@ -18,24 +18,9 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
+import { product, singleShape, singleTensor, type Kwargs, type ShapeWithNulls } from './layers.js';
 
 type LayerArgs = NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]>;
-type Kwargs = Record<string, unknown>;
-type ShapeWithNulls = (number | null)[];
-
-function singleTensor(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
-  return Array.isArray(inputs) ? inputs[0] : inputs;
-}
-
-function singleShape(inputShape: tfl.Shape | tfl.Shape[]): ShapeWithNulls {
-  const first = inputShape[0];
-  return (Array.isArray(first) ? first : inputShape) as ShapeWithNulls;
-}
-
-function product(values: readonly number[]): number {
-  return values.reduce((a, b) => a * b, 1);
-}
-
 /**
  * Shifts `x` by `shift` towards higher index along `axis`: out[i] = x[i - shift], zero for
  * i < shift. Done on a rank-3 view [before, length, after] so it is the same few ops at any rank.

@@ -11,19 +11,19 @@ import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 
 type LayerArgs = ConstructorParameters<typeof tfl.layers.Layer>[0];
-type Kwargs = Record<string, unknown>;
-type ShapeWithNulls = (number | null)[];
+export type Kwargs = Record<string, unknown>;
+export type ShapeWithNulls = (number | null)[];
 
-function singleTensor(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+export function singleTensor(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
   return Array.isArray(inputs) ? inputs[0] : inputs;
 }
 
-function singleShape(inputShape: tfl.Shape | tfl.Shape[]): ShapeWithNulls {
+export function singleShape(inputShape: tfl.Shape | tfl.Shape[]): ShapeWithNulls {
   const first = inputShape[0];
   return (Array.isArray(first) ? first : inputShape) as ShapeWithNulls;
 }
 
-function product(values: readonly number[]): number {
+export function product(values: readonly number[]): number {
   return values.reduce((a, b) => a * b, 1);
 }
 

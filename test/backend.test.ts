@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,11 +7,11 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfWasm from '@tensorflow/tfjs-backend-wasm';
-import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BackendUnavailableError, initBackend } from '../backend/select.js';
 import { WASM_BACKEND_VERSION } from '../backend/wasm-threads.js';
 import type { ChildReport } from './fixtures/backend-child.js';
+import { compileFixture } from './fixtures/compileFixture.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const requireFromHere = createRequire(import.meta.url);
@@ -112,7 +112,7 @@ describe('wasm threads in child processes', () => {
   beforeAll(async () => {
     mkdirSync(path.join(repoRoot, 'dist'), { recursive: true });
     buildDir = mkdtempSync(path.join(repoRoot, 'dist', '.backend-test-'));
-    childScript = compileFixture(path.join(repoRoot, 'test', 'fixtures', 'backend-child.ts'), buildDir);
+    childScript = compileFixture(repoRoot, path.join(repoRoot, 'test', 'fixtures', 'backend-child.ts'), buildDir);
     // One after the other: concurrent children would share the cores they are measuring.
     one = await runChild('wasm', 1);
     two = await runChild('wasm', 2);
@@ -175,21 +175,3 @@ describe('wasm threads in child processes', () => {
   });
 });
 
-/** Emits `entry` and what it imports with the project's compiler options into `outDir`; returns the entry's .js path. */
-function compileFixture(entry: string, outDir: string): string {
-  const parsed = ts.getParsedCommandLineOfConfigFile(
-    path.join(repoRoot, 'tsconfig.json'),
-    { outDir, incremental: false, tsBuildInfoFile: undefined, sourceMap: false, noEmit: false },
-    {
-      ...ts.sys,
-      onUnRecoverableConfigFileDiagnostic: (diagnostic) => {
-        throw new Error(ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'));
-      },
-    },
-  );
-  if (parsed === undefined) throw new Error('cannot read tsconfig.json');
-  const emitted = ts.createProgram({ rootNames: [entry], options: parsed.options }).emit();
-  const script = path.join(outDir, path.relative(repoRoot, entry)).replace(/\.ts$/, '.js');
-  if (emitted.emitSkipped || !existsSync(script)) throw new Error(`compiling ${entry} emitted nothing`);
-  return script;
-}

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { ChildArgs } from './fixtures/stream-child.js';
-import { compileFixture } from './fixtures/stream-compile.js';
+import { compileFixture } from './fixtures/compileFixture.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 let buildDir = '';
