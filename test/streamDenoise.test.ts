@@ -13,7 +13,7 @@ import { voxelCount } from '../core/volume.js';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { denormalise, normalise, type Normalisation } from '../models/normalise.js';
 import { predictVolume, reflectedRegionReader } from '../pipeline/predict.js';
-import { loadModelFolder, saveModelFolder, type ModelManifest } from '../models/io.js';
+import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { assertOutputIsNotInput, chooseCoreShape, denoiseChunked, denoiseUrl, parseByteSize, planStreamMemory, runFingerprint } from '../pipeline/streamDenoise.js';
 import { ChunkCache, readRegionReflected } from '../storage/chunkCache.js';
 import type { ChunkedArrayReader } from '../storage/chunked.js';
@@ -21,6 +21,7 @@ import { createOmeZarr } from '../storage/ome.js';
 import { openChunkedSource } from '../storage/open.js';
 import type { TileSpec } from '../operators/tileGrid.js';
 import { DirectoryStore, MemoryArrayReader, RawChunkArray } from './fixtures/stream-arrays.js';
+import { saveUntrainedModel } from './fixtures/untrainedModel.js';
 
 let tmp = '';
 beforeAll(async () => {
@@ -309,28 +310,7 @@ describe('CLI (from dist/, built by pretest)', () => {
 });
 
 describe('denoiseUrl: OME-Zarr in, OME-Zarr out', () => {
-  async function saveTinyModel(dir: string, cfg: UNetConfig): Promise<ModelManifest> {
-    const model = buildUNet(cfg, 12);
-    const manifest: ModelManifest = {
-      format: 'blindspot-model',
-      formatVersion: 1,
-      method: 'n2v',
-      network: cfg,
-      normalisation,
-      patchShape: [32, 32],
-      masking: { fraction: 0.015, strategy: 'uniform-without-centre', radius: 2 },
-      loss: 'mse',
-      training: {
-        steps: 0, stepsDone: 0, batchSize: 1, seed: 1, learningRate: 0, backend: 'cpu', threads: 1,
-        inputs: [], validationInputs: [], bestStep: 0, bestValLoss: null, wallSeconds: 0, finished: true,
-      },
-      history: [],
-      createdBy: { name: 'blindspot', version: 'test', command: [] },
-    };
-    await saveModelFolder(dir, model, manifest);
-    model.dispose();
-    return manifest;
-  }
+  const saveTinyModel = (dir: string, cfg: UNetConfig): Promise<ModelManifest> => saveUntrainedModel(dir, cfg, normalisation, 12);
 
   async function readArray(reader: ChunkedArrayReader): Promise<Float32Array> {
     const scratch = new RawChunkArray(new DirectoryStore(await fs.mkdtemp(path.join(tmp, 'scratch-'))), reader.info.shape, reader.info.chunks);

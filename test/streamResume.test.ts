@@ -4,29 +4,22 @@
  * test/fixtures/stream-child.ts (compiled into a private folder).
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, promises as fs, rmSync } from 'node:fs';
-import os from 'node:os';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { ChildArgs } from './fixtures/stream-child.js';
-import { compileFixture } from './fixtures/compileFixture.js';
+import { prepareStreamChild } from './fixtures/compileFixture.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-let buildDir = '';
 let script = '';
 let tmp = '';
+let cleanUp = (): void => undefined;
 
 beforeAll(() => {
-  mkdirSync(path.join(repoRoot, 'dist'), { recursive: true });
-  buildDir = mkdtempSync(path.join(repoRoot, 'dist', '.stream-resume-'));
-  script = compileFixture(repoRoot, path.join(repoRoot, 'test', 'fixtures', 'stream-child.ts'), buildDir);
-  tmp = mkdtempSync(path.join(os.tmpdir(), 'blindspot-resume-'));
+  ({ script, tmp, cleanUp } = prepareStreamChild(repoRoot, 'resume'));
 });
-afterAll(() => {
-  if (buildDir) rmSync(buildDir, { recursive: true, force: true });
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
-});
+afterAll(() => cleanUp());
 
 const base: Omit<ChildArgs, 'out'> = {
   shape: [6, 70, 90],

@@ -10,8 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { Rng } from '../core/rng.js';
-import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
-import { saveModelFolder, type ModelManifest } from '../models/io.js';
+import { defaultUNetConfig, type UNetConfig } from '../models/unet.js';
 import { startFaultProxy } from '../infra/faultProxy.js';
 import { SWIFT_MISSING_MESSAGE, startLocalS3, swiftAvailable, type LocalS3 } from '../infra/localS3.js';
 import { chunkGrid } from '../storage/chunked.js';
@@ -19,6 +18,7 @@ import { createOmeZarr } from '../storage/ome.js';
 import { openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
+import { saveUntrainedModel } from './fixtures/untrainedModel.js';
 
 if (!swiftAvailable()) console.log(`streamS3: skipped: ${SWIFT_MISSING_MESSAGE}`);
 
@@ -61,22 +61,7 @@ describe.skipIf(!swiftAvailable())('streaming denoise on S3 (local Swift)', () =
     process.env.AWS_REGION = s3.region;
     await s3.createBucket('blindspot');
     modelDir = path.join(tmp, 'model');
-    const model = buildUNet(cfg, 2);
-    const manifest: ModelManifest = {
-      format: 'blindspot-model',
-      formatVersion: 1,
-      method: 'n2v',
-      network: cfg,
-      normalisation,
-      patchShape: [32, 32],
-      masking: { fraction: 0.015, strategy: 'uniform-without-centre', radius: 2 },
-      loss: 'mse',
-      training: { steps: 0, stepsDone: 0, batchSize: 1, seed: 1, learningRate: 0, backend: 'cpu', threads: 1, inputs: [], validationInputs: [], bestStep: 0, bestValLoss: null, wallSeconds: 0, finished: true },
-      history: [],
-      createdBy: { name: 'blindspot', version: 'test', command: [] },
-    };
-    await saveModelFolder(modelDir, model, manifest);
-    model.dispose();
+    await saveUntrainedModel(modelDir, cfg, normalisation, 2);
   }, 120_000);
 
   afterAll(async () => {
