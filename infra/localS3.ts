@@ -57,15 +57,20 @@ export async function freePort(): Promise<number> {
 const ACCESS_KEY = 'test:tester';
 const SECRET_KEY = 'testing';
 
-function storageServerConf(dir: string, port: number, kind: 'account' | 'container' | 'object'): string {
+/** What every server config shares: loopback, its port, one process, configs under `dir`. */
+function defaultSection(dir: string, port: number): string {
   return `[DEFAULT]
-devices = ${dir}/srv
-mount_check = false
 bind_ip = 127.0.0.1
 bind_port = ${port}
 workers = 0
 swift_dir = ${dir}/etc
 log_level = WARNING
+`;
+}
+
+function storageServerConf(dir: string, port: number, kind: 'account' | 'container' | 'object'): string {
+  return `${defaultSection(dir, port)}devices = ${dir}/srv
+mount_check = false
 
 [pipeline:main]
 pipeline = ${kind}-server
@@ -79,13 +84,7 @@ ${kind === 'container' ? '[container-updater]\n[container-sync]\n[container-shar
 }
 
 function proxyConf(dir: string, port: number, memcachePort: number): string {
-  return `[DEFAULT]
-bind_ip = 127.0.0.1
-bind_port = ${port}
-workers = 0
-swift_dir = ${dir}/etc
-log_level = WARNING
-
+  return `${defaultSection(dir, port)}
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
 

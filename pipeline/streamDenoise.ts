@@ -612,15 +612,13 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
 // URL level: a model folder, an input URL (Zarr/OME-Zarr, TIFF stack, frame folder; local or S3)
 // and an output OME-Zarr URL.
 
-/** S3 settings (storage/s3.ts). */
-export type StreamS3Settings = S3Settings;
 
 export interface DenoiseUrlOptions {
   input: string;
   out: string;
   modelDir: string;
   maxMemoryBytes: number;
-  s3?: StreamS3Settings;
+  s3?: S3Settings;
   ngffVersion?: '0.4' | '0.5';
   channel?: number;
   time?: number;
