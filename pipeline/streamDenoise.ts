@@ -663,6 +663,7 @@ function displayWindow(n: Normalisation): { start: number; end: number; min: num
 export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
   assertOutputIsNotInput(opts.input, opts.out);
   const { model, manifest } = await loadModelFolder(opts.modelDir);
+  const modelHash = await modelFolderHash(opts.modelDir);
   let input: ChunkedArrayReader | null = null;
   let writer: OmeZarrWriter | null = null;
   let store: ByteStore | null = null;
@@ -706,7 +707,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
           version: VERSION,
           command: opts.command ?? [],
           input: opts.input,
-          model: { folder: opts.modelDir, method: manifest.method, network: manifest.network, sha256: await modelFolderHash(opts.modelDir) },
+          model: { folder: opts.modelDir, method: manifest.method, network: manifest.network, sha256: modelHash },
           output,
           ...(manifest.prior ? { prior: manifest.prior } : {}),
           // Noise-level functions of the training images (input units): var = a * x + b, sigma at the median.
@@ -718,7 +719,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     }
     store = openByteStore(opts.out, opts.s3);
     const fingerprint = runFingerprint({
-      model: await modelFolderHash(opts.modelDir),
+      model: modelHash,
       tta: opts.tta === true,
       input: { shape: input.info.shape, dtype: input.info.dtype, channel: opts.channel ?? null, time: opts.time ?? null },
       output: { kind: output, shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
