@@ -96,7 +96,8 @@ export async function fetchModelFolder(source: string, destination: string, opts
     }
   }
   if (!(await isEmptyOrMissing(target))) {
-    throw new OutputError(destination, existing ? `holds a model fetched from ${existing.source}, not ${source}: remove it or choose another folder` : 'exists and is not empty: remove it or choose another folder');
+    const holds = !existing ? 'exists and is not empty' : existing.source === source ? `holds an incomplete copy of ${source}` : `holds a model fetched from ${existing.source}, not ${source}`;
+    throw new OutputError(destination, `${holds}: remove it or choose another folder`);
   }
 
   const store = openSource(source, opts.s3);

@@ -224,7 +224,9 @@ function expectBlindspotPod(doc: Obj, where: string, uid: number): void {
   // S3 credentials come from the example Secret, by keys it defines.
   const secret = secretDoc();
   const env: Obj[] = container.env ?? [];
-  const refs = env.filter((e) => e.valueFrom?.secretKeyRef).map((e) => ({ env: e.name as string, ...(e.valueFrom.secretKeyRef as Obj) }));
+  const refs: Array<{ env: string; name: string; key: string; optional?: boolean }> = env
+    .filter((e) => e.valueFrom?.secretKeyRef)
+    .map((e) => ({ env: e.name as string, ...(e.valueFrom.secretKeyRef as { name: string; key: string; optional?: boolean }) }));
   for (const ref of refs) {
     expect(ref.name, `${where}: ${ref.env} names another Secret`).toBe(secret.metadata.name);
     expect(Object.keys(secret.stringData), `${where}: ${ref.env} refers to key ${ref.key}`).toContain(ref.key);
