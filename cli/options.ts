@@ -59,12 +59,26 @@ export async function setUp(values: { backend?: string; threads?: string; json?:
   return { reporter, backend: { name: info.name, threads: info.threads } };
 }
 
-/** First Ctrl-C / SIGTERM asks the run to stop at a safe point; a second one exits at once. */
-export function interruptController(reporter: Reporter): { signal: AbortSignal; dispose: () => void } {
+/** How long after SIGTERM/SIGINT a run may take to stop cleanly (Kubernetes' default grace period is 30 s). */
+export const DEFAULT_GRACE_SECONDS = 25;
+
+/**
+ * First Ctrl-C / SIGTERM asks the run to stop at a safe point (blocks in flight are finished, state
+ * flushed); a second one, or `graceSeconds` passing, exits at once with the interrupted code. Writes
+ * are atomic, so even then nothing is torn, and a rerun continues.
+ */
+export function interruptController(reporter: Reporter, graceSeconds = DEFAULT_GRACE_SECONDS): { signal: AbortSignal; dispose: () => void } {
   const controller = new AbortController();
+  let deadline: NodeJS.Timeout | undefined;
   const onSignal = (sig: NodeJS.Signals): void => {
     if (controller.signal.aborted) process.exit(ExitCode.interrupted);
-    reporter.log(`${sig}: stopping after the current step (again to quit now)`);
+    reporter.log(`${sig}: stopping after the work in flight (at most ${graceSeconds} s; again to quit now)`);
+    reporter.event('shutdown', { signal: sig, graceSeconds });
+    deadline = setTimeout(() => {
+      reporter.log(`still busy ${graceSeconds} s after ${sig}: quitting now; a rerun continues from the last stored block`);
+      process.exit(ExitCode.interrupted);
+    }, graceSeconds * 1000);
+    deadline.unref();
     controller.abort();
   };
   process.on('SIGINT', onSignal);
@@ -72,9 +86,29 @@ export function interruptController(reporter: Reporter): { signal: AbortSignal; 
   return {
     signal: controller.signal,
     dispose: () => {
+      if (deadline) clearTimeout(deadline);
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     },
   };
 }
 
+
+/** Options that say how a run goes, not what it makes: a resumed or sharded run records the same command. */
+const RUN_OPTIONS_WITH_VALUE = new Set(['--shard', '--shard-count', '--grace-seconds', '--threads']);
+const RUN_FLAGS = new Set(['--resume', '--json', '--dry-run']);
+
+/** `args` without the run options (see above), for provenance that must be identical between runs of one output. */
+export function withoutRunOptions(args: readonly string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i].split('=')[0];
+    if (RUN_FLAGS.has(name)) continue;
+    if (RUN_OPTIONS_WITH_VALUE.has(name)) {
+      if (!args[i].includes('=')) i++;
+      continue;
+    }
+    kept.push(args[i]);
+  }
+  return kept;
+}

@@ -22,7 +22,8 @@ export interface ByteStore {
   /**
    * Removes what an interrupted writer left behind and nothing else: temp files of atomic writes
    * on a filesystem, incomplete multipart uploads on S3. Returns how many were removed.
+   * `owned` limits it to writes of those keys: other writers (shards) may be busy with the rest.
    */
-  cleanUpInterruptedWrites(): Promise<number>;
+  cleanUpInterruptedWrites(owned?: (key: string) => boolean): Promise<number>;
   close?(): Promise<void>;
 }

@@ -16,6 +16,13 @@ export function isTempFileName(name: string): boolean {
   return name.startsWith('.') && name.includes(TEMP_MARKER);
 }
 
+/** The key a temp file `.<name>.tmp-<pid>-<random>` was going to become. */
+function targetKeyOfTempFile(root: string, file: string): string {
+  const name = path.basename(file);
+  const target = name.slice(1, name.lastIndexOf(TEMP_MARKER));
+  return '/' + path.relative(root, path.join(path.dirname(file), target)).split(path.sep).join('/');
+}
+
 function isMissing(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException)?.code;
   return code === 'ENOENT' || code === 'ENOTDIR';
@@ -121,10 +128,12 @@ export class FileSystemStore implements ByteStore {
     }
   }
 
-  async cleanUpInterruptedWrites(): Promise<number> {
+  async cleanUpInterruptedWrites(owned?: (key: string) => boolean): Promise<number> {
     let removed = 0;
     for await (const file of walk(this.root, true)) {
-      if (isTempFileName(path.basename(file))) {
+      const name = path.basename(file);
+      if (isTempFileName(name)) {
+        if (owned && !owned(targetKeyOfTempFile(this.root, file))) continue;
         await fs.rm(file, { force: true });
         removed++;
       }

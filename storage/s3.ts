@@ -292,7 +292,7 @@ export class S3Store implements ByteStore {
   }
 
   /** Aborts incomplete multipart uploads under this store's prefix (a killed writer's leftovers). */
-  async cleanUpInterruptedWrites(): Promise<number> {
+  async cleanUpInterruptedWrites(owned?: (key: string) => boolean): Promise<number> {
     const Prefix = this.prefix ? `${this.prefix}/` : undefined;
     let aborted = 0;
     let KeyMarker: string | undefined;
@@ -303,6 +303,7 @@ export class S3Store implements ByteStore {
       );
       for (const upload of page.Uploads ?? []) {
         if (!upload.Key || !upload.UploadId) continue;
+        if (owned && !owned('/' + upload.Key.slice(Prefix?.length ?? 0))) continue;
         await this.send(`writing (aborting an upload of) s3://${this.bucket}/${upload.Key}`, () =>
           this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId })),
         );
