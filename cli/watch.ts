@@ -52,7 +52,7 @@ Options:
   --json                    JSON lines (default when stderr is not a terminal): watch-start, item-seen,
                             item-start, item-done {seconds, latencySeconds (arrival to stored output),
                             megapixelsPerSecond, queueLength, queueEtaSeconds}, item-retry, item-failed,
-                            item-adopted, item-changed, queue-warning, queue-ok, watch-stopped
+                            item-adopted, item-changed, queue-warning, queue-ok, poll-error, watch-stopped
 
 Exit codes: 0 done (--once, --dry-run), 2 usage, 3 an item failed (--once) or a bad input, 4 output refused,
 130 stopped by a signal (resumable: run again).
@@ -82,6 +82,8 @@ function describe(e: WatchEvent): string | null {
       return e.reason === 'queue-full'
         ? `warning: arrivals outpace the model: the queue is full (${e.queueLength}/${e.maxQueue}), ${e.waiting} ready item(s) wait`
         : `warning: arrivals outpace the model: ${e.arrivalsPerSecond?.toFixed(3)} item/s arrive, ${e.itemsPerSecond?.toFixed(3)} item/s processed`;
+    case 'poll-error':
+      return `warning: listing failed (${e.consecutive} in a row), trying again: ${e.error}`;
     case 'dry-run-item':
       return `${e.status.padEnd(18)} ${e.key} -> ${e.output}`;
     case 'watch-stopped':

@@ -101,6 +101,8 @@ export interface WatchState {
 }
 
 export const WATCH_STATE_KEY = '/.blindspot-watch/state.json';
+/** Listings failing this many polls in a row end the watch (fewer are logged and retried). */
+const MAX_LISTING_FAILURES = 10;
 const STAGING_DIR = '.blindspot-watch/staging';
 
 export type WatchEvent =
@@ -130,6 +132,7 @@ export type WatchEvent =
   | { type: 'queue-ok'; queueLength: number }
   | { type: 'dry-run-item'; key: string; kind: WatchItemKind; status: 'ready' | 'settling' | 'waiting-for-marker' | 'done' | 'failed'; output: string }
   | { type: 'stream'; key: string; event: Record<string, unknown> }
+  | { type: 'poll-error'; error: string; consecutive: number }
   | { type: 'watch-stopped'; processed: number; adopted: number; failed: number; interrupted: boolean };
 
 export interface WatchOptions {
@@ -718,14 +721,26 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     const stopped = (): boolean => opts.signal?.aborted === true;
 
     /** One poll: list, update what is settling, admit what is complete into the queue's room. */
+    let listingFailures = 0;
     const discover = async (): Promise<{ admitted: WatchItem[]; idle: boolean }> => {
-      const scan = await source.scan((key) => state.state.items[key]?.status !== 'done');
+      let scan: Scan;
+      try {
+        scan = await source.scan((key) => state.state.items[key]?.status !== 'done');
+        listingFailures = 0;
+      } catch (err) {
+        // A listing that fails now (network, a folder being moved) may work on the next poll; many in a row end the watch.
+        if (++listingFailures >= MAX_LISTING_FAILURES) throw err;
+        emit({ type: 'poll-error', error: (err as Error).message, consecutive: listingFailures });
+        return { admitted: [], idle: false };
+      }
       const now = Date.now();
+      const considered = new Set<string>();
       const candidates: WatchItem[] = [];
       let settling = 0;
       const hasMarker = (key: string): boolean => marker !== null && scan.names.has(key + marker);
 
       const consider = (key: string, kind: WatchItemKind, signature: ItemSignature, complete: (t: Tracked) => boolean, extra: Partial<WatchItem> = {}): void => {
+        considered.add(key);
         const record = state.state.items[key];
         if (record?.status === 'done') {
           if (kind === 'file' && !sameSignature(record.signature, signature) && !changedReported.has(key)) {
@@ -789,6 +804,8 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         }
       }
 
+      // Items gone before they were complete (moved away, deleted) are forgotten.
+      for (const key of tracked.keys()) if (!considered.has(key) && !queued.has(key) && inFlight !== key) tracked.delete(key);
       candidates.sort((a, b) => a.arrivedAtMs - b.arrivedAtMs || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
       const room = stopped() ? 0 : Math.max(0, maxQueue - pending());
       const admitted = candidates.slice(0, room);
