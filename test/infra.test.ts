@@ -60,10 +60,9 @@ function helpText(command: string): string {
   if (inline) return templateLiteralAt(table, inline.index + inline[0].length);
   const named = new RegExp(`^\\s*'?${command}'?:\\s*([A-Z][A-Z0-9_]*)\\s*,`, 'm').exec(table);
   if (!named) throw new Error(`cli/main.ts HELP has no entry for '${command}'`);
-  for (const { file, text } of cliSources()) {
+  for (const { text } of cliSources()) {
     const decl = new RegExp(`export const ${named[1]}(?:\\s*:\\s*string)?\\s*=\\s*\``).exec(text);
     if (decl) return templateLiteralAt(text, decl.index + decl[0].length);
-    void file;
   }
   throw new Error(`no exported ${named[1]} in cli/*.ts`);
 }
