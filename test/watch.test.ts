@@ -29,6 +29,8 @@ import { FileSystemStore } from '../storage/fsStore.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
 import { arrayMetadata, createZarrArray, encodeJson } from '../storage/zarr.js';
+import { S3Store, type S3Settings } from '../storage/s3.js';
+import { SWIFT_MISSING_MESSAGE, startLocalS3, swiftAvailable, type LocalS3 } from '../infra/localS3.js';
 import { compileFixture } from './fixtures/compileFixture.js';
 import { saveUntrainedModel } from './fixtures/untrainedModel.js';
 
@@ -526,10 +528,69 @@ function gridOf(shape: number[], chunks: number[]): number[][] {
   return out;
 }
 
-async function readAll(url: string): Promise<number[]> {
-  const reader = await openChunkedSource(url);
+async function readAll(url: string, s3?: S3Settings): Promise<number[]> {
+  const reader = await openChunkedSource(url, { s3 });
   const values: number[] = [];
   for (const index of gridOf([...reader.info.shape], [...reader.info.chunks])) values.push(...(await reader.readChunk(index)));
   await reader.close?.();
   return values;
 }
+
+if (!swiftAvailable()) console.log(`watch S3: skipped: ${SWIFT_MISSING_MESSAGE}`);
+
+describe.skipIf(!swiftAvailable())('watch an S3 prefix (local Swift)', () => {
+  let s3: LocalS3;
+
+  beforeAll(async () => {
+    s3 = await startLocalS3();
+    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+    process.env.AWS_REGION = s3.region;
+    await s3.createBucket('watch');
+  }, 120_000);
+
+  afterAll(async () => {
+    await s3?.stop();
+  });
+
+  test('image objects and a Zarr under a prefix -> outputs and state under another prefix, each once', async () => {
+    const settings: S3Settings = { endpoint: s3.endpoint, region: s3.region };
+    const incoming = new S3Store('s3://watch/incoming', settings);
+    const sources = await encodeFrames(path.join(tmp, 'src7'), 2, [32, 40], 13);
+    await incoming.set('/a.tif', new Uint8Array(await fs.readFile(sources[0])));
+    await incoming.set('/sub/b.tif', new Uint8Array(await fs.readFile(sources[1])));
+    await incoming.set('/.hidden.tif', new Uint8Array(await fs.readFile(sources[1])));
+    const rng = new Rng(14);
+    const volume = await createZarrArray(new S3Store('s3://watch/incoming/vol.zarr', settings), '/', { shape: [32, 32], chunks: [16, 16], dtype: 'float32', zarrVersion: 3, codec: 'none' });
+    for (const index of gridOf([32, 32], [16, 16])) await volume.writeChunk(index, Float32Array.from({ length: 256 }, () => 100 + 20 * rng.normal()));
+    await incoming.close();
+
+    await expect(watch({ input: 's3://watch/incoming', out: 's3://watch/incoming/denoised', modelDir, s3: settings, once: true })).rejects.toThrow(/overwrite the input/);
+    const events: WatchEvent[] = [];
+    const common = { input: 's3://watch/incoming', out: 's3://watch/denoised', modelDir, s3: settings, once: true, settleMs: 300, pollMs: 50, maxMemoryBytes: parseByteSize('512MiB') };
+    const result = await watch({ ...common, onEvent: (e) => events.push(e) });
+    expect(result).toMatchObject({ processed: 3, failed: 0 });
+    expect(events.flatMap((e) => (e.type === 'item-done' ? [e.key] : [])).sort()).toEqual(['a.tif', 'sub/b.tif', 'vol.zarr']);
+
+    const denoised = new S3Store('s3://watch/denoised', settings);
+    try {
+      for (const [key, src] of [['a.tif', sources[0]], ['sub/b.tif', sources[1]]] as const) {
+        const local = path.join(tmp, 'src7', `out-${path.basename(key)}`);
+        await fs.writeFile(local, (await denoised.get('/' + key))!);
+        expect(await mismatch(src, local)).toBeLessThan(1e-5);
+      }
+      const state = JSON.parse(Buffer.from((await denoised.get(WATCH_STATE_KEY))!).toString('utf8')) as WatchState;
+      expect(Object.entries(state.items).map(([k, v]) => `${k}:${v.status}`).sort()).toEqual(['a.tif:done', 'sub/b.tif:done', 'vol.zarr:done']);
+      expect(state.items['a.tif'].signature.etag).toBeTruthy();
+    } finally {
+      await denoised.close();
+    }
+    const reference = path.join(tmp, 'ref-s3-vol.zarr');
+    await denoiseUrl({ input: 's3://watch/incoming/vol.zarr', out: reference, modelDir, maxMemoryBytes: parseByteSize('512MiB'), s3: settings });
+    expect(await readAll('s3://watch/denoised/vol.zarr', settings)).toEqual(await readAll(reference));
+
+    const again: WatchEvent[] = [];
+    expect(await watch({ ...common, onEvent: (e) => again.push(e) })).toMatchObject({ processed: 0, failed: 0 });
+    expect(again.some((e) => e.type === 'item-start')).toBe(false);
+  }, 120_000);
+});
