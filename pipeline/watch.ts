@@ -586,6 +586,8 @@ interface WatchItem {
   admittedAtMs: number;
 }
 
+const TIMEPOINT_SIGNATURE: ItemSignature = { size: 0, mtimeMs: null };
+
 function timepointKey(zarrKey: string, t: number): string {
   return `${zarrKey}#t=${t}`;
 }
@@ -739,7 +741,15 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
       let settling = 0;
       const hasMarker = (key: string): boolean => marker !== null && scan.names.has(key + marker);
 
-      const consider = (key: string, kind: WatchItemKind, signature: ItemSignature, complete: (t: Tracked) => boolean, extra: Partial<WatchItem> = {}): void => {
+      /** `activity`: what must stay unchanged to settle, when not the item's own signature (a time point: its Zarr's). */
+      const consider = (
+        key: string,
+        kind: WatchItemKind,
+        signature: ItemSignature,
+        complete: (t: Tracked) => boolean,
+        extra: Partial<WatchItem> = {},
+        activity: ItemSignature = signature,
+      ): void => {
         considered.add(key);
         const record = state.state.items[key];
         if (record?.status === 'done') {
@@ -753,11 +763,11 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         if (queued.has(key) || inFlight === key) return;
         let t = tracked.get(key);
         if (!t) {
-          t = { kind, signature, firstSeenMs: now, stableSinceMs: Math.min(now, signature.mtimeMs ?? now), arrived: false };
+          t = { kind, signature: activity, firstSeenMs: now, stableSinceMs: Math.min(now, activity.mtimeMs ?? now), arrived: false };
           tracked.set(key, t);
           emit({ type: 'item-seen', key, kind });
-        } else if (!sameSignature(t.signature, signature)) {
-          t.signature = signature;
+        } else if (!sameSignature(t.signature, activity)) {
+          t.signature = activity;
           t.stableSinceMs = now;
         }
         if (!complete(t)) {
@@ -800,7 +810,8 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
           const key = timepointKey(zarr.key, time);
           const complete = (t: Tracked): boolean =>
             marker !== null ? hasMarker(zarr.key) || hasMarker(`${zarr.key}.t${time}`) : time < extent - 1 || settled(t);
-          consider(key, 'timepoint', zarr.signature, complete, { zarrKey: zarr.key, time });
+          // A time point's own signature is constant: it is one item however its Zarr grows (a failed one stays failed).
+          consider(key, 'timepoint', TIMEPOINT_SIGNATURE, complete, { zarrKey: zarr.key, time }, zarr.signature);
         }
       }
 
@@ -1041,7 +1052,7 @@ async function dryRun(
     }
     for (let t = 0; t < extent; t++) {
       const complete = o.marker !== null ? hasMarker(zarr.key) || hasMarker(`${zarr.key}.t${t}`) : t < extent - 1 || quiet(zarr.signature);
-      report(timepointKey(zarr.key, t), 'timepoint', zarr.signature, complete);
+      report(timepointKey(zarr.key, t), 'timepoint', TIMEPOINT_SIGNATURE, complete);
     }
   }
   return { processed: 0, adopted: 0, failed: 0, interrupted: false, ready };
