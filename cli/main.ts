@@ -8,7 +8,8 @@ import { BlindspotError, ExitCode, UsageError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
-import { trainModel, TrainingInterrupted } from '../pipeline/train.js';
+import { trainModel, TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
+import { METHOD_NAMES } from '../models/io.js';
 import { denoiseFiles, type OutputType } from '../pipeline/denoise.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
@@ -36,11 +37,30 @@ Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 bad input, 4 output refused, 
   train: `Usage: blindspot train <inputs...> --out <model-dir> [options]
 
 Inputs are image files (PNG, TIFF incl. multi-page stacks, FITS, .npy), folders or globs.
-All inputs must be 2D, or all 3D; the network follows.
+All inputs must be 2D, or all 3D; the network follows. Every method works in 2D and 3D and is
+saved in the model: 'blindspot denoise' needs no method options.
+
+Methods (--method):
+  n2v          Noise2Void (default): U-Net, stratified masking, loss on the masked pixels
+  n2v2         N2V2: blur-pool U-Net without the top skip, median replacement (fewer checkerboard artefacts)
+  structn2v    structN2V for noise correlated along a direction: needs --struct-mask
+  noise2self   Noise2Self: one phase of a k x k (x k) grid masked per step with the donut mean (--grid K)
+  laine19      Laine et al. 2019: blind spot by architecture, every pixel in the loss; with --prior the
+               Bayesian posterior mean
+  dbsn         D-BSN: centrally masked + dilated convolutions, trained with the CNN_est loss; the noise
+               variance comes from --prior, by default the training images' noise-level fits
+  noise2info   Noise2Info: L_in + 2 sigma L_ex, sigma estimated at every validation (grid masking, --grid K)
+  n2n          Noise2Noise: needs --targets, the second noisy shot of each input
+  care         CARE (supervised): needs --targets, the clean image of each input
 
 Options:
   --out <dir>               model folder to create (required)
-  --method n2v|n2v2         Noise2Void (default) or N2V2 (blur-pool, no top skip, median replacement)
+  --method M                one of the methods above (default n2v)
+  --targets <dir|'glob'|file>  n2n / care: the target images (repeat the option for several files; quote
+                            globs), paired with the inputs by sorted file name: same count, same shapes
+  --struct-mask S           structn2v: horizontal:N | vertical:N | depth:N (a centred line of N pixels, N odd)
+                            or a mask file: .npy, .json nested arrays, or text rows of 0/1 (2D or 3D, odd sides)
+  --grid K                  noise2self / noise2info: grid side (default 4: 16 phases in 2D, 64 in 3D)
   --steps N                 total optimiser steps (default 1000)
   --batch-size N            patches per step (default 16 in 2D, 4 in 3D)
   --patch YxX | ZxYxX       patch size (default 64x64, or 32x64x64)
@@ -49,11 +69,20 @@ Options:
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
   --loss mse|mae            loss on masked pixels (default mse)
-  --prior gaussian:S | poisson-gaussian:A,B | noise-model.json
+  --prior gaussian:S | poisson-gaussian:A,B | noise-model.json | learned | nlf
                             predict a Gaussian prior and train it by the likelihood under this noise
                             (input units; var = A*x + B; or the a, b of a 'blindspot noise --calibrate'
-                            model or NLF record); denoise then gives the posterior mean (Laine et al.)
+                            model or NLF record); 'learned': a Gaussian sigma trained with the network;
+                            'nlf': the training images' noise-level fits (in-memory inputs). Denoise then
+                            gives the posterior mean (Laine et al.). For the blind-spot methods; for dbsn
+                            it is the noise model of its loss (default nlf)
   --depth N --filters N --kernel-size N --no-batch-norm   U-Net shape (default 2, 32, 3, batch norm on)
+  --depth N --filters N     laine19 branch U-Net: default depth 3, 16 filters on CPU backends (wasm, cpu,
+                            tensorflow), the paper's depth 5, 48 filters (3D: 3, 32) on tensorflow-gpu
+  --filters N --blocks N    dbsn: default 32 filters, 5 blocks (3D: 4) on CPU backends, the paper's
+                            64, 9 (3D: 32, 4) on tensorflow-gpu. On wasm (batch 4, 64x64) a step takes
+                            about 2 s for these laine19 / dbsn defaults, 8-14 s at paper size, 0.7 s for the U-Net
+  --network-size paper|small   override the backend's choice of the laine19 / dbsn defaults
   --normalisation meanstd|percentile   (default meanstd)
   --no-augment              no flips/rotations
   --val-fraction F          data held out for validation (default 0.1)
@@ -74,6 +103,10 @@ from a sample of chunks:
 Examples:
   blindspot train data/noisy/*.tif --out models/conv --steps 2000
   blindspot train stack.tif --out models/stack3d --patch 16x64x64 --method n2v2
+  blindspot train data/noisy/*.tif --out models/laine --method laine19 --prior gaussian:25
+  blindspot train data/noisy/*.tif --out models/dbsn --method dbsn --steps 2000
+  blindspot train scan.tif --out models/striped --method structn2v --struct-mask horizontal:7
+  blindspot train data/shot1 --targets data/shot2 --out models/n2n --method n2n
   blindspot train data/noisy --out models/conv --resume
   blindspot train s3://lab/raw/vol.zarr --out models/vol --patch 16x64x64 --max-memory 4GiB --background 120`,
   denoise: `Usage: blindspot denoise <model-dir> <inputs...> --out <dir> [options]
@@ -149,6 +182,11 @@ async function runTrain(args: string[]): Promise<number> {
       ...commonOptions,
       out: { type: 'string' },
       method: { type: 'string' },
+      targets: { type: 'string', multiple: true },
+      'struct-mask': { type: 'string' },
+      grid: { type: 'string' },
+      blocks: { type: 'string' },
+      'network-size': { type: 'string' },
       steps: { type: 'string' },
       'batch-size': { type: 'string' },
       patch: { type: 'string' },
@@ -180,7 +218,13 @@ async function runTrain(args: string[]): Promise<number> {
   if (values.help) return printHelp('train');
   // A noise-model file (blindspot noise --calibrate, or an NLF record) gives its Poisson-Gaussian summary.
   const prior =
-    values.prior === undefined ? undefined : /\.json$/i.test(values.prior) ? noiseSpecOf(await loadNoiseModel(values.prior)) : parseNoiseSpec(values.prior);
+    values.prior === undefined
+      ? undefined
+      : values.prior === 'learned' || values.prior === 'nlf'
+        ? values.prior
+        : /\.json$/i.test(values.prior)
+          ? noiseSpecOf(await loadNoiseModel(values.prior))
+          : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
   // Zarr and S3 inputs always stream; --stream or --max-memory streams TIFF stacks and frame folders too.
@@ -201,7 +245,10 @@ async function runTrain(args: string[]): Promise<number> {
     : undefined;
   const inputs = streaming ? undefined : await expandInputs(positionals);
   const background = numberOption('background', values.background);
-  const network: Record<string, number | boolean> = {};
+  const network: NetworkOverrides = {};
+  const blocks = intOption('blocks', values.blocks);
+  if (blocks !== undefined) network.blocks = blocks;
+  const targets = values.targets ? await expandInputs(values.targets) : undefined;
   const depth = intOption('depth', values.depth);
   const filters = intOption('filters', values.filters);
   const kernelSize = intOption('kernel-size', values['kernel-size']);
@@ -222,7 +269,11 @@ async function runTrain(args: string[]): Promise<number> {
           }
         : undefined,
       out: values.out,
-      method: choice('method', values.method, ['n2v', 'n2v2'] as const),
+      method: choice('method', values.method, METHOD_NAMES),
+      targets,
+      structMask: values['struct-mask'],
+      grid: intOption('grid', values.grid),
+      networkSize: choice('network-size', values['network-size'], ['paper', 'small'] as const),
       steps: intOption('steps', values.steps),
       batchSize: intOption('batch-size', values['batch-size']),
       patchShape: shapeOption('patch', values.patch),

@@ -9,11 +9,13 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { InputError } from '../core/errors.js';
-import type { UNetConfig } from './unet.js';
+import type { NetworkConfig } from './network.js';
 import type { Normalisation } from './normalise.js';
 import type { MaskOptions } from './masking.js';
 // Registers the custom layers (max-blur-pool, 3D upsampling) so saved topologies deserialise.
 import './layers.js';
+// And those of the architectural blind-spot networks (laine19, D-BSN).
+import './blindspotLayers.js';
 import type { NoiseSpec } from './bayes.js';
 import type { NlfRecord } from '../noise/nlf.js';
 
@@ -21,7 +23,12 @@ export const MODEL_JSON = 'model.json';
 export const WEIGHTS_BIN = 'weights.bin';
 export const MANIFEST_JSON = 'blindspot.json';
 
-export type MethodName = 'n2v' | 'n2v2';
+/** Every training method `blindspot train --method` offers (see pipeline/train.ts). */
+export const METHOD_NAMES = ['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'n2n', 'care'] as const;
+export type MethodName = (typeof METHOD_NAMES)[number];
+
+/** Where a Gaussian-prior model's noise model came from. */
+export type PriorSource = 'given' | 'learned' | 'nlf';
 
 export interface TrainingRecord {
   step: number;
@@ -30,6 +37,20 @@ export interface TrainingRecord {
   learningRate: number;
   /** Seconds since the run started (summed over resumed segments). */
   seconds: number;
+  /** noise2info: sigma_loss after this validation's update (normalised units). */
+  noise2infoSigma?: number;
+}
+
+/** Settings a method trained with, beyond the network (recorded for provenance and resume). */
+export interface MethodSettings {
+  /** structn2v: the structuring element (shape per axis, 0/1 values in C order). */
+  structMask?: { spec: string; shape: number[]; values: number[] };
+  /** noise2self, noise2info: side k of the k^dims grid of masking phases. */
+  grid?: number;
+  /** noise2info: sigma_loss (normalised units) after the last update, and every update's estimate. */
+  noise2info?: { sigma: number; estimates: { step: number; estimate: number; sigma: number }[] };
+  /** n2n, care: the target file of every training input, in the inputs' order. */
+  targets?: string[];
 }
 
 /** What `blindspot.json` holds: everything needed to use the model, and how it came to be. */
@@ -37,15 +58,25 @@ export interface ModelManifest {
   format: 'blindspot-model';
   formatVersion: 1;
   method: MethodName;
-  network: UNetConfig;
+  /** Old manifests have no `kind`: a U-Net. */
+  network: NetworkConfig;
   normalisation: Normalisation;
   /** Training patch size, YX or ZYX, in pixels/voxels. */
   patchShape: number[];
   masking: MaskOptions;
-  /** 'prior-nll': the network predicts a Gaussian prior (models/bayes.ts), trained by its likelihood. */
-  loss: 'mse' | 'mae' | 'prior-nll';
-  /** Present for Gaussian-prior models: the noise model that turns the prior into a posterior. */
-  prior?: { noise: NoiseSpec };
+  /**
+   * 'prior-nll': the network predicts a Gaussian prior (models/bayes.ts), trained by its likelihood;
+   * 'dbsn-nll': D-BSN's loss with a per-pixel noise variance (models/dbsn.ts dbsnLoss);
+   * 'noise2info': L_in + 2 sigma L_ex (models/noise2info.ts).
+   */
+  loss: 'mse' | 'mae' | 'prior-nll' | 'dbsn-nll' | 'noise2info';
+  /**
+   * Present for 2-channel models (Gaussian prior, D-BSN): the noise model that turns the prediction
+   * into a posterior, raw intensity units; `source`: given on the command line, learned jointly
+   * with the network, or the training images' noise-level fits (absent in older models: given).
+   */
+  prior?: { noise: NoiseSpec; source?: PriorSource };
+  methodSettings?: MethodSettings;
   /** Noise-level function of every training image (fitted in worker threads while training ran). */
   noise?: NlfRecord[];
   training: {

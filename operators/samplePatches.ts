@@ -1,4 +1,5 @@
 import { type OperatorFunction, mergeMap, range, map } from 'rxjs';
+import { InputError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
@@ -10,12 +11,15 @@ export interface PatchSample {
   step: number;
   index: number;
   data: Float32Array;
+  /** Paired methods (n2n, care): the same region of the target image, normalised like `data`. */
+  target?: Float32Array;
   shape: Shape;
   rng: Rng;
 }
 
 export interface SamplePatchesOptions {
-  volumes: ReadonlyArray<{ volume: Volume; name: string }>;
+  /** `target`: an image of the same shape paired with `volume` (n2n / care); its patches come from the same place. */
+  volumes: ReadonlyArray<{ volume: Volume; name: string; target?: Volume }>;
   /** YX or ZYX, pixels/voxels. */
   patchShape: Shape;
   patchesPerStep: number;
@@ -44,7 +48,11 @@ export function samplePatches(opts: SamplePatchesOptions): OperatorFunction<numb
         const u = rng.uniform();
         let which = cumulative.findIndex((c) => u < c);
         if (which < 0) which = opts.volumes.length - 1;
-        const { volume, name } = opts.volumes[which];
+        const { volume, name, target } = opts.volumes[which];
+        if (target) {
+          const pair = randomPatchPair(volume, target, opts.patchShape, rng, name);
+          return { step, index, data: normalise(pair.input, opts.normalisation), target: normalise(pair.target, opts.normalisation), shape: opts.patchShape, rng };
+        }
         const raw = randomPatch(volume, opts.patchShape, rng, name);
         return { step, index, data: normalise(raw, opts.normalisation), shape: opts.patchShape, rng };
       }),
@@ -58,4 +66,19 @@ export function mixSeed(seed: number, step: number, index: number): number {
   h = Math.imul(h ^ (step + 0x632be5ab), 0xc2b2ae35) >>> 0;
   h = Math.imul(h ^ (index + 0x27d4eb2f), 0x165667b1) >>> 0;
   return (h ^ (h >>> 15)) >>> 0;
+}
+
+/**
+ * The same random patch from an image and its paired target (same shape): randomPatch's corner
+ * draw, so an input patch is the one randomPatch would give with this rng.
+ */
+export function randomPatchPair(volume: Volume, target: Volume, patchShape: Shape, rng: Rng, name = 'volume'): { input: Float32Array; target: Float32Array } {
+  if (target.shape.length !== volume.shape.length || target.shape.some((s, a) => s !== volume.shape[a])) {
+    throw new InputError(name, `its target is ${target.shape.join('x')}, the image is ${volume.shape.join('x')}: pairs must have the same shape`);
+  }
+  const state = rng.getState();
+  const input = randomPatch(volume, patchShape, rng, name);
+  const replay = new Rng(0);
+  replay.setState(state);
+  return { input, target: randomPatch(target, patchShape, replay, name) };
 }

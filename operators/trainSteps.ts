@@ -3,6 +3,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { maskedLoss } from '../models/losses.js';
 import type { TrainingBatch } from './batchPatches.js';
+import type { BatchLossFn } from '../models/methods.js';
 
 export interface StepResult {
   step: number;
@@ -15,7 +16,10 @@ export type MaskedLossFn = (prediction: tf.Tensor, target: tf.Tensor, mask: tf.T
 export interface TrainStepsOptions {
   model: tfl.LayersModel;
   optimizer: tf.Optimizer;
-  loss: 'mse' | 'mae' | MaskedLossFn;
+  /** A loss on one prediction, or `{ batch }`: a loss that runs the network itself (noise2info runs it twice). */
+  loss: 'mse' | 'mae' | MaskedLossFn | { batch: BatchLossFn };
+  /** Trained with the network's weights (e.g. a learned noise level); read each step. */
+  extraVariables?: () => tf.Variable[];
   /**
    * Runs after each step and before the next one starts: work that reads or saves the model
    * (validation, checkpoints) must not interleave with an update, or it snapshots a half-new state.
@@ -29,14 +33,15 @@ export interface TrainStepsOptions {
  * producer from racing ahead of the device.
  */
 export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBatch, StepResult> {
-  const lossFn: MaskedLossFn = typeof opts.loss === 'function' ? opts.loss : (p, t, m) => maskedLoss(p, t, m, opts.loss as 'mse' | 'mae');
-  const variables = (): tf.Variable[] => opts.model.trainableWeights.map((w) => w.read() as tf.Variable);
+  const batchLoss = toBatchLoss(opts.loss);
+  const variables = (): tf.Variable[] => [...opts.model.trainableWeights.map((w) => w.read() as tf.Variable), ...(opts.extraVariables?.() ?? [])];
+  const apply = (x: tf.Tensor): tf.Tensor => opts.model.apply(x, { training: true }) as tf.Tensor;
   return concatMap(async (batch) => {
     const x = tf.tensor(batch.inputs, batch.shape);
     const y = tf.tensor(batch.targets, batch.shape);
     const m = tf.tensor(batch.masks, batch.shape);
     const lossTensor = opts.optimizer.minimize(
-      () => lossFn(opts.model.apply(x, { training: true }) as tf.Tensor, y, m),
+      () => batchLoss(apply, x, y, m),
       true,
       variables(),
     );
@@ -48,4 +53,11 @@ export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBa
     await opts.afterEach?.(result);
     return result;
   });
+}
+
+/** Any loss TrainStepsOptions takes, as a BatchLossFn. */
+export function toBatchLoss(loss: TrainStepsOptions['loss']): BatchLossFn {
+  if (typeof loss === 'object') return loss.batch;
+  const masked: MaskedLossFn = typeof loss === 'function' ? loss : (p, t, m) => maskedLoss(p, t, m, loss);
+  return (apply, x, y, m) => masked(apply(x), y, m);
 }

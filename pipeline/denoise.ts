@@ -8,7 +8,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import type { SampleType, Volume } from '../core/volume.js';
 import { loadModelFolder, type ModelManifest } from '../models/io.js';
-import { unetGeometry } from '../models/unet.js';
+import { networkGeometry } from '../models/network.js';
 import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { predictVolume, type PredictOptions } from './predict.js';
@@ -118,7 +118,7 @@ export async function denoiseVolume(
   volume: Volume,
   opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput } = {},
 ): Promise<Volume> {
-  const geometry = unetGeometry(manifest.network);
+  const geometry = networkGeometry(manifest.network);
   const input = normalise(volume.data, manifest.normalisation);
   const output = opts.output ?? 'denoised';
   const predicted = await predictVolume(denoisingTileModel(model, manifest, output), input, volume.shape, {

@@ -52,7 +52,7 @@ import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
 import { createOmeZarr, openOmeZarrWriter, type OmeZarrWriter } from '../storage/ome.js';
 import { openByteStore, openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';
-import { unetGeometry } from '../models/unet.js';
+import { networkGeometry } from '../models/network.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
 export const RUNTIME_BYTES = 192 * 2 ** 20;
@@ -676,7 +676,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     if (dims !== manifest.network.dims) {
       throw new InputError(opts.input, `is ${dims}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
     }
-    const geometry = unetGeometry(manifest.network);
+    const geometry = networkGeometry(manifest.network);
     const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
     const bytesPerVoxel = estimateBytesPerVoxel(model, dims as 2 | 3, geometry.sizeMultiple);
     const dtype = opts.outputType === 'input' && output !== 'uncertainty' ? input.info.dtype : 'float32';

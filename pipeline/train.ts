@@ -1,5 +1,6 @@
 /**
- * Noise2Void / N2V2 training: random patches -> augmentation -> stratified masking -> batches ->
+ * Training of every method (models/methods.ts: n2v, n2v2, structn2v, noise2self, laine19, dbsn,
+ * noise2info, n2n, care): random patches -> augmentation -> the method's masking -> batches ->
  * optimiser steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume.
  * Patches come from in-memory volumes, or (with `sources`) stream from chunked arrays of any size:
  * random chunk-aligned regions through a byte-bounded chunk cache, normalisation statistics from a
@@ -7,19 +8,42 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { type OperatorFunction, Subject, lastValueFrom, tap, defaultIfEmpty } from 'rxjs';
+import { type OperatorFunction, Subject, lastValueFrom, map, tap, defaultIfEmpty } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
-import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig } from '../models/unet.js';
+import { buildNetwork, defaultNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
 import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
-import { defaultMaskOptions, maskPatch, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
+import { defaultMaskOptions, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
 import { maskedLoss } from '../models/losses.js';
 import { fitNoiseInWorkers } from '../workers/noisePool.js';
 import { gaussianPriorLoss, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
+import { dbsnLoss } from '../models/dbsn.js';
+import {
+  estimateNoise2InfoSigma,
+  initialNoise2InfoSigma,
+  noise2InfoExternalLoss,
+  noise2InfoLoss,
+  updateNoise2InfoSigma,
+} from '../models/noise2info.js';
+import { liftToDims, parseStructMask, type StructuringElement } from '../models/structMask.js';
+import {
+  acceptsPrior,
+  augmentMethodPatch,
+  defaultGridSide,
+  isArchitecturalBlindSpot,
+  isPairedMethod,
+  learnedNoiseVariance,
+  networkKindFor,
+  preparePatch,
+  usesGridMasking,
+  type BatchLossFn,
+  type PatchPreparation,
+} from '../models/methods.js';
+import type { NlfRecord } from '../noise/nlf.js';
 import {
   MANIFEST_JSON,
   modelFromFiles,
@@ -28,11 +52,14 @@ import {
   writeFilesAtomically,
   MODEL_JSON,
   WEIGHTS_BIN,
+  METHOD_NAMES,
   type MethodName,
+  type MethodSettings,
   type ModelManifest,
+  type PriorSource,
   type TrainingRecord,
 } from '../models/io.js';
-import { samplePatches, mixSeed, type PatchSample } from '../operators/samplePatches.js';
+import { samplePatches, mixSeed, randomPatchPair, type PatchSample } from '../operators/samplePatches.js';
 import {
   regionBytes,
   regionStepSampler,
@@ -48,10 +75,9 @@ import {
 import { ChunkCache } from '../storage/chunkCache.js';
 import { defaultSketchCapacity } from '../core/quantiles.js';
 import type { ChunkedArrayReader } from '../storage/chunked.js';
-import { augmentPatches } from '../operators/augmentPatches.js';
-import { maskN2V } from '../operators/maskN2V.js';
+import type { MaskedPatch } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
-import { trainSteps, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
+import { toBatchLoss, trainSteps, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
 import { readImage } from '../storage/index.js';
 import { VERSION } from '../core/version.js';
@@ -59,6 +85,10 @@ import { VERSION } from '../core/version.js';
 export interface NamedVolume {
   volume: Volume;
   name: string;
+  /** n2n / care: the paired target image (second noisy shot, or clean), same shape as `volume`. */
+  target?: Volume;
+  /** Its file name, for messages. */
+  targetName?: string;
 }
 
 /** A chunked array to train from without reading it whole (Zarr, TIFF stack, frame folder, S3). */
@@ -112,6 +142,15 @@ export interface TrainOptions {
   /** Model folder to create. */
   out: string;
   method?: MethodName;
+  /**
+   * n2n / care: target image files (second noisy shots, or clean images), paired with `inputs` by
+   * sorted file name (same count, same shapes). With `volumes`, set each one's `target` instead.
+   */
+  targets?: string[];
+  /** structn2v: `horizontal:N`, `vertical:N`, `depth:N` or a mask file (models/structMask.ts), or an element. */
+  structMask?: string | StructuringElement;
+  /** noise2self / noise2info: side k of the grid of masking phases (default 4). */
+  grid?: number;
   steps?: number;
   batchSize?: number;
   /** YX or ZYX in pixels/voxels; default 64x64 (2D) or 32x64x64 (3D). */
@@ -126,13 +165,19 @@ export interface TrainOptions {
    * the noisy value under this noise model, instead of a point estimate; denoise then gives the
    * posterior mean (models/bayes.ts).
    */
-  prior?: NoiseSpec;
+  prior?: NoiseSpec | 'learned' | 'nlf';
   /**
    * Fit each training image's noise-level function in worker threads while training runs and store
    * them in the model (default true for in-memory images; streamed sources are not fitted).
    */
   noiseFits?: boolean;
-  network?: Partial<Omit<UNetConfig, 'dims' | 'variant'>>;
+  /** Network shape overrides; which apply depends on the method's network (U-Net, laine19, D-BSN). */
+  network?: NetworkOverrides;
+  /**
+   * Size of the default laine19 / D-BSN network: 'paper' (the published one) or 'small' (one that
+   * trains at a useful pace on a CPU); default 'paper' on tensorflow-gpu, else 'small'.
+   */
+  networkSize?: 'paper' | 'small';
   normalisation?: 'meanstd' | 'percentile';
   augment?: boolean;
   /** Fraction of the data held out for validation (images, or a slab of a single image). */
@@ -150,6 +195,21 @@ export interface TrainOptions {
   command?: string[];
 }
 
+export interface NetworkOverrides {
+  depth?: number;
+  filters?: number;
+  kernelSize?: number;
+  batchNorm?: boolean;
+  /** D-BSN: residual dilated blocks per branch. */
+  blocks?: number;
+}
+
+const networkOptions: Record<'unet' | 'laine19' | 'dbsn', readonly (keyof NetworkOverrides)[]> = {
+  unet: ['depth', 'filters', 'kernelSize', 'batchNorm'],
+  laine19: ['depth', 'filters'],
+  dbsn: ['filters', 'blocks'],
+};
+
 export type TrainEvent =
   | {
       type: 'normalisation';
@@ -166,6 +226,7 @@ export type TrainEvent =
   | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
   | { type: 'checkpoint'; step: number }
   | { type: 'warning'; message: string }
+  | { type: 'noise2info-sigma'; step: number; estimate: number; sigma: number }
   | { type: 'interrupted'; step: number }
   | { type: 'done'; steps: number; bestStep: number; bestValLoss: number | null; seconds: number };
 
@@ -180,24 +241,39 @@ interface CheckpointState {
   history: TrainingRecord[];
   wallSeconds: number;
   optimizerWeights: tf.io.WeightsManifestEntry[];
+  /** noise2info: sigma_loss and its updates; learned prior: log sigma (normalised units). */
+  noise2info?: { sigma: number; estimates: { step: number; estimate: number; sigma: number }[] };
+  learnedLogSigma?: number;
+  bestLearnedLogSigma?: number;
 }
 
 /** Trains a model and writes its folder. Returns the final manifest. */
 export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const method: MethodName = opts.method ?? 'n2v';
+  if (!METHOD_NAMES.includes(method)) throw new UsageError(`--method must be one of ${METHOD_NAMES.join(', ')}, got '${String(method)}'`);
   if (opts.sources && (opts.inputs?.length || opts.volumes)) throw new UsageError('train takes either chunked sources or images, not both');
+  validateMethodOptions(method, opts);
   const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
   if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
   const dims = opts.sources ? inferSourceDims(opts.sources) : inferDims(named);
-  if (opts.prior) validateNoiseSpec(opts.prior, 'train --prior');
-  const network: UNetConfig = {
-    ...defaultUNetConfig(dims),
-    ...opts.network,
-    dims,
-    variant: method === 'n2v2' ? 'n2v2' : 'n2v',
-    ...(opts.prior ? { outputChannels: 2 } : {}),
-  };
-  const geometry = unetGeometry(network);
+  if (opts.targets) await attachTargets(named, opts.targets);
+  if (isPairedMethod(method)) {
+    const missing = named.find((n) => !n.target);
+    if (missing) throw new UsageError(`--method ${method} needs a target image for every input (--targets); ${missing.name} has none`);
+  }
+  const givenPrior = typeof opts.prior === 'object' ? opts.prior : undefined;
+  if (givenPrior) validateNoiseSpec(givenPrior, 'train --prior');
+  // D-BSN always predicts (mean, variance) and needs a noise model: the images' noise-level fits unless one is given.
+  const priorMode: PriorSource | null = opts.prior === undefined ? (method === 'dbsn' ? 'nlf' : null) : typeof opts.prior === 'string' ? opts.prior : 'given';
+  if (priorMode === 'nlf' && (opts.sources || opts.noiseFits === false)) {
+    throw new UsageError(
+      `${method === 'dbsn' && opts.prior === undefined ? '--method dbsn uses the noise-level fits of the training images by default, which' : '--prior nlf'} needs in-memory training images (streamed sources are not fitted): give the noise with --prior gaussian:S, poisson-gaussian:A,B or a noise-model file`,
+    );
+  }
+  const structMask = method === 'structn2v' ? resolveStructMask(opts.structMask, dims) : undefined;
+  const grid = opts.grid ?? defaultGridSide;
+  const network = methodNetwork(method, dims, opts, priorMode !== null);
+  const geometry = networkGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
   validatePatchShape(patchShape, dims, geometry.sizeMultiple);
   for (const { volume, name } of named) {
@@ -246,7 +322,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       seed,
       valFraction,
       valPatches,
-      masking,
+      preparation: { method, masking, structMask, grid, seed },
       mode: opts.normalisation ?? 'meanstd',
       aheadBatches,
       settings: opts.streaming ?? {},
@@ -264,7 +340,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       validationNames: validation.map((v) => v.name),
       normalisation,
       patches: samplePatches({ volumes: train, patchShape: patchShape as unknown as Shape, patchesPerStep: batchSize, normalisation, seed }),
-      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, masking, seed),
+      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, { method, masking, structMask, grid, seed }, seed),
     };
   }
   const { normalisation, valBatches } = data;
@@ -278,9 +354,13 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
             return null;
           },
         );
-  const lossFn: MaskedLossFn = opts.prior
-    ? gaussianPriorLoss(normalisedNoiseVariance(opts.prior, normalisation))
-    : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
+  // The noise model of 2-channel models: given, learned jointly (a global sigma), or the images' fits (awaited now).
+  let priorNoise: NoiseSpec | undefined = givenPrior;
+  if (priorMode === 'nlf') {
+    const fits = await noiseFits;
+    if (!fits || fits.length === 0) throw new UsageError(`the training images' noise-level fits failed, so ${method} has no noise model: give one with --prior gaussian:S or poisson-gaussian:A,B`);
+    priorNoise = pooledNoiseSpec(fits);
+  }
 
   let model: tfl.LayersModel;
   const optimizer = tf.train.adam(baseLearningRate);
@@ -293,16 +373,51 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     history: [],
     wallSeconds: 0,
     optimizerWeights: [],
+    ...(method === 'noise2info' ? { noise2info: { sigma: initialNoise2InfoSigma, estimates: [] } } : {}),
+    // sigma starts at half the data's (normalised) standard deviation: above most noise, below the signal.
+    ...(priorMode === 'learned' ? { learnedLogSigma: Math.log(0.5) } : {}),
   };
   const resumed = existing === 'checkpoint' && !!opts.resume;
   if (resumed) {
-    const restored = await readCheckpoint(checkpointDir, optimizer);
+    const restored = await readCheckpoint(checkpointDir, optimizer, state);
     model = restored.model;
     state = restored.state;
   } else {
-    model = buildUNet(network, seed);
+    model = buildNetwork(network, seed);
   }
   setLearningRate(optimizer, state.learningRate);
+  // A variable created after the restore: Adam matches its moments by position, the network's weights first.
+  const learnedLogSigma = priorMode === 'learned' ? tf.variable(tf.scalar(state.learnedLogSigma ?? Math.log(0.5)), true, `learned_noise_log_sigma_${seed}_${Date.now()}`) : null;
+  const noiseVariance =
+    learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
+  const maskedLossFn: MaskedLossFn =
+    method === 'dbsn'
+      ? dbsnLoss(noiseVariance!)
+      : noiseVariance !== undefined
+        ? gaussianPriorLoss(noiseVariance)
+        : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
+  const batchLoss: BatchLossFn =
+    method === 'noise2info'
+      ? // F(X) on the unmasked patch (the target) and F(X_J^c) on the masked input.
+        (apply, inputs, targets, masks) => noise2InfoLoss(apply(targets), apply(inputs), targets, masks, state.noise2info!.sigma)
+      : toBatchLoss(maskedLossFn);
+  const priorRecord = (): ModelManifest['prior'] => {
+    if (learnedLogSigma !== null) {
+      // Normalised units -> input units: sigma scales with the normalisation.
+      // The sigma trained together with the weights the folder holds (those of the best validation).
+      const logSigma = state.bestLearnedLogSigma ?? learnedLogSigma.dataSync()[0];
+      return { noise: { kind: 'gaussian', sigma: Math.exp(logSigma) * normalisation.scale }, source: 'learned' };
+    }
+    return priorNoise !== undefined ? { noise: priorNoise, source: priorMode ?? 'given' } : undefined;
+  };
+  const methodSettings = (): MethodSettings | undefined => {
+    const settings: MethodSettings = {};
+    if (structMask) settings.structMask = { spec: typeof opts.structMask === 'string' ? opts.structMask : 'element', shape: [...structMask.shape], values: [...structMask.values] };
+    if (usesGridMasking(method)) settings.grid = grid;
+    if (state.noise2info) settings.noise2info = state.noise2info;
+    if (isPairedMethod(method)) settings.targets = named.map((n) => n.targetName ?? `${n.name} (target)`);
+    return Object.keys(settings).length > 0 ? settings : undefined;
+  };
 
   opts.onEvent?.({
     type: 'start',
@@ -324,8 +439,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     normalisation,
     patchShape,
     masking,
-    loss: opts.prior ? 'prior-nll' : lossKind,
-    ...(opts.prior ? { prior: { noise: opts.prior } } : {}),
+    loss: method === 'dbsn' ? 'dbsn-nll' : method === 'noise2info' ? 'noise2info' : priorMode !== null ? 'prior-nll' : lossKind,
+    ...(priorMode !== null ? { prior: priorRecord() } : {}),
+    ...(methodSettings() ? { methodSettings: methodSettings() } : {}),
     training: {
       steps,
       stepsDone: state.stepsDone,
@@ -368,14 +484,24 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     }
     const record: TrainingRecord = { step: state.stepsDone, loss: result.loss, learningRate: state.learningRate, seconds: state.wallSeconds };
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
+    if (learnedLogSigma !== null) state.learnedLogSigma = learnedLogSigma.dataSync()[0];
     if (isValidationStep) {
-      const valLoss = evaluateValidation(model, valBatches, lossFn);
+      const valLoss = evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
+      if (state.noise2info) {
+        // Algorithm 2's per-epoch update, once per validation, on the fixed validation patches.
+        const estimate = estimateNoise2InfoSigmaOn(model, valBatches, new Rng(mixSeed(seed, state.stepsDone, 0x6e32)));
+        const sigma = updateNoise2InfoSigma(state.noise2info.sigma, estimate);
+        state.noise2info = { sigma, estimates: [...state.noise2info.estimates, { step: state.stepsDone, estimate, sigma }] };
+        record.noise2infoSigma = sigma;
+        opts.onEvent?.({ type: 'noise2info-sigma', step: state.stepsDone, estimate, sigma });
+      }
       lastValLoss = valLoss;
       const improved = state.bestValLoss === null || valLoss < state.bestValLoss;
       if (improved) {
         state.bestValLoss = valLoss;
         state.bestStep = state.stepsDone;
+        if (state.learnedLogSigma !== undefined) state.bestLearnedLogSigma = state.learnedLogSigma;
         state.plateauWait = 0;
         state.history.push(record);
         await saveModelFolder(opts.out, model, manifestFor(false));
@@ -409,14 +535,15 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
 
   const run$ = stepsOnDemand(state.stepsDone, steps, aheadBatches, stepDone).pipe(
     data.patches,
-    augmentPatches({ enabled: opts.augment ?? true }),
-    maskN2V(masking),
+    map((p) => augmentMethodPatch(p, opts.augment ?? true)),
+    map((p): MaskedPatch => ({ step: p.step, shape: p.shape, ...preparePatch(p, { method, masking, structMask, grid, seed }) })),
     batchPatches({ batchSize }),
     tap((batch) => opts.onBatchReady?.(batch.step)),
     trainSteps({
       model,
       optimizer,
-      loss: lossFn,
+      loss: { batch: batchLoss },
+      extraVariables: () => (learnedLogSigma !== null ? [learnedLogSigma] : []),
       afterEach: async (r) => {
         if (!interrupted) await afterStep(r);
       },
@@ -433,6 +560,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   if (interrupted) {
     model.dispose();
     optimizer.dispose();
+    learnedLogSigma?.dispose();
     throw new TrainingInterrupted(opts.out, state.stepsDone);
   }
   // The best model is what the folder holds; record the finished run in its manifest.
@@ -444,6 +572,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   opts.onEvent?.({ type: 'done', steps: state.stepsDone, bestStep: state.bestStep, bestValLoss: state.bestValLoss, seconds: state.wallSeconds });
   model.dispose();
   optimizer.dispose();
+  learnedLogSigma?.dispose();
   return manifest;
 }
 
@@ -455,6 +584,120 @@ export class TrainingInterrupted extends Error {
     super(`training interrupted after step ${step}; continue it with the same command and --resume (model folder ${out})`);
     this.name = 'TrainingInterrupted';
   }
+}
+
+/** Checks the options that belong to some methods only, before anything is read. */
+function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
+  if (opts.targets && !isPairedMethod(method)) throw new UsageError(`--targets applies to --method n2n and care only (this is ${method})`);
+  if (isPairedMethod(method) && opts.sources) throw new UsageError(`--method ${method} trains from image files (pairs); streamed sources are not supported for it`);
+  if (isPairedMethod(method) && !opts.targets && !opts.volumes) throw new UsageError(`--method ${method} needs --targets: the ${method === 'care' ? 'clean images' : 'second noisy images'} paired with the inputs`);
+  if (opts.structMask !== undefined && method !== 'structn2v') throw new UsageError(`--struct-mask applies to --method structn2v only (this is ${method})`);
+  if (method === 'structn2v' && opts.structMask === undefined) throw new UsageError('--method structn2v needs --struct-mask (e.g. horizontal:5, vertical:5, or a mask file)');
+  if (opts.grid !== undefined) {
+    if (!usesGridMasking(method)) throw new UsageError(`--grid applies to --method noise2self and noise2info only (this is ${method})`);
+    if (!Number.isInteger(opts.grid) || opts.grid < 2) throw new UsageError(`--grid must be an integer >= 2, got ${opts.grid}`);
+  }
+  if (opts.prior !== undefined && !acceptsPrior(method)) throw new UsageError(`--prior does not apply to --method ${method}`);
+  if (isArchitecturalBlindSpot(method) || isPairedMethod(method)) {
+    if (opts.maskFraction !== undefined || opts.strategy !== undefined) throw new UsageError(`--mask-fraction and --strategy do not apply to --method ${method}: it masks nothing`);
+  }
+  if (method === 'dbsn' && opts.loss !== undefined) throw new UsageError('--loss does not apply to --method dbsn: it trains with its own likelihood (CNN_est loss)');
+}
+
+/** The method's network: its kind's default (paper or small size), the user's overrides, dims and outputs. */
+function methodNetwork(method: MethodName, dims: 2 | 3, opts: TrainOptions, twoChannels: boolean): NetworkConfig {
+  const kind = networkKindFor(method);
+  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
+  const overrides = opts.network ?? {};
+  for (const [key, value] of Object.entries(overrides)) {
+    if (value === undefined) continue;
+    if (!networkOptions[kind].includes(key as keyof NetworkOverrides)) {
+      const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`.replace('--batch-norm', '--no-batch-norm');
+      throw new UsageError(`${flag} does not apply to --method ${method} (its network takes ${networkOptions[kind].map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ')})`);
+    }
+  }
+  const base = defaultNetwork(kind, dims, size);
+  const outputs = twoChannels ? { outputChannels: 2 } : {};
+  if (base.kind === 'laine19') return { ...base, ...pick(overrides, ['depth', 'filters']), dims, ...outputs };
+  if (base.kind === 'dbsn') return { ...base, ...pick(overrides, ['filters', 'blocks']), dims, outputChannels: 2 };
+  return { ...base, ...pick(overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims, variant: method === 'n2v2' ? 'n2v2' : 'n2v', ...outputs };
+}
+
+function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Partial<Pick<T, K>> {
+  const out: Partial<Pick<T, K>> = {};
+  for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
+  return out;
+}
+
+function resolveStructMask(spec: string | StructuringElement | undefined, dims: 2 | 3): StructuringElement {
+  if (spec === undefined) throw new UsageError('--method structn2v needs --struct-mask');
+  return typeof spec === 'string' ? parseStructMask(spec, dims) : liftToDims(spec, dims);
+}
+
+/**
+ * Reads the target files and pairs them with the inputs by sorted file name: same count, same
+ * shapes, else an error naming the file concerned.
+ */
+async function attachTargets(named: NamedVolume[], targetFiles: string[]): Promise<void> {
+  const byName = (a: string, b: string): number => a.localeCompare(b, undefined, { numeric: true });
+  const inputs = [...named].sort((a, b) => byName(a.name, b.name));
+  const targets = [...targetFiles].sort(byName);
+  if (targets.length !== inputs.length) {
+    const unpaired = targets.length > inputs.length ? targets[inputs.length] : inputs[targets.length].name;
+    throw new InputError(unpaired, `has no partner: ${inputs.length} input(s) but ${targets.length} --targets file(s); inputs and targets are paired by sorted name`);
+  }
+  for (let i = 0; i < inputs.length; i++) {
+    const target = await readImage(targets[i]);
+    const input = inputs[i];
+    if (target.shape.length !== input.volume.shape.length || target.shape.some((s, a) => s !== input.volume.shape[a])) {
+      throw new InputError(targets[i], `is ${target.shape.join('x')} but its input ${input.name} is ${input.volume.shape.join('x')}: pairs must have the same shape`);
+    }
+    input.target = target;
+    input.targetName = targets[i];
+  }
+}
+
+/** One Poisson-Gaussian noise model for all the training images: the mean of their fits' summaries. */
+function pooledNoiseSpec(fits: readonly NlfRecord[]): NoiseSpec {
+  const a = fits.reduce((sum, f) => sum + f.a, 0) / fits.length;
+  const b = fits.reduce((sum, f) => sum + f.b, 0) / fits.length;
+  // A slightly negative slope is fit noise on nearly signal-independent data.
+  return { kind: 'poisson-gaussian', a: Math.max(0, a), b };
+}
+
+/**
+ * Noise2Info's sigma upper bound (models/noise2info.ts) on the validation patches: F(X) on each
+ * unmasked patch (the target), l_ex from F(X_J^c) on its grid-masked copy.
+ */
+function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: ValidationBatch[], rng: Rng): number {
+  const noisy: Float32Array[] = [];
+  const predicted: Float32Array[] = [];
+  const maskedPredicted: Float32Array[] = [];
+  const masks: Float32Array[] = [];
+  for (const b of batches) {
+    const [full, masked] = tf.tidy(() => [
+      (model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
+      (model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
+    ]);
+    const per = b.targets.length / b.shape[0];
+    for (let i = 0; i < b.shape[0]; i++) {
+      noisy.push(b.targets.subarray(i * per, (i + 1) * per));
+      predicted.push(full.subarray(i * per, (i + 1) * per));
+      maskedPredicted.push(masked.subarray(i * per, (i + 1) * per));
+      masks.push(b.masks.subarray(i * per, (i + 1) * per));
+    }
+  }
+  const concat = (parts: Float32Array[]): Float32Array => {
+    const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+    let o = 0;
+    for (const p of parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    return out;
+  };
+  const externalLoss = noise2InfoExternalLoss(concat(predicted), concat(maskedPredicted), concat(masks));
+  return estimateNoise2InfoSigma(noisy, predicted, { externalLoss, rng }).sigma;
 }
 
 async function readInputs(files: string[]): Promise<NamedVolume[]> {
@@ -491,7 +734,7 @@ export function splitForValidation(named: NamedVolume[], patchShape: number[], f
     const nVal = Math.max(1, Math.round(named.length * fraction));
     return { train: named.slice(0, named.length - nVal), validation: named.slice(named.length - nVal) };
   }
-  const { volume, name } = named[0];
+  const { volume, name, target, targetName } = named[0];
   const axis = 0;
   const size = volume.shape[axis];
   const valSize = Math.max(patchShape[axis], Math.round(size * fraction));
@@ -499,9 +742,10 @@ export function splitForValidation(named: NamedVolume[], patchShape: number[], f
     // Too small to split: validate on the training image (still tracks convergence, not generalisation).
     return { train: named, validation: named };
   }
+  const paired = (start: number, end: number): Pick<NamedVolume, 'target' | 'targetName'> => (target ? { target: sliceAxis0(target, start, end), targetName } : {});
   return {
-    train: [{ volume: sliceAxis0(volume, 0, size - valSize), name }],
-    validation: [{ volume: sliceAxis0(volume, size - valSize, size), name: `${name} (validation slab)` }],
+    train: [{ volume: sliceAxis0(volume, 0, size - valSize), name, ...paired(0, size - valSize) }],
+    validation: [{ volume: sliceAxis0(volume, size - valSize, size), name: `${name} (validation slab)`, ...paired(size - valSize, size) }],
   };
 }
 
@@ -577,7 +821,7 @@ async function prepareStreamingData(
     seed: number;
     valFraction: number;
     valPatches: number;
-    masking: MaskOptions;
+    preparation: PatchPreparation;
     mode: 'meanstd' | 'percentile';
     aheadBatches: number;
     settings: StreamingTrainSettings;
@@ -642,9 +886,9 @@ async function prepareStreamingData(
     const n = patches.length;
     const batch: ValidationBatch = { shape: [n, ...patchShape, 1], inputs: new Float32Array(per * n), targets: new Float32Array(per * n), masks: new Float32Array(per * n) };
     patches.forEach((p, i) => {
-      const m = maskPatch(p.data, p.shape, opts.masking, p.rng);
+      const m = preparePatch({ ...p, step: b * batchSize + i }, opts.preparation);
       batch.inputs.set(m.input, i * per);
-      batch.targets.set(p.data, i * per);
+      batch.targets.set(m.target, i * per);
       batch.masks.set(m.mask, i * per);
     });
     valBatches.push(batch);
@@ -700,7 +944,7 @@ function makeValidationBatches(
   batchSize: number,
   count: number,
   normalisation: Normalisation,
-  masking: MaskOptions,
+  preparation: PatchPreparation,
   seed: number,
 ): ValidationBatch[] {
   const batches: ValidationBatch[] = [];
@@ -712,11 +956,21 @@ function makeValidationBatches(
     const masks = new Float32Array(per * n);
     for (let i = 0; i < n; i++) {
       const rng = new Rng(mixSeed(seed ^ 0x5a5a5a5a, b, i));
-      const { volume, name } = validation[rng.int(validation.length)];
-      const patch = normalise(randomPatch(volume, patchShape as unknown as Shape, rng, name), normalisation);
-      const m = maskPatch(patch, patchShape as unknown as Shape, masking, rng);
+      const { volume, name, target } = validation[rng.int(validation.length)];
+      const shape = patchShape as unknown as Shape;
+      let patch: Float32Array;
+      let targetPatch: Float32Array | undefined;
+      if (target) {
+        const pair = randomPatchPair(volume, target, shape, rng, name);
+        patch = normalise(pair.input, normalisation);
+        targetPatch = normalise(pair.target, normalisation);
+      } else {
+        patch = normalise(randomPatch(volume, shape, rng, name), normalisation);
+      }
+      // Validation patches take every grid phase in turn (step = their index).
+      const m = preparePatch({ step: b * batchSize + i, shape, data: patch, target: targetPatch, rng }, preparation);
       inputs.set(m.input, i * per);
-      targets.set(patch, i * per);
+      targets.set(m.target, i * per);
       masks.set(m.mask, i * per);
     }
     batches.push({ shape: [n, ...patchShape, 1], inputs, targets, masks });
@@ -724,14 +978,12 @@ function makeValidationBatches(
   return batches;
 }
 
-function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: MaskedLossFn): number {
+function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): number {
   let sum = 0;
   let weight = 0;
+  const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: false }) as tf.Tensor;
   for (const b of batches) {
-    const value = tf.tidy(() => {
-      const pred = model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor;
-      return lossFn(pred, tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)).dataSync()[0];
-    });
+    const value = tf.tidy(() => lossFn(apply, tf.tensor(b.inputs, b.shape), tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)).dataSync()[0]);
     sum += value * b.shape[0];
     weight += b.shape[0];
   }
@@ -769,11 +1021,11 @@ async function writeCheckpoint(dir: string, model: tfl.LayersModel, optimizer: t
   await writeFilesAtomically(dir, { 'state.json': JSON.stringify(fullState) });
 }
 
-async function readCheckpoint(dir: string, optimizer: tf.Optimizer): Promise<{ model: tfl.LayersModel; state: CheckpointState }> {
+async function readCheckpoint(dir: string, optimizer: tf.Optimizer, fresh: CheckpointState): Promise<{ model: tfl.LayersModel; state: CheckpointState }> {
   const stateFile = path.join(dir, 'state.json');
   let state: CheckpointState;
   try {
-    state = JSON.parse(await fs.readFile(stateFile, 'utf8')) as CheckpointState;
+    state = { ...fresh, ...(JSON.parse(await fs.readFile(stateFile, 'utf8')) as CheckpointState) };
   } catch (err) {
     throw new InputError(stateFile, `cannot read the checkpoint (${(err as Error).message}); start a new run in another --out`);
   }
