@@ -431,6 +431,37 @@ describe('watch (in process)', () => {
     expect((await readState(out)).items['frame03.tif'].status).toBe('done');
   });
 
+  test('arrivals faster than the model: one rate warning for the episode, then queue-ok when it drains', async () => {
+    const input = path.join(tmp, 'in8');
+    const out = path.join(tmp, 'out8');
+    await fs.mkdir(input);
+    const sources = await encodeFrames(path.join(tmp, 'src8'), 6, [96, 96], 15);
+    const stop = new AbortController();
+    const events: WatchEvent[] = [];
+    const running = watch({
+      input,
+      out,
+      modelDir,
+      settleMs: 0,
+      pollMs: 20,
+      signal: stop.signal,
+      onEvent: (e) => {
+        events.push(e);
+        if (events.filter((x) => x.type === 'item-done').length === 6) stop.abort();
+      },
+    });
+    // Six frames 80 ms apart from another process (this one is busy with the model); one takes the model several times longer.
+    await runWriter(sources.map((src) => ({ src, dest: path.join(input, path.basename(src)), delayMs: 80, pieces: 1, pauseMs: 0 })));
+    const result = await running;
+    expect(result.processed).toBe(6);
+    const warnings = events.filter((e) => e.type === 'queue-warning');
+    expect(warnings).toHaveLength(1);
+    const warning = warnings[0] as Extract<WatchEvent, { type: 'queue-warning' }>;
+    expect(warning.reason).toBe('rate');
+    expect(warning.arrivalsPerSecond!).toBeGreaterThan(warning.itemsPerSecond!);
+    expect(events.findIndex((e) => e.type === 'queue-ok')).toBeGreaterThan(events.indexOf(warning));
+  });
+
   test('--marker: an item is taken only once its marker exists; --once does not wait for markers', async () => {
     const input = path.join(tmp, 'in6');
     const out = path.join(tmp, 'out6');
