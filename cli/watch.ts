@@ -41,7 +41,10 @@ Options:
   --dry-run                 list each item and whether it would be processed now; write nothing
   --grace-seconds S         after SIGTERM/SIGINT the item in flight may finish for S-1.5 s, then it is
                             abandoned (left for the next run); the process exits within S s with code
-                            130 and the state stored (default 25; Kubernetes waits 30 by default)
+                            130 and the state stored (default 25; Kubernetes waits 30 by default).
+                            A Zarr item stops after the chunk under way; one image's forward pass cannot
+                            be cut short (TensorFlow.js does not yield inside it), so with images that
+                            take longer than S each, the bound is that time: keep S above it
   --overwrite               replace outputs this watch did not write (default: such an item fails)
   --dtype float32|input     output sample type (default float32)
   --tta --tile YxX|ZxYxX    as for denoise

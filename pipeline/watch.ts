@@ -36,6 +36,14 @@
  *   skipped (a done file whose signature changed is reported, not redone), and everything else is
  *   processed. One watcher per output.
  *
+ * Latency: each item-done event carries the seconds from arrival (the item's last modification, or
+ * our first sight of a time point) to its stored output, settling and queueing included, and the
+ * processing seconds alone.
+ *
+ * Stopping: `signal` takes nothing new and lets the item in flight finish; `abandon` stops it at its
+ * next tile (a file) or chunk (a Zarr), leaving it 'started' for the next run. The CLI (cli/watch.ts)
+ * maps SIGTERM/SIGINT and --grace-seconds onto these.
+ *
  * Backpressure
  *   discovery (a poll every `pollMs`) -> a bounded queue (at most `maxQueue` items admitted and not
  *   finished) -> one item at a time through the model. Ready items beyond the queue's room are not
@@ -547,8 +555,8 @@ class WatchStateStore {
   }
 }
 
-/** An error of the state store: the watch cannot go on without its record. */
-class StateWriteError extends Error {}
+/** The state cannot be stored: the watch cannot go on without its record (ends it with the output exit code). */
+class StateWriteError extends OutputError {}
 
 /** The item in flight was abandoned (abandon signal). */
 class Abandoned extends Error {}
@@ -697,7 +705,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
       try {
         await state.set(key, item);
       } catch (err) {
-        throw new StateWriteError(`${opts.out}: the watch state cannot be written: ${(err as Error).message}`, { cause: err });
+        throw new StateWriteError(opts.out, `the watch state cannot be written: ${(err as Error).message}`, { cause: err });
       }
     };
 
