@@ -10,7 +10,12 @@ import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
 import { trainModel, TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
 import { METHOD_NAMES } from '../models/io.js';
-import { denoiseFiles, type OutputType } from '../pipeline/denoise.js';
+import { denoiseFiles, outputPathFor, type OutputType } from '../pipeline/denoise.js';
+import { resolveShard, shardBlockRange } from '../pipeline/shard.js';
+import { describePlan, PLAN_HELP, runPlan } from './plan.js';
+import { runWatch, WATCH_HELP } from './watch.js';
+import { CALIBRATE_HELP, runCalibrate } from './calibrate.js';
+import { planDenoise } from '../pipeline/plan.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
@@ -18,7 +23,7 @@ import { type Reporter } from './progress.js';
 import { runNoise } from './noise.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
-import { choice, commonOptions, interruptController, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
+import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
 
 const HELP: Record<string, string> = {
   main: `blindspot ${VERSION}: self-supervised (Noise2Void) denoising for microscopy and astronomy images
@@ -28,8 +33,11 @@ Usage: blindspot <command> [options]
 Commands:
   train <inputs...> --out <model-dir>      learn a denoiser from noisy images alone
   denoise <model-dir> <inputs...> --out <dir>  denoise images with a trained model
+  plan <input> --model <model-dir>         blocks, bytes and measured cost of a streaming denoise; shards for a target time
+  watch <dir|s3://prefix> --model <m> --out <dest>   denoise each new acquisition as it lands
   eval --clean <dir> --denoised <dir>      PSNR and SSIM against clean images
   noise <inputs...>                        noise level (variance vs intensity) per image; --calibrate a noise model
+  calibrate <image> --denoiser median|gaussian|nlm   a classical denoiser's parameter by the J-invariant loss
   demo                                     the whole job on a built-in synthetic 3D sample
 
 Run 'blindspot <command> --help' for its options and examples.
@@ -128,13 +136,28 @@ and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
   --resume                  continue an interrupted run (finished chunks are verified, then skipped)
   --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
   --ngff-version 0.5|0.4    OME-Zarr version of the output (default 0.5, Zarr v3)
+  --output-chunks YxX|ZxYxX output chunk (= tile core) shape, multiples of the network's pooling size
+                            (default: the largest that --max-memory allows)
   --channel N --time N      channel and time point of a multi-channel / time-lapse OME-Zarr input
+
+Archive scale (see 'blindspot plan' for block counts, measured costs and a shard count):
+  --shard i/N               compute shard i (0-based) of N: a contiguous, balanced run of output blocks.
+                            Shards may start at the same moment; they never write the same block, any of
+                            them may create the output, the last to finish builds the pyramid. A shard
+                            rerun after a kill continues its part (no --resume needed).
+  --shard-count N           N shards, index from JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or
+                            AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job)
+  --grace-seconds S         after SIGTERM/SIGINT, finish the blocks in flight for at most S seconds, then
+                            exit 130 (default 25; Kubernetes waits 30 s before it kills)
+  --dry-run                 print the plan (blocks, bytes, memory, this shard's blocks) and write nothing
+With image files (no Zarr/S3), --shard splits the sorted file list the same way.
 
 Examples:
   blindspot denoise models/conv data/noisy/*.tif --out data/denoised
   blindspot denoise models/stack3d data/volume.ome.zarr --out data/volume-denoised.zarr --max-memory 4GiB
   blindspot denoise models/stack3d s3://lab/raw/vol.zarr --out s3://lab/denoised/vol.zarr --resume
-  blindspot denoise models/conv big.png --out out --dtype input --tile 512x512 --tta`,
+  blindspot denoise models/conv big.png --out out --dtype input --tile 512x512 --tta
+  blindspot denoise models/vol s3://lab/raw/vol.zarr --out s3://lab/denoised/vol.zarr --shard-count 16 --json`,
   eval: `Usage: blindspot eval --clean <dir|files> --denoised <dir|files> [--range R] [--json]
 
 Matches images by file name (without extension) and prints PSNR (dB) and SSIM per image and their mean.
@@ -142,6 +165,9 @@ The data range R defaults to the clean image's integer type range (255 for 8-bit
 
 Example:
   blindspot eval --clean data/clean --denoised data/denoised --json`,
+  plan: PLAN_HELP,
+  watch: WATCH_HELP,
+  calibrate: CALIBRATE_HELP,
   demo: `Usage: blindspot demo [--out <dir>] [--steps N] [--backend B] [--threads N] [--json]
 
 Makes a synthetic microscopy-like 3D volume (blobs and filaments) with Poisson-Gaussian noise, trains a
@@ -168,10 +194,16 @@ async function main(argv: string[]): Promise<number> {
       return runEval(rest);
     case 'demo':
       return runDemoCommand(rest);
+    case 'plan':
+      return runPlan(rest);
+    case 'watch':
+      return runWatch(rest);
+    case 'calibrate':
+      return runCalibrate(rest);
     case 'noise':
       return runNoise(rest);
     default:
-      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, eval, noise, demo (blindspot --help)`);
+      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, plan, watch, eval, noise, calibrate, demo (blindspot --help)`);
   }
 }
 
@@ -329,10 +361,18 @@ async function runDenoise(args: string[]): Promise<number> {
       time: { type: 'string' },
       uncertainty: { type: 'boolean', default: false },
       'prior-mean': { type: 'boolean', default: false },
+      shard: { type: 'string' },
+      'shard-count': { type: 'string' },
+      'grace-seconds': { type: 'string' },
+      'dry-run': { type: 'boolean', default: false },
+      'output-chunks': { type: 'string' },
     },
     true,
   );
   if (values.help) return printHelp('denoise');
+  const shard = resolveShard({ shard: values.shard, shardCount: values['shard-count'] });
+  const graceSeconds = numberOption('grace-seconds', values['grace-seconds']) ?? DEFAULT_GRACE_SECONDS;
+  if (!(graceSeconds > 0)) throw new UsageError(`--grace-seconds must be positive, got '${values['grace-seconds']}'`);
   if (values.uncertainty && values['prior-mean']) throw new UsageError('--uncertainty and --prior-mean do not go together: the uncertainty belongs to the posterior mean');
   const [modelDir, ...inputArgs] = positionals;
   if (!modelDir || inputArgs.length === 0) throw new UsageError('denoise needs <model-dir> and input images (blindspot denoise --help)');
@@ -346,9 +386,27 @@ async function runDenoise(args: string[]): Promise<number> {
     if (values.tile !== undefined) throw new UsageError('--tile does not apply to a streaming denoise: the output chunks are the tiles, sized by --max-memory');
     if (values.overwrite) throw new UsageError('--overwrite does not apply to a streaming denoise: delete the output, or pass --resume to continue it');
     const ngffVersion = choice('ngff-version', values['ngff-version'], ['0.4', '0.5'] as const);
-    const { reporter } = await setUp(values);
-    const interrupt = interruptController(reporter);
-    const recorded = ['blindspot', 'denoise', ...args.filter((a) => a !== '--resume')];
+    const { reporter, backend } = await setUp(values);
+    const common = {
+      input: inputArgs[0],
+      modelDir,
+      maxMemoryBytes: parseByteSize(values['max-memory'] ?? '2GiB'),
+      s3: values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined,
+      channel: intOption('channel', values.channel),
+      time: intOption('time', values.time),
+      tta: values.tta,
+      outputType,
+      shard,
+      outputChunks: shapeOption('output-chunks', values['output-chunks']),
+    };
+    if (values['dry-run']) {
+      const { plan } = await planDenoise({ ...common, output: values['prior-mean'] ? 'prior-mean' : 'denoised', measure: false, backend: backend.name });
+      reporter.event('plan', { ...plan, out: values.out, resume: values.resume, dryRun: true });
+      if (!reporter.json) reporter.log(describePlan(plan) + `\n  would write ${values.out}${values.uncertainty ? ' and its .std.zarr' : ''}; nothing written (--dry-run)`);
+      return ExitCode.ok;
+    }
+    const interrupt = interruptController(reporter, graceSeconds);
+    const recorded = ['blindspot', 'denoise', ...withoutRunOptions(args)];
     const uncertaintyOut = values.out.replace(/\.zarr\/?$/i, '').replace(/\/+$/, '') + '.std.zarr';
     try {
       const runs: Array<{ out: string; output: DenoiseOutput }> = [{ out: values.out, output: values['prior-mean'] ? 'prior-mean' : 'denoised' }];
@@ -357,18 +415,11 @@ async function runDenoise(args: string[]): Promise<number> {
       let result: Awaited<ReturnType<typeof denoiseUrl>> | undefined;
       for (const run of runs) {
       result = await denoiseUrl({
-        input: inputArgs[0],
+        ...common,
         out: run.out,
         output: run.output,
-        modelDir,
-        maxMemoryBytes: parseByteSize(values['max-memory'] ?? '2GiB'),
-        s3: values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined,
         ngffVersion,
-        channel: intOption('channel', values.channel),
-        time: intOption('time', values.time),
         resume: values.resume,
-        tta: values.tta,
-        outputType,
         command: recorded,
         signal: interrupt.signal,
         onEvent: (e) => {
@@ -381,21 +432,38 @@ async function runDenoise(args: string[]): Promise<number> {
       if (!result) throw new Error('no run');
       reporter.finish();
       if (result.interrupted) {
-        reporter.log(`interrupted after ${result.chunksSkipped + result.chunksWritten} of ${result.chunksTotal} chunks; run again with --resume to finish`);
+        reporter.log(`interrupted after ${result.chunksSkipped + result.chunksWritten} of ${result.chunksTotal} chunks; run again ${shard ? 'the same command' : 'with --resume'} to finish`);
         return ExitCode.interrupted;
       }
-      reporter.event('done', { outputs: runs.map((r) => r.out) });
-      if (!reporter.json) reporter.log(`${result.chunksWritten} chunk(s) denoised (${result.chunksSkipped} already done) into ${runs.map((r) => r.out).join(' and ')}`);
+      reporter.event('done', { outputs: runs.map((r) => r.out), chunksWritten: result.chunksWritten, chunksSkipped: result.chunksSkipped, allComplete: result.allComplete, ...(shard ? { shard } : {}) });
+      if (!reporter.json) {
+        const waiting = shard && !result.allComplete ? '; other shards still running (the last to finish builds the pyramid)' : '';
+        reporter.log(`${result.chunksWritten} chunk(s) denoised (${result.chunksSkipped} already done) into ${runs.map((r) => r.out).join(' and ')}${waiting}`);
+      }
       return ExitCode.ok;
     } finally {
       interrupt.dispose();
     }
   }
-  for (const option of ['max-memory', 's3-endpoint', 'ngff-version', 'channel', 'time'] as const) {
+  for (const option of ['max-memory', 's3-endpoint', 'ngff-version', 'channel', 'time', 'output-chunks'] as const) {
     if (values[option] !== undefined) throw new UsageError(`--${option} applies only to a streaming denoise (a .zarr or s3:// input or --out)`);
   }
   if (values.resume) throw new UsageError('--resume applies only to a streaming denoise (a .zarr or s3:// --out)');
-  const inputs = await expandInputs(inputArgs);
+  // Image files: a shard takes a contiguous run of the sorted inputs.
+  const allInputs = (await expandInputs(inputArgs)).sort();
+  const range = shard ? shardBlockRange(allInputs.length, shard) : { start: 0, end: allInputs.length };
+  const inputs = allInputs.slice(range.start, range.end);
+  if (values['dry-run']) {
+    const type = outputType ?? 'float32';
+    const listed = inputs.map((input) => ({ input, output: outputPathFor(input, values.out as string, type) }));
+    if (values.json) process.stdout.write(JSON.stringify({ type: 'plan', dryRun: true, images: listed, ...(shard ? { shard } : {}) }) + '\n');
+    else process.stdout.write(listed.map((l) => `${l.input} -> ${l.output}`).join('\n') + `\n${listed.length} image(s) would be denoised; nothing written (--dry-run)\n`);
+    return ExitCode.ok;
+  }
+  if (inputs.length === 0) {
+    process.stderr.write(`blindspot: shard ${shard?.index}/${shard?.count} has no images (${allInputs.length} input(s)); nothing to do\n`);
+    return ExitCode.ok;
+  }
   const { reporter } = await setUp(values);
   const outputs = await denoiseFiles({
     modelDir,

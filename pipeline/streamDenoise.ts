@@ -44,7 +44,8 @@ import { type TilePlan, type TileSpec, planTileGrid, tileSpecAt } from '../opera
 import { type WrittenChunk, sha256Hex, writeChunks } from '../operators/writeChunks.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
-import { type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
+import { type ArrayInfo, type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
+import type * as tfl from '@tensorflow/tfjs-layers';
 import { estimateBytesPerVoxel } from './predict.js';
 import { VERSION } from '../core/version.js';
 import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN, type ModelManifest, loadModelFolder } from '../models/io.js';
@@ -53,6 +54,7 @@ import { createOmeZarr, openOmeZarrWriter, type OmeZarrWriter } from '../storage
 import { openByteStore, openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';
 import { networkGeometry } from '../models/network.js';
+import { type ShardSpec, shardBlockRange, shardJournalPrefix } from './shard.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
 export const RUNTIME_BYTES = 192 * 2 ** 20;
@@ -315,6 +317,24 @@ export class RunJournal {
   }
 }
 
+/** The run records of a sharded run's shards (under `prefix`/shards/i-of-N/run.json). */
+async function readShardRuns(store: ByteStore, prefix: string): Promise<Array<ShardSpec & { fingerprint: string; complete: boolean }>> {
+  const runs: Array<ShardSpec & { fingerprint: string; complete: boolean }> = [];
+  for await (const key of store.list(`${prefix}/shards/`)) {
+    const match = /\/shards\/(\d+)-of-(\d+)\/run\.json$/.exec(key);
+    if (!match) continue;
+    const bytes = await store.get(key);
+    if (!bytes) continue;
+    try {
+      const run = JSON.parse(Buffer.from(bytes).toString('utf8')) as { fingerprint: string; complete: boolean };
+      runs.push({ index: Number(match[1]), count: Number(match[2]), fingerprint: run.fingerprint, complete: run.complete === true });
+    } catch {
+      // A torn record counts as not complete.
+    }
+  }
+  return runs;
+}
+
 function s3Parts(url: string): { bucket: string; key: string } | null {
   const match = /^s3:\/\/([^/]+)\/?(.*)$/i.exec(url);
   if (!match) return null;
@@ -351,9 +371,18 @@ export function runFingerprint(parts: Record<string, unknown>): string {
 }
 
 export type StreamDenoiseEvent =
-  | { type: 'stream-start'; shape: readonly number[]; chunks: readonly number[]; chunksTotal: number; chunksDone: number; memory: StreamMemoryPlan }
+  | {
+      type: 'stream-start';
+      shape: readonly number[];
+      chunks: readonly number[];
+      /** Blocks of this run (of this shard when sharded). */
+      chunksTotal: number;
+      chunksDone: number;
+      memory: StreamMemoryPlan;
+      shard?: ShardSpec & { blocks: { start: number; end: number }; blocksAll: number };
+    }
   | { type: 'stream-verified'; journaled: number; verified: number }
-  | { type: 'chunk'; index: readonly number[]; done: number; total: number }
+  | { type: 'chunk'; index: readonly number[]; done: number; total: number; seconds: number; megavoxelsPerSecond: number; etaSeconds: number | null }
   | { type: 'stream-done'; seconds: number; chunksWritten: number; megavoxelsPerSecond: number; cache: ChunkCacheStats };
 
 export interface DenoiseChunkedOptions extends StreamGeometry {
@@ -376,6 +405,17 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
   journal?: { store: ByteStore; prefix?: string; fingerprint: string };
   /** Continue an interrupted run: verify journaled chunks, compute only the others. */
   resume?: boolean;
+  /**
+   * Compute only this shard's blocks (pipeline/shard.ts), with its own run record and journal. A
+   * shard always resumes: rerunning a killed shard (what Kubernetes and AWS Batch do) continues it.
+   */
+  shard?: ShardSpec;
+  /**
+   * The output chunk a key of the journal store holds (null for other keys). With it a shard
+   * cleans up its own interrupted writes; without it a shard leaves them (harmless, never read),
+   * since other shards may be writing at that moment.
+   */
+  outputChunkOfKey?: (key: string) => number[] | null;
   signal?: AbortSignal;
   onEvent?: (event: StreamDenoiseEvent) => void;
   readConcurrency?: number;
@@ -383,11 +423,17 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
 }
 
 export interface DenoiseChunkedResult {
+  /** Blocks of this run (of this shard when sharded). */
   chunksTotal: number;
   /** Chunks found complete and verified before this run. */
   chunksSkipped: number;
   chunksWritten: number;
   interrupted: boolean;
+  /**
+   * Every block of the output is stored: this run (or shard) is complete, and so are all other
+   * shards of a sharded run. Whoever sees this builds what needs the whole level 0 (the pyramid).
+   */
+  allComplete: boolean;
   memory: StreamMemoryPlan;
   cache: ChunkCacheStats;
 }
@@ -422,11 +468,15 @@ function garbageCollector(): (() => void) | null {
   }
 }
 
-/** Chunk indices of a grid in raster (C) order. */
-function* gridIndices(grid: readonly number[]): Generator<number[]> {
+/** Chunk indices of a grid in raster (C) order, ordinals [start, end). */
+function* gridIndices(grid: readonly number[], start = 0, end = voxelCount(grid)): Generator<number[]> {
   const index = grid.map(() => 0);
-  const total = voxelCount(grid);
-  for (let i = 0; i < total; i++) {
+  let rest = start;
+  for (let axis = grid.length - 1; axis >= 0; axis--) {
+    index[axis] = rest % grid[axis];
+    rest = Math.floor(rest / grid[axis]);
+  }
+  for (let i = start; i < end; i++) {
     yield [...index];
     for (let axis = index.length - 1; axis >= 0; axis--) {
       if (++index[axis] < grid[axis]) break;
@@ -478,26 +528,55 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   if (plan.grid.join() !== grid.join()) {
     throw new Error(`denoiseChunked: tile grid [${plan.grid.join(', ')}] does not match the output chunk grid [${grid.join(', ')}]`);
   }
-  const chunksTotal = plan.tileCount;
+  const blocksAll = plan.tileCount;
+  const blocks = opts.shard ? shardBlockRange(blocksAll, opts.shard) : { start: 0, end: blocksAll };
+  const chunksTotal = blocks.end - blocks.start;
+  const resume = opts.resume === true || opts.shard !== undefined;
 
   // What is already done: journaled under this fingerprint and still holding the journaled bytes.
-  const done = new Uint8Array(chunksTotal);
-  const journal = opts.journal ? new RunJournal(opts.journal.store, opts.journal.prefix ?? JOURNAL_PREFIX, opts.journal.fingerprint) : null;
+  const done = new Uint8Array(blocksAll);
+  const runPrefix = opts.journal?.prefix ?? JOURNAL_PREFIX;
+  const journal = opts.journal ? new RunJournal(opts.journal.store, opts.shard ? shardJournalPrefix(runPrefix, opts.shard) : runPrefix, opts.journal.fingerprint) : null;
+  const wholeRun = opts.journal && opts.shard ? new RunJournal(opts.journal.store, runPrefix, opts.journal.fingerprint) : null;
   let chunksSkipped = 0;
-  if (journal) {
-    const run = await journal.readRun();
+  const ownBlock = (index: readonly number[] | null): boolean => {
+    if (!index || index.length !== dims || index.some((k, axis) => !(k >= 0 && k < grid[axis]))) return false;
+    const ordinal = rasterOrdinal(index, grid);
+    return ordinal >= blocks.start && ordinal < blocks.end;
+  };
+  // A shard owns its journal and its blocks' writes; everything else may be another shard's, in flight.
+  const owned = opts.shard && journal
+    ? (key: string): boolean => key.startsWith(journal.prefix + '/') || (opts.outputChunkOfKey !== undefined && ownBlock(opts.outputChunkOfKey(key)))
+    : undefined;
+  if (journal && opts.journal) {
+    const whole = await wholeRun?.readRun();
+    const run = whole ?? (await journal.readRun());
     if (run && run.fingerprint !== journal.fingerprint) {
       throw new OutputError(output.info.url, 'was written by a different model or different options; choose another output or delete it');
     }
-    if (run && !opts.resume) throw new OutputError(output.info.url, 'holds a denoise run already; pass --resume to continue it, or choose another output');
+    if (run && !resume) throw new OutputError(output.info.url, 'holds a denoise run already; pass --resume to continue it, or choose another output');
+    if (opts.shard && run && run === whole && !run.complete) {
+      throw new OutputError(output.info.url, 'holds a run started without --shard; continue it with --resume and no --shard');
+    }
+    if (!opts.shard) {
+      const shardRuns = await readShardRuns(opts.journal.store, runPrefix);
+      if (shardRuns.length > 0 && !run?.complete) {
+        throw new OutputError(output.info.url, `is being written by ${shardRuns[0].count} shards; run them (--shard i/${shardRuns[0].count}) to finish it, or choose another output`);
+      }
+    } else if (!run) {
+      const others = (await readShardRuns(opts.journal.store, runPrefix)).filter((r) => r.count !== opts.shard?.count);
+      if (others.length > 0) {
+        throw new OutputError(output.info.url, `is being written by ${others[0].count} shards, not ${opts.shard.count}; use --shard i/${others[0].count}`);
+      }
+    }
     if (run?.complete) {
       // Written only after every chunk was stored and journaled; the journal itself is gone then.
       done.fill(1);
       chunksSkipped = chunksTotal;
-      await journal.store.cleanUpInterruptedWrites();
+      await journal.store.cleanUpInterruptedWrites(owned);
       await journal.removeSegments();
-    } else if (opts.resume) {
-      await journal.store.cleanUpInterruptedWrites();
+    } else if (resume) {
+      await journal.store.cleanUpInterruptedWrites(owned);
       const entries = await journal.readEntries();
       const verify = [...entries];
       let next = 0;
@@ -506,9 +585,10 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
           const [key, sha] = verify[next++];
           const index = key.split('.').map(Number);
           if (index.length !== dims || index.some((k, axis) => !(k >= 0 && k < grid[axis]))) continue;
+          const ordinal = rasterOrdinal(index, grid);
+          if (ordinal < blocks.start || ordinal >= blocks.end) continue;
           const stored = await output.readStoredChunk(index);
           if (stored && sha256Hex(stored) === sha) {
-            const ordinal = rasterOrdinal(index, grid);
             if (!done[ordinal]) chunksSkipped++;
             done[ordinal] = 1;
           }
@@ -519,14 +599,22 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
     }
     if (!run?.complete) await journal.writeRun(false);
   }
-  opts.onEvent?.({ type: 'stream-start', shape, chunks: output.info.chunks, chunksTotal, chunksDone: chunksSkipped, memory });
+  opts.onEvent?.({
+    type: 'stream-start',
+    shape,
+    chunks: output.info.chunks,
+    chunksTotal,
+    chunksDone: chunksSkipped,
+    memory,
+    ...(opts.shard ? { shard: { ...opts.shard, blocks, blocksAll } } : {}),
+  });
 
   const cache = new ChunkCache(memory.cacheBytes);
   const credits = new Subject<void>();
   let interrupted = false;
   // Tile specs of the chunks not done, in raster order, one per credit.
   const specs = new Observable<TileSpec>((subscriber) => {
-    const indices = gridIndices(grid);
+    const indices = gridIndices(grid, blocks.start, blocks.end);
     let available = memory.tickets;
     let pulling = false;
     const pull = (): void => {
@@ -561,6 +649,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   });
 
   const t0 = performance.now();
+  const voxelsPerChunk = voxelCount(output.info.chunks);
   let chunksWritten = 0;
   // Tile buffers allocated since the last collection; slack: two tickets' buffers (a full collection of the small JS heap takes milliseconds).
   const collect = garbageCollector();
@@ -589,23 +678,42 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
           collect();
           garbageBytes = 0;
         }
-        opts.onEvent?.({ type: 'chunk', index: chunk.index, done: chunksSkipped + chunksWritten, total: chunksTotal });
+        const seconds = (performance.now() - t0) / 1000;
+        const remaining = chunksTotal - chunksSkipped - chunksWritten;
+        opts.onEvent?.({
+          type: 'chunk',
+          index: chunk.index,
+          done: chunksSkipped + chunksWritten,
+          total: chunksTotal,
+          seconds,
+          megavoxelsPerSecond: (chunksWritten * voxelsPerChunk) / 1e6 / seconds,
+          etaSeconds: remaining === 0 ? 0 : chunksWritten >= 2 ? (remaining * seconds) / chunksWritten : null,
+        });
         credits.next();
       }),
     ),
     { defaultValue: undefined },
   );
-  if (journal) {
+  const complete = !interrupted && chunksWritten + chunksSkipped === chunksTotal;
+  let allComplete = complete && !opts.shard;
+  if (journal && opts.journal) {
     await journal.flush();
-    if (!interrupted && chunksWritten + chunksSkipped === chunksTotal) {
+    if (complete) {
       await journal.writeRun(true);
       await journal.removeSegments();
+    }
+    if (complete && opts.shard && wholeRun) {
+      // Own record first, then the others': of two shards finishing together at least one sees both complete.
+      const runs = await readShardRuns(opts.journal.store, runPrefix);
+      const finished = new Set(runs.filter((r) => r.count === opts.shard?.count && r.complete && r.fingerprint === journal.fingerprint).map((r) => r.index));
+      allComplete = finished.size === opts.shard.count || (await wholeRun.readRun())?.complete === true;
+      if (allComplete) await wholeRun.writeRun(true);
     }
   }
   const seconds = (performance.now() - t0) / 1000;
   const voxelsWritten = chunksWritten * voxelCount(output.info.chunks);
   opts.onEvent?.({ type: 'stream-done', seconds, chunksWritten, megavoxelsPerSecond: voxelsWritten / 1e6 / seconds, cache: { ...cache.stats } });
-  return { chunksTotal, chunksSkipped, chunksWritten, interrupted, memory, cache: { ...cache.stats } };
+  return { chunksTotal, chunksSkipped, chunksWritten, interrupted, allComplete, memory, cache: { ...cache.stats } };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,8 +740,13 @@ export interface DenoiseUrlOptions {
   outputChunks?: number[];
   /** Pyramid levels below level 0 (default: the writer's choice). */
   pyramidLevels?: number;
-  /** The command line, recorded as provenance (leave --resume out: the metadata must not change between runs). */
+  /**
+   * The command line, recorded as provenance. Leave out what differs between runs of one output
+   * (--resume, --shard): shards must write identical metadata, and a resumed run the same as before.
+   */
   command?: string[];
+  /** Compute only this shard's blocks (pipeline/shard.ts); implies resume. */
+  shard?: ShardSpec;
   signal?: AbortSignal;
   onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | { type: 'pyramid' }) => void;
 }
@@ -655,19 +768,29 @@ function displayWindow(n: Normalisation): { start: number; end: number; min: num
   return { start: low, end: high, min: Math.min(low, 0), max: high };
 }
 
-/**
- * Denoises the array at `input` into a new OME-Zarr at `out` in bounded memory, then builds its
- * pyramid. Refuses an output that is, contains or lies inside the input before anything is written.
- * With `resume`, continues an interrupted run at `out` (same model and options), verifying what is there.
- */
-export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
-  assertOutputIsNotInput(opts.input, opts.out);
+/** Everything a URL-level run needs before it writes: model, input, geometry and the memory plan. */
+export interface PreparedDenoise {
+  manifest: ModelManifest;
+  modelHash: string;
+  model: tfl.LayersModel;
+  tileModel: TileModel;
+  input: ChunkedArrayReader;
+  geometry: StreamGeometry;
+  modelWeightBytes: number;
+  bytesPerVoxel: number;
+  /** The plan for a new output (an existing output's chunks win over its core shape). */
+  memory: StreamMemoryPlan;
+  output: DenoiseOutput;
+  dtype: ArrayInfo['dtype'];
+  close(): Promise<void>;
+}
+
+/** Loads the model and opens the input of `opts`, checks they fit together, and plans memory. */
+export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Promise<PreparedDenoise> {
   const { model, manifest } = await loadModelFolder(opts.modelDir);
-  const modelHash = await modelFolderHash(opts.modelDir);
   let input: ChunkedArrayReader | null = null;
-  let writer: OmeZarrWriter | null = null;
-  let store: ByteStore | null = null;
   try {
+    const modelHash = await modelFolderHash(opts.modelDir);
     opts.onEvent?.({ type: 'model', manifest });
     const output = opts.output ?? 'denoised';
     const tileModel = denoisingTileModel(model, manifest, output);
@@ -680,25 +803,71 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
     const bytesPerVoxel = estimateBytesPerVoxel(model, dims as 2 | 3, geometry.sizeMultiple);
     const dtype = opts.outputType === 'input' && output !== 'uncertainty' ? input.info.dtype : 'float32';
-    if (opts.resume) writer = await openOmeZarrWriter(opts.out, opts.s3);
+    const memory = planStreamMemory({
+      maxMemoryBytes: opts.maxMemoryBytes,
+      shape: input.info.shape,
+      inputChunks: input.info.chunks,
+      ...geometry,
+      bytesPerVoxel,
+      modelWeightBytes,
+      tta: opts.tta,
+      coreShape: opts.outputChunks,
+    });
+    const opened = input;
+    return {
+      manifest,
+      modelHash,
+      model,
+      tileModel,
+      input,
+      geometry: { sizeMultiple: geometry.sizeMultiple, receptiveRadius: geometry.receptiveRadius },
+      modelWeightBytes,
+      bytesPerVoxel,
+      memory,
+      output,
+      dtype,
+      close: async () => {
+        model.dispose();
+        await opened.close?.();
+      },
+    };
+  } catch (err) {
+    model.dispose();
+    await input?.close?.();
+    throw err;
+  }
+}
+
+/** The key of a level-0 chunk of an OME-Zarr written here ('/0/c/i/j' in Zarr v3, '/0/i/j' in v2) -> its index. */
+function levelZeroChunkOfKey(key: string): number[] | null {
+  const match = /^\/0\/(?:c\/)?(\d+(?:\/\d+)*)$/.exec(key);
+  return match ? match[1].split('/').map(Number) : null;
+}
+
+/**
+ * Denoises the array at `input` into a new OME-Zarr at `out` in bounded memory, then builds its
+ * pyramid. Refuses an output that is, contains or lies inside the input before anything is written.
+ * With `resume`, continues an interrupted run at `out` (same model and options), verifying what is there.
+ * With `shard`, computes that shard's blocks only; the shard that finds all shards complete builds the
+ * pyramid (two finishing at the same instant both build it, writing identical bytes).
+ */
+export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
+  assertOutputIsNotInput(opts.input, opts.out);
+  const job = await prepareDenoise(opts);
+  let writer: OmeZarrWriter | null = null;
+  let store: ByteStore | null = null;
+  try {
+    const { input, manifest, output } = job;
+    if (opts.resume || opts.shard) writer = await openOmeZarrWriter(opts.out, opts.s3);
     if (writer && writer.info.shape.join() !== input.info.shape.join()) {
       throw new OutputError(opts.out, `holds an array of shape [${writer.info.shape.join(', ')}], the input is [${input.info.shape.join(', ')}]`);
     }
-    if (!writer) {
-      const memory = planStreamMemory({
-        maxMemoryBytes: opts.maxMemoryBytes,
-        shape: input.info.shape,
-        inputChunks: input.info.chunks,
-        ...geometry,
-        bytesPerVoxel,
-        modelWeightBytes,
-        tta: opts.tta,
-        coreShape: opts.outputChunks,
-      });
+    if (!writer || opts.shard) {
+      // Shards all create the output; creation is idempotent and refuses a different one (other model, options).
       writer = await createOmeZarr(opts.out, {
         shape: [...input.info.shape],
-        chunks: memory.coreShape,
-        dtype,
+        chunks: writer ? [...writer.info.chunks] : job.memory.coreShape,
+        dtype: job.dtype,
         axes: [...input.info.axes],
         placement: input.info.placement,
         ngffVersion: opts.ngffVersion ?? '0.5',
@@ -707,7 +876,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
           version: VERSION,
           command: opts.command ?? [],
           input: opts.input,
-          model: { folder: opts.modelDir, method: manifest.method, network: manifest.network, sha256: modelHash },
+          model: { folder: opts.modelDir, method: manifest.method, network: manifest.network, sha256: job.modelHash },
           output,
           ...(manifest.prior ? { prior: manifest.prior } : {}),
           // Noise-level functions of the training images (input units): var = a * x + b, sigma at the median.
@@ -719,7 +888,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     }
     store = openByteStore(opts.out, opts.s3);
     const fingerprint = runFingerprint({
-      model: modelHash,
+      model: job.modelHash,
       tta: opts.tta === true,
       input: { shape: input.info.shape, dtype: input.info.dtype, channel: opts.channel ?? null, time: opts.time ?? null },
       output: { kind: output, shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
@@ -727,29 +896,29 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     const result = await denoiseChunked({
       input,
       output: writer,
-      model: tileModel,
-      ...geometry,
+      model: job.tileModel,
+      ...job.geometry,
       normalisation: manifest.normalisation,
       outputNormalisation: output === 'uncertainty' ? { ...manifest.normalisation, offset: 0 } : manifest.normalisation,
       maxMemoryBytes: opts.maxMemoryBytes,
-      modelWeightBytes,
-      bytesPerVoxel,
+      modelWeightBytes: job.modelWeightBytes,
+      bytesPerVoxel: job.bytesPerVoxel,
       tta: opts.tta,
       journal: { store, fingerprint },
       resume: opts.resume,
+      shard: opts.shard,
+      outputChunkOfKey: levelZeroChunkOfKey,
       signal: opts.signal,
       onEvent: opts.onEvent,
     });
-    if (!result.interrupted) {
+    if (result.allComplete) {
       opts.onEvent?.({ type: 'pyramid' });
       await writer.buildPyramid(opts.pyramidLevels === undefined ? {} : { levels: opts.pyramidLevels });
     }
     return result;
   } finally {
-    model.dispose();
-    await input?.close?.();
+    await job.close();
     await writer?.close?.();
     await store?.close?.();
   }
 }
-
