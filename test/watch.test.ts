@@ -364,6 +364,36 @@ describe('blindspot watch (processes)', () => {
     expect(rerun.of('item-done').map((e) => e.key).sort()).toEqual(sources.map((s) => path.basename(s)).filter((k) => k !== inFlight).sort());
     for (const src of sources) expect(await mismatch(src, path.join(out, path.basename(src)))).toBeLessThan(1e-5);
   });
+
+  test('SIGTERM with a Zarr item in flight past the grace time: abandoned, exit 130 within the bound, state stored; a rerun finishes it', async () => {
+    const input = path.join(tmp, 'in9');
+    const out = path.join(tmp, 'out9');
+    await fs.mkdir(input);
+    const rng = new Rng(16);
+    const volume = await createZarrArray(new FileSystemStore(path.join(input, 'vol.zarr')), '/', { shape: [192, 192], chunks: [32, 32], dtype: 'float32', zarrVersion: 3, codec: 'none' });
+    for (const index of gridOf([192, 192], [32, 32])) await volume.writeChunk(index, Float32Array.from({ length: 1024 }, () => 100 + 20 * rng.normal()));
+    // A small memory bound makes small output chunks: the item is many chunks, stoppable between them.
+    const common = [input, '--model', modelDir, '--out', out, '--max-memory', '200MiB'];
+    const grace = 1;
+    const watcher = new Watcher([...common, '--grace-seconds', String(grace)]);
+    await watcher.until(() => watcher.events.some((e) => e.type === 'stream' && e.event.type === 'stream-start'));
+    const signalledAt = Date.now();
+    watcher.child.kill('SIGTERM');
+    const exit = await watcher.exited;
+    expect(exit.code).toBe(ExitCode.interrupted);
+    // The bound counts from when the signal is handled, which waits for the tile being computed.
+    expect(exit.at - signalledAt).toBeLessThan(grace * 1000 + 1500);
+    expect(watcher.of('item-done')).toHaveLength(0);
+    expect((await readState(out)).items['vol.zarr'].status).toBe('started');
+    console.log(`watch SIGTERM past grace: exit ${exit.code} after ${((exit.at - signalledAt) / 1000).toFixed(2)} s (grace ${grace} s)`);
+
+    const rerun = new Watcher([...common, '--once']);
+    expect((await rerun.exited).code).toBe(ExitCode.ok);
+    expect(rerun.of('item-done').map((e) => e.key)).toEqual(['vol.zarr']);
+    const reference = path.join(tmp, 'ref-vol9.zarr');
+    await denoiseUrl({ input: path.join(input, 'vol.zarr'), out: reference, modelDir, maxMemoryBytes: parseByteSize('200MiB') });
+    expect(await readAll(path.join(out, 'vol.zarr'))).toEqual(await readAll(reference));
+  });
 });
 
 describe('watch (in process)', () => {
