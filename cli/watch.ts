@@ -4,7 +4,7 @@ import type { OutputType } from '../pipeline/denoise.js';
 import { assertOutputIsNotInput, parseByteSize } from '../pipeline/streamDenoise.js';
 import { startWatch, type WatchEvent } from '../pipeline/watch.js';
 import { formatSeconds, createReporter, type Reporter } from './progress.js';
-import { choice, commonOptions, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
+import { DEFAULT_GRACE_SECONDS, choice, commonOptions, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
 
 export const WATCH_HELP = `Usage: blindspot watch <folder | s3://bucket/prefix> --model <model-dir> --out <folder | s3://bucket/prefix> [options]
 
@@ -41,7 +41,7 @@ Options:
   --dry-run                 list each item and whether it would be processed now; write nothing
   --grace-seconds S         after SIGTERM/SIGINT the item in flight may finish for S-1.5 s, then it is
                             abandoned (left for the next run); the process exits within S s with code
-                            130 and the state stored (default 25; Kubernetes waits 30 by default).
+                            130 and the state stored (default ${DEFAULT_GRACE_SECONDS}; Kubernetes waits 30 by default).
                             A Zarr item stops after the chunk under way; one image's forward pass cannot
                             be cut short (TensorFlow.js does not yield inside it), so with images that
                             take longer than S each, the bound is that time: keep S above it
@@ -52,7 +52,7 @@ Options:
   --channel N               channel of multi-channel OME-Zarr items
   --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
   --backend B --threads N   as for train
-  --json                    JSON lines (default when stderr is not a terminal): watch-start, item-seen,
+  --json                    JSON lines (default when stderr is not a terminal): watch-start, shutdown, item-seen,
                             item-start, item-done {seconds, latencySeconds (arrival to stored output),
                             megapixelsPerSecond, queueLength, queueEtaSeconds}, item-retry, item-failed,
                             item-adopted, item-changed, queue-warning, queue-ok, poll-error, watch-stopped
@@ -129,7 +129,7 @@ export async function runWatch(args: string[]): Promise<number> {
   if (!values.out) throw new UsageError('watch needs --out <folder or s3:// prefix>');
   const maxQueue = intOption('max-queue', values['max-queue']);
   if (maxQueue === 0) throw new UsageError('--max-queue must be at least 1');
-  const graceSeconds = numberOption('grace-seconds', values['grace-seconds']) ?? 25;
+  const graceSeconds = numberOption('grace-seconds', values['grace-seconds']) ?? DEFAULT_GRACE_SECONDS;
   if (graceSeconds <= 0) throw new UsageError('--grace-seconds must be positive');
   const outputType = choice('dtype', values.dtype, ['float32', 'input'] as const) as OutputType | undefined;
   const settleMs = intOption('settle-ms', values['settle-ms']);
@@ -183,6 +183,7 @@ export async function runWatch(args: string[]): Promise<number> {
       return;
     }
     reporter.log(`${sig}: taking nothing new; the item in flight may finish within ${graceSeconds} s (again to quit now)`);
+    reporter.event('shutdown', { signal: sig, graceSeconds });
     stop.abort();
     const graceMs = graceSeconds * 1000;
     const abandonAt = Math.max(graceMs / 2, graceMs - 1500);
