@@ -14,7 +14,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
-import { buildNetwork, defaultNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
+import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
 import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
 import { defaultMaskOptions, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
@@ -221,7 +221,20 @@ export type TrainEvent =
       valuesSeen: number;
       rankErrorBound: number;
     }
-  | { type: 'start'; steps: number; firstStep: number; dims: 2 | 3; patchShape: number[]; batchSize: number; trainVolumes: number; valVolumes: number; resumed: boolean }
+  | {
+      type: 'start';
+      steps: number;
+      firstStep: number;
+      dims: 2 | 3;
+      /** The training method and a one-line description of its network (models/network.ts describeNetwork). */
+      method: MethodName;
+      network: string;
+      patchShape: number[];
+      batchSize: number;
+      trainVolumes: number;
+      valVolumes: number;
+      resumed: boolean;
+    }
   | { type: 'step'; step: number; steps: number; loss: number; learningRate: number; stepsPerSecond: number; lastValLoss: number | null }
   | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
   | { type: 'checkpoint'; step: number }
@@ -424,6 +437,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     steps,
     firstStep: state.stepsDone,
     dims,
+    method,
+    network: describeNetwork(network),
     patchShape,
     batchSize,
     trainVolumes: data.trainNames.length,

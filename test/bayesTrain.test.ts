@@ -42,7 +42,7 @@ describe('Gaussian-prior training and posterior-mean denoising', () => {
       prior: { kind: 'gaussian', sigma },
     });
     expect(manifest.loss).toBe('prior-nll');
-    expect(manifest.prior).toEqual({ noise: { kind: 'gaussian', sigma } });
+    expect(manifest.prior).toEqual({ noise: { kind: 'gaussian', sigma }, source: 'given' });
     expect(manifest.network.outputChannels).toBe(2);
     // The training image's noise-level function was fitted in a worker while training ran.
     expect(manifest.noise).toHaveLength(1);
