@@ -4,7 +4,7 @@
  * its own beyond mapping errors to exit codes.
  */
 import path from 'node:path';
-import { BlindspotError, ExitCode, UsageError } from '../core/errors.js';
+import { ExitCode, exitWithOutcome, UsageError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
@@ -524,17 +524,4 @@ function printHelp(command: string): number {
   return ExitCode.ok;
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    if (err instanceof BlindspotError) {
-      process.stderr.write(`blindspot: ${err.message}\n`);
-      process.exitCode = err.exitCode;
-    } else {
-      process.stderr.write(`blindspot: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
-      process.exitCode = ExitCode.failure;
-    }
-  },
-);
+exitWithOutcome(main(process.argv.slice(2)), 'blindspot');

@@ -55,3 +55,24 @@ export class OutputError extends BlindspotError {
     this.problem = problem;
   }
 }
+
+/**
+ * Ends a command-line program: the exit code `run` resolves to, or the one its error maps to (a
+ * BlindspotError prints its one-line message; anything else is unexpected and prints its stack).
+ */
+export function exitWithOutcome(run: Promise<number>, program: string): void {
+  run.then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      if (err instanceof BlindspotError) {
+        process.stderr.write(`${program}: ${err.message}\n`);
+        process.exitCode = err.exitCode;
+      } else {
+        process.stderr.write(`${program}: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+        process.exitCode = ExitCode.failure;
+      }
+    },
+  );
+}

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { BlindspotError, ExitCode, InputError, OutputError, UsageError } from '../core/errors.js';
+import { BlindspotError, ExitCode, exitWithOutcome, InputError, OutputError, UsageError } from '../core/errors.js';
 import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN } from '../models/io.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { FileSystemStore } from '../storage/fsStore.js';
@@ -191,18 +191,5 @@ async function main(argv: string[]): Promise<number> {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
-  main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (err: unknown) => {
-      if (err instanceof BlindspotError) {
-        process.stderr.write(`fetchModel: ${err.message}\n`);
-        process.exitCode = err.exitCode;
-      } else {
-        process.stderr.write(`fetchModel: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
-        process.exitCode = ExitCode.failure;
-      }
-    },
-  );
+  exitWithOutcome(main(process.argv.slice(2)), 'fetchModel');
 }

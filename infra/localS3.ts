@@ -140,7 +140,11 @@ async function waitForHealth(url: string, timeoutMs: number, processes: ChildPro
 }
 
 /** Starts memcached, the account/container/object servers and the S3 proxy; resolves once healthy. */
-export async function startLocalS3(opts: { timeoutMs?: number } = {}): Promise<LocalS3> {
+/**
+ * Starts Swift with s3api on loopback. `buckets` are created; `exportCredentials` puts the access key,
+ * secret and region in process.env, where the AWS SDK's default chain (and child processes) find them.
+ */
+export async function startLocalS3(opts: { timeoutMs?: number; buckets?: string[]; exportCredentials?: boolean } = {}): Promise<LocalS3> {
   if (!swiftAvailable()) throw new Error(SWIFT_MISSING_MESSAGE);
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-swift-'));
   const processes: ChildProcess[] = [];
@@ -191,6 +195,8 @@ export async function startLocalS3(opts: { timeoutMs?: number } = {}): Promise<L
     start('swift-proxy-server', [path.join(dir, 'etc', 'proxy-server.conf')]);
     const endpoint = `http://127.0.0.1:${proxyPort}`;
     await waitForHealth(`${endpoint}/healthcheck`, opts.timeoutMs ?? 30_000, processes, log);
+    for (const bucket of opts.buckets ?? []) await createBucket(endpoint, bucket);
+    if (opts.exportCredentials) Object.assign(process.env, { AWS_ACCESS_KEY_ID: ACCESS_KEY, AWS_SECRET_ACCESS_KEY: SECRET_KEY, AWS_REGION: 'us-east-1' });
     return {
       endpoint,
       region: 'us-east-1',

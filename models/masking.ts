@@ -5,6 +5,7 @@
 import type { Rng } from '../core/rng.js';
 import type { Shape } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
+import { medianInPlace } from '../core/select.js';
 
 /**
  * How a masked pixel's value is replaced, all from its (2 radius + 1)-wide window clipped to the patch:
@@ -113,7 +114,7 @@ export function maskPatch(patch: Float32Array, shape: Shape, opts: MaskOptions, 
                 const index = (wz * ny + wy) * nx + wx;
                 if (index !== centre) window[n++] = patch[index];
               }
-          replacement = n === 0 ? patch[centre] : median(window, n);
+          replacement = n === 0 ? patch[centre] : medianInPlace(window, n);
         } else {
           const withCentre = opts.strategy === 'uniform-with-centre';
           const choices = withCentre ? windowSize : windowSize - 1;
@@ -139,46 +140,3 @@ export function maskPatch(patch: Float32Array, shape: Shape, opts: MaskOptions, 
   return { input, mask, count };
 }
 
-/**
- * Median of values[0..n) (mean of the two middle values for even n, as numpy); reorders values.
- * Quickselect rather than a sort: this runs for every masked pixel (about 2000 per 32x64x64 patch).
- */
-function median(values: Float64Array, n: number): number {
-  const upper = n >> 1;
-  const upperValue = selectInPlace(values, n, upper);
-  if (n % 2 === 1) return upperValue;
-  // After selection everything before `upper` is <= values[upper]: the lower middle is their maximum.
-  let lowerValue = values[0];
-  for (let i = 1; i < upper; i++) if (values[i] > lowerValue) lowerValue = values[i];
-  return 0.5 * (lowerValue + upperValue);
-}
-
-/** Hoare quickselect: puts the k-th smallest of a[0..n) at a[k], smaller-or-equal ones before it. */
-function selectInPlace(a: Float64Array, n: number, k: number): number {
-  let lo = 0;
-  let hi = n - 1;
-  while (hi > lo) {
-    const pivot = medianOfThree(a[lo], a[(lo + hi) >> 1], a[hi]);
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (a[i] < pivot) i++;
-      while (a[j] > pivot) j--;
-      if (i <= j) {
-        const t = a[i];
-        a[i] = a[j];
-        a[j] = t;
-        i++;
-        j--;
-      }
-    }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else break;
-  }
-  return a[k];
-}
-
-function medianOfThree(a: number, b: number, c: number): number {
-  return a < b ? (b < c ? b : a < c ? c : a) : a < c ? a : b < c ? c : b;
-}

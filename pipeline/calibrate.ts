@@ -27,6 +27,7 @@
 import { InputError } from '../core/errors.js';
 import type { Shape, Volume } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
+import { medianInPlace } from '../core/select.js';
 import { donutMeanAt, gridMaskPatch, gridPhaseCount } from '../models/gridMask.js';
 
 export const CLASSICAL_DENOISERS = ['median', 'gaussian', 'nlm'] as const;
@@ -268,46 +269,11 @@ function medianAt(input: Float32Array, shape: Shape, indices: Int32Array, radius
         for (let xx = x0; xx <= x1; xx++) window[count++] = input[row + xx];
       }
     }
-    out[n] = medianOf(window, count);
+    out[n] = medianInPlace(window, count);
   }
   return out;
 }
 
-/** Median of values[0, count) (reorders them); for an even count, the mean of the two middle values. */
-function medianOf(values: Float32Array, count: number): number {
-  const half = count >> 1;
-  const upper = selectKth(values, count, half);
-  if (count % 2 === 1) return upper;
-  let lower = -Infinity;
-  for (let i = 0; i < half; i++) if (values[i] > lower) lower = values[i];
-  return (lower + upper) / 2;
-}
-
-/** Quickselect (Hoare partition): the k-th smallest of values[0, count), with values[0, k) <= it after. */
-function selectKth(values: Float32Array, count: number, k: number): number {
-  let lo = 0;
-  let hi = count - 1;
-  while (lo < hi) {
-    const pivot = values[(lo + hi) >> 1];
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (values[i] < pivot) i++;
-      while (values[j] > pivot) j--;
-      if (i <= j) {
-        const t = values[i];
-        values[i] = values[j];
-        values[j] = t;
-        i++;
-        j--;
-      }
-    }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else break;
-  }
-  return values[k];
-}
 
 /** Separable Gaussian over every axis (Z too in 3D), truncated at 3 sigma, renormalised at the border. */
 export function gaussianFilter(input: Float32Array, shape: Shape, sigma: number): Float32Array {

@@ -741,10 +741,7 @@ describe('fetchModelFolder', () => {
   describe.skipIf(skipS3)('from S3 (local Swift)', () => {
     let s3: LocalS3;
     beforeAll(async () => {
-      s3 = await startLocalS3();
-      await s3.createBucket('blindspot-models');
-      process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-      process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+      s3 = await startLocalS3({ buckets: ['blindspot-models'], exportCredentials: true });
     }, 120_000);
     afterAll(async () => {
       await s3?.stop();

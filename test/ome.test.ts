@@ -355,19 +355,7 @@ if (swiftSkip) console.log(`ome.test S3 part: skipped: ${SWIFT_MISSING_MESSAGE}`
 describe.skipIf(swiftSkip)('OME-Zarr on S3 (local Swift)', () => {
   let s3: LocalS3;
   beforeAll(async () => {
-    s3 = await startLocalS3();
-    // A just-started Swift may answer 503 for a moment.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await s3.createBucket('blindspot-ome');
-        break;
-      } catch (err) {
-        if (attempt >= 5) throw err;
-        await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
-      }
-    }
-    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+    s3 = await startLocalS3({ buckets: ['blindspot-ome'], exportCredentials: true });
   }, 120_000);
   afterAll(async () => {
     await s3?.stop();

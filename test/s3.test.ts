@@ -37,10 +37,7 @@ if (skip) console.log(`s3.test: skipped: ${SWIFT_MISSING_MESSAGE}`);
 describe.skipIf(skip)('S3Store on a local Swift', () => {
   let s3: LocalS3;
   beforeAll(async () => {
-    s3 = await startLocalS3();
-    await s3.createBucket('blindspot-test');
-    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
+    s3 = await startLocalS3({ buckets: ['blindspot-test'], exportCredentials: true });
   }, 120_000);
   afterAll(async () => {
     await s3?.stop();

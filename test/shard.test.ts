@@ -272,10 +272,8 @@ describe.skipIf(!swiftAvailable())('sharded denoise on S3 (local Swift, separate
   let env: NodeJS.ProcessEnv = {};
 
   beforeAll(async () => {
-    s3 = await startLocalS3();
+    s3 = await startLocalS3({ buckets: ['archive'], exportCredentials: true });
     env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
-    Object.assign(process.env, env);
-    await s3.createBucket('archive');
     await writeInput('s3://archive/raw/in.zarr', { endpoint: s3.endpoint, region: s3.region });
   }, 120_000);
 

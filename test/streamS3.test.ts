@@ -55,11 +55,7 @@ describe.skipIf(!swiftAvailable())('streaming denoise on S3 (local Swift)', () =
   beforeAll(async () => {
     await tf.setBackend('cpu');
     tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-stream-s3-'));
-    s3 = await startLocalS3();
-    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
-    process.env.AWS_REGION = s3.region;
-    await s3.createBucket('blindspot');
+    s3 = await startLocalS3({ buckets: ['blindspot'], exportCredentials: true });
     modelDir = path.join(tmp, 'model');
     await saveUntrainedModel(modelDir, cfg, normalisation, 2);
   }, 120_000);
