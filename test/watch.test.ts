@@ -47,8 +47,14 @@ let modelDir = '';
 let model: tfl.LayersModel;
 let manifest: ModelManifest;
 
+/** The loopback Swift for the S3 test, started while the fixture compiles (both take seconds). */
+let s3Starting: Promise<LocalS3> | null = null;
+
 beforeAll(async () => {
   await tf.setBackend('cpu');
+  s3Starting = swiftAvailable() ? startLocalS3() : null;
+  // Not left unhandled while the other tests run; the S3 test awaits it again.
+  s3Starting?.catch(() => undefined);
   mkdirSync(path.join(repoRoot, 'dist'), { recursive: true });
   buildDir = mkdtempSync(path.join(repoRoot, 'dist', '.watch-'));
   script = compileFixture(repoRoot, path.join(repoRoot, 'test', 'fixtures', 'watch-cli.ts'), buildDir);
@@ -58,7 +64,8 @@ beforeAll(async () => {
   ({ model, manifest } = await loadModelFolder(modelDir));
 }, 120_000);
 
-afterAll(() => {
+afterAll(async () => {
+  await (await s3Starting?.catch(() => null))?.stop();
   model?.dispose();
   if (buildDir) rmSync(buildDir, { recursive: true, force: true });
   if (tmp) rmSync(tmp, { recursive: true, force: true });
@@ -278,13 +285,15 @@ describe('blindspot watch (processes)', () => {
     const stalledKey = path.relative(input, drops.find((d) => d.pieces === 2)!.dest);
     const slowDone = done.find((e) => e.key === slowKey)!;
     expect(Date.parse(slowDone.time)).toBeGreaterThanOrEqual(completed.get(path.join(input, slowKey))!);
-    // The stalled file was taken while partial, failed to decode, and was retried rather than failed.
+    // The stalled file was taken while partial, failed to decode, and was tried again rather than failed.
+    // (Had its writer stalled past a second settle period, it would be recorded as failed, then redone
+    // once it changed: either way it ends done, once.)
     expect(watcher.of('item-retry').some((e) => e.key === stalledKey)).toBe(true);
     expect(done.filter((e) => e.key === stalledKey)).toHaveLength(1);
 
     const failed = watcher.of('item-failed');
-    expect(failed.map((e) => e.key)).toEqual(['broken.tif']);
-    expect(failed[0].error).toMatch(/broken\.tif/);
+    expect(failed.filter((e) => e.key !== stalledKey).map((e) => e.key)).toEqual(['broken.tif']);
+    expect(failed.find((e) => e.key === 'broken.tif')!.error).toMatch(/broken\.tif: cannot be decoded/);
 
     const state = await readState(out);
     const statuses = Object.entries(state.items).map(([k, v]) => `${k}:${v.status}`).sort();
@@ -603,16 +612,12 @@ describe.skipIf(!swiftAvailable())('watch an S3 prefix (local Swift)', () => {
   let s3: LocalS3;
 
   beforeAll(async () => {
-    s3 = await startLocalS3();
+    s3 = await s3Starting!;
     process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
     process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
     process.env.AWS_REGION = s3.region;
     await s3.createBucket('watch');
   }, 120_000);
-
-  afterAll(async () => {
-    await s3?.stop();
-  });
 
   test('image objects and a Zarr under a prefix -> outputs and state under another prefix, each once', async () => {
     const settings: S3Settings = { endpoint: s3.endpoint, region: s3.region };
