@@ -52,7 +52,7 @@ let s3Starting: Promise<LocalS3> | null = null;
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
-  s3Starting = swiftAvailable() ? startLocalS3() : null;
+  s3Starting = swiftAvailable() ? startLocalS3({ buckets: ['watch'], exportCredentials: true }) : null;
   // Not left unhandled while the other tests run; the S3 test awaits it again.
   s3Starting?.catch(() => undefined);
   mkdirSync(path.join(repoRoot, 'dist'), { recursive: true });
@@ -613,10 +613,6 @@ describe.skipIf(!swiftAvailable())('watch an S3 prefix (local Swift)', () => {
 
   beforeAll(async () => {
     s3 = await s3Starting!;
-    process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-    process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
-    process.env.AWS_REGION = s3.region;
-    await s3.createBucket('watch');
   }, 120_000);
 
   test('image objects and a Zarr under a prefix -> outputs and state under another prefix, each once', async () => {
