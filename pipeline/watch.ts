@@ -594,6 +594,12 @@ interface WatchItem {
   admittedAtMs: number;
 }
 
+/** Whether a Zarr (any version, array or group) is stored at `rel` under the store's root. */
+async function zarrExists(store: ByteStore, rel: string): Promise<boolean> {
+  for (const name of ['zarr.json', '.zarray', '.zgroup', '.zattrs']) if ((await store.get(`/${rel}/${name}`)) !== undefined) return true;
+  return false;
+}
+
 const TIMEPOINT_SIGNATURE: ItemSignature = { size: 0, mtimeMs: null };
 
 function timepointKey(zarrKey: string, t: number): string {
@@ -975,6 +981,10 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
             return;
           }
           if (!prior && !opts.overwrite) throw new OutputError(outputUrl, 'exists already and was not written by this watch; remove it, choose another --out, or pass --overwrite');
+        }
+        if (item.kind !== 'file' && !prior && (await zarrExists(sink.store, item.output))) {
+          // Resuming into it would overwrite its chunks (or mix two runs): only what this watch started is continued.
+          throw new OutputError(outputUrl, 'exists already and was not written by this watch; remove it or choose another --out');
         }
         const startedAt = new Date().toISOString();
         outputOwners.set(outputUrl, item.key);

@@ -581,6 +581,12 @@ describe('watch (in process)', () => {
     const third = await runOnce(input, out, { settleMs: 300, maxMemoryBytes: parseByteSize('512MiB') });
     expect(third.events.flatMap((e) => (e.type === 'item-done' ? [e.key] : []))).toEqual(['movie.zarr#t=2']);
     expect((await fs.readdir(out)).filter((n) => !n.startsWith('.')).sort()).toEqual(['movie.t0.zarr', 'movie.t1.zarr', 'movie.t2.zarr', 'plain.zarr']);
+    // A Zarr output this watch did not start is not resumed into.
+    await fs.cp(path.join(input, 'plain.zarr'), path.join(input, 'copy.zarr'), { recursive: true });
+    await fs.cp(path.join(input, 'plain.zarr'), path.join(out, 'copy.zarr'), { recursive: true });
+    const fourth = await runOnce(input, out, { settleMs: 0, maxMemoryBytes: parseByteSize('512MiB') });
+    expect(fourth.events.flatMap((e) => (e.type === 'item-failed' ? [`${e.key}: ${e.error}`] : []))).toEqual([expect.stringMatching(/^copy\.zarr: .*copy\.zarr: exists already and was not written by this watch/)]);
+    expect(await readAll(path.join(out, 'copy.zarr'))).toEqual(await readAll(path.join(input, 'plain.zarr')));
 
     // Each equals a direct streaming denoise of the same array (time point).
     for (const [name, time] of [['plain.zarr', undefined], ['movie.t2.zarr', 2]] as const) {
