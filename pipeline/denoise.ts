@@ -11,7 +11,7 @@ import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { networkGeometry } from '../models/network.js';
 import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
 import { normalise, denormalise } from '../models/normalise.js';
-import { predictVolume, type PredictOptions } from './predict.js';
+import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
 
@@ -125,6 +125,8 @@ export async function denoiseVolume(
     sizeMultiple: geometry.sizeMultiple,
     receptiveRadius: geometry.receptiveRadius,
     ...opts,
+    // Sized from the network itself: a posterior wraps it in a function, which cannot be measured.
+    maxTileVoxels: opts.maxTileVoxels ?? maxTileVoxelsFor(model, manifest.network.dims, geometry.sizeMultiple),
   });
   // A standard deviation scales with the normalisation but has no offset.
   const data = output === 'uncertainty' ? predicted.map((v) => v * manifest.normalisation.scale) : denormalise(predicted, manifest.normalisation);

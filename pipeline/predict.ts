@@ -45,17 +45,29 @@ export function planTiles(shape: Shape, opts: PredictOptions): TilePlan {
  * buffers), so no extra factor is applied. The voxels per input voxel of each layer (1/2^dims per
  * pooling level) are measured by running the model once on a small input of 2 pooling cells per
  * axis. Measured with it: default (32-filter, depth-2) U-Nets 2.2-3.0 KiB per voxel (2D n2v 2984 B,
- * 3D n2v 2416 B); the cpu backend's actual peak for the 2D one is 881 B. Plain functions cannot be
- * introspected: they get the default, a round 4 KiB per voxel above those.
+ * 3D n2v 2416 B); the cpu backend's actual peak for the 2D one is 881 B. The blind-spot
+ * architectures need more: laine19 2D 12.4 KiB (depth 3, 16 filters) to 37 KiB (the paper's depth 5,
+ * 48 filters), 3D 16.7 KiB; D-BSN 2D 7.2 KiB (32 filters, 5 blocks). Plain functions cannot be
+ * introspected: they get the default, a round 4 KiB per voxel.
  */
 export function estimateBytesPerVoxel(model: TileModel, dims: 2 | 3, sizeMultiple: number): number {
   const fallback = TILE_BUDGET_BYTES / DEFAULT_MAX_TILE_VOXELS;
   if (typeof model === 'function') return fallback;
   try {
-    const layerOutputs = model.layers.flatMap((layer) => {
-      const out = layer.output;
-      return Array.isArray(out) ? out : [out];
-    });
+    // Every node's outputs, not layer.output: a layer shared by several branches (laine19's rotated
+    // branches) has one output per call, and each is a separate activation.
+    const seen = new Set<number>();
+    const layerOutputs: tfl.SymbolicTensor[] = [];
+    for (const layer of model.layers) {
+      for (const node of (layer as unknown as { inboundNodes: { outputTensors: tfl.SymbolicTensor[] }[] }).inboundNodes) {
+        for (const t of node.outputTensors) {
+          if (!seen.has(t.id)) {
+            seen.add(t.id);
+            layerOutputs.push(t);
+          }
+        }
+      }
+    }
     const probe = tfl.model({ inputs: model.inputs, outputs: layerOutputs });
     const side = 2 * sizeMultiple;
     const inputVoxels = side ** dims;
@@ -67,7 +79,7 @@ export function estimateBytesPerVoxel(model: TileModel, dims: 2 | 3, sizeMultipl
       return 4 * floatsPerVoxel;
     });
   } catch {
-    // Models with shared layers (several output nodes per layer) cannot be probed this way.
+    // A model that cannot be probed (e.g. nested models): the default.
     return fallback;
   }
 }
