@@ -27,9 +27,11 @@
  *   failure is final: the item was declared complete.
  *
  * Exactly once
- *   State lives in the output: `<out>/.blindspot-watch/state.json`, written whole and atomically
- *   (temp + rename; one PUT on S3) after every change. Before an item is computed it is recorded as
- *   'started', after its output is stored as 'done' with the signature it had. Outputs are written
+ *   State lives in the output: `<out>/.blindspot-watch/state.json`, a snapshot written atomically
+ *   (temp + rename; one PUT on S3), plus a journal of the changes since (one small atomic object
+ *   per change, folded into the snapshot every few hundred changes and at start and stop). Before
+ *   an item is computed it is recorded as 'started', after its output is stored as 'done' with the
+ *   signature it had. Outputs are written
  *   under a staging name and renamed (one PUT on S3), Zarr outputs chunk by chunk with denoiseUrl's
  *   journal; so a watcher killed at any moment leaves no torn output, and on restart a 'started' item
  *   whose output exists is adopted (not recomputed), a 'started' Zarr is resumed, 'done' items are
@@ -106,6 +108,8 @@ export interface WatchState {
   /** By item key: the path relative to the watched root; a time point is `<name>.zarr#t=<t>`. */
   items: Record<string, WatchStateItem>;
   updatedAt: string;
+  /** The last journal entry this snapshot holds (later ones are applied on reading). */
+  journalSeq?: number;
 }
 
 export const WATCH_STATE_KEY = '/.blindspot-watch/state.json';
@@ -511,40 +515,95 @@ function signatureText(s: ItemSignature): string {
   return JSON.stringify([s.size, s.mtimeMs, s.etag ?? null, s.files ?? null]);
 }
 
-/** The watch state in the output's store; every change is written whole, one write at a time. */
+const JOURNAL_PREFIX = '/.blindspot-watch/journal/';
+/** Journal entries between snapshots: bounds both the journal's length and how often the whole state is rewritten. */
+const COMPACT_EVERY = 256;
+
+function journalKey(seq: number): string {
+  return `${JOURNAL_PREFIX}${String(seq).padStart(12, '0')}.json`;
+}
+
+function journalSeqOf(key: string): number | null {
+  const match = /\/(\d{12})\.json$/.exec(key);
+  return match ? Number(match[1]) : null;
+}
+
+/**
+ * The watch state in the output's store. A change is one small journal object (written atomically,
+ * one at a time, in order); every COMPACT_EVERY changes, and at start and stop, the whole state is
+ * written as a snapshot (`state.json`, atomically) naming the last change it holds, and the journal
+ * up to there is removed. Rewriting the whole state per change would cost O(items) per item (130 ms
+ * per write at 10,000 items here). Reading: the snapshot, then the journal entries after it.
+ */
 class WatchStateStore {
   private writing: Promise<void> = Promise.resolve();
-  private dirty = false;
+  private sinceSnapshot = 0;
   constructor(
     private readonly store: ByteStore,
     readonly state: WatchState,
+    /** Number of the last journal entry written or queued. */
+    private seq: number,
   ) {}
 
-  static async read(store: ByteStore): Promise<WatchState | null> {
+  /** The stored state (snapshot plus journal) and the last journal number, or null when there is none. */
+  static async load(store: ByteStore): Promise<{ state: WatchState; seq: number } | null> {
+    const where = `${store.url}${WATCH_STATE_KEY}`;
     const bytes = await store.get(WATCH_STATE_KEY);
-    if (!bytes) return null;
-    try {
-      const state = JSON.parse(Buffer.from(bytes).toString('utf8')) as WatchState;
-      if (state.format !== 'blindspot-watch-state' || typeof state.items !== 'object') throw new Error('not a blindspot watch state');
-      return state;
-    } catch (err) {
-      throw new OutputError(`${store.url}${WATCH_STATE_KEY}`, `is not a readable watch state (${(err as Error).message}); move it away to start afresh`);
+    const entries: Array<{ seq: number; key: string }> = [];
+    for await (const key of store.list(JOURNAL_PREFIX)) {
+      const seq = journalSeqOf(key);
+      if (seq !== null) entries.push({ seq, key });
     }
+    if (!bytes) {
+      if (entries.length) throw new OutputError(where, `is missing but its journal is there; move ${JOURNAL_PREFIX.slice(1)} away to start afresh`);
+      return null;
+    }
+    let state: WatchState;
+    try {
+      state = JSON.parse(Buffer.from(bytes).toString('utf8')) as WatchState;
+      if (state.format !== 'blindspot-watch-state' || typeof state.items !== 'object') throw new Error('not a blindspot watch state');
+    } catch (err) {
+      throw new OutputError(where, `is not a readable watch state (${(err as Error).message}); move it away to start afresh`);
+    }
+    const base = state.journalSeq ?? 0;
+    let seq = base;
+    entries.sort((a, b) => a.seq - b.seq);
+    for (const entry of entries) {
+      seq = Math.max(seq, entry.seq);
+      // At or before the snapshot: already in it (left over by a compaction that was cut short).
+      if (entry.seq <= base) continue;
+      const body = await store.get(entry.key);
+      if (!body) continue;
+      const change = JSON.parse(Buffer.from(body).toString('utf8')) as { key: string; item: WatchStateItem };
+      state.items[change.key] = change.item;
+    }
+    return { state, seq };
   }
 
   set(key: string, item: WatchStateItem): Promise<void> {
     this.state.items[key] = item;
-    return this.flush();
+    const seq = ++this.seq;
+    const body = new TextEncoder().encode(JSON.stringify({ key, item }) + '\n');
+    this.writing = this.writing.then(() => this.store.set(journalKey(seq), body));
+    if (++this.sinceSnapshot >= COMPACT_EVERY) return this.snapshot();
+    return this.writing;
   }
 
-  flush(): Promise<void> {
-    this.dirty = true;
-    // Chained: writes never overlap, and the last one stores the latest state.
+  /** Writes the whole state, then removes the journal entries it holds. */
+  snapshot(): Promise<void> {
+    this.sinceSnapshot = 0;
     this.writing = this.writing.then(async () => {
-      if (!this.dirty) return;
-      this.dirty = false;
+      // Taken together: the in-memory state holds exactly the changes numbered up to this.seq.
+      const upTo = this.seq;
+      this.state.journalSeq = upTo;
       this.state.updatedAt = new Date().toISOString();
       await this.store.set(WATCH_STATE_KEY, new TextEncoder().encode(JSON.stringify(this.state, null, 1) + '\n'));
+      const stale: string[] = [];
+      for await (const key of this.store.list(JOURNAL_PREFIX)) {
+        const seq = journalSeqOf(key);
+        if (seq !== null && seq <= upTo) stale.push(key);
+      }
+      for (const key of stale) await this.store.delete(key);
     });
     return this.writing;
   }
@@ -552,6 +611,16 @@ class WatchStateStore {
   /** Waits for writes under way (without starting one). */
   settled(): Promise<void> {
     return this.writing;
+  }
+}
+
+/** The stored watch state of an output (snapshot plus journal), or null when it has none. */
+export async function readWatchState(out: string, s3?: S3Settings): Promise<WatchState | null> {
+  const store = openByteStore(out, s3);
+  try {
+    return (await WatchStateStore.load(store))?.state ?? null;
+  } finally {
+    await store.close?.();
   }
 }
 
@@ -677,15 +746,16 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     }
     if (opts.dryRun) {
       await readManifest(opts.modelDir);
-      const previous = await WatchStateStore.read(sink.store);
-      return await dryRun(opts, source, previous?.items ?? {}, { settleMs, marker, outputType }, emit);
+      const previous = await WatchStateStore.load(sink.store);
+      return await dryRun(opts, source, previous?.state.items ?? {}, { settleMs, marker, outputType }, emit);
     }
 
     const loaded = await loadModelFolder(opts.modelDir);
     model = loaded.model;
     const manifest: ModelManifest = loaded.manifest;
     const modelHash = await modelFolderHash(opts.modelDir);
-    const previous = await WatchStateStore.read(sink.store);
+    const stored = await WatchStateStore.load(sink.store);
+    const previous = stored?.state ?? null;
     if (previous && previous.model.sha256 !== modelHash) {
       throw new OutputError(opts.out, `holds the outputs of another model (${previous.model.folder}); watch into another --out, or move ${WATCH_STATE_KEY.slice(1)} away`);
     }
@@ -693,17 +763,21 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     if (previous && previous.input !== input) {
       throw new OutputError(opts.out, `holds the outputs of a watch on ${previous.input}, not ${input}; watch into another --out`);
     }
-    const state = new WatchStateStore(sink.store, previous ?? {
-      format: 'blindspot-watch-state',
-      formatVersion: 1,
-      input,
-      model: { folder: path.resolve(opts.modelDir), sha256: modelHash },
-      items: {},
-      updatedAt: new Date().toISOString(),
-    });
+    const state = new WatchStateStore(
+      sink.store,
+      previous ?? {
+        format: 'blindspot-watch-state',
+        formatVersion: 1,
+        input,
+        model: { folder: path.resolve(opts.modelDir), sha256: modelHash },
+        items: {},
+        updatedAt: new Date().toISOString(),
+      },
+      stored?.seq ?? 0,
+    );
     exposeState(state);
     await sink.cleanUp();
-    await state.flush();
+    await state.snapshot();
     const counts = Object.values(state.state.items).reduce((c, i) => ({ done: c.done + (i.status === 'done' ? 1 : 0), failed: c.failed + (i.status === 'failed' ? 1 : 0) }), { done: 0, failed: 0 });
     emit({ type: 'watch-start', input: opts.input, out: opts.out, settleMs, pollMs, maxQueue, marker, ...counts });
 
@@ -1020,7 +1094,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
       ),
       { defaultValue: undefined },
     );
-    await state.flush();
+    await state.snapshot();
     const interrupted = stopped();
     emit({ type: 'watch-stopped', ...totals, interrupted });
     return { ...totals, interrupted };

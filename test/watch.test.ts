@@ -7,7 +7,7 @@
  * --dry-run and the state.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,7 +23,7 @@ import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import type { UNetConfig } from '../models/unet.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
-import { WATCH_STATE_KEY, watch, type WatchEvent, type WatchState } from '../pipeline/watch.js';
+import { WATCH_STATE_KEY, readWatchState, watch, type WatchEvent, type WatchState } from '../pipeline/watch.js';
 import { chunkGrid } from '../storage/chunked.js';
 import { FileSystemStore } from '../storage/fsStore.js';
 import { readImage, writeImage } from '../storage/index.js';
@@ -218,7 +218,9 @@ async function mismatch(input: string, output: string): Promise<number> {
 }
 
 async function readState(out: string): Promise<WatchState> {
-  return JSON.parse(await fs.readFile(path.join(out, ...WATCH_STATE_KEY.slice(1).split('/')), 'utf8')) as WatchState;
+  const state = await readWatchState(out);
+  if (!state) throw new Error(`${out} has no watch state`);
+  return state;
 }
 
 /** Files under `dir`, relative, skipping the watch's own folder. */
@@ -501,6 +503,32 @@ describe('watch (in process)', () => {
     expect(events.findIndex((e) => e.type === 'queue-ok')).toBeGreaterThan(events.indexOf(warning));
   });
 
+  test('the state journal: one entry per change, folded into the snapshot every 256 and at stop', async () => {
+    const input = path.join(tmp, 'in10');
+    const out = path.join(tmp, 'out10');
+    await fs.mkdir(input);
+    // Undecodable files fail fast (with markers the first failure is final): two changes each, started and failed.
+    for (let i = 0; i < 140; i++) {
+      await fs.writeFile(path.join(input, `bad${i}.npy`), 'not numpy');
+      await fs.writeFile(path.join(input, `bad${i}.npy.done`), '');
+    }
+    const seenJournal: number[] = [];
+    const { result } = await runOnce(input, out, {
+      marker: '.done',
+      onEvent: (e) => {
+        if (e.type === 'item-failed') seenJournal.push(readdirCount(path.join(out, '.blindspot-watch', 'journal')));
+      },
+    });
+    expect(result.failed).toBe(140);
+    // Never more than 256 entries waiting, and folded away at stop.
+    expect(Math.max(...seenJournal)).toBeLessThanOrEqual(256);
+    expect(Math.max(...seenJournal)).toBeGreaterThan(100);
+    expect(readdirCount(path.join(out, '.blindspot-watch', 'journal'))).toBe(0);
+    const snapshot = JSON.parse(await fs.readFile(path.join(out, ...WATCH_STATE_KEY.slice(1).split('/')), 'utf8')) as WatchState;
+    expect(snapshot.journalSeq).toBe(280);
+    expect(Object.values(snapshot.items).filter((i) => i.status === 'failed')).toHaveLength(140);
+  });
+
   test('--marker: an item is taken only once its marker exists; --once does not wait for markers', async () => {
     const input = path.join(tmp, 'in6');
     const out = path.join(tmp, 'out6');
@@ -597,6 +625,14 @@ describe('watch (in process)', () => {
   });
 });
 
+function readdirCount(dir: string): number {
+  try {
+    return readdirSync(dir).length;
+  } catch {
+    return 0;
+  }
+}
+
 function gridOf(shape: number[], chunks: number[]): number[][] {
   const grid = chunkGrid({ shape, chunks });
   const out: number[][] = [];
@@ -647,7 +683,9 @@ describe.skipIf(!swiftAvailable())('watch an S3 prefix (local Swift)', () => {
         await fs.writeFile(local, (await denoised.get('/' + key))!);
         expect(await mismatch(src, local)).toBeLessThan(1e-5);
       }
+      // A clean stop folds the journal into the snapshot.
       const state = JSON.parse(Buffer.from((await denoised.get(WATCH_STATE_KEY))!).toString('utf8')) as WatchState;
+      expect(state).toEqual(await readWatchState('s3://watch/denoised', settings));
       expect(Object.entries(state.items).map(([k, v]) => `${k}:${v.status}`).sort()).toEqual(['a.tif:done', 'sub/b.tif:done', 'vol.zarr:done']);
       expect(state.items['a.tif'].signature.etag).toBeTruthy();
     } finally {
