@@ -19,6 +19,7 @@ import { buildNetwork, defaultNetwork, networkGeometry } from '../models/network
 import { estimateBytesPerVoxel } from '../pipeline/predict.js';
 import { unetGeometry, type UNetConfig } from '../models/unet.js';
 import { saveUntrainedModel } from './fixtures/untrainedModel.js';
+import { MemoryArrayReader } from './fixtures/stream-arrays.js';
 import { denoiseFiles, denoiseVolume } from '../pipeline/denoise.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { trainModel, TrainingInterrupted, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
@@ -230,6 +231,40 @@ describe('architectural blind-spot models denoise from their folder, in memory, 
     const gain = (await denoisedPsnr(out, noisy, clean)) - psnr(clean, noisy.data, range);
     console.log(`n2v2 3D: gain ${gain.toFixed(2)} dB, ${seconds.toFixed(1)} s for 40 steps`);
     expect(gain).toBeGreaterThan(2);
+  });
+});
+
+describe('streamed training (chunked sources) with the new methods', () => {
+  it('noise2self and laine19 train from a chunked reader; dbsn without a given noise model is refused (no fits)', async () => {
+    const { clean, noisy } = problem([96, 64], 9);
+    const noisyPsnr = psnr(clean, noisy.data, range);
+    for (const [method, network] of [
+      ['noise2self', tinyUNet],
+      ['laine19', { depth: 1, filters: 8 }],
+    ] as const) {
+      const out = path.join(tmp, `stream-${method}`);
+      const manifest = await trainModel({
+        sources: [{ reader: new MemoryArrayReader(noisy.data, noisy.shape, [32, 32]), name: 'memory' }],
+        out,
+        method,
+        network,
+        steps: 20,
+        batchSize: 4,
+        patchShape: [32, 32],
+        learningRate: 4e-3,
+        validateEvery: 10,
+        valPatches: 4,
+        seed: 2,
+      });
+      expect(manifest.method).toBe(method);
+      expect(manifest.history.filter((h) => h.valLoss !== undefined)).toHaveLength(2);
+      const gain = (await denoisedPsnr(out, noisy, clean)) - noisyPsnr;
+      console.log(`${method} streamed: gain ${gain.toFixed(2)} dB`);
+      expect(gain).toBeGreaterThan(2);
+    }
+    await expect(
+      trainModel({ sources: [{ reader: new MemoryArrayReader(noisy.data, noisy.shape, [32, 32]), name: 'memory' }], out: path.join(tmp, 'stream-dbsn'), method: 'dbsn', steps: 1 }),
+    ).rejects.toThrow(/--method dbsn uses the noise-level fits[^]*--prior gaussian/);
   });
 });
 
