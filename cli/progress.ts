@@ -4,6 +4,7 @@
  */
 import type { TrainEvent } from '../pipeline/train.js';
 import type { DenoiseEvent } from '../pipeline/denoise.js';
+import { describeNetwork } from '../models/network.js';
 
 export interface Reporter {
   readonly json: boolean;
@@ -61,7 +62,7 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
       switch (e.type) {
         case 'start':
           say(
-            `${e.resumed ? 'resuming' : 'training'} ${e.dims}D N2V: ${e.trainVolumes} training / ${e.valVolumes} validation image(s), ` +
+            `${e.resumed ? 'resuming' : 'training'} ${e.method}, ${e.network}: ${e.trainVolumes} training / ${e.valVolumes} validation image(s), ` +
               `patch ${e.patchShape.join('x')}, batch ${e.batchSize}, steps ${e.firstStep}..${e.steps}`,
           );
           break;
@@ -103,7 +104,7 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
       switch (e.type) {
         case 'model': {
           const t = e.manifest.training;
-          say(`model: ${e.manifest.method} ${e.manifest.network.dims}D U-Net, trained ${t.stepsDone} steps (best at ${t.bestStep})`);
+          say(`model: ${e.manifest.method}, ${describeNetwork(e.manifest.network)}, trained ${t.stepsDone} steps (best at ${t.bestStep})`);
           if (!t.finished) say(`warning: this model comes from an unfinished run (step ${t.stepsDone} of ${t.steps}); resume its training with --resume`);
           break;
         }
