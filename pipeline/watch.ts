@@ -68,7 +68,8 @@ import type { ByteStore } from '../storage/byteStore.js';
 import { isSupportedImage, readImage, writeImage } from '../storage/index.js';
 import { ngffAxes, readOmeMetadata } from '../storage/ome.js';
 import { openByteStore } from '../storage/open.js';
-import { createS3Client, isS3Url, parseS3Url, type S3Settings } from '../storage/s3.js';
+import { S3Store, createS3Client, isS3Url, parseS3Url, type S3Settings } from '../storage/s3.js';
+import { FileSystemStore } from '../storage/fsStore.js';
 import { readZarrArraySpec } from '../storage/zarr.js';
 
 export type WatchItemKind = 'file' | 'zarr' | 'timepoint';
@@ -226,6 +227,8 @@ interface WatchSource {
   localCopy(key: string): Promise<{ file: string; release: () => Promise<void> }>;
   /** The item's signature now, where cheap to learn (local files); null otherwise. */
   currentSignature(key: string): Promise<ItemSignature | null>;
+  /** The store of a Zarr item (its metadata is read every poll: shares this source's connections, needs no closing). */
+  zarrStore(key: string): ByteStore;
   close(): Promise<void>;
 }
 
@@ -283,6 +286,10 @@ class LocalSource implements WatchSource {
 
   currentSignature(key: string): Promise<ItemSignature | null> {
     return fileSignature(this.urlOf(key));
+  }
+
+  zarrStore(key: string): ByteStore {
+    return new FileSystemStore(this.urlOf(key));
   }
 
   async close(): Promise<void> {}
@@ -396,6 +403,10 @@ class S3Source implements WatchSource {
 
   async currentSignature(): Promise<ItemSignature | null> {
     return null; // Objects do not change in place: a new PUT is a new listing entry.
+  }
+
+  zarrStore(key: string): ByteStore {
+    return new S3Store(this.urlOf(key), this.s3, this.client);
   }
 
   async close(): Promise<void> {
@@ -685,8 +696,7 @@ export function watchOutputFor(key: string, outputType: OutputType): string {
 }
 
 /** Extent of the time axis of an OME-Zarr (null: no t axis); undefined while its metadata is not readable yet. */
-async function timeExtent(url: string, s3?: S3Settings): Promise<number | null | undefined> {
-  const store = openByteStore(url, s3);
+async function timeExtent(store: ByteStore): Promise<number | null | undefined> {
   try {
     const meta = await readOmeMetadata(store);
     if (!meta) return null;
@@ -699,8 +709,6 @@ async function timeExtent(url: string, s3?: S3Settings): Promise<number | null |
     return t < 0 ? null : spec.shape[t];
   } catch {
     return undefined; // Half-written metadata: look again on the next poll.
-  } finally {
-    await store.close?.();
   }
 }
 
@@ -885,7 +893,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
       }
       for (const zarr of scan.zarrs) {
         if (state.state.items[zarr.key]?.status === 'done') continue;
-        const extent = await timeExtent(source.urlOf(zarr.key), opts.s3);
+        const extent = await timeExtent(source.zarrStore(zarr.key));
         if (extent === undefined) {
           if (marker === null) settling++;
           continue;
@@ -1136,7 +1144,7 @@ async function dryRun(
   const quiet = (s: ItemSignature): boolean => s.mtimeMs !== null && now - s.mtimeMs >= o.settleMs;
   for (const file of scan.files) report(file.key, 'file', file.signature, o.marker !== null ? hasMarker(file.key) : source.atomicObjects || quiet(file.signature));
   for (const zarr of scan.zarrs) {
-    const extent = items[zarr.key]?.status === 'done' ? null : await timeExtent(source.urlOf(zarr.key), opts.s3);
+    const extent = items[zarr.key]?.status === 'done' ? null : await timeExtent(source.zarrStore(zarr.key));
     if (extent === undefined) continue;
     if (extent === null) {
       report(zarr.key, 'zarr', zarr.signature, o.marker !== null ? hasMarker(zarr.key) : quiet(zarr.signature));
