@@ -23,8 +23,10 @@ writers that preallocate the t axis must write markers. S3 objects are whole whe
 A file that does not decode is tried again after another settle period; still undecodable and
 unchanged, it is recorded as failed (the error names it) and watching goes on.
 
-Finished items are recorded in <out>/.blindspot-watch/state.json (written atomically); a restart skips
-them, adopts an output stored just before a kill, resumes a half-written Zarr, and does the rest.
+Finished items are recorded in <out>/.blindspot-watch/ (state.json, written atomically, plus a journal of
+the changes since, folded in regularly); a restart skips them, adopts an output stored just before a
+kill, resumes a half-written Zarr, and does the rest. Outputs that exist but were not written by this
+watch are refused.
 Outputs are written under a temp name and renamed (one PUT on S3): a killed watcher leaves no torn file.
 One watcher per --out.
 

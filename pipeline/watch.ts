@@ -31,19 +31,20 @@
  *   (temp + rename; one PUT on S3), plus a journal of the changes since (one small atomic object
  *   per change, folded into the snapshot every few hundred changes and at start and stop). Before
  *   an item is computed it is recorded as 'started', after its output is stored as 'done' with the
- *   signature it had. Outputs are written
- *   under a staging name and renamed (one PUT on S3), Zarr outputs chunk by chunk with denoiseUrl's
- *   journal; so a watcher killed at any moment leaves no torn output, and on restart a 'started' item
- *   whose output exists is adopted (not recomputed), a 'started' Zarr is resumed, 'done' items are
- *   skipped (a done file whose signature changed is reported, not redone), and everything else is
- *   processed. One watcher per output.
+ *   signature it had. Outputs are written under a staging name and renamed (one PUT on S3), Zarr
+ *   outputs chunk by chunk with denoiseUrl's journal; so a watcher killed at any moment leaves no
+ *   torn output, and on restart a 'started' item whose output exists is adopted (not recomputed), a
+ *   'started' Zarr is resumed, 'done' items are skipped (a done file whose signature changed is
+ *   reported, not redone), and everything else is processed. An existing output this watch did not
+ *   start is refused (files: unless `overwrite`). One watcher per output.
  *
  * Latency: each item-done event carries the seconds from arrival (the item's last modification, or
  * our first sight of a time point) to its stored output, settling and queueing included, and the
  * processing seconds alone.
  *
  * Stopping: `signal` takes nothing new and lets the item in flight finish; `abandon` stops it at its
- * next tile (a file) or chunk (a Zarr), leaving it 'started' for the next run. The CLI (cli/watch.ts)
+ * next chunk (a Zarr) or, for a file, at its next tile or before its output is written (a forward
+ * pass does not yield to timers, so in practice the latter), leaving it 'started' for the next run. The CLI (cli/watch.ts)
  * maps SIGTERM/SIGINT and --grace-seconds onto these.
  *
  * Backpressure
@@ -223,7 +224,7 @@ interface WatchSource {
   readonly atomicObjects: boolean;
   scan(detail: (zarrKey: string) => boolean): Promise<Scan>;
   urlOf(key: string): string;
-  /** A local file with the item's bytes (downloaded for S3) and its signature now (null: unknown). */
+  /** A local file with the item's bytes (downloaded for S3), removed by `release` where it is a copy. */
   localCopy(key: string): Promise<{ file: string; release: () => Promise<void> }>;
   /** The item's signature now, where cheap to learn (local files); null otherwise. */
   currentSignature(key: string): Promise<ItemSignature | null>;
@@ -346,7 +347,7 @@ class S3Source implements WatchSource {
     this.bucket = bucket;
     this.prefix = prefix;
     this.client = createS3Client(s3);
-    this.store = openByteStore(url, s3);
+    this.store = new S3Store(url, s3, this.client);
   }
 
   urlOf(key: string): string {
@@ -410,8 +411,8 @@ class S3Source implements WatchSource {
   }
 
   async close(): Promise<void> {
+    // One client serves the listing, the object reads and the Zarr metadata.
     this.client.destroy();
-    await this.store.close?.();
   }
 }
 
