@@ -567,7 +567,7 @@ class WatchStateStore {
       if (seq !== null) entries.push({ seq, key });
     }
     if (!bytes) {
-      if (entries.length) throw new OutputError(where, `is missing but its journal is there; move ${JOURNAL_PREFIX.slice(1)} away to start afresh`);
+      if (entries.length) throw new OutputError(where, `is missing but its journal is there; move the .blindspot-watch folder away to start afresh`);
       return null;
     }
     let state: WatchState;
@@ -575,7 +575,7 @@ class WatchStateStore {
       state = JSON.parse(Buffer.from(bytes).toString('utf8')) as WatchState;
       if (state.format !== 'blindspot-watch-state' || typeof state.items !== 'object') throw new Error('not a blindspot watch state');
     } catch (err) {
-      throw new OutputError(where, `is not a readable watch state (${(err as Error).message}); move it away to start afresh`);
+      throw new OutputError(where, `is not a readable watch state (${(err as Error).message}); move the .blindspot-watch folder away to start afresh`);
     }
     const base = state.journalSeq ?? 0;
     let seq = base;
@@ -766,7 +766,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     const stored = await WatchStateStore.load(sink.store);
     const previous = stored?.state ?? null;
     if (previous && previous.model.sha256 !== modelHash) {
-      throw new OutputError(opts.out, `holds the outputs of another model (${previous.model.folder}); watch into another --out, or move ${WATCH_STATE_KEY.slice(1)} away`);
+      throw new OutputError(opts.out, `holds the outputs of another model (${previous.model.folder}); watch into another --out, or move its .blindspot-watch folder away`);
     }
     const input = isS3Url(opts.input) ? opts.input.replace(/\/+$/, '') : path.resolve(opts.input);
     if (previous && previous.input !== input) {

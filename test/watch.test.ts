@@ -366,6 +366,14 @@ describe('blindspot watch (processes)', () => {
     const rerun = new Watcher([input, '--model', modelDir, '--out', out, '--once']);
     expect((await rerun.exited).code).toBe(ExitCode.ok);
     expect(rerun.of('item-done').map((e) => e.key).sort()).toEqual(sources.map((s) => path.basename(s)).filter((k) => k !== inFlight).sort());
+
+    // Usage errors are refused before anything starts.
+    const inside = new Watcher([input, '--model', modelDir, '--out', path.join(input, 'denoised')]);
+    expect((await inside.exited).code).toBe(ExitCode.usage);
+    expect(inside.stderr).toMatch(/would overwrite the input/);
+    const noModel = new Watcher([input, '--out', out]);
+    expect((await noModel.exited).code).toBe(ExitCode.usage);
+    expect(noModel.stderr).toMatch(/--model/);
     for (const src of sources) expect(await mismatch(src, path.join(out, path.basename(src)))).toBeLessThan(1e-5);
   });
 
@@ -463,6 +471,11 @@ describe('watch (in process)', () => {
     expect(restart.events.some((e) => e.type === 'item-done')).toBe(false);
     expect(restart.result).toMatchObject({ processed: 0, adopted: 1, failed: 1 });
     expect((await readState(out)).items['frame03.tif'].status).toBe('done');
+
+    // Outputs of another model are not mixed into this folder.
+    const otherModel = path.join(tmp, 'model-other');
+    await saveUntrainedModel(otherModel, cfg, normalisation, 5);
+    await expect(runOnce(input, out, { modelDir: otherModel })).rejects.toThrow(/holds the outputs of another model/);
   });
 
   test('arrivals faster than the model: one rate warning for the episode, then queue-ok when it drains', async () => {
