@@ -54,7 +54,8 @@ async function openZarrSource(url: string, store: ByteStore, opts: OpenSourceOpt
 
 /**
  * Opens any supported chunked source: Zarr v2/v3 (plain or OME-Zarr; OME: level 0 at the chosen
- * channel/time), a .tif/.tiff stack, or a folder of 2D frames (as Z). Anything else: InputError.
+ * channel/time), a .tif/.tiff stack (ImageJ hyperstack or OME-TIFF: at the chosen channel/time), or
+ * a folder of 2D frames (as Z). Anything else: InputError.
  */
 export async function openChunkedSource(url: string, opts: OpenSourceOptions = {}): Promise<ChunkedArrayReader> {
   if (isS3Url(url)) {
@@ -71,8 +72,8 @@ export async function openChunkedSource(url: string, opts: OpenSourceOptions = {
   }
   if (/\.tiff?$/i.test(local)) {
     if (!stat.isFile()) throw new InputError(url, 'is named like a TIFF file but is not a file');
-    if (opts.channel !== undefined || opts.time !== undefined) throw new InputError(url, 'is a TIFF stack; --channel and --time apply to OME-Zarr inputs only');
-    return openTiffStack(local);
+    // ImageJ hyperstacks and OME-TIFFs have channels and time points to choose from; plain stacks accept 0.
+    return openTiffStack(local, { channel: opts.channel, time: opts.time });
   }
   if (!stat.isDirectory()) throw new InputError(url, 'is neither a Zarr folder, a .tif/.tiff stack nor a folder of frames');
   const store = new FileSystemStore(local);

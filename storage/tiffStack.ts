@@ -1,13 +1,17 @@
 /**
  * A TIFF (classic or BigTIFF, stripped or tiled, one page or many) as a chunked array read by
  * random access: geotiff reads only the byte ranges of the strips or tiles a chunk needs, so a stack
- * larger than memory streams. Full-resolution pages are Z (reduced-resolution subfiles are skipped);
- * a single page is YX. A chunk is one page high in Z and covers whole tiles or strips in YX.
+ * larger than memory streams. Which page is which slice comes from the metadata (storage/tiff.ts
+ * tiffPlaneLayout): an ImageJ hyperstack description or OME-XML gives channels, slices and time
+ * points, the page order and the voxel size; one channel and one time point are chosen (`channel`,
+ * `time`, required where there are several). Without such metadata, full-resolution pages are Z
+ * (reduced-resolution subfiles are skipped) at unit scale. Z of one slice is YX. A chunk is one
+ * page high in Z and covers whole tiles or strips in YX.
  */
 import { fromFile, type GeoTIFF, type GeoTIFFImage } from 'geotiff';
 import { InputError } from '../core/errors.js';
-import type { ArrayInfo, ChunkedArrayReader } from './chunked.js';
-import { formatNames, sampleTypeOf } from './tiff.js';
+import type { ArrayInfo, Axis, ChunkedArrayReader } from './chunked.js';
+import { formatNames, sampleTypeOf, tiffPlaneLayout, tiffStackPages, type TiffPlaneChoice } from './tiff.js';
 
 /** Rows (and columns) per chunk: whole tiles, or whole strips grouped to at least 64 rows. */
 function blockShape(page: GeoTIFFImage): [number, number] {
@@ -19,19 +23,29 @@ function blockShape(page: GeoTIFFImage): [number, number] {
   return [rows, width];
 }
 
-export async function openTiffStack(file: string): Promise<ChunkedArrayReader> {
+export async function openTiffStack(file: string, choice: TiffPlaneChoice = {}): Promise<ChunkedArrayReader> {
   let tiff: GeoTIFF;
-  let pages: GeoTIFFImage[];
+  const all: GeoTIFFImage[] = [];
   try {
     tiff = await fromFile(file);
     const count = await tiff.getImageCount();
-    const all: GeoTIFFImage[] = [];
     for (let i = 0; i < count; i++) all.push(await tiff.getImage(i));
-    const fullResolution = all.filter((p) => !((p.fileDirectory.NewSubfileType ?? 0) & 1));
-    pages = fullResolution.length > 0 ? fullResolution : all;
   } catch (err) {
     throw new InputError(file, `is not a readable TIFF (corrupt or truncated): ${(err as Error).message}`, { cause: err });
   }
+  try {
+    return stackReader(file, tiff, all, choice);
+  } catch (err) {
+    await tiff.close();
+    throw err;
+  }
+}
+
+/** The reader of the chosen pages of `all` (every page in the file's IFD chain). */
+function stackReader(file: string, tiff: GeoTIFF, all: GeoTIFFImage[], choice: TiffPlaneChoice): ChunkedArrayReader {
+  const layout = tiffPlaneLayout(file, all);
+  const pageIndex = tiffStackPages(file, layout, choice);
+  const pages = pageIndex.map((i) => all[i]);
   const first = pages[0];
   const width = first.getWidth();
   const height = first.getHeight();
@@ -46,30 +60,26 @@ export async function openTiffStack(file: string): Promise<ChunkedArrayReader> {
   }
   pages.forEach((page, z) => {
     if (page.getWidth() !== width || page.getHeight() !== height || page.getSamplesPerPixel() !== 1) {
-      throw new InputError(file, `page ${z} is ${page.getWidth()}x${page.getHeight()} but page 0 is ${width}x${height}; all pages of a stack must match`);
+      throw new InputError(file, `page ${pageIndex[z]} is ${page.getWidth()}x${page.getHeight()} but page ${pageIndex[0]} is ${width}x${height}; all pages of a stack must match`);
     }
     if (Number(page.getBitsPerSample(0)) !== bits || Number(page.getSampleFormat(0) ?? 1) !== format) {
-      throw new InputError(file, `page ${z} has a different sample type from page 0; all pages of a stack must match`);
+      throw new InputError(file, `page ${pageIndex[z]} has a different sample type from page ${pageIndex[0]}; all pages of a stack must match`);
     }
   });
   const [blockRows, blockCols] = blockShape(first);
   const is3D = pages.length > 1;
+  const spatial = is3D ? [0, 1, 2] : [1, 2]; // of layout's [z, y, x]
+  const axes: Axis[] = spatial.map((k) => ({ name: 'zyx'[k], type: 'space', ...(layout.units[k] ? { unit: layout.units[k] } : {}) }));
   const info: ArrayInfo = {
     url: file,
     shape: is3D ? [pages.length, height, width] : [height, width],
     chunks: is3D ? [1, blockRows, blockCols] : [blockRows, blockCols],
     dtype,
-    axes: is3D
-      ? [
-          { name: 'z', type: 'space' },
-          { name: 'y', type: 'space' },
-          { name: 'x', type: 'space' },
-        ]
-      : [
-          { name: 'y', type: 'space' },
-          { name: 'x', type: 'space' },
-        ],
-    placement: { scale: new Array<number>(is3D ? 3 : 2).fill(1), translation: new Array<number>(is3D ? 3 : 2).fill(0) },
+    axes,
+    placement: { scale: spatial.map((k) => layout.scale[k]), translation: spatial.map((k) => layout.translation[k]) },
+    ...(layout.sizes.c > 1 || layout.sizes.t > 1
+      ? { attributes: { tiffMetadata: layout.source, planes: { ...layout.sizes }, selection: { channel: choice.channel ?? null, time: choice.time ?? null } } }
+      : {}),
   };
 
   return {
@@ -87,7 +97,7 @@ export async function openTiffStack(file: string): Promise<ChunkedArrayReader> {
       try {
         raster = (await pages[z].readRasters({ window: [x0, y0, x1, y1], interleave: true })) as unknown as ArrayLike<number>;
       } catch (err) {
-        throw new InputError(file, `page ${z} rows ${y0}-${y1} cannot be decoded (corrupt or truncated): ${(err as Error).message}`, { cause: err });
+        throw new InputError(file, `page ${pageIndex[z]} rows ${y0}-${y1} cannot be decoded (corrupt or truncated): ${(err as Error).message}`, { cause: err });
       }
       const w = x1 - x0;
       const out = new Float32Array(blockRows * blockCols); // edge chunks padded with 0
