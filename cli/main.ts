@@ -138,7 +138,8 @@ and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
   --ngff-version 0.5|0.4    OME-Zarr version of the output (default 0.5, Zarr v3)
   --output-chunks YxX|ZxYxX output chunk (= tile core) shape, multiples of the network's pooling size
                             (default: the largest that --max-memory allows)
-  --channel N --time N      channel and time point of a multi-channel / time-lapse OME-Zarr input
+  --channel N --time N      channel and time point of a multi-channel / time-lapse OME-Zarr, ImageJ
+                            hyperstack or OME-TIFF input
 
 Archive scale (see 'blindspot plan' for block counts, measured costs and a shard count):
   --shard i/N               compute shard i (0-based) of N: a contiguous, balanced run of output blocks.
