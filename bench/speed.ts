@@ -5,6 +5,7 @@
  *
  *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
  *   npm run bench:speed -- --threads 2   # one setting
+ *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  */
 import { execFileSync } from 'node:child_process';
@@ -15,14 +16,19 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { buildUNet, defaultUNetConfig, unetGeometry } from '../models/unet.js';
+import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
 import { predictVolume } from '../pipeline/predict.js';
 import { benchArgs, writeResult } from './common.js';
 
+/** 'fused': models/optimizer.ts (what training uses); 'tfjs': tf.train.adam, for comparison. */
+type OptimizerChoice = 'fused' | 'tfjs';
+
 interface SpeedResult {
   backend: string;
+  optimizer: OptimizerChoice;
   threads: number;
   trainStepsPerS: number;
   trainMpxPerS: number;
@@ -35,11 +41,11 @@ interface SpeedResult {
 const BATCH = 16;
 const PATCH = 64;
 
-async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number): Promise<SpeedResult> {
+async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number, optimizerChoice: OptimizerChoice): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
   const cfg = defaultUNetConfig(2);
   const model = buildUNet(cfg, 1);
-  const optimizer = tf.train.adam(4e-4);
+  const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
   const rng = new Rng(3);
   const per = PATCH * PATCH;
   const makeBatch = (step: number): TrainingBatch => {
@@ -74,6 +80,7 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
   const stepsPerS = steps / trainSeconds;
   return {
     backend: backend.name,
+    optimizer: optimizerChoice,
     threads: backend.threads,
     trainStepsPerS: +stepsPerS.toFixed(3),
     trainMpxPerS: +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
@@ -89,21 +96,23 @@ async function main(): Promise<void> {
   const backend = (args.get('backend') ?? 'auto') as BackendChoice;
   const steps = Number(args.get('steps') ?? 20);
   const inferRuns = Number(args.get('infer-runs') ?? 3);
+  const optimizerChoice = (args.get('optimizer') ?? 'fused') as OptimizerChoice;
+  if (optimizerChoice !== 'fused' && optimizerChoice !== 'tfjs') throw new Error(`--optimizer must be fused or tfjs, got ${optimizerChoice}`);
   if (args.has('child')) {
-    const r = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns);
+    const r = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice);
     console.log(JSON.stringify(r));
     return;
   }
   const threadCounts = args.has('threads') ? [Number(args.get('threads'))] : [...new Set([1, Math.min(2, os.availableParallelism())])];
   const runs: SpeedResult[] = [];
   for (const t of threadCounts) {
-    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns)], {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 24,
     });
     const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
-    console.log(`${r.backend} ${r.threads} thread(s): train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), infer ${r.inferMpxPerS} Mpx/s (512x512), peak RSS ${r.peakRssMiB} MiB`);
+    console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam: train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), infer ${r.inferMpxPerS} Mpx/s (512x512), peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
   }
   const best = runs[runs.length - 1];

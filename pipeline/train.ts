@@ -22,6 +22,7 @@ import { maskedLoss } from '../models/losses.js';
 import { fitNoiseInWorkers } from '../workers/noisePool.js';
 import { gaussianPriorLoss, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import { dbsnLoss } from '../models/dbsn.js';
+import { createAdam } from '../models/optimizer.js';
 import {
   estimateNoise2InfoSigma,
   initialNoise2InfoSigma,
@@ -376,7 +377,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
 
   let model: tfl.LayersModel;
-  const optimizer = tf.train.adam(baseLearningRate);
+  const optimizer = createAdam(baseLearningRate);
   let state: CheckpointState = {
     stepsDone: 0,
     learningRate: baseLearningRate,

@@ -11,7 +11,8 @@
  * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
  * - SplitV                 (shipped: generic rank-5 slice, slow): last-axis splits as strided row copies.
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
- * Also registers the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
+ * Also registers BlindspotAdamUpdate on cpu and wasm (the fused Adam step of models/optimizer.ts,
+ * see fusedAdam.ts) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
  * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
  * registrations (importing @tensorflow/tfjs-layers does it).
  */
@@ -19,6 +20,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
 import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad.js';
 import { registerMissingGradients } from './gradients.js';
+import { registerAdamUpdateKernels } from './fusedAdam.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
 import { splitVLastAxisFast } from './split.js';
@@ -61,6 +63,7 @@ function install(kernelName: string, fast: FastPath, needsFallback: boolean): vo
 /** Registers the training kernels on the 'wasm' backend; safe to call more than once. */
 export function registerWasmTrainingKernels(): void {
   registerMissingGradients();
+  registerAdamUpdateKernels();
   install('Conv2DBackpropFilter', conv2DBackpropFilterWasm, false);
   install('Conv2DBackpropInput', conv2DBackpropInputFast, true);
   install('Conv3D', conv3DFast, true);
