@@ -10,6 +10,10 @@
  * - Conv3DBackpropInputV2  (shipped: wrong results): per depth tap the 2D dx, scattered in depth.
  * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
  * - SplitV                 (shipped: generic rank-5 slice, slow): last-axis splits as strided row copies.
+ * - Identity               (shipped: a copy): shares the buffer, as the cpu backend does (identity.ts).
+ * - MaxPoolGrad            (shipped: slow loop): one argmax pass over the windows (maxPoolGrad.ts).
+ * - BatchMatMul            (shipped: XNNPACK packs the right operand every call): one-row products
+ *                          (batch-norm channel sums) as a streaming loop (matmulRow.ts).
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
  * Also registers BlindspotAdamUpdate on cpu and wasm (the fused Adam step of models/optimizer.ts,
  * see fusedAdam.ts) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
@@ -24,6 +28,9 @@ import { registerAdamUpdateKernels } from './fusedAdam.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
 import { splitVLastAxisFast } from './split.js';
+import { identitySharedWasm } from './identity.js';
+import { maxPoolGradFast } from './maxPoolGrad.js';
+import { batchMatMulRowFast } from './matmulRow.js';
 
 /** A fast path: returns null for the cases it leaves to the shipped kernel. */
 type FastPath = (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[] | null;
@@ -38,6 +45,9 @@ export const wasmTrainingKernelNames = [
   'Conv3DBackpropInputV2',
   'Conv3DBackpropFilterV2',
   'SplitV',
+  'Identity',
+  'MaxPoolGrad',
+  'BatchMatMul',
 ] as const;
 
 function install(kernelName: string, fast: FastPath, needsFallback: boolean): void {
@@ -70,4 +80,7 @@ export function registerWasmTrainingKernels(): void {
   install('Conv3DBackpropInputV2', conv3DBackpropInputFast, true);
   install('Conv3DBackpropFilterV2', conv3DBackpropFilterFast, true);
   install('SplitV', splitVLastAxisFast, true);
+  install('Identity', identitySharedWasm, true);
+  install('MaxPoolGrad', maxPoolGradFast, true);
+  install('BatchMatMul', batchMatMulRowFast, true);
 }
