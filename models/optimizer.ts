@@ -127,18 +127,21 @@ export class FusedAdam extends tf.Optimizer {
     return [await this.saveIterations(), ...moments.map((m) => ({ name: m.originalName, tensor: m.variable }))];
   }
 
-  /** Takes copies: the tensors given stay the caller's, and the moments here stay unshared. */
+  /**
+   * Adopts the tensors as tfjs does (variables over the same buffers, so nothing is copied when the
+   * caller drops them); while the caller still holds one, the first fused update copies it first.
+   */
   override async setWeights(weightValues: NamedTensor[]): Promise<void> {
     const moments = await this.extractIterations(weightValues);
     if (moments.length % 2 !== 0) throw new Error(`FusedAdam.setWeights: ${moments.length} moment tensors, expected first and second moments in pairs`);
     this.accBeta1 = accumulatedPower(this.beta1, this.iterations + 1);
     this.accBeta2 = accumulatedPower(this.beta2, this.iterations + 1);
-    const copies: Moment[] = [];
-    for (const { name, tensor } of moments) copies.push({ originalName: name, variable: privateVariableCopy(tensor) });
+    const adopted: Moment[] = [];
+    for (const { name, tensor } of moments) adopted.push({ originalName: name, variable: tensor.variable(false) });
     this.dispose();
-    const count = copies.length / 2;
-    this.firstMoments = copies.slice(0, count);
-    this.secondMoments = copies.slice(count);
+    const count = adopted.length / 2;
+    this.firstMoments = adopted.slice(0, count);
+    this.secondMoments = adopted.slice(count);
   }
 
   override getConfig(): tf.serialization.ConfigDict {
@@ -161,11 +164,6 @@ function accumulatedPower(beta: number, n: number): number {
 
 function zerosVariableLike(value: tf.Tensor): tf.Variable {
   return tf.tidy(() => tf.zerosLike(value).variable(false));
-}
-
-/** A variable over a buffer of its own (tf.variable(t) would share t's buffer). */
-function privateVariableCopy(tensor: tf.Tensor): tf.Variable {
-  return tf.tidy(() => tf.tensor(tensor.dataSync().slice(), tensor.shape, tensor.dtype).variable(false));
 }
 
 /** Gives `moment` a buffer of its own if anything else holds its current one. */

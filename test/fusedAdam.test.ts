@@ -198,7 +198,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
       p.model.dispose();
     });
 
-    it('leaves buffers shared with other tensors untouched', () => {
+    it('leaves buffers shared with other tensors untouched', async () => {
       const p = makeProblem(14, 2);
       resetWeights(p);
       const fused = createAdam(0.01);
@@ -216,6 +216,17 @@ for (const backend of ['cpu', 'wasm'] as const) {
       expect(Array.from(variables[0].dataSync())).not.toEqual(Array.from(weightBefore));
       expect(Array.from(firstMoment.dataSync())).not.toEqual(Array.from(momentBefore));
       tf.dispose([weightClone, momentClone]);
+
+      // setWeights adopts the caller's tensors; a step while the caller still holds them copies first.
+      const given: NamedTensor[] = (await fused.getWeights()).map((w) => ({ name: w.name, tensor: tf.tensor(w.tensor.dataSync().slice(), w.tensor.shape, w.tensor.dtype) }));
+      const givenBefore = given.map((g) => Array.from(g.tensor.dataSync()));
+      const adopting = createAdam(0.01);
+      await adopting.setWeights(given);
+      train(p, adopting, 0, 1);
+      expect(given.map((g) => Array.from(g.tensor.dataSync()))).toEqual(givenBefore);
+      expect((await momentsOf(adopting)).map((m) => Array.from(m))).not.toEqual(givenBefore.slice(1));
+      tf.dispose(given.map((g) => g.tensor));
+      adopting.dispose();
       fused.dispose();
       p.model.dispose();
     });
