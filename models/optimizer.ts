@@ -1,9 +1,10 @@
 /**
  * Adam as tf.train.adam computes it, with each variable's update fused into one kernel on the
  * cpu and wasm backends (backend/kernels/fusedAdam.ts): no per-op tensors, the moments updated in
- * place. tfjs's AdamOptimizer runs ~12 element-wise ops per variable, each allocating a tensor;
- * on wasm that was a visible share of a training step of the reference U-Net. On other backends
- * (webgl, webgpu, tensorflow) the update runs as those same tfjs ops.
+ * place. tfjs's AdamOptimizer runs ~12 element-wise ops per variable, each allocating a tensor:
+ * for the reference U-Net (32 variables, 333k parameters) on wasm with 2 threads, measured 14-16
+ * ms per step against 5 ms here; small next to the convolutions, but allocation-free. On other
+ * backends (webgl, webgpu, tensorflow) the update runs as those same tfjs ops.
  *
  * State and checkpoints are tfjs's: getWeights() gives [iter, <var>/m..., <var>/v...], moments
  * matched to variables by position, so checkpoints written with tf.train.adam load here and the
