@@ -319,6 +319,23 @@ describe('a tiny 3D U-Net trains on wasm like on cpu', () => {
   });
 });
 
+describe('Concat (U-Net skips, upsampling)', () => {
+  it('matches cpu for two and three inputs of different widths, rank 2 to 5', async () => {
+    const cases: number[][][] = [
+      [[5, 3], [5, 4]],
+      [[2, 3, 5, 8], [2, 3, 5, 8]],
+      [[2, 3, 4, 5, 1], [2, 3, 4, 5, 6], [2, 3, 4, 5, 2]],
+    ];
+    for (const [i, shapes] of cases.entries()) {
+      await expectWasmMatchesCpu(() => tf.concat(shapes.map((s, k) => tensor(s, 800 + 10 * i + k)), -1));
+    }
+    // Other axes: the first, and the middle one of nearest-neighbour upsampling (long rows copied by `set`).
+    await expectWasmMatchesCpu(() => tf.concat([tensor([2, 3], 850), tensor([4, 3], 851)], 0));
+    await expectWasmMatchesCpu(() => tf.concat([tensor([2, 5, 1, 70], 852), tensor([2, 5, 1, 70], 853)], 2));
+    await expectWasmMatchesCpu(() => tf.concat([tensor([3, 2, 4], 854), tensor([3, 1, 4], 855), tensor([3, 3, 4], 856)], 1));
+  });
+});
+
 describe('SplitV along the channel axis (concat gradients)', () => {
   it('matches cpu for even, uneven and inferred (-1) splits, rank 2 to 5', async () => {
     const cases: Array<{ shape: number[]; splits: number | number[] }> = [

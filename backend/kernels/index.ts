@@ -10,6 +10,7 @@
  * - Conv3DBackpropInputV2  (shipped: wrong results): per depth tap the 2D dx, scattered in depth.
  * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
  * - SplitV                 (shipped: generic rank-5 slice, slow): last-axis splits as strided row copies.
+ * - Concat                 (shipped: one typed-array view per row and input): strided block copies, any axis.
  * - Identity               (shipped: a copy): shares the buffer, as the cpu backend does (identity.ts).
  * - MaxPoolGrad            (shipped: slow loop): one argmax pass over the windows (maxPoolGrad.ts).
  * - BatchMatMul            (shipped: XNNPACK packs the right operand every call): one-row products
@@ -28,6 +29,7 @@ import { registerAdamUpdateKernels } from './fusedAdam.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
 import { splitVLastAxisFast } from './split.js';
+import { concatFast } from './concat.js';
 import { identitySharedWasm } from './identity.js';
 import { maxPoolGradFast } from './maxPoolGrad.js';
 import { batchMatMulRowFast } from './matmulRow.js';
@@ -45,6 +47,7 @@ export const wasmTrainingKernelNames = [
   'Conv3DBackpropInputV2',
   'Conv3DBackpropFilterV2',
   'SplitV',
+  'Concat',
   'Identity',
   'MaxPoolGrad',
   'BatchMatMul',
@@ -80,6 +83,7 @@ export function registerWasmTrainingKernels(): void {
   install('Conv3DBackpropInputV2', conv3DBackpropInputFast, true);
   install('Conv3DBackpropFilterV2', conv3DBackpropFilterFast, true);
   install('SplitV', splitVLastAxisFast, true);
+  install('Concat', concatFast, true);
   install('Identity', identitySharedWasm, true);
   install('MaxPoolGrad', maxPoolGradFast, true);
   install('BatchMatMul', batchMatMulRowFast, true);
