@@ -28,6 +28,9 @@ export interface PredictOptions extends TilingOptions {
 /** Memory one padded tile (times batchSize) may use when maxTileVoxels is not given. */
 export const TILE_BUDGET_BYTES = 1024 * 2 ** 20;
 
+/** How far past the budget the smallest exact tile may go before prediction refuses (4 GiB: wasm's whole heap). */
+export const TILE_OVERRUN_FACTOR = 4;
+
 /**
  * Plans the tiles of an image. Without a model to measure, maxTileVoxels defaults to
  * DEFAULT_MAX_TILE_VOXELS; pass `maxTileVoxelsFor(model, ...)` to get the plan predictVolume uses.
@@ -150,6 +153,16 @@ export async function predictVolume(model: TileModel, data: Float32Array, shape:
   const maxTileVoxels = opts.maxTileVoxels ?? maxTileVoxelsFor(model, dims, opts.sizeMultiple, batchSize);
   const tiling: TilingOptions = { ...opts, maxTileVoxels };
   const plan = planTileGrid(shape, tiling);
+  // The smallest exact tile is the receptive field: a deep blind-spot network in 3D can need more
+  // than any heap holds (wasm's is 4 GiB). Say so before allocating, instead of aborting inside it.
+  if (plan.tileVoxels > TILE_OVERRUN_FACTOR * maxTileVoxels) {
+    const gib = (plan.tileVoxels / maxTileVoxels) * (TILE_BUDGET_BYTES / 2 ** 30) * batchSize;
+    throw new UsageError(
+      `this network's receptive radius (${opts.receptiveRadius} voxels) needs tiles of at least [${plan.readShape.join(', ')}] voxels, ` +
+        `about ${gib.toFixed(1)} GiB of activations, more than ${TILE_OVERRUN_FACTOR}x the ${TILE_BUDGET_BYTES / 2 ** 30} GiB tile budget; ` +
+        `train a shallower network (--depth) for ${dims}D images`,
+    );
+  }
   const out = new Float32Array(data.length);
   let done = 0;
   await lastValueFrom(

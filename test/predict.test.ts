@@ -261,4 +261,20 @@ describe('tile size from a memory bound', () => {
     expect(calls).toEqual([[1, 72 + 48, 84 + 48, 1]]);
     expect(relativeError(out, image)).toBe(0);
   });
+
+  test('a receptive field whose smallest exact tile exceeds 4x the budget is refused before any model call', async () => {
+    let called = 0;
+    const spy = (x: tf.Tensor): tf.Tensor => {
+      called++;
+      return x.clone();
+    };
+    // 4 KiB/voxel (the default estimate) and radius 75 in 3D: at least 151^3 voxels = 13 GiB.
+    await expect(predictVolume(spy, randomImage([8, 48, 48], 2), [8, 48, 48], { sizeMultiple: 8, receptiveRadius: 75 })).rejects.toThrow(
+      /receptive radius \(75 voxels\).*GiB.*--depth/,
+    );
+    expect(called).toBe(0);
+    // The same image with a U-Net-sized field runs.
+    await predictVolume(spy, randomImage([8, 48, 48], 2), [8, 48, 48], { sizeMultiple: 4, receptiveRadius: 23 });
+    expect(called).toBeGreaterThan(0);
+  });
 });
