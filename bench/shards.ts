@@ -99,7 +99,7 @@ async function main(): Promise<void> {
     const common = ['--output-chunks', `${chunk}x${chunk}`, '--backend', backend];
     console.log(`input ${side}x${side} uint16 (${blocks} blocks of ${chunk}x${chunk}), U-Net ${filters} filters, backend ${backend}`);
 
-    const plan = await runCli(['plan', input, '--model', modelDir, '--backend', backend, '--threads', String(threads), '--sample-blocks', '3', '--target', '1h'], tmp);
+    const plan = await runCli(['plan', input, '--model', modelDir, ...common, '--threads', String(threads), '--sample-blocks', '8', '--target', '1h'], tmp);
     const cost = (plan.events.find((e) => e.type === 'plan') as { cost: { secondsPerBlock: number; megavoxelsPerSecond: number } }).cost;
     console.log(`plan: ${cost.secondsPerBlock.toFixed(3)} s per block (${cost.megavoxelsPerSecond.toFixed(2)} Mvoxel/s) on ${threads} thread(s)`);
 

@@ -3,20 +3,21 @@ import { UsageError, ExitCode } from '../core/errors.js';
 import { type BlockCost, type DenoisePlan, planDenoise } from '../pipeline/plan.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
 import { resolveShard } from '../pipeline/shard.js';
-import { commonOptions, intOption, parse, setUp } from './options.js';
+import { commonOptions, intOption, parse, setUp, shapeOption } from './options.js';
 
 export const PLAN_HELP = `Usage: blindspot plan <input> --model <model-dir> [options]
 
 What a streaming denoise of <input> (.zarr, OME-Zarr, TIFF stack, frame folder; local or s3://) would do
 with this model and memory bound: block (= output chunk) shape and count, bytes in and out, memory plan;
-then the cost of one block measured here by denoising a few real blocks (after a warm-up block), the
+then the cost of one block measured here by denoising a run of real blocks (after a warm-up block), the
 total on one such process, and the shard count that meets --target.
 
 Options:
   --model <dir>            trained model folder (required)
   --max-memory SIZE        as for denoise (default 2GiB); the blocks follow from it
+  --output-chunks YxX|ZxYxX  as for denoise: the block shape (give what the shards will use)
   --target DURATION        wall time to meet, e.g. 30m, 2h, 1d (default 1h)
-  --sample-blocks N        blocks to time after the warm-up (default 3)
+  --sample-blocks N        blocks to time, one contiguous run from the middle (default 8)
   --no-measure             the plan only, no timing
   --s3-endpoint URL --channel N --time N --tta   as for denoise
   --backend B --threads N --json
@@ -87,6 +88,7 @@ export async function runPlan(args: string[]): Promise<number> {
       tta: { type: 'boolean', default: false },
       shard: { type: 'string' },
       'shard-count': { type: 'string' },
+      'output-chunks': { type: 'string' },
     },
     true,
   );
@@ -107,6 +109,7 @@ export async function runPlan(args: string[]): Promise<number> {
     time: intOption('time', values.time),
     tta: values.tta,
     shard: resolveShard({ shard: values.shard, shardCount: values['shard-count'] }),
+    outputChunks: shapeOption('output-chunks', values['output-chunks']),
     measure: values.measure,
     backend: `${backend.name} (${backend.threads} thread(s))`,
     sampleBlocks: intOption('sample-blocks', values['sample-blocks']),

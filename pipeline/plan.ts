@@ -2,10 +2,10 @@
  * `blindspot plan`: what a streaming denoise of an input would be (blocks, bytes, memory), what one
  * block costs on this machine's backend, measured, and how many shards meet a target wall time.
  *
- * The cost is measured by denoising a few real blocks of the input, each alone (its own reads,
- * prediction and write to a scratch OME-Zarr on local disk), after one warm-up block that pays for
- * kernel compilation. Alone means no overlap of one block's reads with another's prediction, so
- * the figure errs high: a real run pipelines them.
+ * The cost is measured by denoising a contiguous run of real blocks from the middle of the input
+ * (reads, prediction and writes to a scratch OME-Zarr on local disk, pipelined and cached as in a
+ * real run, which is also how a shard sees its blocks), after one warm-up block that pays for
+ * kernel compilation. Blocks at the edges of a volume cost a little less (less real data in the halo).
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -34,7 +34,7 @@ export interface DenoisePlan {
 
 export interface BlockCost {
   backend: string;
-  /** Blocks timed (after one warm-up block). */
+  /** Blocks timed, one contiguous run (after one warm-up block). */
   sampledBlocks: number;
   secondsPerBlock: number;
   /** Of the sampled blocks: voxels denoised per second. */
@@ -66,12 +66,6 @@ export function describeDenoisePlan(job: PreparedDenoise, inputUrl: string, shar
   };
 }
 
-/** Evenly spread block ordinals, `count` of them, away from the first (the warm-up). */
-function sampleOrdinals(blocks: number, count: number): number[] {
-  if (blocks <= 1) return [];
-  const n = Math.min(count, blocks - 1);
-  return Array.from({ length: n }, (_, i) => 1 + Math.floor(((i + 0.5) * (blocks - 1)) / n));
-}
 
 /** Measures the per-block cost of denoising `job`'s input on the current backend (see the module comment). */
 export async function measureBlockCost(job: PreparedDenoise, opts: { backend: string; sampleBlocks?: number; targetSeconds?: number; maxMemoryBytes: number }): Promise<BlockCost> {
@@ -86,7 +80,8 @@ export async function measureBlockCost(job: PreparedDenoise, opts: { backend: st
       placement: job.input.info.placement,
       maxLevels: 1,
     });
-    const denoiseBlock = async (ordinal: number): Promise<number> => {
+    // A run of blocks is a shard: `count` shards of about `size` blocks each, the middle one timed.
+    const denoiseRun = async (shard: { index: number; count: number }): Promise<number> => {
       const t0 = performance.now();
       await denoiseChunked({
         input: job.input,
@@ -97,22 +92,21 @@ export async function measureBlockCost(job: PreparedDenoise, opts: { backend: st
         maxMemoryBytes: opts.maxMemoryBytes,
         modelWeightBytes: job.modelWeightBytes,
         bytesPerVoxel: job.bytesPerVoxel,
-        // One block per "shard": this block alone.
-        shard: { index: ordinal, count: plan.blocks },
+        shard,
       });
       return (performance.now() - t0) / 1000;
     };
-    await denoiseBlock(0);
-    const ordinals = sampleOrdinals(plan.blocks, opts.sampleBlocks ?? 3);
-    const times: number[] = [];
-    for (const ordinal of ordinals) times.push(await denoiseBlock(ordinal));
-    // With one block only, the warm-up block is all there is: time it again, now warm.
-    if (times.length === 0) times.push(await denoiseBlock(0));
-    const secondsPerBlock = times.reduce((a, b) => a + b, 0) / times.length;
+    await denoiseRun({ index: 0, count: plan.blocks });
+    const wanted = Math.max(1, Math.min(opts.sampleBlocks ?? 8, plan.blocks));
+    const count = Math.max(1, Math.floor(plan.blocks / wanted));
+    const timed = { index: Math.floor(count / 2), count };
+    const range = shardBlockRange(plan.blocks, timed);
+    const sampledBlocks = range.end - range.start;
+    const secondsPerBlock = (await denoiseRun(timed)) / sampledBlocks;
     const totalSeconds = secondsPerBlock * plan.blocks;
     return {
       backend: opts.backend,
-      sampledBlocks: times.length,
+      sampledBlocks,
       secondsPerBlock,
       megavoxelsPerSecond: voxelCount(plan.blockShape) / 1e6 / secondsPerBlock,
       totalSeconds,

@@ -256,7 +256,10 @@ describe('sharded denoise on local disk (separate processes)', () => {
     const report = events(measured.stdout, 'plan')[0] as { blocks: number; blockShape: number[]; cost: { secondsPerBlock: number; totalSeconds: number; suggestedShards: number; sampledBlocks: number } };
     const blocks = Math.ceil(shape[0] / report.blockShape[0]) * Math.ceil(shape[1] / report.blockShape[1]);
     expect(report.blocks).toBe(blocks);
-    expect(report.cost.sampledBlocks).toBe(Math.min(2, blocks - 1) || 1);
+    // One contiguous run of about 2 blocks from the middle (a shard of the plan's blocks).
+    const runs = Math.max(1, Math.floor(blocks / Math.min(2, blocks)));
+    const timed = shardBlockRange(blocks, { index: Math.floor(runs / 2), count: runs });
+    expect(report.cost.sampledBlocks).toBe(timed.end - timed.start);
     expect(report.cost.secondsPerBlock).toBeGreaterThan(0);
     expect(report.cost.totalSeconds).toBeCloseTo(report.cost.secondsPerBlock * blocks, 6);
     expect(report.cost.suggestedShards).toBe(Math.min(blocks, Math.max(1, Math.ceil(report.cost.totalSeconds / 2))));
