@@ -4,7 +4,7 @@
  * test/fixtures/stream-child.ts (compiled into a private folder).
  */
 import { spawn } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, test } from 'vitest';
@@ -31,8 +31,25 @@ const base: Omit<ChildArgs, 'out'> = {
   backend: 'wasm',
 };
 
-/** Runs the child; with `killAfterChunks`, sends SIGKILL as soon as that many chunk lines were printed. */
-function runChild(args: ChildArgs, killAfterChunks?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; chunks: number; lines: string[] }> {
+/** Whether a journal segment of the run in `out` is stored (temp files of a write in progress are hidden). */
+function journalStored(out: string): boolean {
+  try {
+    return readdirSync(path.join(out, '.blindspot-denoise', 'journal')).some((f) => !f.startsWith('.'));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Runs the child; with `killAfterChunks`, sends SIGKILL as soon as that many chunk lines were printed
+ * (and, with `afterJournal`, a journal segment is stored: the journal is flushed every 32 chunks or
+ * second, asynchronously, so on a fast machine a kill can otherwise beat every flush).
+ */
+function runChild(
+  args: ChildArgs,
+  killAfterChunks?: number,
+  afterJournal = false,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; chunks: number; lines: string[] }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [script, JSON.stringify(args)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
     let chunks = 0;
@@ -46,7 +63,16 @@ function runChild(args: ChildArgs, killAfterChunks?: number): Promise<{ code: nu
         const line = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
         lines.push(line);
-        if (line.includes('"type":"chunk"') && ++chunks === killAfterChunks) child.kill('SIGKILL');
+        if (line.includes('"type":"chunk"') && ++chunks === killAfterChunks) {
+          if (!afterJournal) child.kill('SIGKILL');
+          else {
+            const poll = setInterval(() => {
+              if (!journalStored(args.out) && child.exitCode === null) return;
+              clearInterval(poll);
+              child.kill('SIGKILL');
+            }, 5);
+          }
+        }
       }
     });
     child.stderr.on('data', (data: Buffer) => (stderr += data.toString()));
@@ -86,11 +112,11 @@ test('SIGKILL at several points, then resume: byte-identical output, no temp fil
     const killed = await runChild({ ...base, out }, killAfter);
     expect(killed.signal).toBe('SIGKILL');
     // Kill the resumed run too once, mid-way, before letting it finish.
-    const second = await runChild({ ...base, out, resume: true }, Math.max(1, Math.floor((total - killAfter) / 2)));
+    const second = await runChild({ ...base, out, resume: true }, Math.max(1, Math.floor((total - killAfter) / 2)), true);
     const finished = await runChild({ ...base, out, resume: true });
     expect(finished.code).toBe(0);
     const result = JSON.parse(finished.lines.at(-1)!) as { chunksSkipped: number; chunksWritten: number };
-    // Work was really skipped (at least what the first run journaled before it died is kept, minus the unflushed tail).
+    // Work was really skipped (at least what the runs journaled before they died is kept, minus the unflushed tail).
     expect(result.chunksSkipped).toBeGreaterThan(0);
     expect(result.chunksSkipped + result.chunksWritten).toBe(total);
     console.log(`killed after ${killAfter} and ${second.chunks} chunks: resumed run skipped ${result.chunksSkipped}, wrote ${result.chunksWritten}`);
