@@ -26,7 +26,7 @@ import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
 import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
 
 const HELP: Record<string, string> = {
-  main: `blindspot ${VERSION}: self-supervised (Noise2Void) denoising for microscopy and astronomy images
+  main: `blindspot ${VERSION}: self-supervised (Noise2Void family) denoising for microscopy and astronomy images
 
 Usage: blindspot <command> [options]
 
