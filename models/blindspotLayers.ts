@@ -58,19 +58,35 @@ function resizedRows(inputShape: tfl.Shape | tfl.Shape[], change: number): tfl.S
   return shape;
 }
 
-/** Adds `rows` zero rows before the first spatial axis (H in 2D, D in 3D) of NHWC / NDHWC input. */
-export class PadTop extends tfl.layers.Layer {
-  static className = 'BlindspotPadTop';
+/** A layer that adds (`sign` +1) or removes (-1) `rows` rows of the first spatial axis. */
+abstract class RowsLayer extends tfl.layers.Layer {
   readonly rows: number;
 
-  constructor(args: RowsArgs) {
+  constructor(
+    args: RowsArgs,
+    private readonly sign: 1 | -1,
+    what: string,
+  ) {
     super(args);
-    checkRows(args.rows, 'PadTop');
+    checkRows(args.rows, what);
     this.rows = args.rows;
   }
 
   override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
-    return resizedRows(inputShape, this.rows);
+    return resizedRows(inputShape, this.sign * this.rows);
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), rows: this.rows };
+  }
+}
+
+/** Adds `rows` zero rows before the first spatial axis (H in 2D, D in 3D) of NHWC / NDHWC input. */
+export class PadTop extends RowsLayer {
+  static className = 'BlindspotPadTop';
+
+  constructor(args: RowsArgs) {
+    super(args, 1, 'PadTop');
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
@@ -86,25 +102,14 @@ export class PadTop extends tfl.layers.Layer {
       return tf.reshape(padded, [shape[0], shape[1] + this.rows, ...shape.slice(2)]);
     });
   }
-
-  override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), rows: this.rows };
-  }
 }
 
 /** Removes the last `rows` rows of the first spatial axis of NHWC / NDHWC input. */
-export class CropBottom extends tfl.layers.Layer {
+export class CropBottom extends RowsLayer {
   static className = 'BlindspotCropBottom';
-  readonly rows: number;
 
   constructor(args: RowsArgs) {
-    super(args);
-    checkRows(args.rows, 'CropBottom');
-    this.rows = args.rows;
-  }
-
-  override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
-    return resizedRows(inputShape, -this.rows);
+    super(args, -1, 'CropBottom');
   }
 
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
@@ -117,10 +122,6 @@ export class CropBottom extends tfl.layers.Layer {
       const cropped = tf.slice(tf.reshape(x, [shape[0], shape[1], after]), [0, 0, 0], [shape[0], kept, after]);
       return tf.reshape(cropped, [shape[0], kept, ...shape.slice(2)]);
     });
-  }
-
-  override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), rows: this.rows };
   }
 }
 

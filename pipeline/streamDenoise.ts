@@ -584,9 +584,8 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
         while (next < verify.length) {
           const [key, sha] = verify[next++];
           const index = key.split('.').map(Number);
-          if (index.length !== dims || index.some((k, axis) => !(k >= 0 && k < grid[axis]))) continue;
+          if (!ownBlock(index)) continue;
           const ordinal = rasterOrdinal(index, grid);
-          if (ordinal < blocks.start || ordinal >= blocks.end) continue;
           const stored = await output.readStoredChunk(index);
           if (stored && sha256Hex(stored) === sha) {
             if (!done[ordinal]) chunksSkipped++;
@@ -703,10 +702,14 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
       await journal.removeSegments();
     }
     if (complete && opts.shard && wholeRun) {
-      // Own record first, then the others': of two shards finishing together at least one sees both complete.
-      const runs = await readShardRuns(opts.journal.store, runPrefix);
-      const finished = new Set(runs.filter((r) => r.count === opts.shard?.count && r.complete && r.fingerprint === journal.fingerprint).map((r) => r.index));
-      allComplete = finished.size === opts.shard.count || (await wholeRun.readRun())?.complete === true;
+      // Own record first, then the others' (read by key: N records, not a listing of every journal
+      // segment): of two shards finishing together at least one sees both complete.
+      const { store } = opts.journal;
+      const { count } = opts.shard;
+      const runs = await Promise.all(
+        Array.from({ length: count }, (_, index) => new RunJournal(store, shardJournalPrefix(runPrefix, { index, count }), journal.fingerprint).readRun()),
+      );
+      allComplete = runs.every((r) => r?.complete === true && r.fingerprint === journal.fingerprint) || (await wholeRun.readRun())?.complete === true;
       if (allComplete) await wholeRun.writeRun(true);
     }
   }
