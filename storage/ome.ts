@@ -9,10 +9,11 @@
  * channels/time points and the view slices out the chosen one.
  *
  * Writing: `createOmeZarr` writes v0.5 by default, v0.4 on request, with a pyramid planned at
- * creation (level k: 2x in y and x, and in z only while z scale == y scale at that level, so an
- * anisotropic stack is first made isotropic; mean of the 2x2(x2) blocks, translation shifted by
- * half a voxel of the new grid). Array metadata is written before the group metadata, so a group
+ * creation (level k: 2x in y and x only, mean of the 2x2 blocks, translation shifted by half a
+ * pixel of the new grid; z keeps its size at every level because viv and vizarr pass one z index
+ * to every level, see planPyramid). Array metadata is written before the group metadata, so a group
  * document means the whole layout exists (what `openOmeZarrWriter` looks for to resume).
+ * test/viewers.test.ts opens these outputs as viv/vizarr and napari's readers do.
  */
 import { isDeepStrictEqual } from 'node:util';
 import type { S3Settings } from './s3.js';
@@ -263,28 +264,30 @@ export interface PyramidLevel {
 
 const MAX_LEVELS_DEFAULT = 12;
 
-/** Plans the pyramid: 2x in y and x, in z while isotropic; stops when a level fits one chunk. */
+/**
+ * Plans the pyramid: 2x in y and x until a level fits one chunk in y and x.
+ * z is never downsampled: viv's MultiscaleImageLayer (and so vizarr) hands the same z index to
+ * every level (viv issue #901, "Support downsampled Z", open), so a halved z would show another
+ * plane, or fail, once zoomed out. A level whose x extent would be 4 or less is not made: viv's
+ * loaders read an array whose last axis has 3 or 4 entries as interleaved RGB(A) (isInterleaved).
+ */
 export function planPyramid(shape: readonly number[], chunks: readonly number[], placement: Placement, maxLevels = MAX_LEVELS_DEFAULT): PyramidLevel[] {
   const rank = shape.length;
+  const factors = shape.map((_, axis) => (axis >= rank - 2 ? 2 : 1));
   const levels: PyramidLevel[] = [{ shape: [...shape], placement: { scale: [...placement.scale], translation: [...placement.translation] }, factors: new Array(rank).fill(1) }];
   while (levels.length < maxLevels) {
     const last = levels[levels.length - 1];
-    const factors = last.shape.map((_, axis) => {
-      if (axis >= rank - 2) return 2;
-      const zScale = last.placement.scale[axis];
-      const yScale = last.placement.scale[rank - 2];
-      return Math.abs(zScale - yScale) <= 1e-9 * Math.max(Math.abs(zScale), Math.abs(yScale)) ? 2 : 1;
-    });
-    // Stop once every axis that would shrink already fits one chunk.
-    if (factors.every((f, axis) => f === 1 || last.shape[axis] <= chunks[axis])) break;
+    if (last.shape[rank - 2] <= chunks[rank - 2] && last.shape[rank - 1] <= chunks[rank - 1]) break;
+    const next = last.shape.map((n, axis) => Math.ceil(n / factors[axis]));
+    if (next[rank - 1] <= 4) break;
     levels.push({
-      shape: last.shape.map((n, axis) => Math.ceil(n / factors[axis])),
+      shape: next,
       placement: {
         scale: last.placement.scale.map((s, axis) => s * factors[axis]),
-        // The new voxel's centre is the mean of the centres it averages.
+        // The new pixel's centre is the mean of the centres it averages.
         translation: last.placement.translation.map((t, axis) => t + ((factors[axis] - 1) / 2) * last.placement.scale[axis]),
       },
-      factors,
+      factors: [...factors],
     });
   }
   return levels;
@@ -294,11 +297,29 @@ function ngffAxisOf(a: Axis): NgffAxis {
   return { name: a.name, ...(a.type === 'other' ? {} : { type: a.type }), ...(a.unit ? { unit: a.unit } : {}) };
 }
 
+/**
+ * A window every viewer accepts: finite numbers (JSON has no NaN; vizarr uses start/end as slider
+ * limits) and end > start (napari refuses contrast limits that do not increase, napari PR #5036;
+ * napari-ome-zarr passes window start/end as contrast_limits). A flat image's 0.1/99.9 percentiles
+ * are equal, so the window is widened to min/max, or to one unit above start.
+ */
+export function displayableWindow(window: OmeroWindow): OmeroWindow {
+  const finiteOr = (v: number, fallback: number): number => (Number.isFinite(v) ? v : fallback);
+  let start = finiteOr(window.start, finiteOr(window.min, 0));
+  let end = finiteOr(window.end, finiteOr(window.max, start + 1));
+  if (!(end > start)) {
+    start = Math.min(start, finiteOr(window.min, start));
+    end = Math.max(end, finiteOr(window.max, end));
+    if (!(end > start)) end = start + 1;
+  }
+  return { start, end, min: Math.min(finiteOr(window.min, start), start), max: Math.max(finiteOr(window.max, end), end) };
+}
+
 function omeroOf(window: OmeroWindow, shape: readonly number[], version: '0.4' | '0.5'): Record<string, unknown> {
   return {
     ...(version === '0.4' ? { version: '0.4' } : {}),
     channels: [
-      { active: true, coefficient: 1, color: 'FFFFFF', family: 'linear', inverted: false, label: 'denoised', window: { ...window } },
+      { active: true, coefficient: 1, color: 'FFFFFF', family: 'linear', inverted: false, label: 'denoised', window: displayableWindow(window) },
     ],
     rdefs: { defaultT: 0, defaultZ: shape.length === 3 ? Math.floor(shape[0] / 2) : 0, model: 'greyscale' },
   };
@@ -322,7 +343,7 @@ function groupDocuments(
       ],
     })),
     type: 'mean',
-    metadata: { description: 'mean of 2x2 (2x2x2 when isotropic) blocks of the level below', method: 'blindspot buildPyramid' },
+    metadata: { description: 'mean of 2x2 blocks in y and x of the level below (z is not downsampled)', method: 'blindspot buildPyramid' },
   };
   const blindspot = { version: VERSION, ...(opts.provenance ?? {}) };
   if (version === '0.5') {

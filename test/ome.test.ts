@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as zarr from 'zarrita';
-import { createOmeZarr, openOmeZarrWriter, planPyramid, type CreateOmeZarrOptions } from '../storage/ome.js';
+import { createOmeZarr, displayableWindow, openOmeZarrWriter, planPyramid, type CreateOmeZarrOptions } from '../storage/ome.js';
 import { createZarrArray, encodeJson } from '../storage/zarr.js';
 import { FileSystemStore } from '../storage/fsStore.js';
 import { openChunkedSource } from '../storage/open.js';
@@ -156,31 +156,31 @@ describe.each(['0.5', '0.4'] as const)('OME-Zarr v%s output', (version) => {
     expect(attrs.blindspot.command).toEqual(['blindspot', 'denoise']);
     expect(attrs.multiscales[0].axes).toEqual(zyxAxes);
 
-    // Isotropic voxels: every level halves z, y and x until it fits one chunk.
-    const expectedShapes = [[20, 50, 70], [10, 25, 35], [5, 13, 18], [3, 7, 9]];
+    // Every level halves y and x (never z: viewers pass one z index to all levels) until y and x fit one chunk.
+    const expectedShapes = [[20, 50, 70], [20, 25, 35], [20, 13, 18], [20, 7, 9]];
     expect(paths).toEqual(['0', '1', '2', '3']);
     for (let k = 0; k < paths.length; k++) {
       const array = await zarr.open(new FileSystemStore(path.join(url, paths[k])), { kind: 'array' });
       expect(array.shape).toEqual(expectedShapes[k]);
       const [scale, translation] = attrs.multiscales[0].datasets[k].coordinateTransformations;
-      expect(scale.scale).toEqual([1.5, 1.5, 1.5].map((s) => s * 2 ** k));
-      // Centre of the first voxel of level k = mean of the level-0 centres it covers.
-      expect(translation.translation.map((t: number) => +t.toFixed(9))).toEqual(placement.translation.map((t, a) => +(t + ((2 ** k - 1) / 2) * placement.scale[a]).toFixed(9)));
+      expect(scale.scale).toEqual([1.5, 1.5 * 2 ** k, 1.5 * 2 ** k]);
+      // Centre of the first voxel of level k = mean of the level-0 centres it covers (z: the same plane).
+      const factor = [1, 2 ** k, 2 ** k];
+      expect(translation.translation.map((t: number) => +t.toFixed(9))).toEqual(placement.translation.map((t, a) => +(t + ((factor[a] - 1) / 2) * placement.scale[a]).toFixed(9)));
     }
-    // Level 1 values are means of 2x2x2 blocks; at the odd x edge the block is 2x2x1... (70 is even: check y edge 50/2=25 exact, level 2 y edge 25 -> 13 has a 1-row block).
+    // Level 1 values are means of 1x2x2 blocks (one z plane, 2x2 in y and x).
     const level1 = await zarr.get(await zarr.open(new FileSystemStore(path.join(url, '1')), { kind: 'array' }));
     const mean1 = (z: number, y: number, x: number): number => {
       let s = 0;
-      for (let dz = 0; dz < 2; dz++) for (let dy = 0; dy < 2; dy++) for (let dx = 0; dx < 2; dx++) s += valueAt(2 * z + dz, 2 * y + dy, 2 * x + dx);
-      return s / 8;
+      for (let dy = 0; dy < 2; dy++) for (let dx = 0; dx < 2; dx++) s += valueAt(z, 2 * y + dy, 2 * x + dx);
+      return s / 4;
     };
     const l1 = level1.data as Float32Array;
-    for (const [z, y, x] of [[0, 0, 0], [9, 24, 34], [4, 13, 20]]) expect(l1[(z * 25 + y) * 35 + x]).toBeCloseTo(mean1(z, y, x), 4);
+    for (const [z, y, x] of [[0, 0, 0], [19, 24, 34], [7, 13, 20]]) expect(l1[(z * 25 + y) * 35 + x]).toBeCloseTo(mean1(z, y, x), 4);
     const level2 = await zarr.get(await zarr.open(new FileSystemStore(path.join(url, '2')), { kind: 'array' }));
     const l2 = level2.data as Float32Array;
-    // Last y row of level 2 averages level-1 row 24 only (25 rows); last x column averages column 34 only.
-    const edge = (l1[(0 * 25 + 24) * 35 + 34] + l1[(1 * 25 + 24) * 35 + 34]) / 2;
-    expect(l2[(0 * 13 + 12) * 18 + 17]).toBeCloseTo(edge, 4);
+    // Last y row of level 2 averages level-1 row 24 only (25 rows); last x column averages column 34 only (35 columns).
+    for (const z of [0, 13]) expect(l2[(z * 13 + 12) * 18 + 17]).toBeCloseTo(l1[(z * 25 + 24) * 35 + 34], 4);
 
     const reader = await openChunkedSource(url);
     expect(reader.info.shape).toEqual(shape);
@@ -215,7 +215,8 @@ describe('2D OME-Zarr output', () => {
       window: { start: 5, end: 900, min: 0, max: 1000 },
     };
     const writer = await createOmeZarr(url, opts);
-    expect(writer.levelShapes).toEqual([[100, 30], [50, 15], [25, 8], [13, 4]]);
+    // No [13, 4] level: viv would read a last axis of 4 as interleaved RGBA.
+    expect(writer.levelShapes).toEqual([[100, 30], [50, 15], [25, 8]]);
     const grid = chunkGrid(writer.info);
     for (let i = 0; i < grid[0]; i++) for (let j = 0; j < grid[1]; j++) await writer.writeChunk([i, j], new Float32Array(256).fill(i * 10 + j));
     await writer.buildPyramid({ levels: 2 });
@@ -248,16 +249,38 @@ describe('2D OME-Zarr output', () => {
     expect(window.max).toBeGreaterThan(window.min);
     expect(window.max).toBeLessThanOrEqual(200 + 255);
   });
+
+  it('widens the window of a flat image so that end > start (napari refuses non-increasing contrast limits)', async () => {
+    const url = path.join(dir, 'flat.zarr');
+    const writer = await createOmeZarr(url, {
+      shape: [20, 20], chunks: [16, 16], dtype: 'uint16', ngffVersion: '0.4',
+      axes: [{ name: 'y', type: 'space' }, { name: 'x', type: 'space' }],
+      placement: { scale: [1, 1], translation: [0, 0] },
+    });
+    for (const index of [[0, 0], [0, 1], [1, 0], [1, 1]]) await writer.writeChunk(index, new Float32Array(256).fill(7));
+    await writer.buildPyramid();
+    const { window } = JSON.parse(await fs.readFile(path.join(url, '.zattrs'), 'utf8')).omero.channels[0];
+    assertValidOmero({ channels: [{ color: 'FFFFFF', window }] });
+    expect(window.start).toBe(7);
+    expect(window.end).toBeGreaterThan(window.start);
+    expect(window.min).toBeLessThanOrEqual(window.start);
+    expect(window.max).toBeGreaterThanOrEqual(window.end);
+    expect(displayableWindow({ start: 5, end: 5, min: 2, max: 9 })).toEqual({ start: 2, end: 9, min: 2, max: 9 });
+    expect(displayableWindow({ start: Number.NaN, end: 3, min: 0, max: 3 })).toEqual({ start: 0, end: 3, min: 0, max: 3 });
+  });
 });
 
 describe('pyramid planning', () => {
-  it('halves z only while the voxel is isotropic', () => {
-    const levels = planPyramid([40, 512, 512], [16, 64, 64], { scale: [2, 0.5, 0.5], translation: [0, 0, 0] });
-    // y,x scale 0.5 -> 1 -> 2 (now equal to z) -> then z halves too.
-    expect(levels.map((l) => l.shape)).toEqual([[40, 512, 512], [40, 256, 256], [40, 128, 128], [20, 64, 64], [10, 32, 32]]);
-    expect(levels[3].placement.scale).toEqual([4, 4, 4]);
-    expect(levels[3].factors).toEqual([2, 2, 2]);
-    expect(levels[1].factors).toEqual([1, 2, 2]);
+  it('halves y and x, never z, until y and x fit one chunk', () => {
+    const levels = planPyramid([40, 512, 512], [16, 64, 64], { scale: [2, 0.5, 0.5], translation: [3, 0, 0] });
+    expect(levels.map((l) => l.shape)).toEqual([[40, 512, 512], [40, 256, 256], [40, 128, 128], [40, 64, 64]]);
+    expect(levels[3].placement.scale).toEqual([2, 4, 4]);
+    expect(levels[3].placement.translation).toEqual([3, 1.75, 1.75]);
+    expect(levels[3].factors).toEqual([1, 2, 2]);
+  });
+
+  it('makes no level with 4 or fewer columns (viv reads a last axis of 3 or 4 as RGB(A))', () => {
+    expect(planPyramid([400, 36], [16, 16], { scale: [1, 1], translation: [0, 0] }).map((l) => l.shape)).toEqual([[400, 36], [200, 18], [100, 9], [50, 5]]);
   });
 
   it('2D: stops when the image fits one chunk', () => {
@@ -376,7 +399,7 @@ describe.skipIf(swiftSkip)('OME-Zarr on S3 (local Swift)', () => {
     await writer.buildPyramid();
     expect(await openOmeZarrWriter(`s3://blindspot-ome/run/absent-${version}.zarr`, settings)).toBeNull();
     const reopened = await openOmeZarrWriter(url, settings);
-    expect(reopened!.levelShapes).toEqual([[12, 40, 36], [6, 20, 18], [3, 10, 9]]);
+    expect(reopened!.levelShapes).toEqual([[12, 40, 36], [12, 20, 18], [12, 10, 9]]);
     const reader = await openChunkedSource(url, { s3: settings });
     expect(reader.info.shape).toEqual([12, 40, 36]);
     expect((await reader.readChunk([1, 2, 1]))[0]).toBe(121);
