@@ -64,13 +64,47 @@ export function filterGradFromTransposed(
   return scope.slice(raw, [0, 0, 0, 0], [ci, kernel.kh, kernel.kw, co]);
 }
 
+/**
+ * x [B, H, W, C] as [C, H, W, B], by a JS loop over the wasm heap: 16 pixels at a time, so each
+ * channel's output is one contiguous run of 16 B values and the reads stay within 16 B input rows
+ * (the shipped Transpose walks the output with a stride of H W B floats per channel; bench/kernels.ts
+ * times both).
+ */
+export function batchToLast(scope: WasmKernelScope, x: tf.TensorInfo): tf.TensorInfo {
+  const [batch, height, width, channels] = x.shape;
+  const pixels = height * width;
+  const out = scope.output([channels, height, width, batch]);
+  // Views after the allocation: it may grow (and move) the heap.
+  const src = scope.heap(x);
+  const dst = scope.heap(out);
+  const tile = 16;
+  const batchStride = pixels * channels;
+  for (let p0 = 0; p0 < pixels; p0 += tile) {
+    const p1 = Math.min(pixels, p0 + tile);
+    for (let c = 0; c < channels; c++) {
+      let to = (c * pixels + p0) * batch;
+      for (let p = p0; p < p1; p++) {
+        let from = p * channels + c;
+        for (let b = 0; b < batch; b++, from += batchStride) dst[to++] = src[from];
+      }
+    }
+  }
+  return out;
+}
+
+/** x transposed for dW by batchToLast (true) or the shipped Transpose (false); see bench/kernels.ts. */
+let transposeInJs = true;
+export function setFilterGradTransposeInJs(enabled: boolean): void {
+  transposeInJs = enabled;
+}
+
 export function conv2DBackpropFilterWasm(args: KernelArgs): tf.TensorInfo {
   const { x, dy } = inputsOf(args.inputs, 'x', 'dy');
   const attrs = args.attrs as unknown as tf.Conv2DBackpropFilterAttrs;
   if (attrs.dataFormat === 'NCHW') throw new Error('wasm Conv2DBackpropFilter supports only NHWC');
   const info = conv2dInfo(x.shape, attrs.filterShape, attrs.strides, attrs.pad, attrs.dimRoundingMode);
   return withScope(args.backend, (scope) => {
-    const xT = scope.transpose(x, [3, 1, 2, 0]);
+    const xT = transposeInJs && x.dtype === 'float32' ? batchToLast(scope, x) : scope.transpose(x, [3, 1, 2, 0]);
     const dyFilter = scope.transpose(dy, [1, 2, 0, 3]);
     const gradT = filterGradFromTransposed(
       scope,

@@ -3,7 +3,8 @@
  * 3D U-Nets. `registerWasmTrainingKernels()` installs them on 'wasm'; it is idempotent.
  *
  * Registered (overrides keep the shipped kernelFunc as the fallback for cases not handled here):
- * - Conv2DBackpropFilter   (missing on wasm): one forward conv on transposed tensors, any stride/padding.
+ * - Conv2DBackpropFilter   (missing on wasm): one forward conv on transposed tensors, any stride/padding
+ *                          (x's transpose as a tiled JS loop, conv2d-grad.ts batchToLast).
  * - Conv2DBackpropInput    (shipped: plain loop): a forward conv with the flipped filter
  *                          (strides > 1 on a zero-inserted dy).
  * - Conv3D                 (shipped: plain loop): depth taps of batched 2D convs, any stride.
@@ -17,7 +18,8 @@
  *                          (batch-norm channel sums) as a streaming loop (matmulRow.ts).
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
  * Also registers BlindspotAdamUpdate on cpu and wasm (the fused Adam step of models/optimizer.ts,
- * see fusedAdam.ts) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
+ * see fusedAdam.ts), the fused batch-norm kernels BlindspotBatchNormTrain / BlindspotBatchNormTrainGrad
+ * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
  * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
  * registrations (importing @tensorflow/tfjs-layers does it).
  */
@@ -26,6 +28,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad.js';
 import { registerMissingGradients } from './gradients.js';
 import { registerAdamUpdateKernels } from './fusedAdam.js';
+import { registerBatchNormKernels } from './batchNorm.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
 import { splitVLastAxisFast } from './split.js';
@@ -77,6 +80,7 @@ function install(kernelName: string, fast: FastPath, needsFallback: boolean): vo
 export function registerWasmTrainingKernels(): void {
   registerMissingGradients();
   registerAdamUpdateKernels();
+  registerBatchNormKernels();
   install('Conv2DBackpropFilter', conv2DBackpropFilterWasm, false);
   install('Conv2DBackpropInput', conv2DBackpropInputFast, true);
   install('Conv3D', conv3DFast, true);
