@@ -235,3 +235,216 @@ export function* tileSpecs(plan: TilePlan): Generator<TileSpec> {
 export function tileGrid(opts: TilingOptions): OperatorFunction<TilingInput, TileSpec> {
   return mergeMap((input: TilingInput) => from(tileSpecs(planTileGrid(input.shape, opts))));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Block order with input-chunk locality.
+//
+// Neighbouring blocks read the same input chunks (their halos overlap). In raster order a block
+// shares chunks with its neighbour on axis 0 one whole plane (3D) or row (2D) of blocks later, so
+// the cache must hold a plane's worth of halo chunks or those chunks are fetched again. Sweeping
+// the grid column by column instead (a column: a cross-section of blocks on the other axes, all
+// positions on axis 0) only needs the chunks of two consecutive layers of one column at once;
+// chunks read by two columns (across a column's side faces) are fetched once per column. A
+// column as wide as the grid is raster order. Bricks of full columns beat cubes or a space-filling
+// curve for the same cache: the re-fetched fraction goes with a column's perimeter over its area
+// (1/sqrt(cache)), a cube's with its surface over its volume (1/cbrt(cache)).
+
+/** Reflection about the first and last sample (numpy 'reflect'); the same as pipeline/predict.ts reflectIndex, which imports this module. */
+function reflectInto(i: number, n: number): number {
+  if (n === 1) return 0;
+  const period = 2 * (n - 1);
+  const j = ((i % period) + period) % period;
+  return j < n ? j : period - j;
+}
+
+/**
+ * Along `axis`, the input chunks [first[k], last[k]] that block k's read region touches (reflection
+ * included: a read region always contains its core, so the touched chunks are one contiguous run).
+ */
+export function readChunkSpans(plan: TilePlan, axis: number, chunk: number): { first: Int32Array; last: Int32Array } {
+  if (!Number.isInteger(chunk) || chunk < 1) throw new RangeError(`readChunkSpans: chunk size must be a positive integer, got ${chunk}`);
+  const n = plan.imageShape[axis];
+  const blocks = plan.grid[axis];
+  const first = new Int32Array(blocks);
+  const last = new Int32Array(blocks);
+  for (let k = 0; k < blocks; k++) {
+    const [start, end] = axisExtents(plan, axis, k).read;
+    let low = Infinity;
+    let high = -Infinity;
+    if (end - start >= 2 * n) {
+      // Covers a whole period of the reflection (and more): every sample.
+      low = 0;
+      high = n - 1;
+    } else {
+      for (let i = start; i < end; i++) {
+        const j = reflectInto(i, n);
+        if (j < low) low = j;
+        if (j > high) high = j;
+      }
+    }
+    first[k] = Math.floor(low / chunk);
+    last[k] = Math.floor(high / chunk);
+  }
+  return { first, last };
+}
+
+/** How a grid of blocks is swept: column by column along axis 0. */
+export interface BlockSweep {
+  /** Blocks per axis of one column: 1 on axis 0 (the swept axis), the cross-section on the others; the grid's whole extent on every axis is raster order. */
+  readonly column: readonly number[];
+  /** Input chunks the cache must hold for a column's sweep to fetch each of its chunks once (see planBlockSweep). */
+  readonly workingSetChunks: number;
+  /**
+   * Expected input-chunk fetches per distinct chunk over the whole grid with the cache planned for:
+   * 1 plus the re-fetches across column faces when the working set fits; for raster order that
+   * does not fit, the re-fetches of every layer's chunks by the next layer.
+   */
+  readonly fetchesPerChunk: number;
+}
+
+/** Per candidate group size along one cross axis: chunk fetches summed over the groups, and the widest group's chunks. */
+function groupCosts(first: Int32Array, last: Int32Array, sizes: readonly number[]): Array<{ size: number; fetched: number; widest: number }> {
+  const blocks = first.length;
+  return sizes.map((size) => {
+    let fetched = 0;
+    let widest = 0;
+    for (let g = 0; g < blocks; g += size) {
+      const end = Math.min(g + size, blocks) - 1;
+      let low = Infinity;
+      let high = -Infinity;
+      for (let k = g; k <= end; k++) {
+        low = Math.min(low, first[k]);
+        high = Math.max(high, last[k]);
+      }
+      fetched += high - low + 1;
+      widest = Math.max(widest, high - low + 1);
+    }
+    return { size, fetched, widest };
+  });
+}
+
+/** Chunks touched along an axis by one block (`together` 1) or two neighbouring blocks (2), at most. */
+function widestSpan(first: Int32Array, last: Int32Array, together: 1 | 2): number {
+  let widest = 0;
+  for (let k = 0; k < first.length; k++) {
+    const next = Math.min(k + together - 1, first.length - 1);
+    widest = Math.max(widest, Math.max(last[k], last[next]) - Math.min(first[k], first[next]) + 1);
+  }
+  return widest;
+}
+
+/** Column sizes tried along an axis of `blocks` blocks: all of them up to 256, else 1..64 and the balanced splits ceil(blocks/k). */
+function columnSizeCandidates(blocks: number): number[] {
+  if (blocks <= 256) return Array.from({ length: blocks }, (_, i) => i + 1);
+  const sizes = new Set<number>();
+  for (let s = 1; s <= 64; s++) sizes.add(s);
+  for (let k = 1; k <= 64; k++) sizes.add(Math.ceil(blocks / k));
+  return [...sizes].sort((a, b) => a - b);
+}
+
+/**
+ * The column cross-section that fetches each input chunk the fewest times while its working set
+ * fits in `cacheChunks`; ties go to wider columns (raster order when it fits). Raster order also
+ * when no column fitting the cache would fetch less than raster order does without reuse between
+ * layers (a cache too small for anything: then the status quo), and with `rasterOnly` (for
+ * comparison). `inputChunks`: the input's chunk shape, same axes as the plan.
+ *
+ * Working set: a chunk read by layers k and k+1 of a column (along axis 0) is reused after the
+ * rest of layer k and the start of layer k+1 have been read, i.e. about one layer's chunks over
+ * the column's cross-section, two layers' near the block being read. So an LRU cache of
+ * (widest layer span x cross-section) + (extra layers of two spans x two neighbouring blocks'
+ * span on the first cross axis x the rest of the cross-section) chunks fetches each of the
+ * column's chunks once; the chunks of read-ahead tiles are the caller's to leave room for.
+ */
+export function planBlockSweep(plan: TilePlan, inputChunks: readonly number[], cacheChunks: number, opts: { rasterOnly?: boolean } = {}): BlockSweep {
+  const dims = plan.grid.length;
+  if (inputChunks.length !== dims) throw new RangeError(`planBlockSweep: input chunks [${inputChunks.join(', ')}] do not match the ${dims} axes of the plan`);
+  const spans = inputChunks.map((chunk, axis) => readChunkSpans(plan, axis, chunk));
+  const chunksOnAxis = inputChunks.map((chunk, axis) => Math.ceil(plan.imageShape[axis] / chunk));
+  const layer = widestSpan(spans[0].first, spans[0].last, 1);
+  const layerPair = widestSpan(spans[0].first, spans[0].last, 2);
+  const firstCrossPair = widestSpan(spans[1].first, spans[1].last, 2);
+  const crossAxes = Array.from({ length: dims - 1 }, (_, i) => i + 1);
+  const costs = crossAxes.map((axis) => groupCosts(spans[axis].first, spans[axis].last, columnSizeCandidates(plan.grid[axis])));
+  type Candidate = { column: number[]; workingSet: number; ratio: number; blocks: number };
+  let best: Candidate | null = null;
+  let raster: Candidate | null = null;
+  const visit = (i: number, column: number[], widest: number[], ratio: number): void => {
+    if (i === crossAxes.length) {
+      const crossSection = widest.reduce((a, b) => a * b, 1);
+      const nearBlock = (crossSection / widest[0]) * Math.min(firstCrossPair, widest[0]);
+      const workingSet = layer * crossSection + (layerPair - layer) * nearBlock;
+      const candidate = { column: [1, ...column], workingSet, ratio, blocks: column.reduce((a, b) => a * b, 1) };
+      if (column.every((size, c) => size === plan.grid[crossAxes[c]])) raster = candidate;
+      if (workingSet > cacheChunks) return;
+      // Ratios are products of small rationals: compare with a tolerance so ties are ties.
+      if (best === null || ratio < best.ratio - 1e-9 || (Math.abs(ratio - best.ratio) <= 1e-9 && candidate.blocks > best.blocks)) best = candidate;
+      return;
+    }
+    const axis = crossAxes[i];
+    for (const cost of costs[i]) visit(i + 1, [...column, cost.size], [...widest, cost.widest], ratio * (cost.fetched / chunksOnAxis[axis]));
+  };
+  visit(0, [], [], 1);
+  const fullWidth = raster as unknown as Candidate;
+  if (fullWidth.workingSet > cacheChunks || opts.rasterOnly) {
+    // Raster order with a cache too small for a layer: each layer's chunks fetched again by the next (optimistic: reuse within a layer kept).
+    let layerSpans = 0;
+    for (let k = 0; k < plan.grid[0]; k++) layerSpans += spans[0].last[k] - spans[0].first[k] + 1;
+    const rasterRatio = layerSpans / chunksOnAxis[0];
+    const chosen = best as Candidate | null;
+    const rasterFetches = fullWidth.workingSet > cacheChunks ? rasterRatio : 1;
+    if (chosen === null || chosen.ratio >= rasterFetches || opts.rasterOnly) return { column: fullWidth.column, workingSetChunks: fullWidth.workingSet, fetchesPerChunk: rasterFetches };
+    return { column: chosen.column, workingSetChunks: chosen.workingSet, fetchesPerChunk: chosen.ratio };
+  }
+  return { column: fullWidth.column, workingSetChunks: fullWidth.workingSet, fetchesPerChunk: 1 };
+}
+
+/**
+ * Grid indices of the blocks with raster ordinals in [start, end), column by column: columns in
+ * raster order over the cross axes, each swept along axis 0 (alternately up and down, so that
+ * consecutive columns meet at the same layer and share its face chunks), its blocks in raster
+ * order within each layer. Every block of the range comes exactly once; only the order differs
+ * from raster order (`column` as wide as the grid on every cross axis gives raster order itself).
+ */
+export function* sweepBlocks(grid: readonly number[], column: readonly number[], range: { start: number; end: number } = { start: 0, end: voxelCount(grid) }): Generator<number[]> {
+  const dims = grid.length;
+  if (column.length !== dims || column[0] !== 1 || column.some((c) => !Number.isInteger(c) || c < 1)) {
+    throw new RangeError(`sweepBlocks: column [${column.join(', ')}] must be 1 on axis 0 and positive integers on the ${dims - 1} other axes`);
+  }
+  const { start, end } = range;
+  if (end <= start) return;
+  const planeBlocks = voxelCount(grid) / grid[0];
+  const firstLayer = Math.floor(start / planeBlocks);
+  const lastLayer = Math.floor((end - 1) / planeBlocks);
+  const crossGrid = grid.slice(1);
+  const crossColumn = column.slice(1);
+  const columnsPerAxis = crossGrid.map((g, i) => Math.ceil(g / crossColumn[i]));
+  const columnCount = voxelCount(columnsPerAxis);
+  const columnIndex = crossGrid.map(() => 0);
+  for (let c = 0; c < columnCount; c++) {
+    // Cross-section of this column: [low, high) per cross axis.
+    const low = columnIndex.map((k, i) => k * crossColumn[i]);
+    const high = low.map((l, i) => Math.min(l + crossColumn[i], crossGrid[i]));
+    const upwards = c % 2 === 0;
+    for (let step = 0; step <= lastLayer - firstLayer; step++) {
+      const layer = upwards ? firstLayer + step : lastLayer - step;
+      const cross = [...low];
+      for (;;) {
+        let crossOrdinal = 0;
+        for (let i = 0; i < cross.length; i++) crossOrdinal = crossOrdinal * crossGrid[i] + cross[i];
+        const ordinal = layer * planeBlocks + crossOrdinal;
+        if (ordinal >= start && ordinal < end) yield [layer, ...cross];
+        let i = cross.length - 1;
+        for (; i >= 0; i--) {
+          if (++cross[i] < high[i]) break;
+          cross[i] = low[i];
+        }
+        if (i < 0) break;
+      }
+    }
+    for (let i = columnIndex.length - 1; i >= 0; i--) {
+      if (++columnIndex[i] < columnsPerAxis[i]) break;
+      columnIndex[i] = 0;
+    }
+  }
+}

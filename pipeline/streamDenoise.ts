@@ -40,7 +40,7 @@ import type { Normalisation } from '../models/normalise.js';
 import { readTiles } from '../operators/readTiles.js';
 import { type TileModel, predictTilePixels } from '../operators/predictTiles.js';
 import { stitchWithBlending } from '../operators/stitchWithBlending.js';
-import { type TilePlan, type TileSpec, planTileGrid, tileSpecAt } from '../operators/tileGrid.js';
+import { type BlockSweep, type TilePlan, type TileSpec, planBlockSweep, planTileGrid, readChunkSpans, sweepBlocks, tileSpecAt } from '../operators/tileGrid.js';
 import { type WrittenChunk, sha256Hex, writeChunks } from '../operators/writeChunks.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
@@ -379,11 +379,21 @@ export type StreamDenoiseEvent =
       chunksTotal: number;
       chunksDone: number;
       memory: StreamMemoryPlan;
+      /** The order blocks are computed in, and the input-chunk fetches per chunk it expects. */
+      sweep: BlockSweep;
       shard?: ShardSpec & { blocks: { start: number; end: number }; blocksAll: number };
     }
   | { type: 'stream-verified'; journaled: number; verified: number }
   | { type: 'chunk'; index: readonly number[]; done: number; total: number; seconds: number; megavoxelsPerSecond: number; etaSeconds: number | null }
-  | { type: 'stream-done'; seconds: number; chunksWritten: number; megavoxelsPerSecond: number; cache: ChunkCacheStats };
+  | {
+      type: 'stream-done';
+      seconds: number;
+      chunksWritten: number;
+      megavoxelsPerSecond: number;
+      cache: ChunkCacheStats;
+      /** Input chunk fetches per distinct input chunk read (cache misses / distinct chunks; 1 at best); null when nothing was read. */
+      fetchesPerChunk: number | null;
+    };
 
 export interface DenoiseChunkedOptions extends StreamGeometry {
   /** YX or ZYX input (raw intensities). */
@@ -420,6 +430,13 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
   onEvent?: (event: StreamDenoiseEvent) => void;
   readConcurrency?: number;
   writeConcurrency?: number;
+  /**
+   * The order blocks are computed in: 'sweep' (default) column by column so that the input chunks
+   * neighbouring blocks share stay in the cache (operators/tileGrid.ts planBlockSweep); 'raster'
+   * plain raster order, for comparison (it fetches the halo chunks again once a plane's worth no
+   * longer fits in the cache). The output bytes do not depend on it.
+   */
+  order?: 'sweep' | 'raster';
 }
 
 export interface DenoiseChunkedResult {
@@ -435,6 +452,8 @@ export interface DenoiseChunkedResult {
    */
   allComplete: boolean;
   memory: StreamMemoryPlan;
+  /** The order blocks were computed in (column shape and expected fetches per input chunk). */
+  sweep: BlockSweep;
   cache: ChunkCacheStats;
 }
 
@@ -468,21 +487,22 @@ function garbageCollector(): (() => void) | null {
   }
 }
 
-/** Chunk indices of a grid in raster (C) order, ordinals [start, end). */
-function* gridIndices(grid: readonly number[], start = 0, end = voxelCount(grid)): Generator<number[]> {
-  const index = grid.map(() => 0);
-  let rest = start;
-  for (let axis = grid.length - 1; axis >= 0; axis--) {
-    index[axis] = rest % grid[axis];
-    rest = Math.floor(rest / grid[axis]);
-  }
-  for (let i = start; i < end; i++) {
-    yield [...index];
-    for (let axis = index.length - 1; axis >= 0; axis--) {
-      if (++index[axis] < grid[axis]) break;
-      index[axis] = 0;
-    }
-  }
+/**
+ * The block order of a run: columns whose working set fits in the cache beside the chunks of the
+ * tiles read ahead (the cache's planned minimum), or raster order when asked for. The memory plan
+ * is not changed: the order is chosen for the cache it gives.
+ */
+function blockSweepFor(plan: TilePlan, inputChunks: readonly number[], memory: StreamMemoryPlan, order: 'sweep' | 'raster'): BlockSweep {
+  const chunkBytes = voxelCount(inputChunks) * 4;
+  const touchedPerTile = inputChunks.reduce((n, chunk, axis) => {
+    const { first, last } = readChunkSpans(plan, axis, chunk);
+    let widest = 0;
+    for (let k = 0; k < first.length; k++) widest = Math.max(widest, last[k] - first[k] + 1);
+    return n * widest;
+  }, 1);
+  const readAheadChunks = (memory.readConcurrency + 1) * touchedPerTile;
+  const sweepChunks = Math.max(0, Math.floor(memory.cacheBytes / chunkBytes) - readAheadChunks);
+  return planBlockSweep(plan, inputChunks, sweepChunks, { rasterOnly: order === 'raster' });
 }
 
 function rasterOrdinal(index: readonly number[], grid: readonly number[]): number {
@@ -530,6 +550,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   }
   const blocksAll = plan.tileCount;
   const blocks = opts.shard ? shardBlockRange(blocksAll, opts.shard) : { start: 0, end: blocksAll };
+  const sweep = blockSweepFor(plan, input.info.chunks, memory, opts.order ?? 'sweep');
   const chunksTotal = blocks.end - blocks.start;
   const resume = opts.resume === true || opts.shard !== undefined;
 
@@ -605,15 +626,16 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
     chunksTotal,
     chunksDone: chunksSkipped,
     memory,
+    sweep,
     ...(opts.shard ? { shard: { ...opts.shard, blocks, blocksAll } } : {}),
   });
 
   const cache = new ChunkCache(memory.cacheBytes);
   const credits = new Subject<void>();
   let interrupted = false;
-  // Tile specs of the chunks not done, in raster order, one per credit.
+  // Tile specs of the chunks not done, in sweep order, one per credit.
   const specs = new Observable<TileSpec>((subscriber) => {
-    const indices = gridIndices(grid, blocks.start, blocks.end);
+    const indices = sweepBlocks(grid, sweep.column, blocks);
     let available = memory.tickets;
     let pulling = false;
     const pull = (): void => {
@@ -715,8 +737,9 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   }
   const seconds = (performance.now() - t0) / 1000;
   const voxelsWritten = chunksWritten * voxelCount(output.info.chunks);
-  opts.onEvent?.({ type: 'stream-done', seconds, chunksWritten, megavoxelsPerSecond: voxelsWritten / 1e6 / seconds, cache: { ...cache.stats } });
-  return { chunksTotal, chunksSkipped, chunksWritten, interrupted, allComplete, memory, cache: { ...cache.stats } };
+  const fetchesPerChunk = cache.stats.distinct > 0 ? cache.stats.misses / cache.stats.distinct : null;
+  opts.onEvent?.({ type: 'stream-done', seconds, chunksWritten, megavoxelsPerSecond: voxelsWritten / 1e6 / seconds, cache: { ...cache.stats }, fetchesPerChunk });
+  return { chunksTotal, chunksSkipped, chunksWritten, interrupted, allComplete, memory, sweep, cache: { ...cache.stats } };
 }
 
 // ---------------------------------------------------------------------------------------------

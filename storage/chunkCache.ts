@@ -3,10 +3,12 @@
  * virtual reflect-padded array assembled from cached chunks.
  *
  * Tiles overlap by their halos, so neighbouring tiles need the same input chunks; with the cache
- * each chunk is fetched (and decompressed) about once as long as the cache holds the chunks of the
- * tiles read ahead. Concurrent requests for a chunk that is being fetched share that one fetch.
+ * each chunk is fetched (and decompressed) about once as long as the cache holds the chunks that the
+ * order of the tiles keeps in use (a streaming denoise sweeps its blocks so that they fit:
+ * operators/tileGrid.ts planBlockSweep). Concurrent requests for a chunk that is being fetched
+ * share that one fetch.
  */
-import type { ChunkedArrayReader } from './chunked.js';
+import { type ChunkedArrayReader, chunkGrid } from './chunked.js';
 import { reflectIndex } from '../pipeline/predict.js';
 import { voxelCount } from '../core/volume.js';
 
@@ -15,6 +17,8 @@ export interface ChunkCacheStats {
   hits: number;
   /** Requests that started a fetch (readChunk calls). */
   misses: number;
+  /** Distinct chunks fetched at least once; misses / distinct is the fetches per chunk (1 at best). */
+  distinct: number;
   /** Bytes of chunk values held now (float32). */
   bytesHeld: number;
   /** Most bytes held at once. */
@@ -35,12 +39,14 @@ interface Entry {
  */
 export class ChunkCache {
   readonly maxBytes: number;
-  readonly stats: ChunkCacheStats = { hits: 0, misses: 0, bytesHeld: 0, peakBytes: 0, evictions: 0 };
+  readonly stats: ChunkCacheStats = { hits: 0, misses: 0, distinct: 0, bytesHeld: 0, peakBytes: 0, evictions: 0 };
   /** Map iteration order is insertion order: the first entry is the least recently used. */
   private readonly entries = new Map<string, Entry>();
   private readonly inFlight = new Map<string, Promise<Float32Array>>();
   private readonly readerIds = new WeakMap<ChunkedArrayReader, number>();
   private nextReaderId = 0;
+  /** Per reader, one bit per chunk of its grid: fetched before (an eighth of a byte per chunk, not per voxel). */
+  private readonly fetchedBefore = new WeakMap<ChunkedArrayReader, Uint8Array>();
 
   constructor(maxBytes: number) {
     if (!(maxBytes >= 0)) throw new RangeError(`ChunkCache: maxBytes must be >= 0, got ${maxBytes}`);
@@ -69,6 +75,7 @@ export class ChunkCache {
       return pending;
     }
     this.stats.misses++;
+    this.countDistinct(reader, index);
     const fetch = (async () => {
       try {
         const values = await reader.readChunk(index);
@@ -80,6 +87,21 @@ export class ChunkCache {
     })();
     this.inFlight.set(key, fetch);
     return fetch;
+  }
+
+  private countDistinct(reader: ChunkedArrayReader, index: readonly number[]): void {
+    const grid = chunkGrid(reader.info);
+    // Not a chunk of the grid (the reader will say so): nothing to count.
+    if (index.length !== grid.length || index.some((k, axis) => !(Number.isInteger(k) && k >= 0 && k < grid[axis]))) return;
+    const ordinal = index.reduce((o, k, axis) => o * grid[axis] + k, 0);
+    let bits = this.fetchedBefore.get(reader);
+    if (!bits) this.fetchedBefore.set(reader, (bits = new Uint8Array(Math.ceil(grid.reduce((n, g) => n * g, 1) / 8))));
+    const byte = Math.floor(ordinal / 8);
+    const mask = 1 << ordinal % 8;
+    if ((bits[byte] & mask) === 0) {
+      bits[byte] |= mask;
+      this.stats.distinct++;
+    }
   }
 
   private insert(entry: Entry): void {
