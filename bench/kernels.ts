@@ -1,12 +1,18 @@
 /**
  * Micro-benchmark of the wasm training kernels on the reference U-Net layer shapes (batch 16,
- * 3x3, 'same'): forward conv, dx and dW in GFLOP/s, plus the alternatives tried for dW/dx.
- * `npm run bench:kernels [-- --quick]`; the table goes to bench/results/kernels-*.json too.
+ * 3x3, 'same'): forward conv, dx and dW in GFLOP/s, plus the alternatives tried for dW/dx; then
+ * A/B comparisons (old vs new formulation alternating in this process, median of the repeats) of
+ * the fused batch norm, dW's transpose of x, the one-kernel Relu gradient and SplitV off the last axis.
+ * `npm run bench:kernels [-- --quick] [-- --threads N]`; the table goes to bench/results/kernels-*.json too.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-layers';
 import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
-import { setStridedInputGradViaZeroInsertion } from '../backend/kernels/conv2d-grad.js';
+import { setFilterGradTransposeInJs, setStridedInputGradViaZeroInsertion } from '../backend/kernels/conv2d-grad.js';
+import { setFusedBatchNorm } from '../backend/kernels/batchNorm.js';
+import { setFusedReluGrad } from '../backend/kernels/reluGrad.js';
+import { startWasmBackend } from '../backend/wasm-threads.js';
+import { batchNormTraining } from '../models/layers.js';
 import { writeResult } from './common.js';
 
 interface LayerShape {
@@ -64,17 +70,119 @@ function filterGradPerTapMatmul(x: tf.Tensor4D, dy: tf.Tensor4D, k: number): tf.
   });
 }
 
+/**
+ * Old vs new, alternating within each repeat so that both see the same machine load; returns the
+ * median ms of each. `setup` switches the formulation; `run` must leave no tensors behind.
+ */
+async function abMs(variants: Array<{ setup: () => void; run: () => tf.Tensor | tf.Tensor[] }>, repeats: number): Promise<number[]> {
+  const times: number[][] = variants.map(() => []);
+  for (let r = 0; r <= repeats; r++) {
+    for (const [i, v] of variants.entries()) {
+      v.setup();
+      const start = performance.now();
+      const out = v.run();
+      const list = Array.isArray(out) ? out : [out];
+      for (const t of list) await t.data();
+      if (r > 0) times[i].push(performance.now() - start);
+      tf.dispose(list);
+    }
+  }
+  return times.map((t) => {
+    const sorted = [...t].sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)];
+  });
+}
+
+/** The batch-norm layers of the reference U-Net per training step: [spatial size, channels] and how many. */
+const batchNormLayers: Array<{ size: number; channels: number; count: number }> = [
+  { size: 64, channels: 32, count: 4 },
+  { size: 32, channels: 64, count: 3 },
+  { size: 32, channels: 32, count: 1 },
+  { size: 16, channels: 128, count: 1 },
+  { size: 16, channels: 64, count: 1 },
+];
+
+/** The 3x3 convolutions of the reference U-Net (dW per step): [spatial size, Ci, Co]. */
+const convLayers: Array<[number, number, number]> = [
+  [64, 1, 32], [64, 32, 32], [64, 64, 32], [64, 32, 32], [32, 32, 64], [32, 64, 64], [32, 128, 64], [32, 64, 32], [16, 64, 128], [16, 128, 64],
+];
+
+async function abSection(repeats: number, shippedSplitV: tf.KernelFunc): Promise<string[]> {
+  const lines = ['', `A/B (median of ${repeats}, alternating; ms):`, row(['kernel', 'old', 'new', 'gain']), row(['---', '---', '---', '---'])];
+  const ab = (label: string, oldMs: number, newMs: number): void => {
+    lines.push(row([label, oldMs, newMs, `${(oldMs / newMs).toFixed(2)}x`]));
+  };
+  let bnOld = 0;
+  let bnNew = 0;
+  for (const l of batchNormLayers) {
+    const shape = [16, l.size, l.size, l.channels];
+    const x = tf.randomNormal(shape, 0, 1, 'float32', 11);
+    const gamma = tf.randomUniform([l.channels], 0.5, 1.5, 'float32', 12);
+    const beta = tf.randomNormal([l.channels], 0, 1, 'float32', 13);
+    const dy = tf.randomNormal(shape, 0, 1, 'float32', 14);
+    // Forward and the three gradients, as one training step runs them (dy seeded through sum(y * dy)).
+    const run = (): tf.Tensor[] =>
+      tf.tidy(() =>
+        tf.grads((a: tf.Tensor, g: tf.Tensor, b: tf.Tensor) => {
+          const r = batchNormTraining(a, g, b, 1e-3);
+          tf.dispose([r.mean, r.variance]);
+          return tf.sum(tf.mul(r.y, dy));
+        })([x, gamma, beta]),
+      );
+    const [oldMs, newMs] = await abMs([{ setup: () => setFusedBatchNorm(false), run }, { setup: () => setFusedBatchNorm(true), run }], repeats);
+    ab(`batch norm fwd+bwd [${shape}] (x${l.count}/step)`, oldMs, newMs);
+    bnOld += l.count * oldMs;
+    bnNew += l.count * newMs;
+    tf.dispose([x, gamma, beta, dy]);
+  }
+  ab('batch norm, all layers of a step', bnOld, bnNew);
+  let dwOld = 0;
+  let dwNew = 0;
+  for (const [size, inC, outC] of convLayers) {
+    const x = tf.randomNormal([16, size, size, inC], 0, 1, 'float32', 15);
+    const dy = tf.randomNormal([16, size, size, outC], 0, 1, 'float32', 16);
+    const run = (): tf.Tensor => runKernel('Conv2DBackpropFilter', { x, dy }, { strides: [1, 1], pad: 'same', dataFormat: 'NHWC', filterShape: [3, 3, inC, outC] });
+    const [oldMs, newMs] = await abMs([{ setup: () => setFilterGradTransposeInJs(false), run }, { setup: () => setFilterGradTransposeInJs(true), run }], repeats);
+    ab(`dW, x transposed by Transpose vs JS: 16, ${size}x${size}, ${inC}->${outC}`, oldMs, newMs);
+    dwOld += oldMs;
+    dwNew += newMs;
+    tf.dispose([x, dy]);
+  }
+  ab('dW, all 3x3 layers of a step', dwOld, dwNew);
+  for (const shape of [[16, 64, 64, 32], [16, 32, 32, 64]]) {
+    const x = tf.randomNormal(shape, 0, 1, 'float32', 18);
+    const dy = tf.randomNormal(shape, 0, 1, 'float32', 19);
+    const run = (): tf.Tensor => tf.tidy(() => tf.grad((a: tf.Tensor) => tf.sum(tf.mul(tf.relu(a), dy)))(x));
+    const [oldMs, newMs] = await abMs([{ setup: () => setFusedReluGrad(false), run }, { setup: () => setFusedReluGrad(true), run }], repeats);
+    ab(`relu fwd+bwd (step, cast, mul vs one kernel) [${shape}]`, oldMs, newMs);
+    tf.dispose([x, dy]);
+  }
+  for (const shape of [[1024, 32, 2, 32], [512, 16, 2, 64], [16, 32, 2, 1024]]) {
+    const x = tf.randomNormal(shape, 0, 1, 'float32', 17);
+    const attrs = { numOrSizeSplits: 2, axis: 2 } as unknown as tf.NamedAttrMap;
+    const shipped = (): tf.Tensor[] =>
+      (shippedSplitV({ inputs: { x }, backend: tf.backend(), attrs }) as tf.TensorInfo[]).map((info) => tf.engine().makeTensorFromTensorInfo(info));
+    const ours = (): tf.Tensor[] => tf.split(x, 2, 2);
+    const [oldMs, newMs] = await abMs([{ setup: () => undefined, run: shipped }, { setup: () => undefined, run: ours }], repeats);
+    ab(`SplitV axis 2 (upsampling gradient) [${shape}]`, oldMs, newMs);
+    x.dispose();
+  }
+  return lines;
+}
+
 function row(cells: (string | number)[]): string {
   return '| ' + cells.map((c) => (typeof c === 'number' ? c.toFixed(2) : c)).join(' | ') + ' |';
 }
 
 async function main(): Promise<void> {
   await import('@tensorflow/tfjs-backend-wasm');
-  await tf.setBackend('wasm');
-  await tf.ready();
+  const threadArg = process.argv.indexOf('--threads');
+  const threads = threadArg >= 0 ? Number(process.argv[threadArg + 1]) : 1;
   const repeats = quick ? 2 : 5;
   const shippedDx = tf.getKernel('Conv2DBackpropInput', 'wasm')!.kernelFunc;
+  const shippedSplitV = tf.getKernel('SplitV', 'wasm')!.kernelFunc;
   registerWasmTrainingKernels();
+  const started = await startWasmBackend(threads);
   const lines: string[] = [
     row(['layer (B, HxW, Ci->Co)', 'GFLOP', 'fwd GFLOP/s', 'dx GFLOP/s', 'dx shipped loop', 'dW GFLOP/s', 'dW per-tap matmul']),
     row(['---', '---', '---', '---', '---', '---', '---']),
@@ -137,8 +245,9 @@ async function main(): Promise<void> {
     lines.push('', `3D (2, 16x32x32, 32->32, 3x3x3 same; ${gflop.toFixed(2)} GFLOP): fwd ${rate(fwd)}, dx ${rate(dx)}, dW ${rate(dw)} GFLOP/s`);
     tf.dispose([x, w, dy]);
   }
+  lines.push(...(await abSection(quick ? 3 : 9, shippedSplitV)));
   console.log(lines.join('\n'));
-  const file = await writeResult('kernels', { backend: 'wasm', threads: 1, repeats, table: lines });
+  const file = await writeResult('kernels', { backend: 'wasm', threads: started.threads, repeats, table: lines });
   console.log(`written ${file}`);
 }
 

@@ -336,7 +336,7 @@ describe('Concat (U-Net skips, upsampling)', () => {
   });
 });
 
-describe('SplitV along the channel axis (concat gradients)', () => {
+describe('SplitV (concat gradients)', () => {
   it('matches cpu for even, uneven and inferred (-1) splits, rank 2 to 5', async () => {
     const cases: Array<{ shape: number[]; splits: number | number[] }> = [
       { shape: [5, 7], splits: [3, 4] },
@@ -347,7 +347,12 @@ describe('SplitV along the channel axis (concat gradients)', () => {
     for (const [i, c] of cases.entries()) {
       await expectWasmMatchesCpu(() => tf.split(tensor(c.shape, 700 + i), c.splits, -1));
     }
-    // Not the last axis: the shipped kernel still handles it.
+    // Other axes: the first, the middle axis of the upsampling gradient (short rows by a loop, long
+    // rows of >= 64 floats by copyWithin), and uneven splits of a middle axis.
     await expectWasmMatchesCpu(() => tf.split(tensor([4, 6, 3], 777), [1, 3], 0));
+    await expectWasmMatchesCpu(() => tf.split(tensor([3, 4, 2, 3], 778), 2, 2));
+    await expectWasmMatchesCpu(() => tf.split(tensor([5, 3, 2, 70], 779), 2, 2));
+    await expectWasmMatchesCpu(() => tf.split(tensor([2, 9, 5, 17], 780), [2, -1, 4], 1));
+    await expectWasmMatchesCpu(() => tf.split(tensor([7, 130], 781), [1, 6], 0));
   });
 });

@@ -167,3 +167,45 @@ describe('BatchMatMul of one row on wasm', () => {
     });
   });
 });
+
+describe('Relu gradient as one kernel (BlindspotReluGrad)', () => {
+  /** d sum(relu(x) * w) / dx on x with exact zeros, negatives, a NaN and odd size; bits of the result. */
+  const reluGrad = (): Uint32Array => {
+    const gradient = tf.tidy(() => {
+      const n = 3 * 7 * 5;
+      const values = randomValues(n, 31, false).map((v, i) => (i % 9 === 0 ? 0 : v));
+      values[17] = NaN;
+      const x = tf.tensor3d(values, [3, 7, 5]);
+      const w = tf.tensor3d(randomValues(n, 32, false), [3, 7, 5]);
+      const dx = tf.grad((input: tf.Tensor) => tf.sum(tf.mul(tf.relu(input), w)))(x);
+      return Float32Array.from(dx.dataSync());
+    });
+    return new Uint32Array(gradient.buffer);
+  };
+
+  it('equals tfjs formula mul(dy, cast(step(x))) bit for bit on wasm and cpu, and the cpu backend on wasm', async () => {
+    const { setFusedReluGrad } = await import('../backend/kernels/reluGrad.js');
+    const results: Record<string, Uint32Array> = {};
+    for (const backend of ['cpu', 'wasm'] as const) {
+      for (const fused of [true, false]) {
+        setFusedReluGrad(fused);
+        results[`${backend} ${fused}`] = await on(backend, reluGrad);
+      }
+    }
+    setFusedReluGrad(true);
+    const reference = Array.from(results['cpu false']);
+    // NaN stays NaN; x <= 0 gives a zero.
+    expect(Number.isNaN(new Float32Array(results['wasm true'].buffer)[17])).toBe(true);
+    expect(Math.abs(new Float32Array(results['wasm true'].buffer)[9])).toBe(0);
+    for (const key of ['cpu true', 'wasm true', 'wasm false']) expect(Array.from(results[key]), key).toEqual(reference);
+  });
+
+  it('runs as one kernel (no Step, Cast) on wasm', async () => {
+    const profile = await on('wasm', () => tf.profile(() => {
+      reluGrad();
+    }));
+    const names = (await profile).kernelNames;
+    expect(names).toContain('BlindspotReluGrad');
+    expect(names).not.toContain('Step');
+  });
+});

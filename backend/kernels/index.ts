@@ -10,7 +10,7 @@
  * - Conv3D                 (shipped: plain loop): depth taps of batched 2D convs, any stride.
  * - Conv3DBackpropInputV2  (shipped: wrong results): per depth tap the 2D dx, scattered in depth.
  * - Conv3DBackpropFilterV2 (shipped: loop, wrong for strides > 1): per depth tap the 2D dW.
- * - SplitV                 (shipped: generic rank-5 slice, slow): last-axis splits as strided row copies.
+ * - SplitV                 (shipped: generic slice, slow): splits on any axis as strided row copies.
  * - Concat                 (shipped: one typed-array view per row and input): strided block copies, any axis.
  * - Identity               (shipped: a copy): shares the buffer, as the cpu backend does (identity.ts).
  * - MaxPoolGrad            (shipped: slow loop): one argmax pass over the windows (maxPoolGrad.ts).
@@ -19,7 +19,9 @@
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
  * Also registers BlindspotAdamUpdate on cpu and wasm (the fused Adam step of models/optimizer.ts,
  * see fusedAdam.ts), the fused batch-norm kernels BlindspotBatchNormTrain / BlindspotBatchNormTrainGrad
- * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
+ * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too), BlindspotReluGrad on cpu and
+ * wasm with a 'Relu' gradient that uses it (reluGrad.ts: one pass instead of step, cast and mul,
+ * same values bit for bit) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
  * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
  * registrations (importing @tensorflow/tfjs-layers does it).
  */
@@ -29,9 +31,10 @@ import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad
 import { registerMissingGradients } from './gradients.js';
 import { registerAdamUpdateKernels } from './fusedAdam.js';
 import { registerBatchNormKernels } from './batchNorm.js';
+import { registerReluGradient } from './reluGrad.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
-import { splitVLastAxisFast } from './split.js';
+import { splitVFast } from './split.js';
 import { concatFast } from './concat.js';
 import { identitySharedWasm } from './identity.js';
 import { maxPoolGradFast } from './maxPoolGrad.js';
@@ -81,12 +84,13 @@ export function registerWasmTrainingKernels(): void {
   registerMissingGradients();
   registerAdamUpdateKernels();
   registerBatchNormKernels();
+  registerReluGradient();
   install('Conv2DBackpropFilter', conv2DBackpropFilterWasm, false);
   install('Conv2DBackpropInput', conv2DBackpropInputFast, true);
   install('Conv3D', conv3DFast, true);
   install('Conv3DBackpropInputV2', conv3DBackpropInputFast, true);
   install('Conv3DBackpropFilterV2', conv3DBackpropFilterFast, true);
-  install('SplitV', splitVLastAxisFast, true);
+  install('SplitV', splitVFast, true);
   install('Concat', concatFast, true);
   install('Identity', identitySharedWasm, true);
   install('MaxPoolGrad', maxPoolGradFast, true);
