@@ -2,7 +2,7 @@
  * Micro-benchmark of the wasm training kernels on the reference U-Net layer shapes (batch 16,
  * 3x3, 'same'): forward conv, dx and dW in GFLOP/s, plus the alternatives tried for dW/dx; then
  * A/B comparisons (old vs new formulation alternating in this process, median of the repeats) of
- * the fused batch norm, dW's transpose of x, the one-kernel Relu gradient and SplitV off the last axis.
+ * the fused batch norm, dW's transpose of x, and SplitV off the last axis.
  * `npm run bench:kernels [-- --quick] [-- --threads N]`; the table goes to bench/results/kernels-*.json too.
  */
 import * as tf from '@tensorflow/tfjs-core';
@@ -10,7 +10,6 @@ import '@tensorflow/tfjs-layers';
 import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
 import { setFilterGradTransposeInJs, setStridedInputGradViaZeroInsertion } from '../backend/kernels/conv2d-grad.js';
 import { setFusedBatchNorm } from '../backend/kernels/batchNorm.js';
-import { setFusedReluGrad } from '../backend/kernels/reluGrad.js';
 import { startWasmBackend } from '../backend/wasm-threads.js';
 import { batchNormTraining } from '../models/layers.js';
 import { writeResult } from './common.js';
@@ -149,14 +148,6 @@ async function abSection(repeats: number, shippedSplitV: tf.KernelFunc): Promise
     tf.dispose([x, dy]);
   }
   ab('dW, all 3x3 layers of a step', dwOld, dwNew);
-  for (const shape of [[16, 64, 64, 32], [16, 32, 32, 64]]) {
-    const x = tf.randomNormal(shape, 0, 1, 'float32', 18);
-    const dy = tf.randomNormal(shape, 0, 1, 'float32', 19);
-    const run = (): tf.Tensor => tf.tidy(() => tf.grad((a: tf.Tensor) => tf.sum(tf.mul(tf.relu(a), dy)))(x));
-    const [oldMs, newMs] = await abMs([{ setup: () => setFusedReluGrad(false), run }, { setup: () => setFusedReluGrad(true), run }], repeats);
-    ab(`relu fwd+bwd (step, cast, mul vs one kernel) [${shape}]`, oldMs, newMs);
-    tf.dispose([x, dy]);
-  }
   for (const shape of [[1024, 32, 2, 32], [512, 16, 2, 64], [16, 32, 2, 1024]]) {
     const x = tf.randomNormal(shape, 0, 1, 'float32', 17);
     const attrs = { numOrSizeSplits: 2, axis: 2 } as unknown as tf.NamedAttrMap;

@@ -19,9 +19,7 @@
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
  * Also registers BlindspotAdamUpdate on cpu and wasm (the fused Adam step of models/optimizer.ts,
  * see fusedAdam.ts), the fused batch-norm kernels BlindspotBatchNormTrain / BlindspotBatchNormTrainGrad
- * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too), BlindspotReluGrad on cpu and
- * wasm with a 'Relu' gradient that uses it (reluGrad.ts: one pass instead of step, cast and mul,
- * same values bit for bit) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
+ * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
  * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
  * registrations (importing @tensorflow/tfjs-layers does it).
  */
@@ -31,7 +29,6 @@ import { conv2DBackpropFilterWasm, conv2DBackpropInputFast } from './conv2d-grad
 import { registerMissingGradients } from './gradients.js';
 import { registerAdamUpdateKernels } from './fusedAdam.js';
 import { registerBatchNormKernels } from './batchNorm.js';
-import { registerReluGradient } from './reluGrad.js';
 import type { KernelArgs } from './wasm-scope.js';
 import { conv3DBackpropFilterFast, conv3DBackpropInputFast, conv3DFast } from './conv3d.js';
 import { splitVFast } from './split.js';
@@ -84,7 +81,6 @@ export function registerWasmTrainingKernels(): void {
   registerMissingGradients();
   registerAdamUpdateKernels();
   registerBatchNormKernels();
-  registerReluGradient();
   install('Conv2DBackpropFilter', conv2DBackpropFilterWasm, false);
   install('Conv2DBackpropInput', conv2DBackpropInputFast, true);
   install('Conv3D', conv3DFast, true);
