@@ -333,6 +333,8 @@ describe('Concat (U-Net skips, upsampling)', () => {
     await expectWasmMatchesCpu(() => tf.concat([tensor([2, 3], 850), tensor([4, 3], 851)], 0));
     await expectWasmMatchesCpu(() => tf.concat([tensor([2, 5, 1, 70], 852), tensor([2, 5, 1, 70], 853)], 2));
     await expectWasmMatchesCpu(() => tf.concat([tensor([3, 2, 4], 854), tensor([3, 1, 4], 855), tensor([3, 3, 4], 856)], 1));
+    // Rows of 16-63 floats (copyWithin) next to shorter ones (loop), as in the U-Net's channel skips.
+    await expectWasmMatchesCpu(() => tf.concat([tensor([3, 5, 20], 857), tensor([3, 5, 33], 858), tensor([3, 5, 7], 859)], 2));
   });
 });
 

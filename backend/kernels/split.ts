@@ -7,10 +7,8 @@
  * long rows by copyWithin on the heap (no typed-array view per row). The mirror of concat.ts.
  */
 import type * as tf from '@tensorflow/tfjs-core';
+import { BLOCK_COPY_MIN_ROW } from './concat.js';
 import { inputsOf, withScope, type KernelArgs } from './wasm-scope.js';
-
-/** At and above this many floats per row, copyWithin beat a plain loop (32-float rows: ~30 vs ~38 ms for a [16,64,64,64] channel split, 2 threads, loaded machine). */
-const BLOCK_COPY_MIN_ROW = 32;
 
 export function splitVFast(args: KernelArgs): tf.TensorInfo[] | null {
   const { x } = inputsOf(args.inputs, 'x');
