@@ -80,6 +80,8 @@ const cases2d: Case2D[] = [
   { x: [2, 9, 8, 3], k: [3, 3], outC: 4, strides: [2, 2], pad: 1 },
   { x: [2, 8, 8, 3], k: [2, 2], outC: 4, strides: [2, 2], pad: 'same' },
   { x: [2, 5, 5, 1], k: [1, 1], outC: 6, strides: [1, 1], pad: 'valid' },
+  // 6 input channels: dW's transpose of x takes four channels per pass, then the remaining two.
+  { x: [3, 7, 5, 6], k: [3, 3], outC: 3, strides: [1, 1], pad: 'same' },
 ];
 
 function outShape2D(c: Case2D): number[] {
