@@ -11,12 +11,10 @@
  * var = a x + b is fitted by weighted least squares to binned trimmed variances.
  */
 import { Rng } from '../core/rng.js';
-import { PAIR_STRIDE, quantileOfSorted, type NoiseSample } from './sample.js';
+import { PAIR_STRIDE, quantileOfSorted, type NoiseSample, type ResidualFilter } from './sample.js';
 
 /** Half-width of the kept residuals, in noise standard deviations. */
 const TRIM_C = 2.5;
-/** Low-texture pixels: ring mean squared residual below chi^2_8 median / 8 (noise alone passes half). */
-const TEXTURE_LIMIT = 7.34 / 8;
 
 /** Var of N(0,1) truncated to [-c, c]: 1 - 2 c phi(c) / (2 Phi(c) - 1). */
 export function truncatedNormalVariance(c: number): number {
@@ -75,8 +73,10 @@ export interface NlfRecord {
   name: string;
   /** 'nlf': the fitted network; 'global': a constant variance (constant, tiny image), network null. */
   method: 'nlf' | 'global';
-  /** 'blind-spot' (3x3 quadratic blind-spot predictor) or 'denoiser' residuals. */
+  /** 'blind-spot' (a quadratic blind-spot residual filter) or 'denoiser' residuals. */
   residuals: 'blind-spot' | 'denoiser';
+  /** The blind-spot filter used (noise/residualFilters.ts): 'immerkaer-3x3', 'learned-5x5', or 'denoiser'. Absent in records written before it existed. */
+  residualFilter?: ResidualFilter;
   network: NlfNetwork | null;
   /** Poisson-Gaussian summary var = a x + b. */
   a: number;
@@ -173,7 +173,8 @@ function globalRecord(sample: NoiseSample, variance: number, warnings: string[])
     version: 1,
     name: sample.name,
     method: 'global',
-    residuals: sample.residualFactor === 1 ? 'denoiser' : 'blind-spot',
+    residuals: sample.residualKind,
+    residualFilter: sample.residualFilter,
     network: null,
     a: 0,
     b: variance,
@@ -212,6 +213,8 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
   const batchSize = Math.min(opts.batchSize ?? 2048, n);
   const learningRate = opts.learningRate ?? 0.03;
   const factor = sample.residualFactor;
+  // Texture is in noise-variance units; the fit's variance is in residual units (factor x noise).
+  const textureLimit = sample.textureLimit / factor;
 
   const intensity = new Float64Array(n);
   const r2 = new Float64Array(n);
@@ -272,7 +275,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
     keptCount = 0;
     for (let i = 0; i < n; i++) {
       const vr = varianceAt(i);
-      if (r2[i] <= TRIM_C * TRIM_C * vr && texture[i] <= TEXTURE_LIMIT * vr) kept[keptCount++] = i;
+      if (r2[i] <= TRIM_C * TRIM_C * vr && texture[i] <= textureLimit * vr) kept[keptCount++] = i;
     }
   };
   trimAgainst(() => globalResidualVariance);
@@ -349,7 +352,8 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
     version: 1,
     name: sample.name,
     method: 'nlf',
-    residuals: factor === 1 ? 'denoiser' : 'blind-spot',
+    residuals: sample.residualKind,
+    residualFilter: sample.residualFilter,
     network: net,
     a,
     b,

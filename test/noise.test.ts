@@ -8,7 +8,8 @@ import { InputError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import { readImage } from '../storage/index.js';
 import { fitNlf, nlfVariance, truncatedNormalVariance } from '../noise/nlf.js';
-import { sampleNoise } from '../noise/sample.js';
+import { sampleNoise, screenedSampleVariance } from '../noise/sample.js';
+import { QUADRATIC_FREE_BASIS } from '../noise/residualFilters.js';
 import { calibrateNoise, loadNoiseModel, noiseSpecOf, noiseVarianceFunction, saveNoiseModel } from '../noise/model.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -39,38 +40,87 @@ describe('noise-level function', () => {
     expect(truncatedNormalVariance(2.5)).toBeCloseTo(0.91126, 4);
   });
 
-  // Set12: 02 house, 03 peppers, 07 parrot (256x256), 10 boat (512x512).
-  it.skipIf(!haveSet12)('Gaussian sigma 10, 25, 50 on Set12 images: sigma within 5%', async () => {
-    const rng = new Rng(11);
+  // Set12 (uint8 photographs, 01-07 256x256, 08-12 512x512) with Gaussian noise added as float, not
+  // clipped. Some of them carry their own grain (boat 10: scan-line patterns; peppers 03: film grain
+  // of about 2-4 grey levels), which reads as noise at sigma 10; see bench/noise.ts for the full table.
+  const set12Cases = Array.from({ length: 12 }, (_, k) => String(k + 1).padStart(2, '0'));
+  async function noisySet12(name: string, sigma: number): Promise<{ data: Float32Array; shape: readonly number[] }> {
+    const clean = await readImage(path.join(set12, `${name}.png`));
+    return { data: addGaussian(clean.data, sigma, new Rng(1000 * Number(name) + sigma)), shape: clean.shape };
+  }
+
+  it.skipIf(!haveSet12)('pixel selection and screened variance: all 12 Set12 images at sigma 10, 25, 50 within 5%', async () => {
     const rows: string[] = [];
-    for (const name of ['02', '03', '07', '10']) {
-      const clean = await readImage(path.join(set12, `${name}.png`));
+    for (const name of set12Cases) {
       for (const sigma of [10, 25, 50]) {
-        const noisy = addGaussian(clean.data, sigma, rng);
-        const nlf = fitNlf(sampleNoise({ name, data: noisy, shape: clean.shape, sampleType: 'float32' }), { iterations: 150 });
-        rows.push(`${name} sigma ${sigma}: ${nlf.sigma.toFixed(2)} (b ${Math.sqrt(nlf.b).toFixed(2)})`);
-        expect(nlf.method).toBe('nlf');
-        // Known shortfall: on boat (10, textured around its median intensity) at sigma 10 the network reads
-        // about 9% high (its Poisson-Gaussian intercept b stays within 1%); every other case is within 5%.
-        const tolerance = name === '10' && sigma === 10 ? 0.1 : 0.05;
-        expect.soft(Math.abs(nlf.sigma / sigma - 1), rows.at(-1)).toBeLessThan(tolerance);
+        const { data, shape } = await noisySet12(name, sigma);
+        const sample = sampleNoise({ name, data, shape, sampleType: 'float32' }, { maxSamples: 60_000 });
+        const estimate = Math.sqrt(screenedSampleVariance(sample));
+        rows.push(`${name} sigma ${sigma}: ${estimate.toFixed(2)} (${sample.residualFilter})`);
+        expect.soft(Math.abs(estimate / sigma - 1), rows.at(-1)).toBeLessThan(0.05);
       }
     }
     console.log(rows.join('\n'));
   });
 
-  it('Poisson-Gaussian with known a, b: both within 10%', () => {
-    const rng = new Rng(5);
-    const [Y, X] = [256, 256];
+  // The full fit (network at the median intensity) on the hardest cases and one per sigma; all 36 in bench/noise.ts.
+  it.skipIf(!haveSet12)('full NLF fit on Set12: sigma at the median intensity within 5% (boat and peppers at 10, Barbara at 25, monarch at 50)', async () => {
+    for (const [name, sigma] of [['10', 10], ['03', 10], ['09', 25], ['05', 50]] as const) {
+      const { data, shape } = await noisySet12(name, sigma);
+      const nlf = fitNlf(sampleNoise({ name, data, shape, sampleType: 'float32' }), { iterations: 150 });
+      expect(nlf.method).toBe('nlf');
+      // Boat's scan-line pattern passes Immerkaer's filter; the cross-fitted learned filter removes most of it.
+      if (name === '10') expect(nlf.residualFilter).toBe('learned-5x5');
+      expect.soft(Math.abs(nlf.sigma / sigma - 1), `${name} sigma ${sigma}: ${nlf.sigma.toFixed(2)} (${nlf.residualFilter})`).toBeLessThan(0.05);
+    }
+  });
+
+  it('the texture screen does not bias pure noise: mean error over seeds within 1%, the learned filter annihilates quadratics', () => {
+    const [Y, X] = [160, 160];
+    const errors: number[] = [];
+    for (let seed = 1; seed <= 6; seed++) {
+      const rng = new Rng(seed);
+      const data = new Float32Array(Y * X);
+      for (let y = 0; y < Y; y++) for (let x = 0; x < X; x++) data[y * X + x] = 100 + 50 * Math.sin(x / 30) * Math.cos(y / 40) + 10 * rng.normal();
+      errors.push(Math.sqrt(screenedSampleVariance(sampleNoise({ name: 'w', data, shape: [Y, X], sampleType: 'float32' }))) / 10 - 1);
+    }
+    const mean = errors.reduce((s, e) => s + e, 0) / errors.length;
+    expect(Math.abs(mean), errors.map((e) => e.toFixed(4)).join(' ')).toBeLessThan(0.01);
+    // Every basis filter of the learned residual sums to zero against 1, y, x, y^2, xy, x^2 and has unit norm.
+    for (const filter of QUADRATIC_FREE_BASIS) {
+      let norm = 0;
+      for (const [py, px] of [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]) {
+        let s = 0;
+        for (let a = 0; a < 5; a++) for (let c = 0; c < 5; c++) s += filter[a * 5 + c] * (a - 2) ** py * (c - 2) ** px;
+        expect(Math.abs(s)).toBeLessThan(1e-9);
+      }
+      for (const w of filter) norm += w * w;
+      expect(norm).toBeCloseTo(1, 9);
+    }
+    expect(QUADRATIC_FREE_BASIS.length).toBe(19);
+  });
+
+  // One 256x256 image does not pin b down: over seeds 1-8 the intercept of a 20..1500 ramp with a = 2,
+  // b = 100 scatters from 70 to 140 (the estimator before the learned filter too). A 384x384 image whose
+  // range (20..600) keeps b a sizeable part of the variance, four seeds: each a within 10%, b's mean within 10%.
+  it('Poisson-Gaussian with known a, b: a within 10% per image, b within 10% on average over 4 images', () => {
+    const [Y, X] = [384, 384];
     const a = 2.0, b = 100;
-    const signal = smoothSignal(Y, X, 20, 1500);
-    const noisy = new Float32Array(Y * X);
-    for (let i = 0; i < noisy.length; i++) noisy[i] = signal[i] + Math.sqrt(a * signal[i] + b) * rng.normal();
-    const nlf = fitNlf(sampleNoise({ name: 'pg', data: noisy, shape: [Y, X], sampleType: 'float32' }));
-    expect(Math.abs(nlf.a / a - 1), `a ${nlf.a}`).toBeLessThan(0.1);
-    expect(Math.abs(nlf.b / b - 1), `b ${nlf.b}`).toBeLessThan(0.1);
-    // The network agrees with the truth across the range.
-    for (const x of [200, 500, 900]) expect(Math.abs(Math.sqrt(nlfVariance(nlf, x) / (a * x + b)) - 1), `x ${x}`).toBeLessThan(0.1);
+    const signal = smoothSignal(Y, X, 20, 600);
+    const fits: { a: number; b: number }[] = [];
+    for (let seed = 1; seed <= 4; seed++) {
+      const rng = new Rng(seed);
+      const noisy = new Float32Array(Y * X);
+      for (let i = 0; i < noisy.length; i++) noisy[i] = signal[i] + Math.sqrt(a * signal[i] + b) * rng.normal();
+      const nlf = fitNlf(sampleNoise({ name: 'pg', data: noisy, shape: [Y, X], sampleType: 'float32' }));
+      fits.push({ a: nlf.a, b: nlf.b });
+      expect(Math.abs(nlf.a / a - 1), `a ${nlf.a}`).toBeLessThan(0.1);
+      expect(Math.abs(nlf.b / b - 1), `b ${nlf.b}`).toBeLessThan(0.2);
+      // The network agrees with the truth across the middle half of the intensities.
+      for (const { intensity: x } of nlf.percentiles.filter((p) => p.p >= 25 && p.p <= 75)) expect(Math.abs(Math.sqrt(nlfVariance(nlf, x) / (a * x + b)) - 1), `x ${x}`).toBeLessThan(0.1);
+    }
+    const meanB = fits.reduce((s, f) => s + f.b, 0) / fits.length;
+    expect(Math.abs(meanB / b - 1), fits.map((f) => f.b.toFixed(1)).join(' ')).toBeLessThan(0.1);
   });
 
   it('clipped and saturated pixels are excluded', () => {
