@@ -6,7 +6,13 @@
  *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
+ *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
+ *
+ * --profile wraps every kernel of the active backend during the timed steps and adds up, per
+ * kernel name, the wall and process CPU time of the outermost calls (a kernel that calls others,
+ * like dW calling Conv2D, owns their time). The wrapping costs a few microseconds per call, so the
+ * steps/s of a profiled run are slightly low; compare kernels within one run.
  */
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
@@ -26,6 +32,13 @@ import { benchArgs, writeResult } from './common.js';
 /** 'fused': models/optimizer.ts (what training uses); 'tfjs': tf.train.adam, for comparison. */
 type OptimizerChoice = 'fused' | 'tfjs';
 
+interface KernelTime {
+  kernel: string;
+  wallMsPerStep: number;
+  cpuMsPerStep: number;
+  callsPerStep: number;
+}
+
 interface SpeedResult {
   backend: string;
   optimizer: OptimizerChoice;
@@ -36,12 +49,57 @@ interface SpeedResult {
   peakRssMiB: number;
   trainSteps: number;
   inferRuns: number;
+  profile?: KernelTime[];
+}
+
+/**
+ * Wraps every kernel registered for `backendName` to time its outermost calls; returns the table
+ * so far and a function that puts the original kernels back.
+ */
+function profileKernels(backendName: string): { table: (steps: number) => KernelTime[]; restore: () => void } {
+  const totals = new Map<string, { wall: number; cpu: number; calls: number }>();
+  const originals = tf.getKernelsForBackend(backendName);
+  let depth = 0;
+  for (const config of originals) {
+    const inner = config.kernelFunc;
+    const timed: tf.KernelFunc = (args) => {
+      if (depth > 0) return inner(args);
+      depth++;
+      const wall0 = performance.now();
+      const cpu0 = process.cpuUsage();
+      try {
+        return inner(args);
+      } finally {
+        depth--;
+        const cpu = process.cpuUsage(cpu0);
+        const entry = totals.get(config.kernelName) ?? { wall: 0, cpu: 0, calls: 0 };
+        entry.wall += performance.now() - wall0;
+        entry.cpu += (cpu.user + cpu.system) / 1000;
+        entry.calls++;
+        totals.set(config.kernelName, entry);
+      }
+    };
+    tf.unregisterKernel(config.kernelName, backendName);
+    tf.registerKernel({ ...config, kernelFunc: timed });
+  }
+  return {
+    table: (steps) =>
+      [...totals]
+        .map(([kernel, t]) => ({ kernel, wallMsPerStep: +(t.wall / steps).toFixed(1), cpuMsPerStep: +(t.cpu / steps).toFixed(1), callsPerStep: +(t.calls / steps).toFixed(1) }))
+        .sort((a, b) => b.wallMsPerStep - a.wallMsPerStep),
+    restore: () => {
+      for (const config of originals) {
+        tf.unregisterKernel(config.kernelName, backendName);
+        tf.registerKernel(config);
+      }
+    },
+  };
 }
 
 const BATCH = 16;
 const PATCH = 64;
 
-async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number, optimizerChoice: OptimizerChoice): Promise<SpeedResult> {
+async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
   const cfg = defaultUNetConfig(2);
   const model = buildUNet(cfg, 1);
@@ -64,9 +122,12 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
   const warmup = 3;
   const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
   await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
+  const profiler = profile ? profileKernels(tf.getBackend()) : null;
   const t0 = performance.now();
   await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
   const trainSeconds = (performance.now() - t0) / 1000;
+  const kernelTimes = profiler?.table(steps);
+  profiler?.restore();
 
   const geometry = unetGeometry(cfg);
   const image = Float32Array.from({ length: 512 * 512 }, () => rng.normal());
@@ -88,6 +149,7 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     trainSteps: steps,
     inferRuns,
+    ...(kernelTimes === undefined ? {} : { profile: kernelTimes }),
   };
 }
 
@@ -99,14 +161,18 @@ async function main(): Promise<void> {
   const optimizerChoice = (args.get('optimizer') ?? 'fused') as OptimizerChoice;
   if (optimizerChoice !== 'fused' && optimizerChoice !== 'tfjs') throw new Error(`--optimizer must be fused or tfjs, got ${optimizerChoice}`);
   if (args.has('child')) {
-    const r = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice);
+    const r = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice, args.has('profile'));
+    if (r.profile !== undefined) {
+      process.stderr.write(`per training step, ${r.threads} thread(s) (outermost kernel calls):\n`);
+      for (const k of r.profile) process.stderr.write(`  ${k.kernel.padEnd(30)} ${String(k.wallMsPerStep).padStart(8)} ms wall ${String(k.cpuMsPerStep).padStart(8)} ms CPU ${String(k.callsPerStep).padStart(6)} calls\n`);
+    }
     console.log(JSON.stringify(r));
     return;
   }
   const threadCounts = args.has('threads') ? [Number(args.get('threads'))] : [...new Set([1, Math.min(2, os.availableParallelism())])];
   const runs: SpeedResult[] = [];
   for (const t of threadCounts) {
-    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice], {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice, ...(args.has('profile') ? ['--profile'] : [])], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 24,
