@@ -1,6 +1,8 @@
 /**
  * Denoise files with a trained model folder: read, normalise, predict (whole or tiled with
  * blending), denormalise, write. Inputs are never overwritten.
+ * The noise of every input is fitted (noise-level function, noise/nlf.ts) in a worker pool while the
+ * network predicts, and recorded beside its output as `<output>.noise.json` (noise/inputNoise.ts).
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -14,6 +16,10 @@ import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
+import { assertSidecarsWritable, inputNoiseRecord, noiseSidecarPath, writeNoiseSidecar } from '../noise/inputNoise.js';
+import { fitNlf, type NlfRecord } from '../noise/nlf.js';
+import { sampleNoise } from '../noise/sample.js';
+import { NoisePool, noiseTaskFile } from '../workers/noisePool.js';
 
 export type OutputType = 'float32' | 'input';
 
@@ -30,6 +36,11 @@ export interface DenoiseOptions {
   uncertainty?: boolean;
   /** Gaussian-prior models: write the prior mean (a plain blind-spot estimate) instead of the posterior mean. */
   priorMean?: boolean;
+  /**
+   * Fit each input's noise and write `<output>.noise.json` beside the output (default true). 'inline'
+   * fits on this thread (no worker start-up; blocks prediction meanwhile).
+   */
+  noise?: boolean | 'inline';
   onEvent?: (event: DenoiseEvent) => void;
 }
 
@@ -37,7 +48,8 @@ export type DenoiseEvent =
   | { type: 'model'; manifest: ModelManifest }
   | { type: 'image-start'; file: string; index: number; count: number; shape: readonly number[] }
   | { type: 'tiles'; file: string; done: number; total: number }
-  | { type: 'image-done'; file: string; output: string; seconds: number; megapixelsPerSecond: number };
+  | { type: 'image-done'; file: string; output: string; seconds: number; megapixelsPerSecond: number }
+  | { type: 'noise'; file: string; sidecar: string; sigma: number; a: number; b: number; method: NlfRecord['method'] };
 
 /** Output file for an input: same base name in outDir; float32 output of a PNG goes to TIFF. */
 export function outputPathFor(input: string, outDir: string, outputType: OutputType): string {
@@ -73,6 +85,8 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
       if (await exists(o)) throw new OutputError(o, 'exists already; pass --overwrite to replace it');
     }
   }
+  const noise = opts.noise ?? true;
+  if (noise) await assertSidecarsWritable(outputs, opts.overwrite === true, exists);
   const { model, manifest } = await loadModelFolder(opts.modelDir);
   opts.onEvent?.({ type: 'model', manifest });
   const mainOutput: DenoiseOutput = opts.priorMean ? 'prior-mean' : 'denoised';
@@ -80,6 +94,11 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   denoisingTileModel(model, manifest, mainOutput);
   if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty');
   await fs.mkdir(opts.outDir, { recursive: true });
+  // The fit is a fixed cost (Adam iterations; 1-4 s whatever the image size) beside a worker's start
+  // (well under that), so it runs in one pool worker, overlapping prediction; inline on request, or when
+  // the worker task is not compiled (running from source without a build).
+  const pool = noise === true && workerTaskCompiled() ? new NoisePool({ size: 1 }) : null;
+  const sidecars: Promise<void>[] = [];
   try {
     for (let i = 0; i < opts.inputs.length; i++) {
       const file = opts.inputs[i];
@@ -88,6 +107,13 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
         throw new InputError(file, `is ${volume.shape.length}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
       }
       opts.onEvent?.({ type: 'image-start', file, index: i, count: opts.inputs.length, shape: volume.shape });
+      let fitted: Promise<NlfRecord> | null = null;
+      if (noise) {
+        const image = { name: file, data: volume.data, shape: volume.shape, sampleType: volume.sampleType };
+        fitted = pool ? pool.fit([image]).then(([nlf]) => nlf) : Promise.resolve().then(() => fitNlf(sampleNoise(image)));
+        // Nothing awaits it until the output is written; keep a failure from being unhandled meanwhile.
+        fitted.catch(() => undefined);
+      }
       const t0 = performance.now();
       const tiling = {
         tta: opts.tta,
@@ -104,9 +130,22 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
       }
       const seconds = (performance.now() - t0) / 1000;
       opts.onEvent?.({ type: 'image-done', file, output: outputs[i], seconds, megapixelsPerSecond: volume.data.length / 1e6 / seconds });
+      if (fitted) {
+        const output = outputs[i];
+        sidecars.push(
+          fitted.then(async (nlf) => {
+            const sidecar = noiseSidecarPath(output);
+            await writeNoiseSidecar(sidecar, inputNoiseRecord(nlf, file, output), opts.overwrite === true);
+            opts.onEvent?.({ type: 'noise', file, sidecar, sigma: nlf.sigma, a: nlf.a, b: nlf.b, method: nlf.method });
+          }),
+        );
+      }
     }
+    await Promise.all(sidecars);
   } finally {
     model.dispose();
+    await Promise.allSettled(sidecars);
+    await pool?.close();
   }
   return outputs;
 }
@@ -131,4 +170,13 @@ export async function denoiseVolume(
   // A standard deviation scales with the normalisation but has no offset.
   const data = output === 'uncertainty' ? predicted.map((v) => v * manifest.normalisation.scale) : denormalise(predicted, manifest.normalisation);
   return { data, shape: volume.shape, sampleType: volume.sampleType };
+}
+
+function workerTaskCompiled(): boolean {
+  try {
+    noiseTaskFile();
+    return true;
+  } catch {
+    return false;
+  }
 }
