@@ -4,8 +4,10 @@
  *
  * Every layer is built from plain ops of rank <= 4 (reshape, pad, slice, concat, maximum, add, mul,
  * mean) so it has gradients on every backend and needs no kernel that wasm lacks (tfjs has no 3D
- * depthwise convolution, and Tile's gradient stops at rank 4). Importing this module registers the
- * layers with tf.serialization, so a saved model.json that uses them loads with tf.loadLayersModel.
+ * depthwise convolution, and Tile's gradient stops at rank 4); batch normalisation in training runs
+ * as two fused kernels with their own gradient on cpu and wasm (backend/kernels/batchNorm.ts) and
+ * from those plain ops elsewhere. Importing this module registers the layers with tf.serialization,
+ * so a saved model.json that uses them loads with tf.loadLayersModel.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
