@@ -11,7 +11,7 @@
  *   npm run bench:methods -- [--steps 120] [--steps-3d 10] [--batch-size 4] [--methods n2v,laine19,...]
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
- *     [--quick] [--backend auto] [--threads N] [--no-3d]
+ *     [--quick] [--backend auto] [--threads N] [--no-3d] [--seed 1] [--results-name methods]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -19,7 +19,10 @@
  * budget of the issue (laine19 >= 29 dB) needs thousands of steps and --limit 68 --set12-limit 12.
  * --quick: a smoke run (a few steps, 20 training and two test images) that checks the harness.
  * Each method runs in its own child process (a wasm abort loses only that method).
- * Writes bench/results/methods-<time>.json, methods-latest.json and bench/results/methods.md.
+ * --seed: the training seed of every method (network initialisation, patch draws, masking); the
+ * noise of the data stays the same, so runs with different seeds show the run-to-run spread.
+ * Writes bench/results/<name>-<time>.json, <name>-latest.json and bench/results/<name>.md, <name>
+ * from --results-name (default methods; e.g. methods-400 for a table at another budget).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -148,6 +151,10 @@ async function main(): Promise<void> {
     priorArg === 'none' ? undefined : priorArg === 'learned' || priorArg === 'nlf' ? priorArg : parseNoiseSpec(priorArg);
   const structMask = args.get('struct-mask') ?? 'horizontal:3';
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
+  const trainSeed = Number(args.get('seed') ?? 1);
+  if (!Number.isInteger(trainSeed)) throw new Error(`--seed must be an integer, got ${args.get('seed')}`);
+  const resultsName = args.get('results-name') ?? 'methods';
+  if (!/^[A-Za-z0-9_.-]+$/.test(resultsName)) throw new Error(`--results-name must be a plain file name stem, got '${resultsName}'`);
 
   const trainDir = path.join(SHARED_DIR, 'data', 'Train400');
   const bsdDir = path.join(SHARED_DIR, 'data', 'BSD68');
@@ -222,7 +229,7 @@ async function main(): Promise<void> {
         steps,
         batchSize,
         patchShape: [64, 64],
-        seed: 1,
+        seed: trainSeed,
         backend,
         validateEvery: Math.max(1, Math.floor(steps / 2)),
         valPatches: 16,
@@ -260,7 +267,7 @@ async function main(): Promise<void> {
           steps: steps3d,
           batchSize,
           patchShape: patch3d,
-          seed: 1,
+          seed: trainSeed,
           backend,
           validateEvery: Math.max(1, Math.floor(steps3d / 2)),
           valPatches: 4,
@@ -349,7 +356,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, architecturalPrior: priorArg, structMask, quick };
+  const budget = { steps2d: steps, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -360,11 +367,11 @@ async function main(): Promise<void> {
     anchorsBsd68Sigma25: ANCHORS,
     wallSeconds: +((performance.now() - t0) / 1000).toFixed(1),
   };
-  const file = await writeResult('methods', result);
+  const file = await writeResult(resultsName, result);
   const markdown = methodsMarkdown(result, path.relative(PACKAGE_ROOT, file));
-  await fs.writeFile(path.join(PACKAGE_ROOT, 'bench', 'results', 'methods.md'), markdown);
+  await fs.writeFile(path.join(PACKAGE_ROOT, 'bench', 'results', `${resultsName}.md`), markdown);
   process.stdout.write(markdown);
-  log(`written ${file} and bench/results/methods.md`);
+  log(`written ${file} and bench/results/${resultsName}.md`);
 }
 
 /**
@@ -388,7 +395,8 @@ function describe(network: Record<string, unknown>): string {
   const kind = (network.kind as string | undefined) ?? 'unet';
   if (kind === 'laine19') return `laine19 depth ${network.depth} / ${network.filters}f`;
   if (kind === 'dbsn') return `D-BSN ${network.filters}f / ${network.blocks} blocks`;
-  return `${network.variant === 'n2v2' ? 'N2V2 ' : ''}U-Net depth ${network.depth} / ${network.filters}f`;
+  const n2v2 = network.variant === 'n2v2' ? `N2V2 (${(network.blurPool as string | undefined) ?? 'trailing'} blur-pool) ` : '';
+  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f`;
 }
 
 function cell(s: Score | undefined): string {
@@ -399,7 +407,7 @@ function methodsMarkdown(
   result: {
     backend: string;
     threads: number;
-    budget: Record<string, unknown> & { steps2d: number; steps3d: number; batchSize: number; trainImages: number; bsd68Images: number; set12Images: number };
+    budget: Record<string, unknown> & { steps2d: number; steps3d: number; batchSize: number; trainImages: number; bsd68Images: number; set12Images: number; with3d: boolean; seed: number };
     noisy: { bsd68: Score; set12: Score; volume3d: Score };
     methods: MethodRow[];
     classical: ClassicalRow[];
@@ -416,12 +424,13 @@ function methodsMarkdown(
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores (${os.cpus().length} reported by os.cpus), ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; shared with other jobs while it ran  `,
     `Backend: ${result.backend}, ${result.threads} thread(s)  `,
-    `Budget: ${b.steps2d} steps (2D) and ${b.steps3d} steps (3D) at batch ${b.batchSize}, 2D patches 64x64, 3D patches ${(b.patch3d as number[]).join('x')}; ` +
+    `Budget: ${b.steps2d} steps (2D)${b.with3d ? ` and ${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
       `Train400 (${b.trainImages} images, sigma 25 as float, seeded); BSD68: first ${b.bsd68Images} images; Set12: ${b.set12Images} images; ` +
-      `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` +
+      (b.with3d ? `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` : '') +
       `laine19/dbsn noise model: ${b.architecturalPrior}; structn2v mask ${b.structMask}. Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
     '',
-    'PSNR (dB) / SSIM; PSNR with peak 255 per image, averaged (3D: peak = range of the clean volume). Train seconds are wall-clock for the 2D and 3D runs.',
+    'PSNR (dB) / SSIM; PSNR with peak 255 per image, averaged (3D: peak = range of the clean volume). Train seconds are wall-clock for the 2D and 3D runs, ' +
+      'taken on a machine shared with other jobs: they vary with its load and compare methods only roughly.',
     '',
     '| method | network | BSD68 σ=25 | Set12 σ=25 | 3D Poisson-Gaussian | train s (2D) | train s (3D) | published BSD68 σ=25 |',
     '|---|---|---|---|---|---|---|---|',

@@ -56,6 +56,14 @@ export function usesGridMasking(method: MethodName): boolean {
   return method === 'noise2self' || method === 'noise2info';
 }
 
+/**
+ * Methods that mask stratified pixels with MaskOptions (fraction, replacement strategy, window):
+ * the rest mask nothing (architectural blind spot, paired) or mask grid phases (noise2self, noise2info).
+ */
+export function usesStratifiedMasking(method: MethodName): boolean {
+  return method === 'n2v' || method === 'n2v2' || method === 'structn2v';
+}
+
 /** Methods that can train a Gaussian prior (--prior): the blind-spot ones; D-BSN always has one. */
 export function acceptsPrior(method: MethodName): boolean {
   return !isPairedMethod(method) && method !== 'noise2info';

@@ -2,9 +2,10 @@
  * The N2V / N2V2 U-Net (CSBDeep's `unet_block` as used by n2v), 2D (NHWC) and 3D (NDHWC), fully
  * convolutional with a linear output the size of the input (1 channel, or 2 for a Gaussian prior).
  */
+import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { Rng } from '../core/rng.js';
-import { ChannelBatchNorm, MaxBlurPool, NearestUpSampling } from './layers.js';
+import { ChannelBatchNorm, MaxBlurPool, NearestUpSampling, maxPairAlongAxis, product, singleTensor, type Kwargs } from './layers.js';
 
 export interface UNetConfig {
   dims: 2 | 3;
@@ -17,6 +18,14 @@ export interface UNetConfig {
   batchNorm: boolean;
   /** 'n2v2': max-blur-pool and no skip connection at the top level (Hoeck et al. 2022). */
   variant: 'n2v' | 'n2v2';
+  /**
+   * n2v2 only: where the max-blur-pool's blur window sits. 'centred' (new models; careamics'
+   * kornia-style layer): on the pooled pair, so a pooled feature lies where nearest upsampling puts
+   * it back. 'trailing' (n2v's Keras layer, TF 'same' padding; n2v2 models saved without this field):
+   * one pixel later per pooling, so without the top skip the decoder must learn to shift back by
+   * 1 pixel per level.
+   */
+  blurPool?: 'centred' | 'trailing';
   /** 1 (the denoised value) or 2 (mean and log variance of a Gaussian prior, models/bayes.ts); default 1. */
   outputChannels?: number;
 }
@@ -45,7 +54,84 @@ function validateConfig(cfg: UNetConfig): void {
     throw new RangeError(`U-Net outputChannels must be 1 or 2, got ${cfg.outputChannels}`);
   }
   if (cfg.variant !== 'n2v' && cfg.variant !== 'n2v2') throw new RangeError(`U-Net variant must be 'n2v' or 'n2v2', got ${String(cfg.variant)}`);
+  if (cfg.blurPool !== undefined && cfg.blurPool !== 'centred' && cfg.blurPool !== 'trailing') {
+    throw new RangeError(`U-Net blurPool must be 'centred' or 'trailing', got ${String(cfg.blurPool)}`);
+  }
 }
+
+/** The blur-pool alignment of an n2v2 config (absent: 'trailing', what models saved before the field used). */
+export function blurPoolAlignment(cfg: UNetConfig): 'centred' | 'trailing' {
+  return cfg.blurPool ?? 'trailing';
+}
+
+/**
+ * Binomial blur [1, 2, 1] / 4 with stride 2 along `axis`, centred on the even samples:
+ * out[j] = (m[2j-1] + 2 m[2j] + m[2j+1]) / 4 with m[-1] = 0 (kornia's max_blur_pool2d, which
+ * careamics' N2V2 uses: symmetric padding 1).
+ */
+export function centredBlurDownAlongAxis(x: tf.Tensor, axis: number): tf.Tensor {
+  return tf.tidy(() => {
+    const before = product(x.shape.slice(0, axis));
+    const length = x.shape[axis];
+    const after = product(x.shape.slice(axis + 1));
+    if (length % 2 !== 0) throw new RangeError(`max-blur-pool needs an even size along axis ${axis}, got ${length}`);
+    const half = length / 2;
+    const padded = tf.pad(tf.reshape(x, [before, length, after]), [
+      [0, 0],
+      [1, 1],
+      [0, 0],
+    ]);
+    // padded[k] = m[k - 1]: out[j] = (padded[2j] + 2 padded[2j+1] + padded[2j+2]) / 4.
+    const pairs = tf.reshape(padded, [before, half + 1, 2, after]);
+    const even = tf.slice(pairs, [0, 0, 0, 0], [before, half, 1, after]);
+    const odd = tf.slice(pairs, [0, 0, 1, 0], [before, half, 1, after]);
+    const nextEven = tf.slice(pairs, [0, 1, 0, 0], [before, half, 1, after]);
+    const blurred = tf.mul(tf.add(tf.add(even, nextEven), tf.mul(odd, 2)), 0.25);
+    const outShape = x.shape.slice();
+    outShape[axis] = half;
+    return tf.reshape(blurred, outShape);
+  });
+}
+
+/**
+ * N2V2's max-blur-pool with the blur centred on the pooled pair (blurPool 'centred'): a 2x2(x2) max
+ * pool with stride 1, then centredBlurDownAlongAxis on every spatial axis. Pooled feature j covers
+ * input pixels 2j-1..2j+2 around 2j + 0.5, the centre of the two pixels nearest upsampling gives it
+ * back to. MaxBlurPool (models/layers.ts) is the 'trailing' one: its window covers 2j..2j+3.
+ */
+export class CentredMaxBlurPool extends tfl.layers.Layer {
+  static className = 'BlindspotCentredMaxBlurPool';
+  readonly dims: 2 | 3;
+
+  constructor(args: NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]> & { dims: 2 | 3 }) {
+    super(args);
+    this.dims = args.dims;
+  }
+
+  override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
+    const first = inputShape[0];
+    const shape = ((Array.isArray(first) ? first : inputShape) as (number | null)[]).slice();
+    for (let axis = 1; axis <= this.dims; axis++) {
+      const size = shape[axis];
+      shape[axis] = size == null ? null : Math.floor(size / 2);
+    }
+    return shape;
+  }
+
+  override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
+    return tf.tidy(() => {
+      let x = singleTensor(inputs);
+      for (let axis = 1; axis <= this.dims; axis++) x = maxPairAlongAxis(x, axis);
+      for (let axis = 1; axis <= this.dims; axis++) x = centredBlurDownAlongAxis(x, axis);
+      return x;
+    });
+  }
+
+  override getConfig(): tf.serialization.ConfigDict {
+    return { ...super.getConfig(), dims: this.dims };
+  }
+}
+tf.serialization.registerClass(CentredMaxBlurPool);
 
 const convsPerLevel = 2;
 
@@ -81,7 +167,10 @@ export function buildUNet(cfg: UNetConfig, seed: number): tfl.LayersModel {
     return tfl.layers.activation({ activation: 'relu', name: `${name}_relu` }).apply(y) as tfl.SymbolicTensor;
   };
   const pool = (x: tfl.SymbolicTensor, name: string): tfl.SymbolicTensor => {
-    if (variant === 'n2v2') return new MaxBlurPool({ dims, name }).apply(x) as tfl.SymbolicTensor;
+    if (variant === 'n2v2') {
+      const layer = blurPoolAlignment(cfg) === 'centred' ? new CentredMaxBlurPool({ dims, name }) : new MaxBlurPool({ dims, name });
+      return layer.apply(x) as tfl.SymbolicTensor;
+    }
     const args = { poolSize: 2, strides: 2, padding: 'valid' as const, name };
     return (dims === 2 ? tfl.layers.maxPooling2d(args) : tfl.layers.maxPooling3d(args)).apply(x) as tfl.SymbolicTensor;
   };
@@ -147,9 +236,11 @@ function traceReceptiveField(cfg: UNetConfig): { before: number; after: number }
     const half = prev.length / 2;
     if (variant === 'n2v') return Array.from({ length: half }, (_, j) => union(prev[2 * j], prev[2 * j + 1]));
     const maxed = prev.map((dep, i) => (i + 1 < prev.length ? union(dep, prev[i + 1]) : dep));
+    // The blur's three taps start at 2j ('trailing') or 2j - 1 ('centred').
+    const first = blurPoolAlignment(cfg) === 'centred' ? -1 : 0;
     return Array.from({ length: half }, (_, j) => {
       let dep: Dependency = null;
-      for (let t = 0; t < 3; t++) if (2 * j + t < maxed.length) dep = union(dep, maxed[2 * j + t]);
+      for (let t = first; t < first + 3; t++) if (2 * j + t >= 0 && 2 * j + t < maxed.length) dep = union(dep, maxed[2 * j + t]);
       return dep;
     });
   };

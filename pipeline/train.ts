@@ -14,7 +14,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
-import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
+import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, recalibrateBatchNorm, type NetworkConfig } from '../models/network.js';
 import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
 import { defaultMaskOptions, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
@@ -35,12 +35,12 @@ import {
   acceptsPrior,
   augmentMethodPatch,
   defaultGridSide,
-  isArchitecturalBlindSpot,
   isPairedMethod,
   learnedNoiseVariance,
   networkKindFor,
   preparePatch,
   usesGridMasking,
+  usesStratifiedMasking,
   type BatchLossFn,
   type PatchPreparation,
 } from '../models/methods.js';
@@ -502,6 +502,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
     if (learnedLogSigma !== null) state.learnedLogSigma = learnedLogSigma.dataSync()[0];
     if (isValidationStep) {
+      recalibrateOn(model, valBatches);
       const valLoss = evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
       if (state.noise2info) {
@@ -614,8 +615,9 @@ function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
     if (!Number.isInteger(opts.grid) || opts.grid < 2) throw new UsageError(`--grid must be an integer >= 2, got ${opts.grid}`);
   }
   if (opts.prior !== undefined && !acceptsPrior(method)) throw new UsageError(`--prior does not apply to --method ${method}`);
-  if (isArchitecturalBlindSpot(method) || isPairedMethod(method)) {
-    if (opts.maskFraction !== undefined || opts.strategy !== undefined) throw new UsageError(`--mask-fraction and --strategy do not apply to --method ${method}: it masks nothing`);
+  if (!usesStratifiedMasking(method) && (opts.maskFraction !== undefined || opts.strategy !== undefined)) {
+    const what = usesGridMasking(method) ? `it masks one grid phase per step (--grid)` : 'it masks nothing';
+    throw new UsageError(`--mask-fraction and --strategy do not apply to --method ${method}: ${what}`);
   }
   if (method === 'dbsn' && opts.loss !== undefined) throw new UsageError('--loss does not apply to --method dbsn: it trains with its own likelihood (CNN_est loss)');
 }
@@ -636,7 +638,8 @@ function methodNetwork(method: MethodName, dims: 2 | 3, opts: TrainOptions, twoC
   const outputs = twoChannels ? { outputChannels: 2 } : {};
   if (base.kind === 'laine19') return { ...base, ...pick(overrides, ['depth', 'filters']), dims, ...outputs };
   if (base.kind === 'dbsn') return { ...base, ...pick(overrides, ['filters', 'blocks']), dims, outputChannels: 2 };
-  return { ...base, ...pick(overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims, variant: method === 'n2v2' ? 'n2v2' : 'n2v', ...outputs };
+  const variant = method === 'n2v2' ? ({ variant: 'n2v2', blurPool: 'centred' } as const) : ({ variant: 'n2v' } as const);
+  return { ...base, ...pick(overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims, ...variant, ...outputs };
 }
 
 function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Partial<Pick<T, K>> {
@@ -992,6 +995,20 @@ function makeValidationBatches(
     batches.push({ shape: [n, ...patchShape, 1], inputs, targets, masks });
   }
   return batches;
+}
+
+/**
+ * Batch-norm statistics for the weights as they are now, from the validation patches' inputs
+ * (models/network.ts recalibrateBatchNorm), before the validation loss is taken and the model saved:
+ * what is scored is what is saved, and what is saved denoises with statistics of its own weights.
+ */
+function recalibrateOn(model: tfl.LayersModel, batches: ValidationBatch[]): void {
+  const inputs = batches.map((b) => tf.tensor(b.inputs, b.shape));
+  try {
+    recalibrateBatchNorm(model, inputs);
+  } finally {
+    tf.dispose(inputs);
+  }
 }
 
 function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): number {

@@ -11,7 +11,7 @@ import { expectSaveLoadIdentical } from './fixtures/modelRoundTrip.js';
 import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
 import { Rng } from '../core/rng.js';
 import { CentreMaskedConv, DilatedConv, Orient, ShiftDown, orient } from '../models/blindspotLayers.js';
-import { buildDbsn, dbsnGeometry, dbsnLoss, type DbsnConfig } from '../models/dbsn.js';
+import { buildDbsn, dbsnGeometry, dbsnLoss, initialLogPredictionVariance, type DbsnConfig } from '../models/dbsn.js';
 import { buildLaine19, laine19Geometry, laine19Orientations, type Laine19Config } from '../models/laine19.js';
 
 type Backend = 'cpu' | 'wasm';
@@ -222,13 +222,27 @@ describe('dbsn', () => {
     model.dispose();
   });
 
+  it('starts with every residual block the identity and the prediction variance small and constant', async () => {
+    await useBackend('wasm');
+    const model = buildDbsn({ dims: 2, filters: 8, blocks: 3, outputChannels: 2 }, 12);
+    const pointwise = model.layers.filter((l) => /_block\d+_pointwise$/.test(l.name));
+    expect(pointwise).toHaveLength(2 * 3);
+    for (const l of pointwise) expect(l.getWeights().every((w) => w.dataSync().every((v) => v === 0))).toBe(true);
+    const rng = new Rng(13);
+    const [mean, logVariance] = tf.tidy(() => tf.split(model.predict(randomTensor([2, 24, 24, 1], rng)) as tf.Tensor, 2, 3).map((t) => t.dataSync()));
+    for (const v of logVariance) expect(v).toBeCloseTo(initialLogPredictionVariance, 5);
+    // The mean still depends on the input (He-initialised head, branches and tail).
+    expect(Math.max(...mean) - Math.min(...mean)).toBeGreaterThan(1e-3);
+    model.dispose();
+  });
+
   it('dbsnLoss: the per-pixel formula on a masked batch', async () => {
     await useBackend('cpu');
     const rng = new Rng(5);
     const prediction = randomTensor([2, 4, 4, 2], rng);
     const target = randomTensor([2, 4, 4, 1], rng);
     const mask = tf.tensor(Float32Array.from({ length: 32 }, (_, i) => (i % 3 === 0 ? 1 : 0)), [2, 4, 4, 1]);
-    const noiseVariance = (y: tf.Tensor): tf.Tensor => tf.add(tf.mul(tf.abs(y), 0.1), 0.2);
+    const noiseVariance = (intensity: tf.Tensor): tf.Tensor => tf.add(tf.mul(tf.abs(intensity), 0.1), 0.2);
     const loss = dbsnLoss(noiseVariance)(prediction, target, mask).dataSync()[0];
     const p = prediction.dataSync();
     const t = target.dataSync();
@@ -239,7 +253,8 @@ describe('dbsn', () => {
       if (m[i] === 0) continue;
       const mu = p[2 * i];
       const sigmaMu = Math.exp(p[2 * i + 1]) + 1e-6;
-      const sigmaN = 0.1 * Math.abs(t[i]) + 0.2;
+      // The noise variance at the predicted mean (as the posterior uses it), not at the noisy value.
+      const sigmaN = 0.1 * Math.abs(mu) + 0.2;
       sum += 0.5 * ((t[i] - mu) ** 2 / (sigmaMu + sigmaN) + Math.log(sigmaN) + sigmaMu / sigmaN);
       count++;
     }

@@ -15,9 +15,11 @@ import { Rng } from '../core/rng.js';
 import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import type { Shape, Volume } from '../core/volume.js';
 import { loadModelFolder, readManifest, type MethodName, type ModelManifest } from '../models/io.js';
-import { buildNetwork, defaultNetwork, networkGeometry } from '../models/network.js';
+import { buildNetwork, defaultNetwork, networkGeometry, recalibrateBatchNorm } from '../models/network.js';
 import { estimateBytesPerVoxel } from '../pipeline/predict.js';
-import { unetGeometry, type UNetConfig } from '../models/unet.js';
+import * as tf from '@tensorflow/tfjs-core';
+import { buildUNet, CentredMaxBlurPool, unetGeometry, type UNetConfig } from '../models/unet.js';
+import { MaxBlurPool, NearestUpSampling } from '../models/layers.js';
 import { saveUntrainedModel } from './fixtures/untrainedModel.js';
 import { MemoryArrayReader } from './fixtures/stream-arrays.js';
 import { denoiseFiles, denoiseVolume } from '../pipeline/denoise.js';
@@ -313,6 +315,112 @@ describe('tile memory of the blind-spot networks', () => {
   });
 });
 
+describe('batch-norm recalibration (precise BN)', () => {
+  it('after recalibrating on one batch, inference on it equals training mode; networks without batch norm are left alone', () => {
+    const cfg: UNetConfig = { dims: 2, depth: 2, filters: 4, kernelSize: 3, batchNorm: true, variant: 'n2v' };
+    const model = buildUNet(cfg, 6);
+    const rng = new Rng(14);
+    const batch = tf.tensor(Float32Array.from({ length: 2 * 16 * 16 }, () => 3 + 2 * rng.normal()), [2, 16, 16, 1]);
+    const difference = (): number =>
+      tf.tidy(() => tf.max(tf.abs(tf.sub(model.apply(batch, { training: false }) as tf.Tensor, model.apply(batch, { training: true }) as tf.Tensor))).dataSync()[0]);
+    // Fresh moving statistics (mean 0, variance 1) do not fit inputs of mean 3, std 2.
+    expect(difference()).toBeGreaterThan(0.01);
+    expect(recalibrateBatchNorm(model, [batch])).toBe(2 * 2 + 2 + 2 * 2);
+    expect(difference()).toBeLessThan(1e-4);
+    const before = tf.memory().numTensors;
+    recalibrateBatchNorm(model, [batch]);
+    expect(tf.memory().numTensors).toBe(before);
+    const plain = buildUNet({ ...cfg, batchNorm: false }, 6);
+    expect(recalibrateBatchNorm(plain, [batch])).toBe(0);
+    tf.dispose(batch);
+    model.dispose();
+    plain.dispose();
+  });
+});
+
+describe('n2v2 max-blur-pool alignment', () => {
+  /**
+   * Where an input impulse at x = p ends up after pooling and nearest upsampling (the centre of mass
+   * of the response along x): the position the decoder sees the pooled feature at.
+   */
+  function pooledImpulseCentre(pool: 'centred' | 'trailing', p: number, width: number): number {
+    return tf.tidy(() => {
+      const values = new Float32Array(4 * width);
+      for (let y = 0; y < 4; y++) values[y * width + p] = 1;
+      const x = tf.tensor(values, [1, 4, width, 1]);
+      const layer = pool === 'centred' ? new CentredMaxBlurPool({ dims: 2 }) : new MaxBlurPool({ dims: 2 });
+      const up = new NearestUpSampling({ dims: 2 }).apply(layer.apply(x) as tf.Tensor) as tf.Tensor;
+      const row = tf.slice(up, [0, 1, 0, 0], [1, 1, width, 1]).dataSync();
+      let mass = 0;
+      let moment = 0;
+      row.forEach((v, i) => {
+        mass += v;
+        moment += v * i;
+      });
+      return moment / mass;
+    });
+  }
+
+  it("the centred pool keeps an impulse where it was (both phases); n2v's Keras ('trailing') pool moves it one pixel", () => {
+    for (const p of [6, 7]) {
+      expect(pooledImpulseCentre('centred', p, 16)).toBeCloseTo(p, 5);
+      expect(pooledImpulseCentre('trailing', p, 16)).toBeCloseTo(p - 1, 5);
+    }
+  });
+
+  it('centred values: out[j] = (m[2j-1] + 2 m[2j] + m[2j+1]) / 4 of the pairwise maxima m, zero before the start', () => {
+    const rng = new Rng(31);
+    const width = 8;
+    const line = Float32Array.from({ length: width }, () => rng.uniform());
+    const got = tf.tidy(() => (new CentredMaxBlurPool({ dims: 2 }).apply(tf.tile(tf.tensor(line, [1, 1, width, 1]), [1, 2, 1, 1])) as tf.Tensor).dataSync());
+    const m = (i: number): number => (i < 0 ? 0 : Math.max(line[i], line[Math.min(i + 1, width - 1)]));
+    // Constant along y (two equal rows): the y blur of the pair gives (0 + 2 + 1) / 4 of the row at output row 0.
+    for (let j = 0; j < width / 2; j++) expect(got[j]).toBeCloseTo((0.75 * (m(2 * j - 1) + 2 * m(2 * j) + m(2 * j + 1))) / 4, 5);
+  });
+
+  it('new n2v2 models record the centred pool; its traced field bounds the measured one; old configs keep the trailing pool', async () => {
+    const cfg: UNetConfig = { dims: 2, depth: 2, filters: 2, kernelSize: 3, batchNorm: false, variant: 'n2v2', blurPool: 'centred' };
+    const geometry = unetGeometry(cfg);
+    const trailing = unetGeometry({ ...cfg, blurPool: undefined });
+    // The trailing window reaches further after the pixel, the centred one is symmetric about the pair.
+    expect(geometry.receptiveAfter).toBeLessThan(trailing.receptiveAfter);
+    const model = buildUNet(cfg, 4);
+    expect(model.layers.filter((l) => l instanceof CentredMaxBlurPool)).toHaveLength(2);
+    const size = 48;
+    const p = 24;
+    const gradient = tf.tidy(() => {
+      for (const layer of model.layers) if (layer.getWeights().length > 0) layer.setWeights(layer.getWeights().map((w) => tf.add(tf.abs(w), 0.05)));
+      const rng = new Rng(8);
+      const x = tf.tensor(Float32Array.from({ length: size * size }, () => 0.1 + rng.uniform()), [1, size, size, 1]);
+      const selector = tf.buffer([1, size, size, 1]);
+      selector.set(1, 0, p, p, 0);
+      return tf.grad((input: tf.Tensor) => tf.sum(tf.mul(model.apply(input) as tf.Tensor, selector.toTensor())))(x).dataSync();
+    });
+    let before = 0;
+    let after = 0;
+    gradient.forEach((g, i) => {
+      if (g === 0) return;
+      const dx = (i % size) - p;
+      before = Math.max(before, -dx);
+      after = Math.max(after, dx);
+    });
+    expect(before).toBeGreaterThan(0);
+    expect(before).toBeLessThanOrEqual(geometry.receptiveBefore);
+    expect(after).toBeLessThanOrEqual(geometry.receptiveAfter);
+    model.dispose();
+    const old = buildUNet({ ...cfg, blurPool: undefined }, 4);
+    expect(old.layers.filter((l) => l instanceof MaxBlurPool)).toHaveLength(2);
+    old.dispose();
+    const { manifest } = await train('n2v2', [{ volume: problem([40, 40], 3).noisy, name: 'noisy' }], path.join(tmp, 'n2v2-pool'), {
+      network: tinyUNet,
+      steps: 2,
+      validateEvery: 2,
+    });
+    expect(manifest.network).toMatchObject({ variant: 'n2v2', blurPool: 'centred' });
+    expect(manifest.masking).toMatchObject({ strategy: 'median' });
+  });
+});
+
 describe('manifests written before the network union', () => {
   it('a network without `kind` is a U-Net: same geometry, it builds, and its folder still denoises', async () => {
     const cfg: UNetConfig = { dims: 2, depth: 2, filters: 4, kernelSize: 3, batchNorm: false, variant: 'n2v2' };
@@ -334,6 +442,13 @@ describe('manifests written before the network union', () => {
 
 describe('bad method inputs are refused with the file named', () => {
   const { noisy } = problem([32, 32], 6);
+
+  it('--mask-fraction / --strategy are refused where no stratified masking happens (grid, architectural, paired)', async () => {
+    const volumes = [{ volume: problem([32, 32], 2).noisy, name: 'noisy' }];
+    await expect(train('noise2self', volumes, path.join(tmp, 'refused-grid'), { maskFraction: 0.05 })).rejects.toThrow(/grid phase/);
+    await expect(train('laine19', volumes, path.join(tmp, 'refused-arch'), { strategy: 'median' })).rejects.toThrow(/masks nothing/);
+    await expect(fs.access(path.join(tmp, 'refused-grid'))).rejects.toThrow();
+  });
 
   it('n2n --targets: a count mismatch names the unpaired file, a shape mismatch the target', async () => {
     const a = path.join(tmp, 'pair-a.tif');
