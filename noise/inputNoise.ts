@@ -196,13 +196,16 @@ function mergeSamples(name: string, samples: readonly NoiseSample[], values: num
     }
     offset += s.pairs.length;
   }
-  const filters = new Set(usable.map((s) => s.residualFilter));
+  // Each chunk picks its own residual filter; the record names the one most chunks used.
+  const filterCounts = new Map<NoiseSample['residualFilter'], number>();
+  for (const s of usable) filterCounts.set(s.residualFilter, (filterCounts.get(s.residualFilter) ?? 0) + 1);
+  const residualFilter = [...filterCounts.entries()].sort((p, q) => q[1] - p[1])[0][0];
   return {
     name,
     pairs,
     residualFactor: 1,
     residualKind: usable[0].residualKind,
-    residualFilter: filters.size === 1 ? usable[0].residualFilter : 'learned-5x5',
+    residualFilter,
     textureLimit,
     medianIntensity,
     percentiles,

@@ -309,7 +309,7 @@ export function sampleNoise(image: NoiseImage, opts: SampleOptions = {}): NoiseS
   }
   if (useDenoiser) return { ...base, pairs: assemble(residualList), residualFactor: 1, residualFilter: 'denoiser', usablePixels, fallback: null };
 
-  const learned = learnedResiduals(residualList.subarray(0, n), textureList.subarray(0, n), foldList.subarray(0, n), projectionList.subarray(0, n * D), D, textureLimit);
+  const learned = learnedResiduals(residualList.subarray(0, n), textureList.subarray(0, n), foldList.subarray(0, n), projectionList.subarray(0, n * D), D, textureLimit, intensityList.subarray(0, n));
   if (learned) return { ...base, pairs: assemble(learned), residualFactor: 1, residualFilter: 'learned-5x5', usablePixels, fallback: null };
   return { ...base, pairs: assemble(residualList), residualFactor: 1, residualFilter: 'immerkaer-3x3', usablePixels, fallback: null };
 }
@@ -334,62 +334,97 @@ function screenedVariance(residuals: ArrayLike<number>, keep: (j: number) => boo
   return v;
 }
 
+/** Intensity bands the learned filter is fitted in separately (equal-count): grain and texture differ with brightness. */
+const FILTER_BANDS = 3;
+
 /**
- * The learned 5x5 residual of every sampled pixel, each from the filter fitted on the other fold, or
- * null when Immerkaer's residual leaves no more structure (or there are too few patches to learn from).
+ * The residual of every sampled pixel: per intensity band, the learned 5x5 residual (each pixel's from
+ * the filter fitted on the other fold) where it leaves less than Immerkaer's, else Immerkaer's. Null
+ * when no band gains (or there are too few patches to learn from).
  */
-function learnedResiduals(immerkaer: Float64Array, texture: Float64Array, fold: Uint8Array, projections: Float32Array, D: number, textureLimit: number): Float64Array | null {
+function learnedResiduals(immerkaer: Float64Array, texture: Float64Array, fold: Uint8Array, projections: Float32Array, D: number, textureLimit: number, intensity: Float64Array): Float64Array | null {
   const n = immerkaer.length;
-  const absSorted = Float64Array.from(immerkaer, Math.abs).sort();
-  let v = Math.max((1.4826 * quantileOfSorted(absSorted as unknown as Float32Array, 50)) ** 2, 1e-30);
-  // Screen against the Immerkaer estimate (a few rounds: the screen moves with the estimate).
-  for (let round = 0; round < 3; round++) {
-    const limit = textureLimit * v;
-    v = screenedVariance(immerkaer, (j) => texture[j] <= limit, v);
-  }
-  const limit = textureLimit * v;
-  const filters: Float64Array[] = [];
-  for (const f of [0, 1]) {
-    const mean = new Float64Array(D);
-    const cov = new Float64Array(D * D);
-    let count = 0;
-    for (let j = 0; j < n; j++) {
-      if (fold[j] !== (f | 2) || texture[j] > limit || immerkaer[j] ** 2 > TRIM_C * TRIM_C * v) continue;
-      const o = j * D;
-      for (let a = 0; a < D; a++) {
-        const pa = projections[o + a];
-        mean[a] += pa;
-        for (let b = a; b < D; b++) cov[a * D + b] += pa * projections[o + b];
-      }
-      count++;
-    }
-    if (count < MIN_PATCHES_PER_DIMENSION * D) return null;
-    for (let a = 0; a < D; a++)
-      for (let b = a; b < D; b++) {
-        const c = cov[a * D + b] / count - (mean[a] / count) * (mean[b] / count);
-        cov[a * D + b] = c;
-        cov[b * D + a] = c;
-      }
-    const { values, vectors } = symmetricEigen(cov, D);
-    let smallest = 0;
-    for (let k = 1; k < D; k++) if (values[k] < values[smallest]) smallest = k;
-    const filter = new Float64Array(D);
-    for (let a = 0; a < D; a++) filter[a] = vectors[a * D + smallest];
-    filters.push(filter);
-  }
-  const learned = new Float64Array(n);
+  const sortedIntensity = Float64Array.from(intensity).sort();
+  const edges = Array.from({ length: FILTER_BANDS - 1 }, (_, k) => quantileOfSorted(sortedIntensity as unknown as Float32Array, (100 * (k + 1)) / FILTER_BANDS));
+  const band = new Uint8Array(n);
   for (let j = 0; j < n; j++) {
-    const filter = filters[1 - (fold[j] & 1)];
-    const o = j * D;
-    let s = 0;
-    for (let a = 0; a < D; a++) s += filter[a] * projections[o + a];
-    learned[j] = s;
+    let b = 0;
+    while (b < edges.length && intensity[j] > edges[b]) b++;
+    band[j] = b;
   }
-  // Out of fold both are unbiased for pure noise; texture only adds. Keep the one with less.
-  const screened = (j: number): boolean => texture[j] <= limit;
-  const learnedVariance = screenedVariance(learned, screened, v);
-  const immerkaerVariance = screenedVariance(immerkaer, screened, v);
-  return learnedVariance < immerkaerVariance ? learned : null;
+  /** Screened Immerkaer variance of the pixels `inSet` (a few rounds: the screen moves with the estimate). */
+  const immerkaerVarianceOf = (inSet: (j: number) => boolean): number => {
+    let sum = 0;
+    let count = 0;
+    for (let j = 0; j < n; j++) if (inSet(j)) { sum += Math.abs(immerkaer[j]); count++; }
+    let v = Math.max(((1.2533 * sum) / Math.max(1, count)) ** 2, 1e-30); // mean |r| x sqrt(pi / 2)
+    for (let round = 0; round < 3; round++) {
+      const limit = textureLimit * v;
+      v = screenedVariance(immerkaer, (j) => inSet(j) && texture[j] <= limit, v);
+    }
+    return v;
+  };
+  /** The two folds' filters from the screened trainable patches in `inSet`, or null if too few. */
+  const fitFolds = (inSet: (j: number) => boolean, v: number): Float64Array[] | null => {
+    const limit = textureLimit * v;
+    const filters: Float64Array[] = [];
+    for (const f of [0, 1]) {
+      const mean = new Float64Array(D);
+      const cov = new Float64Array(D * D);
+      let count = 0;
+      for (let j = 0; j < n; j++) {
+        if (fold[j] !== (f | 2) || !inSet(j) || texture[j] > limit || immerkaer[j] ** 2 > TRIM_C * TRIM_C * v) continue;
+        const o = j * D;
+        for (let a = 0; a < D; a++) {
+          const pa = projections[o + a];
+          mean[a] += pa;
+          for (let b = a; b < D; b++) cov[a * D + b] += pa * projections[o + b];
+        }
+        count++;
+      }
+      if (count < MIN_PATCHES_PER_DIMENSION * D) return null;
+      for (let a = 0; a < D; a++)
+        for (let b = a; b < D; b++) {
+          const c = cov[a * D + b] / count - (mean[a] / count) * (mean[b] / count);
+          cov[a * D + b] = c;
+          cov[b * D + a] = c;
+        }
+      const { values, vectors } = symmetricEigen(cov, D);
+      let smallest = 0;
+      for (let k = 1; k < D; k++) if (values[k] < values[smallest]) smallest = k;
+      const filter = new Float64Array(D);
+      for (let a = 0; a < D; a++) filter[a] = vectors[a * D + smallest];
+      filters.push(filter);
+    }
+    return filters;
+  };
+  const all = (): boolean => true;
+  const globalFilters = fitFolds(all, immerkaerVarianceOf(all));
+  if (!globalFilters) return null;
+  const out = Float64Array.from(immerkaer);
+  let gained = false;
+  for (let b = 0; b < FILTER_BANDS; b++) {
+    const inBand = (j: number): boolean => band[j] === b;
+    const v = immerkaerVarianceOf(inBand);
+    const filters = fitFolds(inBand, v) ?? globalFilters;
+    const learned = new Float64Array(n);
+    for (let j = 0; j < n; j++) {
+      if (!inBand(j)) continue;
+      const filter = filters[1 - (fold[j] & 1)];
+      const o = j * D;
+      let s = 0;
+      for (let a = 0; a < D; a++) s += filter[a] * projections[o + a];
+      learned[j] = s;
+    }
+    // Out of fold both are unbiased for pure noise; texture only adds. Keep the one with less.
+    const limit = textureLimit * v;
+    const screened = (j: number): boolean => inBand(j) && texture[j] <= limit;
+    if (screenedVariance(learned, screened, v) < screenedVariance(immerkaer, screened, v)) {
+      gained = true;
+      for (let j = 0; j < n; j++) if (inBand(j)) out[j] = learned[j];
+    }
+  }
+  return gained ? out : null;
 }
 
 export { quantileOfSorted };
