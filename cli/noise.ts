@@ -18,7 +18,10 @@ export const noiseHelp = `Usage: blindspot noise <inputs...> [--plot-dir <dir>] 
 
 Estimates the noise of each image: a noise-level function (variance against intensity, a small
 per-pixel network fitted to blind-spot residuals, CNN_est style) and its Poisson-Gaussian summary
-var = a * x + b, in input units. Clipped or saturated pixels are left out.
+var = a * x + b, in input units. Residuals come from Immerkaer's 3x3 filter or from a 5x5 filter
+learned from the image's weak-texture patches (cross-fitted), whichever leaves less structure; pixels
+near texture or edges, and clipped or saturated pixels, are left out. blindspot denoise writes the
+same fit of each input beside its output (<output>.noise.json).
 
 Options:
   --plot-dir <dir>       write <name>.noise.svg per image: binned variances and both fitted curves
