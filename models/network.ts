@@ -3,9 +3,7 @@
  * says what input sizes and context they need. The manifest stores a NetworkConfig; manifests
  * written before the union existed have no `kind` and are U-Nets.
  */
-import * as tf from '@tensorflow/tfjs-core';
-import * as tfl from '@tensorflow/tfjs-layers';
-import { ChannelBatchNorm } from './layers.js';
+import type * as tfl from '@tensorflow/tfjs-layers';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig, type UNetGeometry } from './unet.js';
 import { buildLaine19, defaultLaine19Config, laine19Geometry, type Laine19Config } from './laine19.js';
 import { buildDbsn, dbsnGeometry, defaultDbsnConfig, type DbsnConfig } from './dbsn.js';
@@ -83,46 +81,4 @@ export function describeNetwork(cfg: NetworkConfig): string {
     default:
       return `${cfg.dims}D ${cfg.variant === 'n2v2' ? 'N2V2 ' : ''}U-Net (depth ${cfg.depth}, ${cfg.filters} filters)`;
   }
-}
-
-/** Per model: one model whose outputs are the inputs of its batch-norm layers (built once). */
-const batchNormProbes = new WeakMap<tfl.LayersModel, { layers: tfl.layers.Layer[]; probe: tfl.LayersModel | null }>();
-
-/**
- * "Precise BN": sets every batch-norm layer's moving mean and variance to the average of its batch
- * statistics over `inputs` under the current weights (each batch through the network in training
- * mode, as a step sees it), so inference normalises with what the weights produce now. The moving
- * averages (momentum 0.9) mix in statistics of weights that early training has since moved away
- * from: measured, U-Net (N2V) outputs off by 5-10 grey levels and run-to-run swings of 2-4 dB
- * after 120 steps. Returns the number of layers recalibrated (0 for networks without batch norm).
- */
-export function recalibrateBatchNorm(model: tfl.LayersModel, inputs: readonly tf.Tensor[]): number {
-  let entry = batchNormProbes.get(model);
-  if (entry === undefined) {
-    const layers = model.layers.filter((l) => l.getClassName() === ChannelBatchNorm.className);
-    const probe = layers.length === 0 ? null : tfl.model({ inputs: model.inputs, outputs: layers.map((l) => l.input as tfl.SymbolicTensor) });
-    entry = { layers, probe };
-    batchNormProbes.set(model, entry);
-  }
-  const { layers, probe } = entry;
-  if (probe === null || inputs.length === 0) return 0;
-  const sums = tf.tidy(() => {
-    let means: tf.Tensor[] = layers.map(() => tf.scalar(0));
-    let variances: tf.Tensor[] = layers.map(() => tf.scalar(0));
-    for (const x of inputs) {
-      const outputs = probe.apply(x, { training: true }) as tf.Tensor | tf.Tensor[];
-      const activations = Array.isArray(outputs) ? outputs : [outputs];
-      const next = activations.map((a) => tf.moments(a, [...Array(a.rank - 1).keys()]));
-      means = means.map((m, i) => tf.add(m, next[i].mean));
-      variances = variances.map((v, i) => tf.add(v, next[i].variance));
-    }
-    return { means: means.map((m) => tf.div(m, inputs.length)), variances: variances.map((v) => tf.div(v, inputs.length)) };
-  });
-  layers.forEach((layer, i) => {
-    // ChannelBatchNorm's weights: gamma, beta, moving_mean, moving_variance.
-    const [gamma, beta] = layer.getWeights();
-    layer.setWeights([gamma, beta, sums.means[i], sums.variances[i]]);
-  });
-  tf.dispose([...sums.means, ...sums.variances]);
-  return layers.length;
 }

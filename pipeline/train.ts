@@ -14,7 +14,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
-import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, recalibrateBatchNorm, type NetworkConfig } from '../models/network.js';
+import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
 import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
 import { defaultMaskOptions, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
 import { randomPatch } from '../models/patches.js';
@@ -502,7 +502,6 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
     if (learnedLogSigma !== null) state.learnedLogSigma = learnedLogSigma.dataSync()[0];
     if (isValidationStep) {
-      recalibrateOn(model, valBatches);
       const valLoss = evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
       if (state.noise2info) {
@@ -995,20 +994,6 @@ function makeValidationBatches(
     batches.push({ shape: [n, ...patchShape, 1], inputs, targets, masks });
   }
   return batches;
-}
-
-/**
- * Batch-norm statistics for the weights as they are now, from the validation patches' inputs
- * (models/network.ts recalibrateBatchNorm), before the validation loss is taken and the model saved:
- * what is scored is what is saved, and what is saved denoises with statistics of its own weights.
- */
-function recalibrateOn(model: tfl.LayersModel, batches: ValidationBatch[]): void {
-  const inputs = batches.map((b) => tf.tensor(b.inputs, b.shape));
-  try {
-    recalibrateBatchNorm(model, inputs);
-  } finally {
-    tf.dispose(inputs);
-  }
 }
 
 function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): number {
