@@ -125,6 +125,8 @@ Options:
   --tta                     average the 8 flips/rotations (slower, slightly better)
   --tile YxX | ZxYxX        tile core size (default: whole image if it fits the memory bound)
   --overwrite               replace existing outputs
+                            Each input's noise (NLF fit, in a worker while the network predicts) is written
+                            beside its output as <output>.noise.json; an existing one is refused unless --overwrite
   --uncertainty             models trained with --prior: also write the posterior standard deviation
                             (<name>.std.tif, or <out>.std.zarr when streaming)
   --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
