@@ -20,6 +20,14 @@
  * So the streaming path blends with width 0: each block is its own tile's core, written as soon as
  * predicted, and the result matches the in-memory (blended) denoise within float rounding.
  *
+ * Order: neighbouring blocks read the same input chunks (their halos overlap). In raster order a 3D
+ * block meets its neighbour in Z a whole plane of blocks later, so a cache smaller than a plane of
+ * halo chunks fetches them again (x2-x10 for large volumes). Blocks are therefore handed out column
+ * by column (operators/tileGrid.ts planBlockSweep/sweepBlocks): columns as wide as the planned cache
+ * holds, each swept along Z, so chunks are fetched again only across column faces (about 1.05-1.2
+ * fetches per chunk; raster order itself when a plane fits). Within a shard only the order of its
+ * raster range of blocks changes; outputs do not depend on the order.
+ *
  * Resume: a journal of sha256 checksums of the stored bytes of every written chunk, plus a run
  * fingerprint (model and options), lives next to the output. On resume a chunk counts as done only
  * if the journal names it under the same fingerprint and its stored bytes hash to the recorded
