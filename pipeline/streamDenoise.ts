@@ -51,6 +51,7 @@ import { stitchWithBlending } from '../operators/stitchWithBlending.js';
 import { type BlockSweep, type TilePlan, type TileSpec, planBlockSweep, planTileGrid, readChunkSpans, sweepBlocks, tileSpecAt } from '../operators/tileGrid.js';
 import { type WrittenChunk, sha256Hex, writeChunks } from '../operators/writeChunks.js';
 import type { ByteStore } from '../storage/byteStore.js';
+import { fitChunkedInputNoise, inputNoiseRecord } from '../noise/inputNoise.js';
 import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
 import { type ArrayInfo, type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
 import type * as tfl from '@tensorflow/tfjs-layers';
@@ -897,6 +898,12 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       throw new OutputError(opts.out, `holds an array of shape [${writer.info.shape.join(', ')}], the input is [${input.info.shape.join(', ')}]`);
     }
     if (!writer || opts.shard) {
+      // The input's own noise from a seeded sample of 4 chunks: deterministic, so every shard writes the
+      // same metadata. A failed fit (e.g. a constant array) is recorded, never a reason to stop denoising.
+      const inputNoise = await fitChunkedInputNoise(input, { sampleBlocks: 4, seed: 1 }).then(
+        (fitted) => inputNoiseRecord(fitted.nlf, opts.input, opts.out, { kind: 'chunks', chunks: fitted.chunks, seed: fitted.seed }),
+        (error: unknown) => ({ error: error instanceof Error ? error.message : String(error) }),
+      );
       // Shards all create the output; creation is idempotent and refuses a different one (other model, options).
       writer = await createOmeZarr(opts.out, {
         shape: [...input.info.shape],
@@ -915,6 +922,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
           ...(manifest.prior ? { prior: manifest.prior } : {}),
           // Noise-level functions of the training images (input units): var = a * x + b, sigma at the median.
           ...(manifest.noise ? { noise: manifest.noise.map((n) => ({ image: n.name, a: n.a, b: n.b, sigma: n.sigma, medianIntensity: n.medianIntensity })) } : {}),
+          inputNoise,
         },
         window: displayWindow(manifest.normalisation),
         s3: opts.s3,
