@@ -2,14 +2,15 @@
  * Micro-benchmark of the wasm training kernels on the reference U-Net layer shapes (batch 16,
  * 3x3, 'same'): forward conv, dx and dW in GFLOP/s, plus the alternatives tried for dW/dx; then
  * A/B comparisons (old vs new formulation alternating in this process, median of the repeats) of
- * the fused batch norm, dW's transpose of x, and SplitV off the last axis.
+ * the fused batch norm (and, with 2+ threads, its helper thread), dW's transpose of x, and SplitV
+ * off the last axis.
  * `npm run bench:kernels [-- --quick] [-- --threads N]`; the table goes to bench/results/kernels-*.json too.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-layers';
 import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
 import { setFilterGradTransposeInJs, setStridedInputGradViaZeroInsertion } from '../backend/kernels/conv2d-grad.js';
-import { setFusedBatchNorm } from '../backend/kernels/batchNorm.js';
+import { setBatchNormHelperThread, setFusedBatchNorm } from '../backend/kernels/batchNorm.js';
 import { startWasmBackend } from '../backend/wasm-threads.js';
 import { batchNormTraining } from '../models/layers.js';
 import { writeResult } from './common.js';
@@ -106,7 +107,7 @@ const convLayers: Array<[number, number, number]> = [
   [64, 1, 32], [64, 32, 32], [64, 64, 32], [64, 32, 32], [32, 32, 64], [32, 64, 64], [32, 128, 64], [32, 64, 32], [16, 64, 128], [16, 128, 64],
 ];
 
-async function abSection(repeats: number, shippedSplitV: tf.KernelFunc): Promise<string[]> {
+async function abSection(repeats: number, shippedSplitV: tf.KernelFunc, started: { threads: number }): Promise<string[]> {
   const lines = ['', `A/B (median of ${repeats}, alternating; ms):`, row(['kernel', 'old', 'new', 'gain']), row(['---', '---', '---', '---'])];
   const ab = (label: string, oldMs: number, newMs: number): void => {
     lines.push(row([label, oldMs, newMs, `${(oldMs / newMs).toFixed(2)}x`]));
@@ -135,6 +136,29 @@ async function abSection(repeats: number, shippedSplitV: tf.KernelFunc): Promise
     tf.dispose([x, gamma, beta, dy]);
   }
   ab('batch norm, all layers of a step', bnOld, bnNew);
+  if (started.threads >= 2) {
+    // The fused kernels with their second half of the rows on this thread too (old) or on the helper thread (new).
+    let serial = 0;
+    let shared = 0;
+    for (const l of batchNormLayers) {
+      const shape = [16, l.size, l.size, l.channels];
+      const x = tf.randomNormal(shape, 0, 1, 'float32', 11);
+      const gamma = tf.randomUniform([l.channels], 0.5, 1.5, 'float32', 12);
+      const beta = tf.randomNormal([l.channels], 0, 1, 'float32', 13);
+      const run = (): tf.Tensor[] => {
+        const r = batchNormTraining(x, gamma, beta, 1e-3);
+        const grads = tf.engine().runKernel('BlindspotBatchNormTrainGrad', { dy: r.y, x, mean: r.mean, variance: r.variance, gamma }, { epsilon: 1e-3 }) as tf.Tensor[];
+        return [r.y, r.mean, r.variance, ...grads];
+      };
+      const [oldMs, newMs] = await abMs([{ setup: () => setBatchNormHelperThread(false), run }, { setup: () => setBatchNormHelperThread(true), run }], repeats);
+      ab(`batch norm kernels, helper thread off vs on [${shape}] (x${l.count}/step)`, oldMs, newMs);
+      serial += l.count * oldMs;
+      shared += l.count * newMs;
+      tf.dispose([x, gamma, beta]);
+    }
+    setBatchNormHelperThread(false);
+    ab('batch norm kernels, helper thread, all layers of a step', serial, shared);
+  }
   let dwOld = 0;
   let dwNew = 0;
   for (const [size, inC, outC] of convLayers) {
@@ -236,7 +260,7 @@ async function main(): Promise<void> {
     lines.push('', `3D (2, 16x32x32, 32->32, 3x3x3 same; ${gflop.toFixed(2)} GFLOP): fwd ${rate(fwd)}, dx ${rate(dx)}, dW ${rate(dw)} GFLOP/s`);
     tf.dispose([x, w, dy]);
   }
-  lines.push(...(await abSection(quick ? 3 : 9, shippedSplitV)));
+  lines.push(...(await abSection(quick ? 3 : 9, shippedSplitV, started)));
   console.log(lines.join('\n'));
   const file = await writeResult('kernels', { backend: 'wasm', threads: started.threads, repeats, table: lines });
   console.log(`written ${file}`);

@@ -7,6 +7,7 @@
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
+ *   npm run bench:speed -- --bn-helper on   # batch norm's JS loops share rows with a helper thread
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  *
  * --profile wraps every kernel of the active backend during the timed steps and adds up, per
@@ -27,6 +28,7 @@ import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
 import { predictVolume } from '../pipeline/predict.js';
+import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
 import { benchArgs, writeResult } from './common.js';
 
 /** 'fused': models/optimizer.ts (what training uses); 'tfjs': tf.train.adam, for comparison. */
@@ -50,6 +52,8 @@ interface SpeedResult {
   trainSteps: number;
   inferRuns: number;
   profile?: KernelTime[];
+  /** Whether batch norm's loops shared rows with the helper thread (--bn-helper). */
+  batchNormHelper?: boolean;
 }
 
 /**
@@ -160,8 +164,12 @@ async function main(): Promise<void> {
   const inferRuns = Number(args.get('infer-runs') ?? 3);
   const optimizerChoice = (args.get('optimizer') ?? 'fused') as OptimizerChoice;
   if (optimizerChoice !== 'fused' && optimizerChoice !== 'tfjs') throw new Error(`--optimizer must be fused or tfjs, got ${optimizerChoice}`);
+  const bnHelper = args.get('bn-helper') ?? 'off';
+  if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
+  setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('child')) {
-    const r = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice, args.has('profile'));
+    const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice, args.has('profile'));
+    const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
     if (r.profile !== undefined) {
       process.stderr.write(`per training step, ${r.threads} thread(s) (outermost kernel calls):\n`);
       for (const k of r.profile) process.stderr.write(`  ${k.kernel.padEnd(30)} ${String(k.wallMsPerStep).padStart(8)} ms wall ${String(k.cpuMsPerStep).padStart(8)} ms CPU ${String(k.callsPerStep).padStart(6)} calls\n`);
@@ -172,13 +180,13 @@ async function main(): Promise<void> {
   const threadCounts = args.has('threads') ? [Number(args.get('threads'))] : [...new Set([1, Math.min(2, os.availableParallelism())])];
   const runs: SpeedResult[] = [];
   for (const t of threadCounts) {
-    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice, ...(args.has('profile') ? ['--profile'] : [])], {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : [])], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 24,
     });
     const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
-    console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam: train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), infer ${r.inferMpxPerS} Mpx/s (512x512), peak RSS ${r.peakRssMiB} MiB`);
+    console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), infer ${r.inferMpxPerS} Mpx/s (512x512), peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
   }
   const best = runs[runs.length - 1];

@@ -18,6 +18,8 @@
  * computed from the float32 variance in both kernels, so forward and backward agree.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import * as tfWasm from '@tensorflow/tfjs-backend-wasm';
+import { HeapHelper } from './heapHelper.js';
 import { inputsOf, type WasmBackendLike } from './wasm-scope.js';
 
 export const BATCH_NORM_TRAIN_KERNEL = 'BlindspotBatchNormTrain';
@@ -30,6 +32,297 @@ export interface BatchNormAttrs {
 /** 1 / sqrt(variance + epsilon) per channel, from the float32 variance. */
 function reciprocalStd(variance: Float32Array, epsilon: number): Float64Array {
   return Float64Array.from(variance, (v) => 1 / Math.sqrt(v + epsilon));
+}
+
+// The four loops below run on a range of rows, on this thread or on the helper thread
+// (heapHelper.ts, which calls them from their source text: they must stay self-contained).
+// Arrays are addressed by offsets (`...At`, in elements), so the helper can pass the whole wasm
+// heap. Four rows per pass over the channels: the per-channel accumulators and coefficients are
+// loaded once per four values, 2-3x faster than one row per pass in V8.
+
+/** scratch[sumAt + c] += x - shift, scratch[sumSqAt + c] += (x - shift)^2 over rows [r0, r1). */
+export function channelSumsRange(x: Float32Array, scratch: Float64Array, xAt: number, channels: number, r0: number, r1: number, shiftAt: number, sumAt: number, sumSqAt: number): void {
+  const end = xAt + r1 * channels;
+  const block = 4 * channels;
+  let base = xAt + r0 * channels;
+  for (; base + block <= end; base += block) {
+    const q1 = base + channels;
+    const q2 = q1 + channels;
+    const q3 = q2 + channels;
+    for (let c = 0; c < channels; c++) {
+      const s = scratch[shiftAt + c];
+      const d0 = x[base + c] - s;
+      const d1 = x[q1 + c] - s;
+      const d2 = x[q2 + c] - s;
+      const d3 = x[q3 + c] - s;
+      scratch[sumAt + c] += d0 + d1 + (d2 + d3);
+      scratch[sumSqAt + c] += d0 * d0 + d1 * d1 + (d2 * d2 + d3 * d3);
+    }
+  }
+  for (; base < end; base += channels) {
+    for (let c = 0; c < channels; c++) {
+      const d = x[base + c] - scratch[shiftAt + c];
+      scratch[sumAt + c] += d;
+      scratch[sumSqAt + c] += d * d;
+    }
+  }
+}
+
+/** y = (x - mean) * scale + offset over rows [r0, r1), coefficients from the scratch. */
+export function normaliseRange(x: Float32Array, y: Float32Array, scratch: Float64Array, xAt: number, yAt: number, channels: number, r0: number, r1: number, meanAt: number, scaleAt: number, offsetAt: number): void {
+  const block = 4 * channels;
+  const rows = r1 - r0;
+  let i = r0 * channels;
+  const blockEnd = i + Math.floor(rows / 4) * block;
+  const end = r1 * channels;
+  for (; i < blockEnd; i += block) {
+    const a0 = xAt + i;
+    const b0 = yAt + i;
+    for (let c = 0; c < channels; c++) {
+      const m = scratch[meanAt + c];
+      const s = scratch[scaleAt + c];
+      const o = scratch[offsetAt + c];
+      y[b0 + c] = (x[a0 + c] - m) * s + o;
+      y[b0 + channels + c] = (x[a0 + channels + c] - m) * s + o;
+      y[b0 + 2 * channels + c] = (x[a0 + 2 * channels + c] - m) * s + o;
+      y[b0 + 3 * channels + c] = (x[a0 + 3 * channels + c] - m) * s + o;
+    }
+  }
+  for (; i < end; i += channels) {
+    for (let c = 0; c < channels; c++) y[yAt + i + c] = (x[xAt + i + c] - scratch[meanAt + c]) * scratch[scaleAt + c] + scratch[offsetAt + c];
+  }
+}
+
+/** scratch[sumDyAt + c] += dy, scratch[sumDyCentredAt + c] += dy * (x - mean) over rows [r0, r1). */
+export function gradientSumsRange(dy: Float32Array, x: Float32Array, scratch: Float64Array, dyAt: number, xAt: number, channels: number, r0: number, r1: number, meanAt: number, sumDyAt: number, sumDyCentredAt: number): void {
+  const block = 4 * channels;
+  let i = r0 * channels;
+  const blockEnd = i + Math.floor((r1 - r0) / 4) * block;
+  const end = r1 * channels;
+  for (; i < blockEnd; i += block) {
+    const g0 = dyAt + i;
+    const x0 = xAt + i;
+    for (let c = 0; c < channels; c++) {
+      const m = scratch[meanAt + c];
+      const v0 = dy[g0 + c];
+      const v1 = dy[g0 + channels + c];
+      const v2 = dy[g0 + 2 * channels + c];
+      const v3 = dy[g0 + 3 * channels + c];
+      scratch[sumDyAt + c] += v0 + v1 + (v2 + v3);
+      scratch[sumDyCentredAt + c] +=
+        v0 * (x[x0 + c] - m) + v1 * (x[x0 + channels + c] - m) + (v2 * (x[x0 + 2 * channels + c] - m) + v3 * (x[x0 + 3 * channels + c] - m));
+    }
+  }
+  for (; i < end; i += channels) {
+    for (let c = 0; c < channels; c++) {
+      const v = dy[dyAt + i + c];
+      scratch[sumDyAt + c] += v;
+      scratch[sumDyCentredAt + c] += v * (x[xAt + i + c] - scratch[meanAt + c]);
+    }
+  }
+}
+
+/** dx = a * (dy - b - (x - mean) * k) over rows [r0, r1), coefficients from the scratch. */
+export function inputGradientRange(
+  dy: Float32Array,
+  x: Float32Array,
+  dx: Float32Array,
+  scratch: Float64Array,
+  dyAt: number,
+  xAt: number,
+  dxAt: number,
+  channels: number,
+  r0: number,
+  r1: number,
+  meanAt: number,
+  aAt: number,
+  bAt: number,
+  kAt: number,
+): void {
+  const block = 4 * channels;
+  let i = r0 * channels;
+  const blockEnd = i + Math.floor((r1 - r0) / 4) * block;
+  const end = r1 * channels;
+  for (; i < blockEnd; i += block) {
+    const g0 = dyAt + i;
+    const x0 = xAt + i;
+    const d0 = dxAt + i;
+    for (let c = 0; c < channels; c++) {
+      const m = scratch[meanAt + c];
+      const a = scratch[aAt + c];
+      const b = scratch[bAt + c];
+      const k = scratch[kAt + c];
+      dx[d0 + c] = a * (dy[g0 + c] - b - (x[x0 + c] - m) * k);
+      dx[d0 + channels + c] = a * (dy[g0 + channels + c] - b - (x[x0 + channels + c] - m) * k);
+      dx[d0 + 2 * channels + c] = a * (dy[g0 + 2 * channels + c] - b - (x[x0 + 2 * channels + c] - m) * k);
+      dx[d0 + 3 * channels + c] = a * (dy[g0 + 3 * channels + c] - b - (x[x0 + 3 * channels + c] - m) * k);
+    }
+  }
+  for (; i < end; i += channels) {
+    for (let c = 0; c < channels; c++) {
+      dx[dxAt + i + c] = scratch[aAt + c] * (dy[dyAt + i + c] - scratch[bAt + c] - (x[xAt + i + c] - scratch[meanAt + c]) * scratch[kAt + c]);
+    }
+  }
+}
+
+/** The jobs the helper thread knows, by index. */
+const HELPER_JOBS = [channelSumsRange, normaliseRange, gradientSumsRange, inputGradientRange] as const;
+const JOB = { sums: 0, normalise: 1, gradientSums: 2, inputGradient: 3 } as const;
+const JOB_ARRAYS = [1, 2, 2, 3] as const;
+
+/** Below this many values the helper thread's hand-off costs more than it saves. */
+const HELPER_MIN_VALUES = 1 << 16;
+
+/**
+ * Off by default: on this session's shared machine no second core was free (XNNPACK's own 2-thread
+ * convolutions were no faster than 1 thread either) and the helper measured 0.77x; on an idle
+ * 2-core machine it should halve the time of these loops. `bench:speed -- --bn-helper on` and the
+ * A/B rows of bench:kernels measure it.
+ */
+let helperEnabled = false;
+let helper: HeapHelper | null = null;
+let helperCalls = 0;
+/** How many kernel calls so far shared their rows with the helper thread (tests check the path is taken). */
+export function batchNormHelperCalls(): number {
+  return helperCalls;
+}
+/** Turns the helper thread on or off (off: both shares run here, one after the other; same results). */
+export function setBatchNormHelperThread(enabled: boolean): void {
+  helperEnabled = enabled;
+}
+
+/**
+ * The rows are always cut in two at the same place (a multiple of 4) and each share's sums are
+ * kept apart and added in the same order, whether the shares run on two threads or one after the
+ * other: results do not depend on the thread count.
+ */
+function splitRow(rows: number): number {
+  return 4 * Math.floor(rows / 8);
+}
+
+/** Where the two shares run: here one after the other, or one on the helper thread. */
+interface ShareRunner {
+  scratch(length: number): Float64Array;
+  /** Runs HELPER_JOBS[job] on `arrays` with `argsFirst` here and with `argsSecond` (here or on the helper). */
+  both(job: number, arrays: Float32Array[], argsFirst: number[], argsSecond: number[]): void;
+}
+
+/** The scratch of the call in progress (kernels run one at a time on the main thread). */
+let currentScratch: Float64Array = new Float64Array(0);
+
+function runnerFor(values: number, heap: ArrayBufferLike | null): ShareRunner {
+  const call = (job: number, arrays: Float32Array[], args: number[]): void => (HELPER_JOBS[job] as (...a: unknown[]) => void)(...arrays, currentScratch, ...args);
+  const useHelper = helperEnabled && heap instanceof SharedArrayBuffer && values >= HELPER_MIN_VALUES && wasmThreads() >= 2;
+  if (!useHelper) {
+    return {
+      scratch: (length) => (currentScratch = new Float64Array(length)),
+      both: (job, arrays, first, second) => {
+        call(job, arrays, first);
+        call(job, arrays, second);
+      },
+    };
+  }
+  helper ??= new HeapHelper(HELPER_JOBS);
+  helperCalls++;
+  const h = helper;
+  return {
+    scratch: (length) => (currentScratch = h.scratch(length)),
+    both: (job, arrays, first, second) => h.run(job, heap, JOB_ARRAYS[job], second, () => call(job, arrays, first)),
+  };
+}
+
+function wasmThreads(): number {
+  try {
+    return tfWasm.getThreadsCount();
+  } catch {
+    return 1;
+  }
+}
+
+/**
+ * Writes the batch mean and (biased) variance per channel, then y. x and y are addressed at
+ * xAt / yAt (elements) in their arrays (which may be one wasm heap); `heap` is that heap's buffer
+ * when the helper thread may share the work (else null).
+ */
+function batchNormForward(
+  x: Float32Array,
+  xAt: number,
+  y: Float32Array,
+  yAt: number,
+  rows: number,
+  gamma: Float32Array,
+  beta: Float32Array,
+  epsilon: number,
+  outMean: Float32Array,
+  outVariance: Float32Array,
+  heap: ArrayBufferLike | null,
+): void {
+  const channels = gamma.length;
+  const runner = runnerFor(rows * channels, heap);
+  // Scratch: shift, sum and sum of squares of each share, mean, scale, offset.
+  const scratch = runner.scratch(8 * channels);
+  const [shiftAt, sumA, sumSqA, sumB, sumSqB, meanAt, scaleAt, offsetAt] = [0, 1, 2, 3, 4, 5, 6, 7].map((k) => k * channels);
+  scratch.fill(0, 0, 8 * channels);
+  for (let c = 0; c < channels; c++) scratch[shiftAt + c] = x[xAt + c];
+  const split = splitRow(rows);
+  runner.both(JOB.sums, [x], [xAt, channels, 0, split, shiftAt, sumA, sumSqA], [xAt, channels, split, rows, shiftAt, sumB, sumSqB]);
+  for (let c = 0; c < channels; c++) {
+    const shiftedMean = (scratch[sumA + c] + scratch[sumB + c]) / rows;
+    const mean = scratch[shiftAt + c] + shiftedMean;
+    scratch[meanAt + c] = mean;
+    outMean[c] = mean;
+    outVariance[c] = Math.max(0, (scratch[sumSqA + c] + scratch[sumSqB + c]) / rows - shiftedMean * shiftedMean);
+  }
+  const rstd = reciprocalStd(outVariance, epsilon);
+  for (let c = 0; c < channels; c++) {
+    scratch[scaleAt + c] = rstd[c] * gamma[c];
+    scratch[offsetAt + c] = beta[c];
+  }
+  runner.both(JOB.normalise, [x, y], [xAt, yAt, channels, 0, split, meanAt, scaleAt, offsetAt], [xAt, yAt, channels, split, rows, meanAt, scaleAt, offsetAt]);
+}
+
+/** dx, dgamma and dbeta of batchNormForward's y, given dy and the saved statistics; addressing as there. */
+function batchNormBackward(
+  dy: Float32Array,
+  dyAt: number,
+  x: Float32Array,
+  xAt: number,
+  dx: Float32Array,
+  dxAt: number,
+  rows: number,
+  mean32: Float32Array,
+  variance: Float32Array,
+  gamma: Float32Array,
+  epsilon: number,
+  outDgamma: Float32Array,
+  outDbeta: Float32Array,
+  heap: ArrayBufferLike | null,
+): void {
+  const channels = gamma.length;
+  const runner = runnerFor(rows * channels, heap);
+  // Scratch: mean, the two sums of each share, then a, b, k of dx = a (dy - b - (x - mean) k).
+  const scratch = runner.scratch(8 * channels);
+  const [meanAt, sumDyA, sumCentredA, sumDyB, sumCentredB, aAt, bAt, kAt] = [0, 1, 2, 3, 4, 5, 6, 7].map((k) => k * channels);
+  scratch.fill(0, 0, 8 * channels);
+  for (let c = 0; c < channels; c++) scratch[meanAt + c] = mean32[c];
+  const rstd = reciprocalStd(variance, epsilon);
+  const split = splitRow(rows);
+  runner.both(JOB.gradientSums, [dy, x], [dyAt, xAt, channels, 0, split, meanAt, sumDyA, sumCentredA], [dyAt, xAt, channels, split, rows, meanAt, sumDyB, sumCentredB]);
+  for (let c = 0; c < channels; c++) {
+    const sumDy = scratch[sumDyA + c] + scratch[sumDyB + c];
+    const dgamma = (scratch[sumCentredA + c] + scratch[sumCentredB + c]) * rstd[c];
+    outDgamma[c] = dgamma;
+    outDbeta[c] = sumDy;
+    scratch[aAt + c] = gamma[c] * rstd[c];
+    scratch[bAt + c] = sumDy / rows;
+    scratch[kAt + c] = (dgamma / rows) * rstd[c];
+  }
+  runner.both(
+    JOB.inputGradient,
+    [dy, x, dx],
+    [dyAt, xAt, dxAt, channels, 0, split, meanAt, aAt, bAt, kAt],
+    [dyAt, xAt, dxAt, channels, split, rows, meanAt, aAt, bAt, kAt],
+  );
 }
 
 /**
@@ -46,62 +339,7 @@ export function batchNormForwardInto(
   const channels = gamma.length;
   const rows = x.length / channels;
   if (!Number.isInteger(rows) || rows < 1) throw new Error(`${BATCH_NORM_TRAIN_KERNEL}: ${x.length} values do not split into rows of ${channels} channels`);
-  const shift = Float64Array.from(x.subarray(0, channels));
-  const sum = new Float64Array(channels);
-  const sumSq = new Float64Array(channels);
-  // Four rows per pass over the channels (here and below): the per-channel accumulators and
-  // coefficients are loaded once per four values, 2-3x faster than one row per pass in V8.
-  const block = 4 * channels;
-  let base = 0;
-  for (; base + block <= x.length; base += block) {
-    const r1 = base + channels;
-    const r2 = r1 + channels;
-    const r3 = r2 + channels;
-    for (let c = 0; c < channels; c++) {
-      const s = shift[c];
-      const d0 = x[base + c] - s;
-      const d1 = x[r1 + c] - s;
-      const d2 = x[r2 + c] - s;
-      const d3 = x[r3 + c] - s;
-      sum[c] += d0 + d1 + (d2 + d3);
-      sumSq[c] += d0 * d0 + d1 * d1 + (d2 * d2 + d3 * d3);
-    }
-  }
-  for (; base < x.length; base += channels) {
-    for (let c = 0; c < channels; c++) {
-      const d = x[base + c] - shift[c];
-      sum[c] += d;
-      sumSq[c] += d * d;
-    }
-  }
-  const mean = new Float64Array(channels);
-  for (let c = 0; c < channels; c++) {
-    const shiftedMean = sum[c] / rows;
-    mean[c] = shift[c] + shiftedMean;
-    out.mean[c] = mean[c];
-    out.variance[c] = Math.max(0, sumSq[c] / rows - shiftedMean * shiftedMean);
-  }
-  const rstd = reciprocalStd(out.variance, epsilon);
-  const scale = Float64Array.from(rstd, (r, c) => r * gamma[c]);
-  const offset = Float64Array.from(beta);
-  const y = out.y;
-  for (base = 0; base + block <= x.length; base += block) {
-    const r1 = base + channels;
-    const r2 = r1 + channels;
-    const r3 = r2 + channels;
-    for (let c = 0; c < channels; c++) {
-      const m = mean[c];
-      const s = scale[c];
-      const o = offset[c];
-      y[base + c] = (x[base + c] - m) * s + o;
-      y[r1 + c] = (x[r1 + c] - m) * s + o;
-      y[r2 + c] = (x[r2 + c] - m) * s + o;
-      y[r3 + c] = (x[r3 + c] - m) * s + o;
-    }
-  }
-  for (; base < x.length; base += channels) {
-    for (let c = 0; c < channels; c++) y[base + c] = (x[base + c] - mean[c]) * scale[c] + offset[c];
-  }
+  batchNormForward(x, 0, out.y, 0, rows, gamma, beta, epsilon, out.mean, out.variance, null);
 }
 
 /** Writes dx, dgamma and dbeta of batchNormForwardInto's y, given dy and the saved statistics. */
@@ -114,67 +352,8 @@ export function batchNormBackwardInto(
   epsilon: number,
   out: { dx: Float32Array; dgamma: Float32Array; dbeta: Float32Array },
 ): void {
-  const channels = gamma.length;
-  const rows = x.length / channels;
   if (dy.length !== x.length) throw new Error(`${BATCH_NORM_TRAIN_GRAD_KERNEL}: dy has ${dy.length} values, x ${x.length}`);
-  const mean = Float64Array.from(mean32);
-  const rstd = reciprocalStd(variance, epsilon);
-  const sumDy = new Float64Array(channels);
-  const sumDyCentred = new Float64Array(channels);
-  const block = 4 * channels;
-  let base = 0;
-  for (; base + block <= x.length; base += block) {
-    const r1 = base + channels;
-    const r2 = r1 + channels;
-    const r3 = r2 + channels;
-    for (let c = 0; c < channels; c++) {
-      const m = mean[c];
-      const g0 = dy[base + c];
-      const g1 = dy[r1 + c];
-      const g2 = dy[r2 + c];
-      const g3 = dy[r3 + c];
-      sumDy[c] += g0 + g1 + (g2 + g3);
-      sumDyCentred[c] += g0 * (x[base + c] - m) + g1 * (x[r1 + c] - m) + (g2 * (x[r2 + c] - m) + g3 * (x[r3 + c] - m));
-    }
-  }
-  for (; base < x.length; base += channels) {
-    for (let c = 0; c < channels; c++) {
-      const g = dy[base + c];
-      sumDy[c] += g;
-      sumDyCentred[c] += g * (x[base + c] - mean[c]);
-    }
-  }
-  // dx = a * (dy - b - (x - mean) * k) with a = gamma rstd, b = mean(dy), k = rstd^2 mean(dy (x - mean)).
-  const a = new Float64Array(channels);
-  const b = new Float64Array(channels);
-  const k = new Float64Array(channels);
-  for (let c = 0; c < channels; c++) {
-    const dgamma = sumDyCentred[c] * rstd[c];
-    out.dgamma[c] = dgamma;
-    out.dbeta[c] = sumDy[c];
-    a[c] = gamma[c] * rstd[c];
-    b[c] = sumDy[c] / rows;
-    k[c] = (dgamma / rows) * rstd[c];
-  }
-  const dx = out.dx;
-  for (base = 0; base + block <= x.length; base += block) {
-    const r1 = base + channels;
-    const r2 = r1 + channels;
-    const r3 = r2 + channels;
-    for (let c = 0; c < channels; c++) {
-      const m = mean[c];
-      const ac = a[c];
-      const bc = b[c];
-      const kc = k[c];
-      dx[base + c] = ac * (dy[base + c] - bc - (x[base + c] - m) * kc);
-      dx[r1 + c] = ac * (dy[r1 + c] - bc - (x[r1 + c] - m) * kc);
-      dx[r2 + c] = ac * (dy[r2 + c] - bc - (x[r2 + c] - m) * kc);
-      dx[r3 + c] = ac * (dy[r3 + c] - bc - (x[r3 + c] - m) * kc);
-    }
-  }
-  for (; base < x.length; base += channels) {
-    for (let c = 0; c < channels; c++) dx[base + c] = a[c] * (dy[base + c] - b[c] - (x[base + c] - mean[c]) * k[c]);
-  }
+  batchNormBackward(dy, 0, x, 0, out.dx, 0, x.length / gamma.length, mean32, variance, gamma, epsilon, out.dgamma, out.dbeta, null);
 }
 
 function checkFloat32(kernel: string, infos: Record<string, tf.TensorInfo>): void {
@@ -200,14 +379,26 @@ function epsilonOf(attrs: tf.NamedAttrMap | undefined): number {
 /** How each backend hands out the values of a tensor and makes an output. */
 interface Memory {
   values(info: tf.TensorInfo): Float32Array;
+  /** The array holding a large tensor and where it starts: the whole wasm heap, or the cpu backend's own array. */
+  locate(info: tf.TensorInfo): { array: Float32Array; at: number };
+  /** The wasm heap's buffer (the helper thread can share it when it is a SharedArrayBuffer), else null. */
+  heap(): ArrayBufferLike | null;
   /** Outputs are all allocated before any `values` view is taken (a wasm allocation may move the heap). */
   allocate(shape: number[]): tf.TensorInfo;
 }
 
 function wasmMemory(backend: tf.KernelBackend): Memory {
   const wasm = backend as WasmBackendLike;
+  const values = (info: tf.TensorInfo): Float32Array => wasm.typedArrayFromHeap(info) as Float32Array;
+  let heapBuffer: ArrayBufferLike | null = null;
   return {
-    values: (info) => wasm.typedArrayFromHeap(info) as Float32Array,
+    values,
+    locate: (info) => {
+      const view = values(info);
+      heapBuffer = view.buffer;
+      return { array: new Float32Array(view.buffer), at: view.byteOffset / 4 };
+    },
+    heap: () => heapBuffer,
     allocate: (shape) => wasm.makeOutput(shape, 'float32'),
   };
 }
@@ -219,12 +410,15 @@ interface CpuBackendLike extends tf.KernelBackend {
 
 function cpuMemory(backend: tf.KernelBackend): Memory {
   const cpu = backend as CpuBackendLike;
+  const values = (info: tf.TensorInfo): Float32Array => {
+    const v = cpu.data.get(info.dataId).values;
+    if (!(v instanceof Float32Array)) throw new Error(`batch-norm kernels: the cpu backend holds a tensor as ${Object.prototype.toString.call(v)}`);
+    return v;
+  };
   return {
-    values: (info) => {
-      const values = cpu.data.get(info.dataId).values;
-      if (!(values instanceof Float32Array)) throw new Error(`batch-norm kernels: the cpu backend holds a tensor as ${Object.prototype.toString.call(values)}`);
-      return values;
-    },
+    values,
+    locate: (info) => ({ array: values(info), at: 0 }),
+    heap: () => null,
     allocate: (shape) => ({ dataId: cpu.write(new Float32Array(tf.util.sizeFromShape(shape)), shape, 'float32'), shape, dtype: 'float32' }),
   };
 }
@@ -239,11 +433,10 @@ function forwardKernel(memoryOf: (backend: tf.KernelBackend) => Memory): tf.Kern
     const y = memory.allocate(x.shape);
     const mean = memory.allocate([channels]);
     const variance = memory.allocate([channels]);
-    batchNormForwardInto(memory.values(x), memory.values(gamma), memory.values(beta), epsilon, {
-      y: memory.values(y),
-      mean: memory.values(mean),
-      variance: memory.values(variance),
-    });
+    const xIn = memory.locate(x);
+    const yOut = memory.locate(y);
+    const rows = tf.util.sizeFromShape(x.shape) / channels;
+    batchNormForward(xIn.array, xIn.at, yOut.array, yOut.at, rows, memory.values(gamma), memory.values(beta), epsilon, memory.values(mean), memory.values(variance), memory.heap());
     return [y, mean, variance];
   };
 }
@@ -258,11 +451,12 @@ function backwardKernel(memoryOf: (backend: tf.KernelBackend) => Memory): tf.Ker
     const dx = memory.allocate(x.shape);
     const dgamma = memory.allocate([channels]);
     const dbeta = memory.allocate([channels]);
-    batchNormBackwardInto(memory.values(dy), memory.values(x), memory.values(mean), memory.values(variance), memory.values(gamma), epsilon, {
-      dx: memory.values(dx),
-      dgamma: memory.values(dgamma),
-      dbeta: memory.values(dbeta),
-    });
+    if (tf.util.sizeFromShape(dy.shape) !== tf.util.sizeFromShape(x.shape)) throw new Error(`${BATCH_NORM_TRAIN_GRAD_KERNEL}: dy [${dy.shape}] and x [${x.shape}] differ in size`);
+    const dyIn = memory.locate(dy);
+    const xIn = memory.locate(x);
+    const dxOut = memory.locate(dx);
+    const rows = tf.util.sizeFromShape(x.shape) / channels;
+    batchNormBackward(dyIn.array, dyIn.at, xIn.array, xIn.at, dxOut.array, dxOut.at, rows, memory.values(mean), memory.values(variance), memory.values(gamma), epsilon, memory.values(dgamma), memory.values(dbeta), memory.heap());
     return [dx, dgamma, dbeta];
   };
 }

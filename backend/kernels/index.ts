@@ -19,7 +19,8 @@
  * 3D kernels: dilation 1, padding 'same'/'valid' (what tfjs accepts for 3D), any stride.
  * Also registers BlindspotAdamUpdate on cpu and wasm (the fused Adam step of models/optimizer.ts,
  * see fusedAdam.ts), the fused batch-norm kernels BlindspotBatchNormTrain / BlindspotBatchNormTrainGrad
- * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
+ * on cpu and wasm (batchNorm.ts; models/layers.ts registers them too; on the threaded wasm build
+ * they give half of the rows to a helper JS thread, heapHelper.ts) and the gradient of Conv3DBackpropInputV2 (missing in tfjs-core on every backend;
  * tf.layers.conv3dTranspose needs it to train). The other gradients come from tfjs's own
  * registrations (importing @tensorflow/tfjs-layers does it).
  */
