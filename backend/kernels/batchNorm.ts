@@ -12,8 +12,10 @@
  * (each a pass over the activations, each allocating a tensor): bench/kernels.ts times both.
  * x is [..., C] with the channel last (any rank); the statistics are over all other axes. Sums are
  * accumulated in double (the forward ones shifted by the first row, so a large offset does not
- * cancel), every value is computed in double and rounded once to float32. The loops are serial
- * and in a fixed order: results do not depend on the wasm thread count and repeat exactly.
+ * cancel), every value is computed in double and rounded once to float32. Each pass runs on two
+ * shares of rows cut at a fixed place, whose sums are added in a fixed order, whether the shares
+ * run one after the other or (optional, setBatchNormHelperThread) one of them on a helper thread:
+ * results do not depend on the wasm thread count and repeat exactly.
  * The variance is the biased one (divided by the element count), as tf.moments gives it; rstd is
  * computed from the float32 variance in both kernels, so forward and backward agree.
  */

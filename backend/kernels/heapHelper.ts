@@ -20,8 +20,7 @@
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 
 /** A self-contained function: Float32Array arguments, then the scratch Float64Array, then numbers. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export type HeapJob = (...args: any[]) => void;
+export type HeapJob = (...args: never[]) => void;
 
 const MAX_ARGS = 32;
 /** Control words: [0] job sequence number posted, [1] sequence number finished, [2] 1 if the job threw. */
