@@ -7,7 +7,7 @@
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
- *   npm run bench:speed -- --bn-helper on   # batch norm's JS loops share rows with a helper thread
+ *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  *
  * --profile wraps every kernel of the active backend during the timed steps and adds up, per
@@ -164,7 +164,7 @@ async function main(): Promise<void> {
   const inferRuns = Number(args.get('infer-runs') ?? 3);
   const optimizerChoice = (args.get('optimizer') ?? 'fused') as OptimizerChoice;
   if (optimizerChoice !== 'fused' && optimizerChoice !== 'tfjs') throw new Error(`--optimizer must be fused or tfjs, got ${optimizerChoice}`);
-  const bnHelper = args.get('bn-helper') ?? 'off';
+  const bnHelper = args.get('bn-helper') ?? 'on';
   if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
   setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('child')) {
