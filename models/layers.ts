@@ -52,19 +52,28 @@ export function maxPairAlongAxis(x: tf.Tensor, axis: number): tf.Tensor {
 }
 
 /**
- * Binomial blur [1, 2, 1] / 4 with stride 2 along `axis`, zero padding as TensorFlow's 'same' for an
- * even length (nothing before, one after): out[j] = (m[2j] + 2 m[2j+1] + m[2j+2]) / 4.
+ * Where N2V2's max-blur-pool puts its blur: 'trailing' as n2v's Keras layer (TensorFlow's 'same'
+ * padding for an even length: nothing before, two after; pooled feature j covers input pixels
+ * 2j..2j+3), 'centred' as kornia's max_blur_pool2d that careamics uses (one on each side; feature j
+ * covers 2j-1..2j+2 around 2j + 0.5, the centre of the two pixels nearest upsampling gives it back to).
  */
-export function blurDownAlongAxis(x: tf.Tensor, axis: number): tf.Tensor {
+export type BlurPoolAlignment = 'trailing' | 'centred';
+
+/**
+ * Binomial blur [1, 2, 1] / 4 with stride 2 along `axis`, zero padded: trailing
+ * out[j] = (m[2j] + 2 m[2j+1] + m[2j+2]) / 4, centred out[j] = (m[2j-1] + 2 m[2j] + m[2j+1]) / 4.
+ */
+export function blurDownAlongAxis(x: tf.Tensor, axis: number, alignment: BlurPoolAlignment): tf.Tensor {
   return tf.tidy(() => {
     const [before, length, after] = splitAroundAxis(x.shape, axis);
     if (length % 2 !== 0) throw new RangeError(`max-blur-pool needs an even size along axis ${axis}, got ${length}`);
     const half = length / 2;
     const padded = tf.pad(tf.reshape(x, [before, length, after]), [
       [0, 0],
-      [0, 2],
+      alignment === 'centred' ? [1, 1] : [0, 2],
       [0, 0],
     ]);
+    // pairs[k] = (padded[2k], padded[2k+1]): out[j] = (pairs[j][0] + 2 pairs[j][1] + pairs[j+1][0]) / 4.
     const pairs = tf.reshape(padded, [before, half + 1, 2, after]);
     const even = tf.slice(pairs, [0, 0, 0, 0], [before, half, 1, after]);
     const odd = tf.slice(pairs, [0, 0, 1, 0], [before, half, 1, after]);
@@ -122,18 +131,30 @@ abstract class SpatialScaleLayer extends tfl.layers.Layer {
  * product over the spatial axes, per channel) with stride 2. Both are separable, so they are applied
  * axis by axis, which is exact. Halves every spatial size (sizes must be even).
  */
-export class MaxBlurPool extends SpatialScaleLayer {
-  static className = 'BlindspotMaxBlurPool';
+abstract class MaxBlurPoolLayer extends SpatialScaleLayer {
   protected readonly scale = 0.5;
+  protected abstract readonly alignment: BlurPoolAlignment;
 
   override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
     return tf.tidy(() => {
       let x = singleTensor(inputs);
       for (let axis = 1; axis <= this.dims; axis++) x = maxPairAlongAxis(x, axis);
-      for (let axis = 1; axis <= this.dims; axis++) x = blurDownAlongAxis(x, axis);
+      for (let axis = 1; axis <= this.dims; axis++) x = blurDownAlongAxis(x, axis, this.alignment);
       return x;
     });
   }
+}
+
+/** The 'trailing' max-blur-pool: what n2v2 models saved before `blurPool` existed use. */
+export class MaxBlurPool extends MaxBlurPoolLayer {
+  static className = 'BlindspotMaxBlurPool';
+  protected readonly alignment = 'trailing';
+}
+
+/** The 'centred' max-blur-pool (UNetConfig.blurPool 'centred'), what new n2v2 models use. */
+export class CentredMaxBlurPool extends MaxBlurPoolLayer {
+  static className = 'BlindspotCentredMaxBlurPool';
+  protected readonly alignment = 'centred';
 }
 
 /**
@@ -305,5 +326,6 @@ export class ChannelBatchNorm extends tfl.layers.Layer {
 }
 
 tf.serialization.registerClass(MaxBlurPool);
+tf.serialization.registerClass(CentredMaxBlurPool);
 tf.serialization.registerClass(NearestUpSampling);
 tf.serialization.registerClass(ChannelBatchNorm);

@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { Rng } from '../core/rng.js';
-import { ChannelBatchNorm, MaxBlurPool, NearestUpSampling, maxPairAlongAxis, product, singleTensor, type Kwargs } from './layers.js';
+import { CentredMaxBlurPool, ChannelBatchNorm, MaxBlurPool, NearestUpSampling, type BlurPoolAlignment } from './layers.js';
 
 export interface UNetConfig {
   dims: 2 | 3;
@@ -25,7 +25,7 @@ export interface UNetConfig {
    * one pixel later per pooling, so without the top skip the decoder must learn to shift back by
    * 1 pixel per level.
    */
-  blurPool?: 'centred' | 'trailing';
+  blurPool?: BlurPoolAlignment;
   /** 1 (the denoised value) or 2 (mean and log variance of a Gaussian prior, models/bayes.ts); default 1. */
   outputChannels?: number;
 }
@@ -60,78 +60,10 @@ function validateConfig(cfg: UNetConfig): void {
 }
 
 /** The blur-pool alignment of an n2v2 config (absent: 'trailing', what models saved before the field used). */
-export function blurPoolAlignment(cfg: UNetConfig): 'centred' | 'trailing' {
+export function blurPoolAlignment(cfg: UNetConfig): BlurPoolAlignment {
   return cfg.blurPool ?? 'trailing';
 }
 
-/**
- * Binomial blur [1, 2, 1] / 4 with stride 2 along `axis`, centred on the even samples:
- * out[j] = (m[2j-1] + 2 m[2j] + m[2j+1]) / 4 with m[-1] = 0 (kornia's max_blur_pool2d, which
- * careamics' N2V2 uses: symmetric padding 1).
- */
-export function centredBlurDownAlongAxis(x: tf.Tensor, axis: number): tf.Tensor {
-  return tf.tidy(() => {
-    const before = product(x.shape.slice(0, axis));
-    const length = x.shape[axis];
-    const after = product(x.shape.slice(axis + 1));
-    if (length % 2 !== 0) throw new RangeError(`max-blur-pool needs an even size along axis ${axis}, got ${length}`);
-    const half = length / 2;
-    const padded = tf.pad(tf.reshape(x, [before, length, after]), [
-      [0, 0],
-      [1, 1],
-      [0, 0],
-    ]);
-    // padded[k] = m[k - 1]: out[j] = (padded[2j] + 2 padded[2j+1] + padded[2j+2]) / 4.
-    const pairs = tf.reshape(padded, [before, half + 1, 2, after]);
-    const even = tf.slice(pairs, [0, 0, 0, 0], [before, half, 1, after]);
-    const odd = tf.slice(pairs, [0, 0, 1, 0], [before, half, 1, after]);
-    const nextEven = tf.slice(pairs, [0, 1, 0, 0], [before, half, 1, after]);
-    const blurred = tf.mul(tf.add(tf.add(even, nextEven), tf.mul(odd, 2)), 0.25);
-    const outShape = x.shape.slice();
-    outShape[axis] = half;
-    return tf.reshape(blurred, outShape);
-  });
-}
-
-/**
- * N2V2's max-blur-pool with the blur centred on the pooled pair (blurPool 'centred'): a 2x2(x2) max
- * pool with stride 1, then centredBlurDownAlongAxis on every spatial axis. Pooled feature j covers
- * input pixels 2j-1..2j+2 around 2j + 0.5, the centre of the two pixels nearest upsampling gives it
- * back to. MaxBlurPool (models/layers.ts) is the 'trailing' one: its window covers 2j..2j+3.
- */
-export class CentredMaxBlurPool extends tfl.layers.Layer {
-  static className = 'BlindspotCentredMaxBlurPool';
-  readonly dims: 2 | 3;
-
-  constructor(args: NonNullable<ConstructorParameters<typeof tfl.layers.Layer>[0]> & { dims: 2 | 3 }) {
-    super(args);
-    this.dims = args.dims;
-  }
-
-  override computeOutputShape(inputShape: tfl.Shape | tfl.Shape[]): tfl.Shape {
-    const first = inputShape[0];
-    const shape = ((Array.isArray(first) ? first : inputShape) as (number | null)[]).slice();
-    for (let axis = 1; axis <= this.dims; axis++) {
-      const size = shape[axis];
-      shape[axis] = size == null ? null : Math.floor(size / 2);
-    }
-    return shape;
-  }
-
-  override call(inputs: tf.Tensor | tf.Tensor[], _kwargs: Kwargs): tf.Tensor {
-    return tf.tidy(() => {
-      let x = singleTensor(inputs);
-      for (let axis = 1; axis <= this.dims; axis++) x = maxPairAlongAxis(x, axis);
-      for (let axis = 1; axis <= this.dims; axis++) x = centredBlurDownAlongAxis(x, axis);
-      return x;
-    });
-  }
-
-  override getConfig(): tf.serialization.ConfigDict {
-    return { ...super.getConfig(), dims: this.dims };
-  }
-}
-tf.serialization.registerClass(CentredMaxBlurPool);
 
 const convsPerLevel = 2;
 
@@ -281,4 +213,4 @@ export function unetGeometry(cfg: UNetConfig): UNetGeometry {
 }
 
 /** Re-exported so callers that load a saved model can make sure the custom layers are registered. */
-export { ChannelBatchNorm, MaxBlurPool, NearestUpSampling };
+export { CentredMaxBlurPool, ChannelBatchNorm, MaxBlurPool, NearestUpSampling };
