@@ -63,7 +63,8 @@ export interface ModelManifest {
   normalisation: Normalisation;
   /** Training patch size, YX or ZYX, in pixels/voxels. */
   patchShape: number[];
-  masking: MaskOptions;
+  /** Only the stratified-masking methods (n2v, n2v2, structn2v) record it; older manifests have it for every method. */
+  masking?: MaskOptions;
   /**
    * 'prior-nll': the network predicts a Gaussian prior (models/bayes.ts), trained by its likelihood;
    * 'dbsn-nll': D-BSN's loss with a per-pixel noise variance (models/dbsn.ts dbsnLoss);

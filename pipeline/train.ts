@@ -454,7 +454,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     network,
     normalisation,
     patchShape,
-    masking,
+    ...(usesStratifiedMasking(method) ? { masking } : {}),
     loss: method === 'dbsn' ? 'dbsn-nll' : method === 'noise2info' ? 'noise2info' : priorMode !== null ? 'prior-nll' : lossKind,
     ...(priorMode !== null ? { prior: priorRecord() } : {}),
     ...(methodSettings() ? { methodSettings: methodSettings() } : {}),
