@@ -14,28 +14,13 @@ import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
 import { adamUpdateInto } from '../backend/kernels/fusedAdam.js';
 import { Rng } from '../core/rng.js';
 import { createAdam, FusedAdam, type NamedTensor } from '../models/optimizer.js';
+import { maxRelativeError } from './fixtures/relativeError.js';
 
 const tolerance = 1e-6;
 const batchShape = [4, 8, 8, 1];
 
 function randomValues(n: number, rng: Rng): Float32Array {
   return Float32Array.from({ length: n }, () => rng.normal());
-}
-
-/** Max |a - b| / max |b| over all the arrays. */
-function relativeError(actual: Float32Array[], expected: Float32Array[]): number {
-  expect(actual.length).toBe(expected.length);
-  let maxDiff = 0;
-  let maxRef = 0;
-  expected.forEach((e, k) => {
-    expect(actual[k].length).toBe(e.length);
-    for (let i = 0; i < e.length; i++) {
-      maxDiff = Math.max(maxDiff, Math.abs(actual[k][i] - e[i]));
-      maxRef = Math.max(maxRef, Math.abs(e[i]));
-    }
-  });
-  expect(maxRef).toBeGreaterThan(0);
-  return maxDiff / maxRef;
 }
 
 interface Problem {
@@ -118,7 +103,7 @@ describe('adamUpdateInto', () => {
       epsilon: f(eps),
       negLearningRate: f(-lr),
     });
-    expect(relativeError([updated, m, v], [Float32Array.from(expected), Float32Array.from(expectedM), Float32Array.from(expectedV)])).toBeLessThan(1e-5);
+    expect(maxRelativeError([updated, m, v], [Float32Array.from(expected), Float32Array.from(expectedM), Float32Array.from(expectedV)])).toBeLessThan(1e-5);
     // The step moved every value.
     expect(updated.every((x, i) => x !== value[i])).toBe(true);
   });
@@ -149,10 +134,10 @@ for (const backend of ['cpu', 'wasm'] as const) {
       expect(tf.memory().numTensors).toBe(tensorsAfterFirstStep);
       expect(fused.lastStepPaths).toEqual({ fused: trainableVariables(p.model).length, ops: 0 });
       expect(fused.iterations).toBe(6);
-      expect(relativeError(weightsOf(p.model), expectedWeights)).toBeLessThan(tolerance);
-      expect(relativeError(await momentsOf(fused), expectedMoments)).toBeLessThan(tolerance);
+      expect(maxRelativeError(weightsOf(p.model), expectedWeights)).toBeLessThan(tolerance);
+      expect(maxRelativeError(await momentsOf(fused), expectedMoments)).toBeLessThan(tolerance);
       // The weights moved: a do-nothing optimizer would not pass.
-      expect(relativeError(weightsOf(p.model), p.initial)).toBeGreaterThan(1e-3);
+      expect(maxRelativeError(weightsOf(p.model), p.initial)).toBeGreaterThan(1e-3);
       // Same checkpoint layout as tfjs: iteration count, then first moments, then second moments.
       expect((await fused.getWeights()).map((w) => w.name)).toEqual((await reference.getWeights()).map((w) => w.name));
       reference.dispose();
@@ -170,7 +155,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
       resetWeights(p);
       train(p, unfused, 0, 4);
       expect(unfused.lastStepPaths.fused).toBe(0);
-      expect(relativeError(weightsOf(p.model), expected)).toBeLessThan(tolerance);
+      expect(maxRelativeError(weightsOf(p.model), expected)).toBeLessThan(tolerance);
       reference.dispose();
       unfused.dispose();
       p.model.dispose();
@@ -188,12 +173,12 @@ for (const backend of ['cpu', 'wasm'] as const) {
       resetWeights(p);
       train(p, fused, 0, 6, schedule);
       expect(fused.learningRate).toBe(0.0025);
-      expect(relativeError(weightsOf(p.model), expected)).toBeLessThan(tolerance);
+      expect(maxRelativeError(weightsOf(p.model), expected)).toBeLessThan(tolerance);
 
       const constant = createAdam(0.01);
       resetWeights(p);
       train(p, constant, 0, 6);
-      expect(relativeError(weightsOf(p.model), expected)).toBeGreaterThan(1e-4);
+      expect(maxRelativeError(weightsOf(p.model), expected)).toBeGreaterThan(1e-4);
       [reference, fused, constant].forEach((o) => o.dispose());
       p.model.dispose();
     });
@@ -264,8 +249,8 @@ for (const backend of ['cpu', 'wasm'] as const) {
       await restore(saved, resumed);
       expect(resumed.iterations).toBe(4);
       train(p, resumed, 4, 8, (s) => (s === 5 ? 0.004 : undefined));
-      expect(relativeError(weightsOf(p.model), expected)).toBe(0);
-      expect(relativeError(await momentsOf(resumed), expectedMoments)).toBe(0);
+      expect(maxRelativeError(weightsOf(p.model), expected)).toBe(0);
+      expect(maxRelativeError(await momentsOf(resumed), expectedMoments)).toBe(0);
       resumed.dispose();
 
       // A checkpoint written by tf.train.adam continues under FusedAdam.
@@ -277,7 +262,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
       const fromTfjs = createAdam(0.01);
       await restore(tfjsSaved, fromTfjs);
       train(p, fromTfjs, 4, 8, (s) => (s === 5 ? 0.004 : undefined));
-      expect(relativeError(weightsOf(p.model), expected)).toBeLessThan(tolerance);
+      expect(maxRelativeError(weightsOf(p.model), expected)).toBeLessThan(tolerance);
       fromTfjs.dispose();
       p.model.dispose();
     });

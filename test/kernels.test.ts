@@ -9,6 +9,7 @@ import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { registerWasmTrainingKernels, wasmTrainingKernelNames } from '../backend/kernels/index.js';
 import { Rng } from '../core/rng.js';
+import { maxRelativeError } from './fixtures/relativeError.js';
 
 const tolerance = 1e-4;
 
@@ -18,18 +19,6 @@ function randomValues(shape: readonly number[], seed: number): Float32Array {
   const values = new Float32Array(n);
   for (let i = 0; i < n; i++) values[i] = rng.normal();
   return values;
-}
-
-function relativeError(actual: Float32Array, expected: Float32Array): number {
-  expect(actual.length).toBe(expected.length);
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < expected.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(actual[i] - expected[i]));
-    maxRef = Math.max(maxRef, Math.abs(expected[i]));
-  }
-  expect(maxRef).toBeGreaterThan(0);
-  return maxDiff / maxRef;
 }
 
 /** Runs `compute` on `backend` and reads every result back. */
@@ -50,7 +39,7 @@ async function expectWasmMatchesCpu(compute: () => tf.Tensor | tf.Tensor[]): Pro
   const expected = await on('cpu', compute);
   const actual = await on('wasm', compute);
   expect(actual.length).toBe(expected.length);
-  for (let i = 0; i < expected.length; i++) expect(relativeError(actual[i], expected[i])).toBeLessThan(tolerance);
+  for (let i = 0; i < expected.length; i++) expect(maxRelativeError(actual[i], expected[i])).toBeLessThan(tolerance);
 }
 
 function runKernel(name: string, inputs: tf.NamedTensorMap, attrs: object): tf.Tensor {
@@ -216,7 +205,7 @@ describe('Conv3D, Conv3DBackpropInputV2, Conv3DBackpropFilterV2', () => {
       const wShape = [...c.k, c.x[4], c.outC];
       const [actual] = await on('wasm', () => tf.conv3d(tensor(c.x, 20) as tf.Tensor5D, tensor(wShape, 21) as tf.Tensor5D, c.strides, c.pad));
       const expected = conv3dReference(randomValues(c.x, 20), c.x, randomValues(wShape, 21), wShape, c);
-      expect(relativeError(actual, expected)).toBeLessThan(tolerance);
+      expect(maxRelativeError(actual, expected)).toBeLessThan(tolerance);
     }
   });
 

@@ -10,6 +10,7 @@ import { voxelCount } from '../core/volume.js';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { dihedralTransforms, predictDihedralMean } from '../models/tta.js';
 import { TILE_BUDGET_BYTES, estimateBytesPerVoxel, planTiles, predictVolume } from '../pipeline/predict.js';
+import { maxRelativeError } from './fixtures/relativeError.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -18,17 +19,6 @@ beforeAll(async () => {
 function randomImage(shape: Shape, seed: number): Float32Array {
   const rng = new Rng(seed);
   return Float32Array.from({ length: voxelCount(shape) }, () => rng.normal());
-}
-
-/** max |a - b| / max |reference|. */
-function relativeError(a: Float32Array, reference: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - reference[i]));
-    scale = Math.max(scale, Math.abs(reference[i]));
-  }
-  return diff / scale;
 }
 
 function std(values: Float32Array): number {
@@ -93,10 +83,10 @@ async function checkTiledEqualsWhole(cfg: UNetConfig, shape: Shape, tileShape: n
   expect(std(reference)).toBeGreaterThan(1e-3); // a real, non-constant prediction
   console.log(
     `${cfg.dims}D ${cfg.variant} [${shape.join('x')}] in ${plan.tileCount} tiles: ` +
-      `whole vs reference ${relativeError(whole, reference).toExponential(1)}, tiled vs whole ${relativeError(tiled, whole).toExponential(1)}`,
+      `whole vs reference ${maxRelativeError(whole, reference).toExponential(1)}, tiled vs whole ${maxRelativeError(tiled, whole).toExponential(1)}`,
   );
-  expect(relativeError(whole, reference)).toBeLessThan(1e-4);
-  expect(relativeError(tiled, whole)).toBeLessThan(1e-4);
+  expect(maxRelativeError(whole, reference)).toBeLessThan(1e-4);
+  expect(maxRelativeError(tiled, whole)).toBeLessThan(1e-4);
   model.dispose();
 }
 
@@ -115,8 +105,8 @@ describe('2D U-Nets (cpu backend): tiled prediction equals whole-image predictio
     const image = randomImage(shape, 3);
     const whole = await predictVolume(model, image, shape, { sizeMultiple, receptiveRadius, maxTileVoxels: 1e9 });
     const short = await predictVolume(model, image, shape, { sizeMultiple, receptiveRadius, margin: 4, blendWidth: 0, tileShape: [16, 20] });
-    console.log(`margin 4 < receptive radius ${receptiveRadius}: tiled vs whole ${relativeError(short, whole).toExponential(1)}`);
-    expect(relativeError(short, whole)).toBeGreaterThan(1e-3);
+    console.log(`margin 4 < receptive radius ${receptiveRadius}: tiled vs whole ${maxRelativeError(short, whole).toExponential(1)}`);
+    expect(maxRelativeError(short, whole)).toBeGreaterThan(1e-3);
     model.dispose();
   });
 });
@@ -186,8 +176,8 @@ describe('test-time augmentation', () => {
     const before = tf.memory().numTensors;
     const tta = tf.tidy(() => predictDihedralMean((x) => model.predict(x) as tf.Tensor, tf.tensor(image, [1, ...shape, 1])).dataSync() as Float32Array);
     expect(tf.memory().numTensors).toBe(before);
-    expect(relativeError(tta, manual)).toBeLessThan(1e-5);
-    expect(relativeError(predict2D(image, shape), manual)).toBeGreaterThan(1e-3); // TTA really changes a random U-Net's output
+    expect(maxRelativeError(tta, manual)).toBeLessThan(1e-5);
+    expect(maxRelativeError(predict2D(image, shape), manual)).toBeGreaterThan(1e-3); // TTA really changes a random U-Net's output
     model.dispose();
   });
 
@@ -199,7 +189,7 @@ describe('test-time augmentation', () => {
     const image = randomImage(shape, 4);
     const whole = await predictVolume(model, image, shape, { sizeMultiple, receptiveRadius, maxTileVoxels: 1e9, tta: true });
     const tiled = await predictVolume(model, image, shape, { sizeMultiple, receptiveRadius, tileShape: [20, 24], tta: true, batchSize: 2 });
-    expect(relativeError(tiled, whole)).toBeLessThan(1e-4);
+    expect(maxRelativeError(tiled, whole)).toBeLessThan(1e-4);
     model.dispose();
   });
 
@@ -216,13 +206,13 @@ describe('test-time augmentation', () => {
     const opts = { sizeMultiple: 4, receptiveRadius: 1, tileShape: [4, 8, 8] };
     const plain = await predictVolume(zAsymmetric, image, shape, opts);
     const tta = await predictVolume(zAsymmetric, image, shape, { ...opts, tta: true });
-    expect(relativeError(tta, plain)).toBeLessThan(1e-6);
+    expect(maxRelativeError(tta, plain)).toBeLessThan(1e-6);
     // A Z flip would change it: compare with the Z-flipped model output.
     const flippedInZ = tf.tidy(() => {
       const x = tf.reverse(tf.tensor(image, [1, ...shape, 1]), 1);
       return tf.reverse(zAsymmetric(x), 1).dataSync() as Float32Array;
     });
-    expect(relativeError(flippedInZ, plain)).toBeGreaterThan(0.1);
+    expect(maxRelativeError(flippedInZ, plain)).toBeGreaterThan(0.1);
   });
 });
 
@@ -259,7 +249,7 @@ describe('tile size from a memory bound', () => {
     const image = randomImage([70, 83], 1);
     const out = await predictVolume(spy, image, [70, 83], { sizeMultiple: 4, receptiveRadius: 23 });
     expect(calls).toEqual([[1, 72 + 48, 84 + 48, 1]]);
-    expect(relativeError(out, image)).toBe(0);
+    expect(maxRelativeError(out, image)).toBe(0);
   });
 
   test('a receptive field whose smallest exact tile exceeds 4x the budget is refused before any model call', async () => {
