@@ -900,8 +900,12 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     if (!writer || opts.shard) {
       // The input's own noise from a seeded sample of 4 chunks: deterministic, so every shard writes the
       // same metadata. A failed fit (e.g. a constant array) is recorded, never a reason to stop denoising.
+      // The record's output name is left out: the output is where it is stored, and outputs at two paths must be equal.
       const inputNoise = await fitChunkedInputNoise(input, { sampleBlocks: 4, seed: 1 }).then(
-        (fitted) => inputNoiseRecord(fitted.nlf, opts.input, opts.out, { kind: 'chunks', chunks: fitted.chunks, seed: fitted.seed }),
+        (fitted) => {
+          const { output: _outputName, ...record } = inputNoiseRecord(fitted.nlf, opts.input, opts.out, { kind: 'chunks', chunks: fitted.chunks, seed: fitted.seed });
+          return record;
+        },
         (error: unknown) => ({ error: error instanceof Error ? error.message : String(error) }),
       );
       // Shards all create the output; creation is idempotent and refuses a different one (other model, options).

@@ -54,7 +54,11 @@ describe('blindspot CLI end to end', () => {
 
     const denoise = blindspot('denoise', 'model', 'noisy', '--out', 'denoised', '--dtype', 'input', '--json', '--backend', 'wasm');
     expect(denoise.code).toBe(0);
-    expect(await listFiles(path.join(tmp, 'denoised'))).toEqual(['a.png', 'b.png']);
+    // Each output has its input's noise fit beside it.
+    expect(await listFiles(path.join(tmp, 'denoised'))).toEqual(['a.png', 'a.png.noise.json', 'b.png', 'b.png.noise.json']);
+    const sidecar = JSON.parse(await fs.readFile(path.join(tmp, 'denoised', 'a.png.noise.json'), 'utf8')) as { output: string; sigma: number };
+    expect(sidecar.output).toBe('a.png');
+    expect(sidecar.sigma).toBeGreaterThan(0);
     const out = await readImage(path.join(tmp, 'denoised', 'a.png'));
     expect(out.shape).toEqual([64, 64]);
     expect(out.sampleType).toBe('uint8');
