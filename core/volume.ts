@@ -44,3 +44,14 @@ export function sampleTypeRange(t: SampleType): [min: number, max: number] {
       return [-Infinity, Infinity];
   }
 }
+
+/**
+ * Index into [0, n) of position i of an axis extended by reflection about its first and last sample
+ * (numpy 'reflect', "reflect-101": -1 -> 1, n -> n - 2), repeated as often as needed; n = 1: always 0.
+ */
+export function reflectIndex(i: number, n: number): number {
+  if (n === 1) return 0;
+  const period = 2 * (n - 1);
+  const j = ((i % period) + period) % period;
+  return j < n ? j : period - j;
+}

@@ -1,7 +1,7 @@
 import { type OperatorFunction, mergeMap, from } from 'rxjs';
 import { UsageError } from '../core/errors.js';
 import type { Shape } from '../core/volume.js';
-import { voxelCount } from '../core/volume.js';
+import { reflectIndex, voxelCount } from '../core/volume.js';
 
 /**
  * Tiling geometry for prediction with a fully convolutional network.
@@ -249,14 +249,6 @@ export function tileGrid(opts: TilingOptions): OperatorFunction<TilingInput, Til
 // curve for the same cache: the re-fetched fraction goes with a column's perimeter over its area
 // (1/sqrt(cache)), a cube's with its surface over its volume (1/cbrt(cache)).
 
-/** Reflection about the first and last sample (numpy 'reflect'); the same as pipeline/predict.ts reflectIndex, which imports this module. */
-function reflectInto(i: number, n: number): number {
-  if (n === 1) return 0;
-  const period = 2 * (n - 1);
-  const j = ((i % period) + period) % period;
-  return j < n ? j : period - j;
-}
-
 /**
  * Along `axis`, the input chunks [first[k], last[k]] that block k's read region touches (reflection
  * included: a read region always contains its core, so the touched chunks are one contiguous run).
@@ -277,7 +269,7 @@ export function readChunkSpans(plan: TilePlan, axis: number, chunk: number): { f
       high = n - 1;
     } else {
       for (let i = start; i < end; i++) {
-        const j = reflectInto(i, n);
+        const j = reflectIndex(i, n);
         if (j < low) low = j;
         if (j > high) high = j;
       }

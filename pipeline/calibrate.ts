@@ -26,7 +26,7 @@
  */
 import { InputError } from '../core/errors.js';
 import type { Shape, Volume } from '../core/volume.js';
-import { voxelCount } from '../core/volume.js';
+import { reflectIndex, voxelCount } from '../core/volume.js';
 import { medianInPlace } from '../core/select.js';
 import { donutMeanAt, gridMaskPatch, gridPhaseCount } from '../models/gridMask.js';
 
@@ -307,15 +307,6 @@ export function gaussianFilter(input: Float32Array, shape: Shape, sigma: number)
     current = next;
   }
   return current;
-}
-
-/** Reflect-101 index into [0, n): -1 -> 1, n -> n - 2 (n = 1: always 0). */
-function reflectIndex(i: number, n: number): number {
-  if (n === 1) return 0;
-  const period = 2 * (n - 1);
-  let r = ((i % period) + period) % period;
-  if (r >= n) r = period - r;
-  return r;
 }
 
 /**

@@ -3,7 +3,7 @@ import * as tfl from '@tensorflow/tfjs-layers';
 import { lastValueFrom, of, tap } from 'rxjs';
 import { InputError, UsageError } from '../core/errors.js';
 import type { Shape } from '../core/volume.js';
-import { voxelCount } from '../core/volume.js';
+import { reflectIndex, voxelCount } from '../core/volume.js';
 import { type TileModel, predictTiles } from '../operators/predictTiles.js';
 import { type OutputBlock, stitchWithBlending } from '../operators/stitchWithBlending.js';
 import {
@@ -95,14 +95,6 @@ export function maxTileVoxelsFor(model: TileModel, dims: 2 | 3, sizeMultiple: nu
 /** Reader for an in-memory image: any region of its virtual reflection ('reflect', edge not repeated). */
 export function reflectedRegionReader(data: Float32Array, shape: Shape): (spec: TileSpec) => Float32Array {
   return (spec) => readReflected(data, shape, spec.read.origin, spec.read.shape);
-}
-
-/** Index into [0, n) of position i of the image extended by reflection about its first and last sample. */
-export function reflectIndex(i: number, n: number): number {
-  if (n === 1) return 0;
-  const period = 2 * (n - 1);
-  const j = ((i % period) + period) % period;
-  return j < n ? j : period - j;
 }
 
 function readReflected(data: Float32Array, shape: Shape, origin: readonly number[], extent: readonly number[]): Float32Array {

@@ -9,8 +9,7 @@
  * share that one fetch.
  */
 import { type ChunkedArrayReader, chunkGrid } from './chunked.js';
-import { reflectIndex } from '../pipeline/predict.js';
-import { voxelCount } from '../core/volume.js';
+import { reflectIndex, voxelCount } from '../core/volume.js';
 
 export interface ChunkCacheStats {
   /** Requests answered from the cache or by joining a fetch already under way. */
@@ -152,7 +151,7 @@ function axisMap(origin: number, extent: number, n: number, chunk: number): Axis
 
 /**
  * Values of the box [origin, origin + shape) of the array extended by reflection about its first and
- * last sample on every axis (pipeline/predict.ts reflectIndex: numpy 'reflect', repeated as often as
+ * last sample on every axis (core/volume.ts reflectIndex: numpy 'reflect', repeated as often as
  * needed), C order, float32. `reader` is a YX or ZYX array; the region has the same rank. The chunks
  * it touches are fetched concurrently through `cache`.
  */

@@ -8,7 +8,8 @@ import { voxelCount } from '../core/volume.js';
 import { predictTiles } from '../operators/predictTiles.js';
 import { type OutputBlock, type StitchStats, blendWindow, stitchWithBlending } from '../operators/stitchWithBlending.js';
 import { type TileSpec, tileGrid, tileSpecs } from '../operators/tileGrid.js';
-import { planTiles, predictVolume, reflectIndex, reflectedRegionReader } from '../pipeline/predict.js';
+import { planTiles, predictVolume, reflectedRegionReader } from '../pipeline/predict.js';
+import { reflectIndex } from '../core/volume.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
