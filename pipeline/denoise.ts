@@ -23,6 +23,9 @@ import { NoisePool, noiseTaskFile } from '../workers/noisePool.js';
 
 export type OutputType = 'float32' | 'input';
 
+/** Noise fits started but not yet written (the current image's included). */
+const MAX_PENDING_FITS = 2;
+
 export interface DenoiseOptions {
   modelDir: string;
   inputs: string[];
@@ -109,6 +112,9 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
       opts.onEvent?.({ type: 'image-start', file, index: i, count: opts.inputs.length, shape: volume.shape });
       let fitted: Promise<NlfRecord> | null = null;
       if (noise) {
+        // Each pending fit holds its pixel sample: with many small images fits would queue up faster
+        // than they finish, so at most MAX_PENDING_FITS wait (the pool runs them in order).
+        if (sidecars.length >= MAX_PENDING_FITS) await sidecars[sidecars.length - MAX_PENDING_FITS];
         const image = { name: file, data: volume.data, shape: volume.shape, sampleType: volume.sampleType };
         fitted = pool ? pool.fit([image]).then(([nlf]) => nlf) : Promise.resolve().then(() => fitNlf(sampleNoise(image)));
         // Nothing awaits it until the output is written; keep a failure from being unhandled meanwhile.
