@@ -9,6 +9,7 @@ import path from 'node:path';
 import { OutputError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import { chunkGrid, type ChunkedArrayReader } from '../storage/chunked.js';
+import { ChunkCache, readRegionReflected } from '../storage/chunkCache.js';
 import { writeFileAtomic } from '../storage/common.js';
 import { fitNlf, nlfVariance, type FitOptions, type NlfRecord } from './nlf.js';
 import { PAIR_STRIDE, quantileOfSorted, sampleNoise, type NoiseSample } from './sample.js';
@@ -103,8 +104,8 @@ export interface ChunkedNoiseFit {
 /**
  * Fits the noise of a chunked array from a seeded sample of a few of its chunks (each read whole,
  * cropped to the array): per chunk the same pixel sample as for a file (noise/sample.ts), then one
- * fit of all samples together. Axes: the last two are Y and X; any leading axes are stacked as slices
- * (noise is fitted slice by slice). Memory: one chunk at a time plus the pixel samples.
+ * fit of all samples together. A YX or ZYX array (a ZYX chunk is fitted slice by slice). Memory: one
+ * chunk at a time plus the pixel samples.
  */
 export async function fitChunkedInputNoise(reader: ChunkedArrayReader, opts: ChunkedNoiseOptions = {}): Promise<ChunkedNoiseFit> {
   const { info } = reader;
@@ -128,43 +129,17 @@ export async function fitChunkedInputNoise(reader: ChunkedArrayReader, opts: Chu
   const samples: NoiseSample[] = [];
   const values: number[] = [];
   for (const index of chunks) {
-    const padded = await reader.readChunk(index);
-    const { data, shape } = cropChunk(padded, info.chunks, index.map((c, axis) => Math.min(info.chunks[axis], info.shape[axis] - c * info.chunks[axis])));
+    // The chunk's part inside the array (edge chunks are padded), read by the one region reader; nothing kept.
+    const origin = index.map((c, axis) => c * info.chunks[axis]);
+    const shape = origin.map((o, axis) => Math.min(info.chunks[axis], info.shape[axis] - o));
+    const data = await readRegionReflected(reader, new ChunkCache(0), origin, shape);
+    const image = { data, shape: shape.length === 3 && shape[0] === 1 ? shape.slice(1) : shape };
     const stride = Math.max(1, Math.floor(data.length / Math.ceil(200_000 / chunks.length)));
     for (let i = 0; i < data.length; i += stride) if (Number.isFinite(data[i])) values.push(data[i]);
-    samples.push(sampleNoise({ name: `${info.url} chunk [${index.join(', ')}]`, data, shape, sampleType: info.dtype }, { maxSamples: Math.ceil(maxSamples / chunks.length), seed: rng.nextUint32() }));
+    samples.push(sampleNoise({ name: `${info.url} chunk [${index.join(', ')}]`, ...image, sampleType: info.dtype }, { maxSamples: Math.ceil(maxSamples / chunks.length), seed: rng.nextUint32() }));
   }
   const merged = mergeSamples(info.url, samples, values);
   return { nlf: fitNlf(merged, { ...opts.fit, seed }), chunks, seed };
-}
-
-/** The valid part [shape] of a padded chunk, as a 2D [Y, X] or 3D [slices, Y, X] image. */
-function cropChunk(padded: Float32Array, chunkShape: readonly number[], valid: readonly number[]): { data: Float32Array; shape: number[] } {
-  const rank = chunkShape.length;
-  const Y = valid[rank - 2];
-  const X = valid[rank - 1];
-  let slices = 1;
-  for (let axis = 0; axis < rank - 2; axis++) slices *= valid[axis];
-  const data = new Float32Array(slices * Y * X);
-  let out = 0;
-  const lead = valid.slice(0, rank - 2);
-  const position = new Array(lead.length).fill(0);
-  for (let s = 0; s < slices; s++) {
-    // Offset of this slice in the padded chunk (C order).
-    let offset = 0;
-    for (let axis = 0; axis < lead.length; axis++) offset = offset * chunkShape[axis] + position[axis];
-    offset *= chunkShape[rank - 2] * chunkShape[rank - 1];
-    for (let y = 0; y < Y; y++) {
-      const row = offset + y * chunkShape[rank - 1];
-      data.set(padded.subarray(row, row + X), out);
-      out += X;
-    }
-    for (let axis = lead.length - 1; axis >= 0; axis--) {
-      if (++position[axis] < lead[axis]) break;
-      position[axis] = 0;
-    }
-  }
-  return { data, shape: slices === 1 ? [Y, X] : [slices, Y, X] };
 }
 
 /** One sample from several: pairs concatenated (textures rescaled to one screen), percentiles from `values`. */
