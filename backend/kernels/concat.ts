@@ -16,6 +16,20 @@ import { withScope, type KernelArgs } from './wasm-scope.js';
  */
 export const BLOCK_COPY_MIN_ROW = 16;
 
+/**
+ * Copies `rows` rows of `width` floats within one heap: row r from sourceStart + r * sourceStride to
+ * targetStart + r * targetStride (float indices into `heap`; the regions must not overlap).
+ */
+export function copyStridedRows(heap: Float32Array, sourceStart: number, sourceStride: number, targetStart: number, targetStride: number, rows: number, width: number): void {
+  if (width >= BLOCK_COPY_MIN_ROW) {
+    for (let r = 0, s = sourceStart, t = targetStart; r < rows; r++, s += sourceStride, t += targetStride) heap.copyWithin(t, s, s + width);
+    return;
+  }
+  for (let r = 0, s = sourceStart, t = targetStart; r < rows; r++, s += sourceStride, t += targetStride) {
+    for (let c = 0; c < width; c++) heap[t + c] = heap[s + c];
+  }
+}
+
 export function concatFast(args: KernelArgs): tf.TensorInfo | null {
   const inputs = Object.values(args.inputs).filter((t): t is tf.TensorInfo => t !== undefined);
   if (inputs.length < 2) return null;
@@ -43,15 +57,7 @@ export function concatFast(args: KernelArgs): tf.TensorInfo | null {
     let offset = 0;
     inputs.forEach((input, i) => {
       const width = rows[i];
-      const source = scope.heap(input);
-      if (width >= BLOCK_COPY_MIN_ROW) {
-        const sourceStart = source.byteOffset / 4;
-        for (let r = 0, s = sourceStart, t = targetStart + offset; r < outer; r++, s += width, t += outRow) heap.copyWithin(t, s, s + width);
-      } else {
-        for (let r = 0, s = 0, t = offset; r < outer; r++, s += width, t += outRow) {
-          for (let c = 0; c < width; c++) target[t + c] = source[s + c];
-        }
-      }
+      copyStridedRows(heap, scope.heap(input).byteOffset / 4, width, targetStart + offset, outRow, outer, width);
       offset += width;
     });
     return out;

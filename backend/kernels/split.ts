@@ -7,7 +7,7 @@
  * long rows by copyWithin on the heap (no typed-array view per row). The mirror of concat.ts.
  */
 import type * as tf from '@tensorflow/tfjs-core';
-import { BLOCK_COPY_MIN_ROW } from './concat.js';
+import { copyStridedRows } from './concat.js';
 import { inputsOf, withScope, type KernelArgs } from './wasm-scope.js';
 
 export function splitVFast(args: KernelArgs): tf.TensorInfo[] | null {
@@ -43,15 +43,7 @@ export function splitVFast(args: KernelArgs): tf.TensorInfo[] | null {
     let offset = 0;
     outputs.forEach((out, i) => {
       const width = sizes[i] * inner;
-      const target = scope.heap(out);
-      if (width >= BLOCK_COPY_MIN_ROW) {
-        const targetStart = target.byteOffset / 4;
-        for (let r = 0, s = sourceStart + offset, t = targetStart; r < outer; r++, s += sourceRow, t += width) heap.copyWithin(t, s, s + width);
-      } else {
-        for (let r = 0, s = offset, t = 0; r < outer; r++, s += sourceRow, t += width) {
-          for (let c = 0; c < width; c++) target[t + c] = source[s + c];
-        }
-      }
+      copyStridedRows(heap, sourceStart + offset, sourceRow, scope.heap(out).byteOffset / 4, width, outer, width);
       offset += width;
     });
     return outputs;
