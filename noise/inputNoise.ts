@@ -166,7 +166,7 @@ function mergeSamples(name: string, samples: readonly NoiseSample[], values: num
     const rescale = textureLimit / s.textureLimit;
     for (let j = 0; j < s.pairs.length; j += PAIR_STRIDE) {
       pairs[offset + j] = s.pairs[j];
-      pairs[offset + j + 1] = s.pairs[j + 1] / Math.sqrt(s.residualFactor);
+      pairs[offset + j + 1] = s.pairs[j + 1];
       pairs[offset + j + 2] = s.pairs[j + 2] * rescale;
     }
     offset += s.pairs.length;
@@ -178,7 +178,6 @@ function mergeSamples(name: string, samples: readonly NoiseSample[], values: num
   return {
     name,
     pairs,
-    residualFactor: 1,
     residualKind: usable[0].residualKind,
     residualFilter,
     textureLimit,

@@ -196,7 +196,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
   const n = pairs.length / PAIR_STRIDE;
   if (sample.fallback === 'tiny' || n === 0) {
     let variance = 0;
-    if (n >= 8) variance = madVariance(residualsOf(pairs)) / sample.residualFactor;
+    if (n >= 8) variance = madVariance(residualsOf(pairs));
     else if (sample.fallbackValues && sample.fallbackValues.length >= 3) {
       // First differences of neighbouring values: var(d) = 2 s^2 on a slowly varying signal.
       const v = sample.fallbackValues;
@@ -212,9 +212,8 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
   const iterations = opts.iterations ?? 250;
   const batchSize = Math.min(opts.batchSize ?? 2048, n);
   const learningRate = opts.learningRate ?? 0.03;
-  const factor = sample.residualFactor;
-  // Texture is in noise-variance units; the fit's variance is in residual units (factor x noise).
-  const textureLimit = sample.textureLimit / factor;
+  // Residuals are normalised (var(r) = noise variance): texture and the fit share the noise's units.
+  const textureLimit = sample.textureLimit;
 
   const intensity = new Float64Array(n);
   const r2 = new Float64Array(n);
@@ -231,7 +230,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
   const t = new Float64Array(n);
   for (let i = 0; i < n; i++) t[i] = Math.min(1, Math.max(0, (intensity[i] - lo) / inputScale));
 
-  // Residual variance (of r, not yet divided by `factor`) as a robust starting point and output scale.
+  // Residual variance as a robust starting point and output scale.
   const globalResidualVariance = Math.max(madVariance(residualsOf(pairs)), 1e-12);
   const net: NlfNetwork = {
     inputOffset: lo,
@@ -323,8 +322,8 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
       trimAgainst((i) => fitted[i]);
     }
   }
-  // Undo truncation and the residual factor: v_noise = v_fit / truncation / factor.
-  net.outputScale = net.outputScale / truncation / factor;
+  // Undo truncation: v_noise = v_fit / truncation.
+  net.outputScale = net.outputScale / truncation;
   const trimmed = n - keptCount;
 
   // Binned data: equal-count intensity bins of the kept pixels.
@@ -342,7 +341,7 @@ export function fitNlf(sample: NoiseSample, opts: FitOptions = {}): NlfRecord {
     }
     const count = end - start;
     if (count < 2) continue;
-    bins.push({ intensity: sumX / count, variance: sumR2 / count / truncation / factor, count });
+    bins.push({ intensity: sumX / count, variance: sumR2 / count / truncation, count });
   }
   const { a, b } = fitPoissonGaussian(bins);
   const sigmaAt = (x: number): number => Math.sqrt(networkVariance(net, x));

@@ -65,8 +65,6 @@ export interface NoiseSample {
    * texture and edges show up in it.
    */
   pairs: Float32Array;
-  /** var(r) / noise variance of the residuals in `pairs` (1: they are normalised). */
-  residualFactor: number;
   /** 'blind-spot' residuals (from the image alone) or a given denoiser's. */
   residualKind: 'blind-spot' | 'denoiser';
   residualFilter: ResidualFilter;
@@ -167,7 +165,7 @@ export function sampleNoise(image: NoiseImage, opts: SampleOptions = {}): NoiseS
     const percentiles = [1, 25, 50, 75, 99].map((p) => ({ p, intensity: firstFinite }));
     return {
       name, medianIntensity: firstFinite, percentiles, excludedPixels: { clipped: 0, nonFinite }, warnings,
-      pairs: new Float32Array(0), residualFactor: 1, residualKind, residualFilter: useDenoiser ? 'denoiser' : 'immerkaer-3x3', textureLimit,
+      pairs: new Float32Array(0), residualKind, residualFilter: useDenoiser ? 'denoiser' : 'immerkaer-3x3', textureLimit,
       usablePixels: 0, fallback: 'constant',
     };
   }
@@ -305,13 +303,13 @@ export function sampleNoise(image: NoiseImage, opts: SampleOptions = {}): NoiseS
     );
     const fallbackValues = new Float32Array(values.length);
     fallbackValues.set(values);
-    return { ...base, pairs: assemble(residualList), residualFactor: 1, residualFilter: useDenoiser ? 'denoiser' : 'immerkaer-3x3', usablePixels, fallback: 'tiny', fallbackValues };
+    return { ...base, pairs: assemble(residualList), residualFilter: useDenoiser ? 'denoiser' : 'immerkaer-3x3', usablePixels, fallback: 'tiny', fallbackValues };
   }
-  if (useDenoiser) return { ...base, pairs: assemble(residualList), residualFactor: 1, residualFilter: 'denoiser', usablePixels, fallback: null };
+  if (useDenoiser) return { ...base, pairs: assemble(residualList), residualFilter: 'denoiser', usablePixels, fallback: null };
 
   const learned = learnedResiduals(residualList.subarray(0, n), textureList.subarray(0, n), foldList.subarray(0, n), projectionList.subarray(0, n * D), D, textureLimit, intensityList.subarray(0, n));
-  if (learned) return { ...base, pairs: assemble(learned), residualFactor: 1, residualFilter: 'learned-5x5', usablePixels, fallback: null };
-  return { ...base, pairs: assemble(residualList), residualFactor: 1, residualFilter: 'immerkaer-3x3', usablePixels, fallback: null };
+  if (learned) return { ...base, pairs: assemble(learned), residualFilter: 'learned-5x5', usablePixels, fallback: null };
+  return { ...base, pairs: assemble(residualList), residualFilter: 'immerkaer-3x3', usablePixels, fallback: null };
 }
 
 /** Iterated trimmed variance of residuals (noise units) over the screened pixels `keep`. */
@@ -446,8 +444,8 @@ export function screenedSampleVariance(sample: NoiseSample): number {
   const absSorted = Float64Array.from(residuals, Math.abs).sort();
   let v = Math.max((1.4826 * quantileOfSorted(absSorted as unknown as Float32Array, 50)) ** 2, 1e-30);
   for (let round = 0; round < 4; round++) {
-    const limit = sample.textureLimit * (v / sample.residualFactor);
+    const limit = sample.textureLimit * v;
     v = screenedVariance(residuals, (j) => texture[j] <= limit, v);
   }
-  return v / sample.residualFactor;
+  return v;
 }
