@@ -38,6 +38,8 @@ import type { Shape3D, Volume } from '../core/volume.js';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { METHOD_NAMES, loadModelFolder, type MethodName, type ModelManifest } from '../models/io.js';
 import type { NoiseSpec } from '../models/bayes.js';
+import type { ReplacementStrategy } from '../models/masking.js';
+import { usesStratifiedMasking } from '../models/methods.js';
 import { parseNoiseSpec } from '../models/bayes.js';
 import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
@@ -150,6 +152,9 @@ async function main(): Promise<void> {
   const architecturalPrior: NoiseSpec | 'learned' | 'nlf' | undefined =
     priorArg === 'none' ? undefined : priorArg === 'learned' || priorArg === 'nlf' ? priorArg : parseNoiseSpec(priorArg);
   const structMask = args.get('struct-mask') ?? 'horizontal:3';
+  // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
+  const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
+  const strategy = args.get('strategy') as ReplacementStrategy | undefined;
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
   const trainSeed = Number(args.get('seed') ?? 1);
   if (!Number.isInteger(trainSeed)) throw new Error(`--seed must be an integer, got ${args.get('seed')}`);
@@ -215,6 +220,7 @@ async function main(): Promise<void> {
     const workDir = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-bench-methods-'));
     const methodOptions = (): Partial<TrainOptions> => ({
       ...(method === 'structn2v' ? { structMask } : {}),
+      ...(usesStratifiedMasking(method) ? { maskRadius, strategy } : {}),
       ...((method === 'laine19' || method === 'dbsn') && architecturalPrior !== undefined ? { prior: architecturalPrior } : {}),
       // The noise-level fits run in worker threads beside training; on a shared CPU they would slow every method.
       noiseFits: method === 'dbsn' && architecturalPrior === 'nlf',

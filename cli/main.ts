@@ -76,6 +76,7 @@ Options:
   --learning-rate F         Adam learning rate (default 4e-4), halved on validation plateaus
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
+  --mask-radius R           replacement window half-width in pixels (default 2: a 5x5 window)
   --loss mse|mae            loss on masked pixels (default mse)
   --prior gaussian:S | poisson-gaussian:A,B | noise-model.json | learned | nlf
                             predict a Gaussian prior and train it by the likelihood under this noise
@@ -229,6 +230,7 @@ async function runTrain(args: string[]): Promise<number> {
       'learning-rate': { type: 'string' },
       'mask-fraction': { type: 'string' },
       strategy: { type: 'string' },
+      'mask-radius': { type: 'string' },
       loss: { type: 'string' },
       depth: { type: 'string' },
       filters: { type: 'string' },
@@ -316,6 +318,7 @@ async function runTrain(args: string[]): Promise<number> {
       learningRate: numberOption('learning-rate', values['learning-rate']),
       maskFraction: numberOption('mask-fraction', values['mask-fraction']),
       strategy: choice('strategy', values.strategy, ['uniform-without-centre', 'uniform-with-centre', 'median'] as const),
+      maskRadius: intOption('mask-radius', values['mask-radius']),
       loss: choice('loss', values.loss, ['mse', 'mae'] as const),
       prior,
       network,

@@ -160,6 +160,8 @@ export interface TrainOptions {
   learningRate?: number;
   maskFraction?: number;
   strategy?: ReplacementStrategy;
+  /** Half-width in pixels of the window a masked pixel's replacement comes from (default: see maskDefaults). */
+  maskRadius?: number;
   loss?: 'mse' | 'mae';
   /**
    * Train a Gaussian prior (mean and variance of the clean value, Laine et al.) by the likelihood of
@@ -305,9 +307,10 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const masking: MaskOptions = {
     fraction: opts.maskFraction ?? defaultMaskOptions.fraction,
     strategy: opts.strategy ?? (method === 'n2v2' ? 'median' : defaultMaskOptions.strategy),
-    radius: defaultMaskOptions.radius,
+    radius: opts.maskRadius ?? defaultMaskOptions.radius,
   };
   if (!(masking.fraction > 0 && masking.fraction < 0.5)) throw new UsageError(`--mask-fraction must be in (0, 0.5), got ${masking.fraction}`);
+  if (!(Number.isInteger(masking.radius) && masking.radius >= 1)) throw new UsageError(`--mask-radius must be an integer >= 1, got ${masking.radius}`);
   const aheadBatches = opts.aheadBatches ?? 2;
   if (!(Number.isInteger(aheadBatches) && aheadBatches >= 1)) throw new UsageError(`aheadBatches must be a positive integer, got ${aheadBatches}`);
   const baseLearningRate = opts.learningRate ?? 4e-4;
@@ -614,9 +617,9 @@ function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
     if (!Number.isInteger(opts.grid) || opts.grid < 2) throw new UsageError(`--grid must be an integer >= 2, got ${opts.grid}`);
   }
   if (opts.prior !== undefined && !acceptsPrior(method)) throw new UsageError(`--prior does not apply to --method ${method}`);
-  if (!usesStratifiedMasking(method) && (opts.maskFraction !== undefined || opts.strategy !== undefined)) {
+  if (!usesStratifiedMasking(method) && (opts.maskFraction !== undefined || opts.strategy !== undefined || opts.maskRadius !== undefined)) {
     const what = usesGridMasking(method) ? `it masks one grid phase per step (--grid)` : 'it masks nothing';
-    throw new UsageError(`--mask-fraction and --strategy do not apply to --method ${method}: ${what}`);
+    throw new UsageError(`--mask-fraction, --mask-radius and --strategy do not apply to --method ${method}: ${what}`);
   }
   if (method === 'dbsn' && opts.loss !== undefined) throw new UsageError('--loss does not apply to --method dbsn: it trains with its own likelihood (CNN_est loss)');
 }

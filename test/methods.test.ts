@@ -422,10 +422,12 @@ describe('manifests written before the network union', () => {
 describe('bad method inputs are refused with the file named', () => {
   const { noisy } = problem([32, 32], 6);
 
-  it('--mask-fraction / --strategy are refused where no stratified masking happens (grid, architectural, paired)', async () => {
+  it('--mask-fraction / --strategy / --mask-radius are refused where no stratified masking happens (grid, architectural, paired)', async () => {
     const volumes = [{ volume: problem([32, 32], 2).noisy, name: 'noisy' }];
     await expect(train('noise2self', volumes, path.join(tmp, 'refused-grid'), { maskFraction: 0.05 })).rejects.toThrow(/grid phase/);
     await expect(train('laine19', volumes, path.join(tmp, 'refused-arch'), { strategy: 'median' })).rejects.toThrow(/masks nothing/);
+    await expect(train('noise2info', volumes, path.join(tmp, 'refused-radius'), { maskRadius: 5 })).rejects.toThrow(/--mask-radius/);
+    await expect(train('n2v2', volumes, path.join(tmp, 'refused-radius-0'), { maskRadius: 0 })).rejects.toThrow(/--mask-radius must be an integer >= 1, got 0/);
     await expect(fs.access(path.join(tmp, 'refused-grid'))).rejects.toThrow();
   });
 
