@@ -3,6 +3,8 @@
  * chunk-aligned regions (blocks of whole chunks), fetches their chunks through the shared byte-bounded
  * ChunkCache with bounded concurrency, and cuts several patches from each region, so every fetched
  * chunk serves many patches. Optionally skips background patches by an intensity threshold.
+ * Paired sources (n2n, care) carry a target array of the input's shape: each patch's target is cut
+ * at the same voxels from it (its own chunk grid, through the same cache), so the pair stays aligned.
  * Also: normalisation statistics from a random sample of chunks (core/quantiles.ts).
  */
 import { type OperatorFunction, concatMap, from, mergeAll } from 'rxjs';
@@ -26,6 +28,13 @@ export interface Box {
 export interface ChunkedSource {
   reader: ChunkedArrayReader;
   name: string;
+  /**
+   * n2n / care: the paired target array (second noisy acquisition, or clean), the input's shape;
+   * its chunk shape may differ. Every patch carries the target's values at the same voxels.
+   */
+  target?: ChunkedArrayReader;
+  /** The target's name, for messages (default: `<name> (target)`). */
+  targetName?: string;
   /** Default: the whole array. Chunk-aligned boxes keep training and validation chunks apart. */
   bounds?: Box;
 }
@@ -93,6 +102,8 @@ interface SourcePlan {
   chunkCounts: number[];
   candidates: number[][];
   weight: number;
+  /** Paired sources: per axis, the most target chunks a region's box touches (the target's grid may differ). */
+  targetChunkCounts?: number[];
 }
 
 const REGION_SALT = 0x7265676e;
@@ -110,6 +121,7 @@ export function sourceBounds(source: ChunkedSource, patchShape: readonly number[
   if (shape.length !== patchShape.length) {
     throw new InputError(source.name, `is ${shape.length}D [${shape.join(', ')}] but the training patches are ${patchShape.length}D [${patchShape.join(', ')}]`);
   }
+  if (source.target) checkPairShape(source.targetName ?? `${source.name} (target)`, source.target.info.shape, source.name, shape);
   const bounds = source.bounds ?? { start: shape.map(() => 0), end: [...shape] };
   shape.forEach((n, axis) => {
     const { start, end } = { start: bounds.start[axis], end: bounds.end[axis] };
@@ -119,6 +131,16 @@ export function sourceBounds(source: ChunkedSource, patchShape: readonly number[
     }
   });
   return bounds;
+}
+
+/**
+ * Inputs and targets pair voxel by voxel: a target of another shape is refused, naming the target
+ * and both shapes (file and streamed pairs alike).
+ */
+export function checkPairShape(targetName: string, targetShape: readonly number[], inputName: string, inputShape: readonly number[]): void {
+  if (targetShape.length !== inputShape.length || targetShape.some((s, a) => s !== inputShape[a])) {
+    throw new InputError(targetName, `is ${targetShape.join('x')} but its input ${inputName} is ${inputShape.join('x')}: pairs must have the same shape`);
+  }
 }
 
 /** Regions larger than this shrink (down to a floor per axis) unless their size is given. */
@@ -170,13 +192,41 @@ function planSource(source: ChunkedSource, patchShape: readonly number[], region
     }
     throw new Error(`unreachable: bounds hold a patch along axis ${axis}`);
   });
-  return { bounds, chunkCounts, candidates, weight: voxelCount(bounds.end.map((e, a) => e - bounds.start[a])) };
+  const plan: SourcePlan = { bounds, chunkCounts, candidates, weight: voxelCount(bounds.end.map((e, a) => e - bounds.start[a])) };
+  if (source.target) {
+    const targetChunks = source.target.info.chunks;
+    // Exact per-axis maxima over the candidate regions (axes are drawn independently, so the product is the maximum too).
+    plan.targetChunkCounts = chunks.map((chunk, axis) =>
+      candidates[axis].reduce((most, r) => {
+        const box = regionAxisBox(r, chunkCounts[axis], chunk, bounds, axis);
+        return Math.max(most, coveringChunks(box.start, box.end, targetChunks[axis]).count);
+      }, 1),
+    );
+  }
+  return plan;
 }
 
-/** Float32 bytes of the chunks of one region of `source` (what the cache must hold per region in flight). */
+/** Voxel extent along `axis` of a region whose first chunk is `first`, clipped to the bounds. */
+function regionAxisBox(first: number, count: number, chunk: number, bounds: Box, axis: number): { start: number; end: number } {
+  return { start: Math.max(bounds.start[axis], first * chunk), end: Math.min(bounds.end[axis], (first + count) * chunk) };
+}
+
+/** The chunks (first index, count) of a grid of side `chunk` that hold voxels start..end-1. */
+function coveringChunks(start: number, end: number, chunk: number): { first: number; count: number } {
+  const first = Math.floor(start / chunk);
+  return { first, count: Math.floor((end - 1) / chunk) - first + 1 };
+}
+
+/**
+ * Float32 bytes of the chunks of one region of `source` (what the cache must hold per region in
+ * flight): the input's region chunks, plus for a paired source the most target chunks a region's
+ * box can touch in the target's own grid.
+ */
 export function regionBytes(source: ChunkedSource, patchShape: readonly number[], regionChunks?: readonly number[]): number {
   const plan = planSource(source, patchShape, regionChunks);
-  return 4 * voxelCount(plan.chunkCounts) * voxelCount(source.reader.info.chunks);
+  const inputBytes = 4 * voxelCount(plan.chunkCounts) * voxelCount(source.reader.info.chunks);
+  const targetBytes = source.target && plan.targetChunkCounts ? 4 * voxelCount(plan.targetChunkCounts) * voxelCount(source.target.info.chunks) : 0;
+  return inputBytes + targetBytes;
 }
 
 /** Runs `work` over `items` with at most `limit` in flight; rejects on the first failure. */
@@ -188,17 +238,27 @@ export async function forEachLimited<T>(items: readonly T[], limit: number, work
   await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
 }
 
-function regionChunkIndices(region: Region): number[][] {
+/** Every chunk index of the block firstChunk .. firstChunk + chunkCounts - 1, C order. */
+function blockChunkIndices(firstChunk: readonly number[], chunkCounts: readonly number[]): number[][] {
   const out: number[][] = [];
   const walk = (axis: number, prefix: number[]): void => {
-    if (axis === region.chunkCounts.length) {
+    if (axis === chunkCounts.length) {
       out.push(prefix);
       return;
     }
-    for (let i = 0; i < region.chunkCounts[axis]; i++) walk(axis + 1, [...prefix, region.firstChunk[axis] + i]);
+    for (let i = 0; i < chunkCounts[axis]; i++) walk(axis + 1, [...prefix, firstChunk[axis] + i]);
   };
   walk(0, []);
   return out;
+}
+
+/** The target chunks holding a region's box (the target's grid need not match the input's). */
+function targetChunkIndices(box: Box, targetChunks: readonly number[]): number[][] {
+  const covering = targetChunks.map((chunk, axis) => coveringChunks(box.start[axis], box.end[axis], chunk));
+  return blockChunkIndices(
+    covering.map((c) => c.first),
+    covering.map((c) => c.count),
+  );
 }
 
 function patchStatistic(values: Float32Array, percentile: number | undefined): number {
@@ -240,9 +300,8 @@ export function regionStepSampler(opts: SampleRegionsOptions): (step: number) =>
     const plan = plans[source];
     const chunks = opts.sources[source].reader.info.chunks;
     const firstChunk = plan.candidates.map((c) => c[rng.int(c.length)]);
-    const start = firstChunk.map((c, a) => Math.max(plan.bounds.start[a], c * chunks[a]));
-    const end = firstChunk.map((c, a) => Math.min(plan.bounds.end[a], (c + plan.chunkCounts[a]) * chunks[a]));
-    return { source, firstChunk, chunkCounts: plan.chunkCounts, box: { start, end } };
+    const axes = firstChunk.map((c, a) => regionAxisBox(c, plan.chunkCounts[a], chunks[a], plan.bounds, a));
+    return { source, firstChunk, chunkCounts: plan.chunkCounts, box: { start: axes.map((b) => b.start), end: axes.map((b) => b.end) } };
   };
   const fetchRegions = (step: number, regions: Array<{ slot: number; region: Region }>): Promise<void> => {
     const reads: Array<{ reader: ChunkedArrayReader; index: number[] }> = [];
@@ -250,7 +309,10 @@ export function regionStepSampler(opts: SampleRegionsOptions): (step: number) =>
       stats.regions++;
       const source = opts.sources[region.source];
       opts.onRegion?.({ step, slot, source: source.name, firstChunk: region.firstChunk, chunkCounts: region.chunkCounts });
-      for (const index of regionChunkIndices(region)) reads.push({ reader: source.reader, index });
+      for (const index of blockChunkIndices(region.firstChunk, region.chunkCounts)) reads.push({ reader: source.reader, index });
+      // The target's chunks under the same box, into the same cache: regionBytes counts them, so one
+      // step's regions of both arrays fit the cache together and the patches below are all hits.
+      if (source.target) for (const index of targetChunkIndices(region.box, source.target.info.chunks)) reads.push({ reader: source.target, index });
     }
     return forEachLimited(reads, concurrency, (r) => opts.cache.get(r.reader, r.index));
   };
@@ -288,7 +350,17 @@ export function regionStepSampler(opts: SampleRegionsOptions): (step: number) =>
             continue;
           }
           const index = slot * perRegion + got;
-          patches.push({ step, index, data: normalise(raw, opts.normalisation), shape: opts.patchShape, rng: new Rng(mixSeed(opts.seed, step, index)) });
+          // The pair's target: the same voxels (the background decision is the input's), normalised
+          // with the inputs' statistics as in-memory pairs are (operators/samplePatches.ts).
+          const target = source.target ? normalise(await readRegionReflected(source.target, opts.cache, origin, patchShape), opts.normalisation) : undefined;
+          patches.push({
+            step,
+            index,
+            data: normalise(raw, opts.normalisation),
+            ...(target ? { target } : {}),
+            shape: opts.patchShape,
+            rng: new Rng(mixSeed(opts.seed, step, index)),
+          });
           got++;
         }
         if (got < quota) {

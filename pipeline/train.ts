@@ -5,6 +5,8 @@
  * Patches come from in-memory volumes, or (with `sources`) stream from chunked arrays of any size:
  * random chunk-aligned regions through a byte-bounded chunk cache, normalisation statistics from a
  * seeded sample of chunks, the producer at most `aheadBatches` batches in front of the model.
+ * n2n / care pair each input with a target (files by sorted name, or streamed sources the same way):
+ * the same patch of both, the same augmentation, the inputs' normalisation for both.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -72,6 +74,7 @@ import {
   type RegionEvent,
   type RegionSamplingStats,
   type SampledNormalisation,
+  checkPairShape,
 } from '../operators/sampleRegions.js';
 import { ChunkCache } from '../storage/chunkCache.js';
 import { defaultSketchCapacity } from '../core/quantiles.js';
@@ -96,6 +99,13 @@ export interface NamedVolume {
 export interface NamedSource {
   reader: ChunkedArrayReader;
   name: string;
+  /**
+   * n2n / care: the paired target array (second noisy acquisition, or clean), exactly the shape of
+   * `reader` (chunk shapes may differ). Or give `targetSources` and let them pair by name.
+   */
+  target?: ChunkedArrayReader;
+  /** Its name (path or URL), for messages and the manifest. */
+  targetName?: string;
 }
 
 /** Settings of streaming training (with `sources`); every one has a default. */
@@ -132,6 +142,11 @@ export interface TrainOptions {
    * `inputs` / `volumes`.
    */
   sources?: NamedSource[];
+  /**
+   * n2n / care with `sources`: the target arrays, paired with `sources` by sorted name exactly as
+   * `targets` pair with `inputs` (same count, same shapes); or set each source's `target` instead.
+   */
+  targetSources?: NamedSource[];
   streaming?: StreamingTrainSettings;
   /**
    * Batches the patch producer may run ahead of the model (explicit backpressure); default 2.
@@ -271,17 +286,19 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   validateMethodOptions(method, opts);
   const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
   if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
-  const dims = opts.sources ? inferSourceDims(opts.sources) : inferDims(named);
+  // Streamed pairs: the same sorted-name rule as files; the caller's source objects are not changed.
+  const sources = opts.sources && opts.targetSources ? pairSources(opts.sources, opts.targetSources) : opts.sources;
+  const dims = sources ? inferSourceDims(sources) : inferDims(named);
   if (opts.targets) await attachTargets(named, opts.targets);
   if (isPairedMethod(method)) {
-    const missing = named.find((n) => !n.target);
+    const missing = [...named, ...(sources ?? [])].find((n) => !n.target);
     if (missing) throw new UsageError(`--method ${method} needs a target image for every input (--targets); ${missing.name} has none`);
   }
   const givenPrior = typeof opts.prior === 'object' ? opts.prior : undefined;
   if (givenPrior) validateNoiseSpec(givenPrior, 'train --prior');
   // D-BSN always predicts (mean, variance) and needs a noise model: the images' noise-level fits unless one is given.
   const priorMode: PriorSource | null = opts.prior === undefined ? (method === 'dbsn' ? 'nlf' : null) : typeof opts.prior === 'string' ? opts.prior : 'given';
-  if (priorMode === 'nlf' && (opts.sources || opts.noiseFits === false)) {
+  if (priorMode === 'nlf' && (sources || opts.noiseFits === false)) {
     throw new UsageError(
       `${method === 'dbsn' && opts.prior === undefined ? '--method dbsn uses the noise-level fits of the training images by default, which' : '--prior nlf'} needs in-memory training images (streamed sources are not fitted): give the noise with --prior gaussian:S, poisson-gaussian:A,B or a noise-model file`,
     );
@@ -299,7 +316,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       }
     });
   }
-  for (const source of opts.sources ?? []) sourceBounds(source, patchShape);
+  // Also checks that each streamed target has its input's shape (InputError naming the target).
+  for (const source of sources ?? []) sourceBounds(source, patchShape);
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
   const steps = opts.steps ?? 1000;
   const seed = opts.seed ?? 1;
@@ -332,8 +350,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   if (existing === 'other') throw new OutputError(opts.out, 'exists and is not a blindspot model folder: choose another --out');
 
   let data: TrainingData;
-  if (opts.sources) {
-    data = await prepareStreamingData(opts.sources, {
+  if (sources) {
+    data = await prepareStreamingData(sources, {
       patchShape,
       batchSize,
       seed,
@@ -363,7 +381,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const { normalisation, valBatches } = data;
   // Started now, awaited at the end: the fits run at low priority beside training.
   const noiseFits =
-    opts.noiseFits === false || opts.sources
+    opts.noiseFits === false || sources
       ? null
       : fitNoiseInWorkers(named.map(({ volume, name }) => ({ name, data: volume.data, shape: volume.shape, sampleType: volume.sampleType }))).catch(
           (err: Error) => {
@@ -432,7 +450,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     if (structMask) settings.structMask = { spec: typeof opts.structMask === 'string' ? opts.structMask : 'element', shape: [...structMask.shape], values: [...structMask.values] };
     if (usesGridMasking(method)) settings.grid = grid;
     if (state.noise2info) settings.noise2info = state.noise2info;
-    if (isPairedMethod(method)) settings.targets = named.map((n) => n.targetName ?? `${n.name} (target)`);
+    if (isPairedMethod(method)) settings.targets = (sources ?? named).map((n) => n.targetName ?? `${n.name} (target)`);
     return Object.keys(settings).length > 0 ? settings : undefined;
   };
 
@@ -607,9 +625,14 @@ export class TrainingInterrupted extends Error {
 
 /** Checks the options that belong to some methods only, before anything is read. */
 function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
-  if (opts.targets && !isPairedMethod(method)) throw new UsageError(`--targets applies to --method n2n and care only (this is ${method})`);
-  if (isPairedMethod(method) && opts.sources) throw new UsageError(`--method ${method} trains from image files (pairs); streamed sources are not supported for it`);
-  if (isPairedMethod(method) && !opts.targets && !opts.volumes) throw new UsageError(`--method ${method} needs --targets: the ${method === 'care' ? 'clean images' : 'second noisy images'} paired with the inputs`);
+  const streamedTargets = opts.targetSources !== undefined || (opts.sources ?? []).some((s) => s.target);
+  if ((opts.targets || streamedTargets) && !isPairedMethod(method)) throw new UsageError(`--targets applies to --method n2n and care only (this is ${method})`);
+  if (opts.targetSources && !opts.sources) throw new UsageError('streamed targets (targetSources) pair with streamed sources; image inputs take image --targets');
+  if (opts.targets && opts.sources) throw new UsageError('streamed sources pair with streamed targets (targetSources), not image files');
+  if (opts.targetSources && opts.sources?.some((s) => s.target)) throw new UsageError('give the targets either as targetSources or on the sources, not both');
+  if (isPairedMethod(method) && !opts.targets && !opts.volumes && !streamedTargets) {
+    throw new UsageError(`--method ${method} needs --targets: the ${method === 'care' ? 'clean images' : 'second noisy images'} paired with the inputs`);
+  }
   if (opts.structMask !== undefined && method !== 'structn2v') throw new UsageError(`--struct-mask applies to --method structn2v only (this is ${method})`);
   if (method === 'structn2v' && opts.structMask === undefined) throw new UsageError('--method structn2v needs --struct-mask (e.g. horizontal:5, vertical:5, or a mask file)');
   if (opts.grid !== undefined) {
@@ -656,26 +679,38 @@ function resolveStructMask(spec: string | StructuringElement | undefined, dims: 
 }
 
 /**
- * Reads the target files and pairs them with the inputs by sorted file name: same count, same
- * shapes, else an error naming the file concerned.
+ * The one pairing rule of n2n / care, for files and streamed sources alike: inputs and targets each
+ * sorted by name (numeric-aware), the i-th of each a pair. Different counts: InputError naming the
+ * first input or target left without a partner. Pairs come in sorted order.
+ */
+export function pairByName<I, T>(inputs: readonly I[], targets: readonly T[], inputName: (input: I) => string, targetName: (target: T) => string): Array<{ input: I; target: T }> {
+  const byName = (a: string, b: string): number => a.localeCompare(b, undefined, { numeric: true });
+  const sortedInputs = [...inputs].sort((a, b) => byName(inputName(a), inputName(b)));
+  const sortedTargets = [...targets].sort((a, b) => byName(targetName(a), targetName(b)));
+  if (sortedTargets.length !== sortedInputs.length) {
+    const unpaired = sortedTargets.length > sortedInputs.length ? targetName(sortedTargets[sortedInputs.length]) : inputName(sortedInputs[sortedTargets.length]);
+    throw new InputError(unpaired, `has no partner: ${sortedInputs.length} input(s) but ${sortedTargets.length} --targets; inputs and targets are paired by sorted name`);
+  }
+  return sortedInputs.map((input, i) => ({ input, target: sortedTargets[i] }));
+}
+
+/**
+ * Reads the target files and pairs them with the inputs (pairByName): same count, same shapes, else
+ * an error naming the file concerned.
  */
 async function attachTargets(named: NamedVolume[], targetFiles: string[]): Promise<void> {
-  const byName = (a: string, b: string): number => a.localeCompare(b, undefined, { numeric: true });
-  const inputs = [...named].sort((a, b) => byName(a.name, b.name));
-  const targets = [...targetFiles].sort(byName);
-  if (targets.length !== inputs.length) {
-    const unpaired = targets.length > inputs.length ? targets[inputs.length] : inputs[targets.length].name;
-    throw new InputError(unpaired, `has no partner: ${inputs.length} input(s) but ${targets.length} --targets file(s); inputs and targets are paired by sorted name`);
-  }
-  for (let i = 0; i < inputs.length; i++) {
-    const target = await readImage(targets[i]);
-    const input = inputs[i];
-    if (target.shape.length !== input.volume.shape.length || target.shape.some((s, a) => s !== input.volume.shape[a])) {
-      throw new InputError(targets[i], `is ${target.shape.join('x')} but its input ${input.name} is ${input.volume.shape.join('x')}: pairs must have the same shape`);
-    }
+  for (const { input, target: file } of pairByName(named, targetFiles, (n) => n.name, (f) => f)) {
+    const target = await readImage(file);
+    checkPairShape(file, target.shape, input.name, input.volume.shape);
     input.target = target;
-    input.targetName = targets[i];
+    input.targetName = file;
   }
+}
+
+/** Streamed sources with their targets attached (pairByName), in the sources' given order; shapes are checked by sourceBounds. */
+function pairSources(sources: readonly NamedSource[], targets: readonly NamedSource[]): NamedSource[] {
+  const partner = new Map(pairByName(sources, targets, (s) => s.name, (t) => t.name).map(({ input, target }) => [input, target]));
+  return sources.map((s) => ({ ...s, target: partner.get(s)!.reader, targetName: partner.get(s)!.name }));
 }
 
 /** One Poisson-Gaussian noise model for all the training images: the mean of their fits' summaries. */
@@ -820,7 +855,7 @@ export function splitSourcesForValidation(
     const nVal = Math.max(1, Math.round(sources.length * fraction));
     return { train: sources.slice(0, sources.length - nVal), validation: sources.slice(sources.length - nVal) };
   }
-  const { reader, name } = sources[0];
+  const { reader, name, target, targetName } = sources[0];
   const { shape, chunks } = reader.info;
   const chunkRows = Math.ceil(shape[0] / chunks[0]);
   const valRows = Math.max(Math.ceil(patchShape[0] / chunks[0]), Math.round(chunkRows * fraction));
@@ -828,9 +863,12 @@ export function splitSourcesForValidation(
   // The slab must hold a patch too (the last chunk row may be short).
   if (slabStart < patchShape[0] || shape[0] - slabStart < patchShape[0]) return { train: sources, validation: sources };
   const whole = { start: shape.map(() => 0), end: [...shape] };
+  // A pair's target is split by the same bounds (same shape): its held-out voxels are the input's.
+  const pairedPart = (suffix: string): Pick<ChunkedSource, 'target' | 'targetName'> =>
+    target ? { target, targetName: `${targetName ?? `${name} (target)`}${suffix}` } : {};
   return {
-    train: [{ reader, name, bounds: { start: whole.start, end: [slabStart, ...whole.end.slice(1)] } }],
-    validation: [{ reader, name: `${name} (validation slab)`, bounds: { start: [slabStart, ...whole.start.slice(1)], end: whole.end } }],
+    train: [{ reader, name, ...pairedPart(''), bounds: { start: whole.start, end: [slabStart, ...whole.end.slice(1)] } }],
+    validation: [{ reader, name: `${name} (validation slab)`, ...pairedPart(' (validation slab)'), bounds: { start: [slabStart, ...whole.start.slice(1)], end: whole.end } }],
   };
 }
 
@@ -854,6 +892,8 @@ async function prepareStreamingData(
   const patchesPerRegion = Math.max(1, Math.min(batchSize, settings.patchesPerRegion ?? 8));
   const regionsPerStep = Math.ceil(batchSize / patchesPerRegion);
   // One step's regions must fit in the cache together, or patches re-read chunks the step just fetched.
+  // Paired sources: regionBytes counts the target chunks under each region too (both arrays share the
+  // one cache), so the bound below holds for input + target, never more than one step's regions of each.
   const stepBytes = regionsPerStep * Math.max(...[...train, ...validation].map((s) => regionBytes(s, patchShape, settings.regionChunks)));
   const buffers = streamingTrainBufferBytes({
     patchShape,
@@ -862,6 +902,7 @@ async function prepareStreamingData(
     valPatches: opts.valPatches,
     chunkShape: sources[0].reader.info.chunks,
     readConcurrency: settings.readConcurrency,
+    paired: sources.some((s) => s.target),
   });
   const cacheBytes = settings.cacheBytes ?? (settings.maxMemoryBytes !== undefined ? settings.maxMemoryBytes - buffers : Math.max(256 * 2 ** 20, stepBytes));
   if (cacheBytes < stepBytes) {
@@ -929,8 +970,10 @@ async function prepareStreamingData(
 /**
  * Bytes the streaming data side holds besides the chunk cache: the batch queue ((aheadBatches + 1)
  * batches, each about six float32 copies of its patches between sampling, augmentation, masking and
- * packing), the fixed validation set (input, target, mask), the quantile sketch and the chunks of
- * one window of normalisation reads (raw and cropped).
+ * packing; eight for pairs, whose targets are cut, normalised and augmented too but not masked), the
+ * fixed validation set (input, target, mask), the quantile sketch and the chunks of one window of
+ * normalisation reads (raw and cropped; statistics come from the inputs only). A pair's target
+ * chunks are in the cache, whose bound (regionBytes) counts them.
  */
 export function streamingTrainBufferBytes(opts: {
   patchShape: readonly number[];
@@ -939,9 +982,12 @@ export function streamingTrainBufferBytes(opts: {
   valPatches: number;
   chunkShape: readonly number[];
   readConcurrency?: number;
+  /** n2n / care sources (with targets). */
+  paired?: boolean;
 }): number {
   const patchBytes = 4 * opts.patchShape.reduce((a, b) => a * b, 1);
-  const queue = ((opts.aheadBatches ?? 2) + 1) * 6 * opts.batchSize * patchBytes;
+  const copiesPerPatch = opts.paired ? 8 : 6;
+  const queue = ((opts.aheadBatches ?? 2) + 1) * copiesPerPatch * opts.batchSize * patchBytes;
   const validation = 3 * opts.valPatches * patchBytes;
   const statistics = 4 * defaultSketchCapacity + 2 * (opts.readConcurrency ?? 4) * 4 * opts.chunkShape.reduce((a, b) => a * b, 1);
   return queue + validation + statistics;
