@@ -8,7 +8,7 @@ import { ExitCode, exitWithOutcome, UsageError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
-import { trainModel, TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
+import { trainModel, TrainingInterrupted, type NamedSource, type NetworkOverrides } from '../pipeline/train.js';
 import { METHOD_NAMES } from '../models/io.js';
 import { denoiseFiles, outputPathFor, type OutputType } from '../pipeline/denoise.js';
 import { resolveShard, shardBlockRange } from '../pipeline/shard.js';
@@ -65,7 +65,9 @@ Options:
   --out <dir>               model folder to create (required)
   --method M                one of the methods above (default n2v)
   --targets <dir|'glob'|file>  n2n / care: the target images (repeat the option for several files; quote
-                            globs), paired with the inputs by sorted file name: same count, same shapes
+                            globs), paired with the inputs by sorted file name: same count, same shapes.
+                            Streamed inputs take streamed targets (.zarr, OME-Zarr, s3://, TIFF stacks with
+                            --stream), paired the same way; their chunk shapes may differ from the inputs'
   --struct-mask S           structn2v: horizontal:N | vertical:N | depth:N (a centred line of N pixels, N odd)
                             or a mask file: .npy, .json nested arrays, or text rows of 0/1 (2D or 3D, odd sides)
   --grid K                  noise2self / noise2info: grid side (default 4: 16 phases in 2D, 64 in 3D)
@@ -99,9 +101,9 @@ Options:
   --resume                  continue an interrupted run in --out
   --overwrite               replace an existing model in --out
 
-Streaming (inputs of any size; always for .zarr / OME-Zarr / s3:// inputs, or with --stream for TIFF stacks
-and frame folders): patches from random chunk-aligned regions through a bounded chunk cache, statistics
-from a sample of chunks:
+Streaming (inputs of any size; always for .zarr / OME-Zarr / s3:// inputs or targets, or with --stream for
+TIFF stacks and frame folders): patches from random chunk-aligned regions through a bounded chunk cache
+(n2n / care: the target's chunks under each region too), statistics from a sample of the inputs' chunks:
   --max-memory SIZE         bound on the sampler's cache and queues (default 2GiB; the model is extra)
   --background T            skip patches whose mean is below T (raw intensity units)
   --s3-endpoint URL --channel N --time N   as for denoise
@@ -116,6 +118,7 @@ Examples:
   blindspot train data/noisy/*.tif --out models/dbsn --method dbsn --steps 2000
   blindspot train scan.tif --out models/striped --method structn2v --struct-mask horizontal:7
   blindspot train data/shot1 --targets data/shot2 --out models/n2n --method n2n
+  blindspot train s3://lab/raw/noisy.zarr --targets s3://lab/raw/clean.zarr --method care --out models/care --patch 16x64x64
   blindspot train data/noisy --out models/conv --resume
   blindspot train s3://lab/raw/vol.zarr --out models/vol --patch 16x64x64 --max-memory 4GiB --background 120`,
   denoise: `Usage: blindspot denoise <model-dir> <inputs...> --out <dir> [options]
@@ -264,28 +267,38 @@ async function runTrain(args: string[]): Promise<number> {
           : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
-  // Zarr and S3 inputs always stream; --stream or --max-memory streams TIFF stacks and frame folders too.
-  const streaming = values.stream || values['max-memory'] !== undefined || positionals.some((p) => /^s3:\/\//i.test(p) || /\.zarr\/?$/i.test(p));
+  // Zarr and S3 inputs (or targets) always stream; --stream or --max-memory streams TIFF stacks and frame folders too.
+  const streaming =
+    values.stream || values['max-memory'] !== undefined || [...positionals, ...(values.targets ?? [])].some((p) => /^s3:\/\//i.test(p) || /\.zarr\/?$/i.test(p));
   if (!streaming) {
     for (const option of ['s3-endpoint', 'channel', 'time', 'background'] as const) {
       if (values[option] !== undefined) throw new UsageError(`--${option} applies only to streaming training (.zarr or s3:// inputs, or --stream)`);
     }
   }
   const s3 = values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined;
-  const sources = streaming
-    ? await Promise.all(
-        positionals.map(async (url) => ({
-          reader: await openChunkedSource(url, { channel: intOption('channel', values.channel), time: intOption('time', values.time), s3 }),
-          name: url,
-        })),
-      )
-    : undefined;
+  // Streamed inputs and targets are opened alike (same channel, time point and endpoint) and named as
+  // given; train pairs them by sorted name, as it does files.
+  const openSources = (urls: string[]): Promise<NamedSource[]> =>
+    Promise.all(
+      urls.map(async (url) => ({
+        reader: await openChunkedSource(url, { channel: intOption('channel', values.channel), time: intOption('time', values.time), s3 }),
+        name: url,
+      })),
+    );
+  const sources = streaming ? await openSources(positionals) : undefined;
+  const targetSources =
+    streaming && values.targets
+      ? await openSources(values.targets).catch(async (err: unknown) => {
+          await Promise.all((sources ?? []).map((s) => s.reader.close?.()));
+          throw err;
+        })
+      : undefined;
   const inputs = streaming ? undefined : await expandInputs(positionals);
   const background = numberOption('background', values.background);
   const network: NetworkOverrides = {};
   const blocks = intOption('blocks', values.blocks);
   if (blocks !== undefined) network.blocks = blocks;
-  const targets = values.targets ? await expandInputs(values.targets) : undefined;
+  const targets = values.targets && !streaming ? await expandInputs(values.targets) : undefined;
   const depth = intOption('depth', values.depth);
   const filters = intOption('filters', values.filters);
   const kernelSize = intOption('kernel-size', values['kernel-size']);
@@ -299,6 +312,7 @@ async function runTrain(args: string[]): Promise<number> {
     const manifest = await trainModel({
       inputs,
       sources,
+      targetSources,
       streaming: streaming
         ? {
             maxMemoryBytes: parseByteSize(values['max-memory'] ?? '2GiB'),
@@ -345,7 +359,7 @@ async function runTrain(args: string[]): Promise<number> {
     throw err;
   } finally {
     interrupt.dispose();
-    await Promise.all((sources ?? []).map((s) => s.reader.close?.()));
+    await Promise.all([...(sources ?? []), ...(targetSources ?? [])].map((s) => s.reader.close?.()));
   }
 }
 
