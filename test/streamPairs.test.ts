@@ -19,7 +19,7 @@ import { FileSystemStore } from '../storage/fsStore.js';
 import { createOmeZarr } from '../storage/ome.js';
 import { openChunkedSource } from '../storage/open.js';
 import { createZarrArray } from '../storage/zarr.js';
-import { regionBytes, sampleRegions, type ChunkedSource, type RegionEvent } from '../operators/sampleRegions.js';
+import { regionBytes, sampleNormalisation, sampleRegions, type ChunkedSource, type RegionEvent } from '../operators/sampleRegions.js';
 import type { PatchSample } from '../operators/samplePatches.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { splitSourcesForValidation, trainModel, TrainingInterrupted, type NamedSource, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
@@ -204,6 +204,13 @@ describe('care and n2n train from streamed Zarr pairs', () => {
     expect(saved.methodSettings?.targets).toEqual(['care-clean.zarr']);
     expect(saved.training.inputs).toEqual(['care-noisy.zarr']);
     expect(saved.training.validationInputs).toEqual(['care-noisy.zarr (validation slab)']);
+    // Statistics from the inputs' training part only (as in memory); the clean target's differ.
+    const trainPart = { start: [0, 0], end: [96, 128] };
+    const inputStats = await sampleNormalisation([{ ...sources[0], bounds: trainPart }], 'meanstd');
+    const targetStats = await sampleNormalisation([{ ...targetSources[0], bounds: trainPart }], 'meanstd');
+    expect(saved.normalisation.offset).toBeCloseTo(inputStats.normalisation.offset, 4);
+    expect(saved.normalisation.scale).toBeCloseTo(inputStats.normalisation.scale, 4);
+    expect(Math.abs(targetStats.normalisation.scale - inputStats.normalisation.scale)).toBeGreaterThan(1);
     for (const s of [...sources, ...targetSources]) await s.reader.close?.();
   });
 
@@ -275,6 +282,22 @@ describe('streamed pairs: refusals and resume', () => {
     await expect(trainModel({ ...base, sources: [a] })).rejects.toThrow(/--method care needs --targets/);
     await expect(trainModel({ ...base, sources: [a], targets: ['b.tif'] })).rejects.toThrow(UsageError);
     await expect(fs.access(out)).rejects.toThrow();
+
+    // The cache bound counts the target's chunks: a cache that holds one step's input regions is enough
+    // for n2v on the input alone and refused for the pair (before anything is read or written).
+    const stepBytes = (sources: NamedSource[]): number => {
+      const split = splitSourcesForValidation(sources, [32, 32], 0.1);
+      return 2 * Math.max(...[...split.train, ...split.validation].map((s) => regionBytes(s, [32, 32])));
+    };
+    const inputStep = stepBytes([a]);
+    expect(stepBytes([{ ...a, target: b.reader }])).toBeGreaterThan(inputStep);
+    const tight = { batchSize: 8, valPatches: 8, streaming: { cacheBytes: inputStep, patchesPerRegion: 4 } };
+    const refused = await trainModel({ ...base, ...tight, sources: [a], targetSources: [b] }).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(UsageError);
+    expect((refused as Error).message).toMatch(/cannot hold the chunks of one training step \(2 region\(s\)/);
+    await expect(fs.access(out)).rejects.toThrow();
+    const unpaired = await trainModel({ ...base, ...tight, method: 'n2v', sources: [a], out: path.join(tmp, 'bad-unpaired-fits') });
+    expect(unpaired.training.stepsDone).toBe(1);
     for (const s of [a, b, small]) await s.reader.close?.();
   });
 
