@@ -19,6 +19,7 @@ import { FileSystemStore } from '../storage/fsStore.js';
 import { createOmeZarr } from '../storage/ome.js';
 import { openChunkedSource } from '../storage/open.js';
 import { createZarrArray } from '../storage/zarr.js';
+import { writeImage } from '../storage/index.js';
 import { regionBytes, sampleNormalisation, sampleRegions, type ChunkedSource, type RegionEvent } from '../operators/sampleRegions.js';
 import type { PatchSample } from '../operators/samplePatches.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
@@ -97,6 +98,8 @@ describe('paired chunked sources: the sampler cuts the same patch of input and t
     { label: '2D, target chunks differ', shape: [160, 130], inputChunks: [32, 32], targetChunks: [24, 40], patch: [32, 32] },
     { label: '3D, same chunks', shape: [32, 70, 60], inputChunks: [8, 16, 16], targetChunks: [8, 16, 16], patch: [8, 16, 16] },
     { label: '3D, target chunks differ', shape: [32, 70, 60], inputChunks: [8, 16, 16], targetChunks: [5, 24, 13], patch: [8, 16, 16] },
+    // A TIFF stack target (pages of strips: its chunks are whatever the file's strips are).
+    { label: '3D, target a TIFF stack', shape: [32, 70, 60], inputChunks: [8, 16, 16], targetChunks: [], patch: [8, 16, 16] },
   ];
   for (const c of cases) {
     it(`${c.label}: every patch pair obeys target = 2 input + 3 exactly, after the training augmentation too; cache within one step's regions`, async () => {
@@ -105,10 +108,14 @@ describe('paired chunked sources: the sampler cuts the same patch of input and t
       const target = input.map((v) => 2 * v + 3);
       const dir = path.join(tmp, `align-${c.label.replace(/\W+/g, '-')}`);
       await writeZarr(`${dir}-in.zarr`, input, c.shape, c.inputChunks, 'ome');
-      await writeZarr(`${dir}-tgt.zarr`, target, c.shape, c.targetChunks, 'v2');
+      const targetUrl = c.targetChunks.length > 0 ? `${dir}-tgt.zarr` : `${dir}-tgt.tif`;
+      if (c.targetChunks.length > 0) await writeZarr(targetUrl, target, c.shape, c.targetChunks, 'v2');
+      else await writeImage(targetUrl, { data: target, shape: c.shape as unknown as Shape, sampleType: 'float32' });
       const inputReader = counted(await openChunkedSource(`${dir}-in.zarr`));
-      const targetReader = counted(await openChunkedSource(`${dir}-tgt.zarr`));
-      expect([...targetReader.info.chunks]).toEqual(c.targetChunks);
+      const targetReader = counted(await openChunkedSource(targetUrl));
+      if (c.targetChunks.length > 0) expect([...targetReader.info.chunks]).toEqual(c.targetChunks);
+      else expect(targetReader.info.chunks[0]).toBe(1);
+      const targetChunks = [...targetReader.info.chunks];
       const source: NamedSource = { reader: inputReader, name: 'in.zarr', target: targetReader, targetName: 'tgt.zarr' };
 
       // The training / validation split cuts the target by the same chunk-aligned slab.
@@ -127,7 +134,7 @@ describe('paired chunked sources: the sampler cuts the same patch of input and t
       const trainSource: ChunkedSource = split.train[0];
       const unpairedBytes = regionBytes({ reader: inputReader, name: 'in', bounds: trainSource.bounds }, c.patch);
       const pairedBytes = regionBytes(trainSource, c.patch);
-      const targetChunkBytes = 4 * voxelCount(c.targetChunks);
+      const targetChunkBytes = 4 * voxelCount(targetChunks);
       expect(pairedBytes).toBeGreaterThan(unpairedBytes);
       expect((pairedBytes - unpairedBytes) % targetChunkBytes).toBe(0);
       const cache = new ChunkCache(regionsPerStep * pairedBytes);
