@@ -173,6 +173,43 @@ describe('paired chunked sources: the sampler cuts the same patch of input and t
   }
 });
 
+describe('paired chunked sources: the background filter', () => {
+  it('decides on the input: the target (here -input, all below the threshold) neither vetoes nor admits a patch', async () => {
+    const shape = [128, 128];
+    const rng = new Rng(8);
+    // Left half background (around 0), right half foreground (around 50).
+    const input = Float32Array.from({ length: 128 * 128 }, (_, i) => (i % 128 < 64 ? 0 : 50) + rng.normal());
+    await writeZarr(path.join(tmp, 'bg-in.zarr'), input, shape, [32, 32], 'ome');
+    await writeZarr(path.join(tmp, 'bg-tgt.zarr'), input.map((v) => -v), shape, [32, 32], 'v2');
+    const reader = await openChunkedSource(path.join(tmp, 'bg-in.zarr'));
+    const target = await openChunkedSource(path.join(tmp, 'bg-tgt.zarr'));
+    const stats = { regions: 0, patchesDrawn: 0, backgroundSkipped: 0 };
+    const patches = await lastValueFrom(
+      range(0, 6).pipe(
+        sampleRegions({
+          sources: [{ reader, name: 'bg-in.zarr', target, targetName: 'bg-tgt.zarr' }],
+          cache: new ChunkCache(16 * 2 ** 20),
+          patchShape: [16, 16],
+          patchesPerStep: 8,
+          normalisation: { mode: 'meanstd', offset: 0, scale: 1 },
+          seed: 3,
+          background: { threshold: 25 },
+          stats,
+        }),
+        toArray(),
+      ),
+    );
+    expect(patches.length).toBe(48);
+    expect(stats.backgroundSkipped).toBeGreaterThan(5);
+    for (const p of patches) {
+      expect(p.data.reduce((a, b) => a + b, 0) / p.data.length).toBeGreaterThanOrEqual(25);
+      expect(p.target!.every((v, i) => v === -p.data[i])).toBe(true);
+    }
+    await reader.close?.();
+    await target.close?.();
+  });
+});
+
 describe('care and n2n train from streamed Zarr pairs', () => {
   it('care, 2D: noisy OME-Zarr input, clean Zarr v2 target (other chunks): PSNR rises by > 5 dB; targets recorded', async () => {
     const shape = [128, 128];
