@@ -402,7 +402,7 @@ function describe(network: Record<string, unknown>): string {
   if (kind === 'laine19') return `laine19 depth ${network.depth} / ${network.filters}f`;
   if (kind === 'dbsn') return `D-BSN ${network.filters}f / ${network.blocks} blocks`;
   const n2v2 = network.variant === 'n2v2' ? `N2V2 (${(network.blurPool as string | undefined) ?? 'trailing'} blur-pool) ` : '';
-  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f`;
+  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f${network.batchNorm === false ? ', no batch norm' : ''}`;
 }
 
 function cell(s: Score | undefined): string {

@@ -87,7 +87,10 @@ Options:
                             'nlf': the training images' noise-level fits (in-memory inputs). Denoise then
                             gives the posterior mean (Laine et al.). For the blind-spot methods; for dbsn
                             it is the noise model of its loss (default nlf)
-  --depth N --filters N --kernel-size N --no-batch-norm   U-Net shape (default 2, 32, 3, batch norm on)
+  --depth N --filters N --kernel-size N   U-Net shape (default 2, 32, 3)
+  --batch-norm, --no-batch-norm
+                            U-Net batch norm (default: on from batch size 16; below it, statistics of a
+                            few patches bias the output at inference)
   --depth N --filters N     laine19 branch U-Net: default depth 3, 16 filters on CPU backends (wasm, cpu,
                             tensorflow), the paper's depth 5, 48 filters (3D: 3, 32) on tensorflow-gpu
   --filters N --blocks N    dbsn: default 32 filters, 5 blocks (3D: 4) on CPU backends, the paper's
@@ -238,7 +241,7 @@ async function runTrain(args: string[]): Promise<number> {
       depth: { type: 'string' },
       filters: { type: 'string' },
       'kernel-size': { type: 'string' },
-      'batch-norm': { type: 'boolean', default: true },
+      'batch-norm': { type: 'boolean' },
       normalisation: { type: 'string' },
       augment: { type: 'boolean', default: true },
       'val-fraction': { type: 'string' },
@@ -305,7 +308,7 @@ async function runTrain(args: string[]): Promise<number> {
   if (depth !== undefined) network.depth = depth;
   if (filters !== undefined) network.filters = filters;
   if (kernelSize !== undefined) network.kernelSize = kernelSize;
-  if (values['batch-norm'] === false) network.batchNorm = false;
+  if (values['batch-norm'] !== undefined) network.batchNorm = values['batch-norm'];
   const { reporter, backend } = await setUp(values);
   const interrupt = interruptController(reporter);
   try {

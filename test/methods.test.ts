@@ -24,7 +24,7 @@ import { saveUntrainedModel } from './fixtures/untrainedModel.js';
 import { MemoryArrayReader } from './fixtures/stream-arrays.js';
 import { denoiseFiles, denoiseVolume } from '../pipeline/denoise.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
-import { trainModel, TrainingInterrupted, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
+import { minBatchSizeForBatchNorm, trainModel, TrainingInterrupted, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { createOmeZarr } from '../storage/ome.js';
 import { openChunkedSource } from '../storage/open.js';
@@ -416,6 +416,25 @@ describe('manifests written before the network union', () => {
     await writeImage(input, noisy);
     const [written] = await denoiseFiles({ modelDir: dir, inputs: [input], outDir: path.join(tmp, 'old-model-out') });
     expect((await readImage(written)).shape).toEqual([24, 20]);
+  });
+});
+
+describe('U-Net batch norm follows the batch size unless asked', () => {
+  it(`is off below batch ${minBatchSizeForBatchNorm}, on from it, and --batch-norm / --no-batch-norm win either way`, async () => {
+    const volumes = [{ volume: problem([32, 32], 3).noisy, name: 'noisy' }];
+    const bn = async (out: string, batchSize: number, batchNorm?: boolean): Promise<boolean | undefined> => {
+      const { manifest } = await train('n2v', volumes, path.join(tmp, out), { steps: 1, batchSize, patchShape: [16, 16], network: { depth: 1, filters: 4, ...(batchNorm === undefined ? {} : { batchNorm }) } });
+      const { model } = await loadModelFolder(path.join(tmp, out));
+      const layers = model.layers.some((l) => l.getClassName().includes('BatchNorm'));
+      model.dispose();
+      // The manifest describes the network that was built.
+      expect((manifest.network as { batchNorm?: boolean }).batchNorm).toBe(layers);
+      return layers;
+    };
+    expect(await bn('bn-small', minBatchSizeForBatchNorm - 1)).toBe(false);
+    expect(await bn('bn-large', minBatchSizeForBatchNorm)).toBe(true);
+    expect(await bn('bn-forced-on', 2, true)).toBe(true);
+    expect(await bn('bn-forced-off', minBatchSizeForBatchNorm, false)).toBe(false);
   });
 });
 
