@@ -91,7 +91,7 @@ Options:
   --batch-norm, --no-batch-norm
                             U-Net batch norm (default: on from batch size 16; below it, statistics of a
                             few patches bias the output at inference)
-  --depth N --filters N     laine19 branch U-Net: default depth 3, 16 filters on CPU backends (wasm, cpu,
+  --depth N --filters N     laine19 branch U-Net: default depth 3 (3D: 1), 16 filters on CPU backends (wasm, cpu,
                             tensorflow), the paper's depth 5, 48 filters (3D: 3, 32) on tensorflow-gpu
   --filters N --blocks N    dbsn: default 32 filters, 5 blocks (3D: 4) on CPU backends, the paper's
                             64, 9 (3D: 32, 4) on tensorflow-gpu. On wasm (batch 4, 64x64) a step takes

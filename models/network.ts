@@ -63,7 +63,10 @@ export function networkGeometry(cfg: NetworkConfig): NetworkGeometry {
 export function defaultNetwork(kind: NetworkKind, dims: 2 | 3, size: 'paper' | 'small'): NetworkConfig {
   switch (kind) {
     case 'laine19':
-      return { kind, ...(size === 'paper' ? defaultLaine19Config(dims) : { dims, depth: 3, filters: 16 }) };
+      // Small 3D: depth 1 (receptive radius 15, exact tiles from 38^3 voxels), because six branches
+      // make every voxel cost ~15 KiB: depth 2 (radius 35) needs exact tiles of 84^3 voxels, ~10 GiB,
+      // and depth 3 (radius 75) 184^3; prediction refuses both on a CPU backend.
+      return { kind, ...(size === 'paper' ? defaultLaine19Config(dims) : { dims, depth: dims === 2 ? 3 : 1, filters: 16 }) };
     case 'dbsn':
       return { kind, ...(size === 'paper' ? defaultDbsnConfig(dims) : { dims, filters: 32, blocks: dims === 2 ? 5 : 4 }) };
     case 'unet':

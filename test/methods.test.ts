@@ -15,8 +15,9 @@ import { Rng } from '../core/rng.js';
 import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import type { Shape, Volume } from '../core/volume.js';
 import { loadModelFolder, readManifest, type MethodName, type ModelManifest } from '../models/io.js';
-import { buildNetwork, defaultNetwork, networkGeometry } from '../models/network.js';
-import { estimateBytesPerVoxel } from '../pipeline/predict.js';
+import { buildNetwork, defaultNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
+import { estimateBytesPerVoxel, maxTileVoxelsFor, TILE_OVERRUN_FACTOR } from '../pipeline/predict.js';
+import { planTileGrid } from '../operators/tileGrid.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { buildUNet, CentredMaxBlurPool, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { MaxBlurPool, NearestUpSampling } from '../models/layers.js';
@@ -314,6 +315,24 @@ describe('tile memory of the blind-spot networks', () => {
     // Measured 2984, 12446 and 7176 B; the fallback for unmeasurable models is 4096.
     expect(laine19).toBeGreaterThan(3 * unet);
     expect(dbsn).toBeGreaterThan(2 * unet);
+  });
+
+  it('the small 3D laine19 default (depth 1) has exact tiles within the budget prediction accepts; depth 2 does not', () => {
+    const smallestTile = (depth: number): { tileVoxels: number; limit: number } => {
+      const cfg = { ...defaultNetwork('laine19', 3, 'small'), depth } as NetworkConfig;
+      const model = buildNetwork(cfg, 1);
+      const geometry = networkGeometry(cfg);
+      const maxTileVoxels = maxTileVoxelsFor(model, 3, geometry.sizeMultiple);
+      model.dispose();
+      const plan = planTileGrid([256, 256, 256], { sizeMultiple: geometry.sizeMultiple, receptiveRadius: geometry.receptiveRadius, maxTileVoxels });
+      return { tileVoxels: plan.tileVoxels, limit: TILE_OVERRUN_FACTOR * maxTileVoxels };
+    };
+    expect((defaultNetwork('laine19', 3, 'small') as { depth: number }).depth).toBe(1);
+    // Measured: depth 1 needs 38^3 voxels against a 4 x 72k limit; depth 2 needs 84^3.
+    const one = smallestTile(1);
+    expect(one.tileVoxels).toBeLessThanOrEqual(one.limit);
+    const two = smallestTile(2);
+    expect(two.tileVoxels).toBeGreaterThan(two.limit);
   });
 });
 
