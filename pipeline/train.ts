@@ -175,7 +175,7 @@ export interface TrainOptions {
   learningRate?: number;
   maskFraction?: number;
   strategy?: ReplacementStrategy;
-  /** Half-width in pixels of the window a masked pixel's replacement comes from (default: see maskDefaults). */
+  /** Half-width in pixels of the window a masked pixel's replacement comes from (default 2: a 5x5 window; --mask-radius). */
   maskRadius?: number;
   loss?: 'mse' | 'mae';
   /**
