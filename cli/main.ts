@@ -217,6 +217,11 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** A .zarr path or an s3:// URL: always read and written by the streaming pipelines. */
+function isChunkedUrl(url: string): boolean {
+  return /^s3:\/\//i.test(url) || /\.zarr\/?$/i.test(url);
+}
+
 async function runTrain(args: string[]): Promise<number> {
   const { values, positionals } = parse(
     args,
@@ -272,7 +277,7 @@ async function runTrain(args: string[]): Promise<number> {
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
   // Zarr and S3 inputs (or targets) always stream; --stream or --max-memory streams TIFF stacks and frame folders too.
   const streaming =
-    values.stream || values['max-memory'] !== undefined || [...positionals, ...(values.targets ?? [])].some((p) => /^s3:\/\//i.test(p) || /\.zarr\/?$/i.test(p));
+    values.stream || values['max-memory'] !== undefined || [...positionals, ...(values.targets ?? [])].some(isChunkedUrl);
   if (!streaming) {
     for (const option of ['s3-endpoint', 'channel', 'time', 'background'] as const) {
       if (values[option] !== undefined) throw new UsageError(`--${option} applies only to streaming training (.zarr or s3:// inputs, or --stream)`);
@@ -401,7 +406,6 @@ async function runDenoise(args: string[]): Promise<number> {
   if (!modelDir || inputArgs.length === 0) throw new UsageError('denoise needs <model-dir> and input images (blindspot denoise --help)');
   if (!values.out) throw new UsageError('denoise needs --out <dir>');
   const outputType = choice('dtype', values.dtype, ['float32', 'input'] as const) as OutputType | undefined;
-  const isChunkedUrl = (s: string): boolean => /^s3:\/\//i.test(s) || /\.zarr\/?$/i.test(s);
   if (isChunkedUrl(values.out) || inputArgs.some(isChunkedUrl)) {
     // Streaming: one chunked input (Zarr, TIFF stack, frame folder; local or S3) -> one OME-Zarr.
     if (inputArgs.length !== 1) throw new UsageError('a streaming denoise (Zarr or S3 input or output) takes exactly one input');
