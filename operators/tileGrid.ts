@@ -35,6 +35,11 @@ export interface TilingOptions {
   blendWidth?: number;
   /** Bound on the voxels of one padded tile (the whole image is one tile when it fits). */
   maxTileVoxels?: number;
+  /**
+   * How far (a factor, default 1) the bound may grow where the halo dominates: it doubles while
+   * that more than halves the voxels computed in all (memory x time falls).
+   */
+  maxTileOverrun?: number;
 }
 
 /** Inclusive-exclusive box: origin and extent per axis (YX or ZYX). */
@@ -140,25 +145,47 @@ export function planTileGrid(shape: Shape, opts: TilingOptions): TilePlan {
       const sizes = new Set<number>();
       const maxTiles = Math.min(Math.ceil(n / m), 64);
       for (let k = 1; k <= maxTiles; k++) sizes.add(Math.min(roundUp(Math.ceil(n / k), m), wholeCore[axis]));
+      // Past 64 tiles a side (a mosaic), smaller cores on a geometric ladder, so that one fits the bound.
+      if (Math.ceil(n / m) > maxTiles) for (let c = m; c < wholeCore[axis]; c = roundUp(Math.ceil(c * 1.25), m)) sizes.add(c);
       return [...sizes];
     });
-    let best: { core: number[]; work: number; tiles: number } | null = null;
-    const visit = (axis: number, chosen: number[]): void => {
-      if (axis === dims) {
-        const grid = chosen.map((c, a) => Math.ceil(shape[a] / c));
-        const read = chosen.map((c, a) => c + 2 * haloFor(grid[a], requestedBlend));
-        const readVoxels = voxelCount(read);
-        if (readVoxels > maxTileVoxels) return;
-        const tiles = voxelCount(grid);
-        const work = tiles * readVoxels;
-        if (best === null || work < best.work || (work === best.work && tiles < best.tiles)) best = { core: [...chosen], work, tiles };
-        return;
-      }
-      for (const c of candidates[axis]) visit(axis + 1, [...chosen, c]);
+    const leastWork = (bound: number): { core: number[]; work: number; tiles: number } | null => {
+      let best: { core: number[]; work: number; tiles: number } | null = null;
+      const visit = (axis: number, chosen: number[]): void => {
+        if (axis === dims) {
+          const grid = chosen.map((c, a) => Math.ceil(shape[a] / c));
+          const read = chosen.map((c, a) => c + 2 * haloFor(grid[a], Math.min(requestedBlend, c)));
+          const readVoxels = voxelCount(read);
+          if (readVoxels > bound) return;
+          const tiles = voxelCount(grid);
+          const work = tiles * readVoxels;
+          if (best === null || work < best.work || (work === best.work && tiles < best.tiles)) best = { core: [...chosen], work, tiles };
+          return;
+        }
+        for (const c of candidates[axis]) visit(axis + 1, [...chosen, c]);
+      };
+      visit(0, []);
+      return best;
     };
-    visit(0, []);
-    // Nothing fits: the smallest tile there is (one pooling cell per axis), over the bound.
-    core = best === null ? shape.map(() => m) : (best as { core: number[] }).core;
+    // Nothing fits when the receptive field alone is over the bound (a blind-spot network in 3D):
+    // the bound doubles until a plan fits, so a tile stays within twice the smallest exact one
+    // (tiles of one pooling cell would recompute the whole halo per cell).
+    let bound = maxTileVoxels;
+    let found = leastWork(bound);
+    while (found === null) {
+      bound *= 2;
+      found = leastWork(bound);
+    }
+    // Where the halo dominates (3D laine19 of depth 1 on 8x48x48 within its bound: 288 tiles of
+    // 40x40x38 computing 950x the volume's voxels), a larger tile is worth its memory.
+    const overrun = opts.maxTileOverrun ?? 1;
+    while (2 * bound <= overrun * maxTileVoxels) {
+      const larger = leastWork(2 * bound);
+      if (larger === null || 2 * larger.work >= found.work) break;
+      bound *= 2;
+      found = larger;
+    }
+    core = found.core;
     // Balance: the same number of tiles, cores as even as the pooling grid allows (less padding waste at the end).
     core = core.map((c, axis) => roundUp(Math.ceil(shape[axis] / Math.ceil(shape[axis] / c)), m));
   }

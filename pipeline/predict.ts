@@ -28,7 +28,11 @@ export interface PredictOptions extends TilingOptions {
 /** Memory one padded tile (times batchSize) may use when maxTileVoxels is not given. */
 export const TILE_BUDGET_BYTES = 1024 * 2 ** 20;
 
-/** How far past the budget the smallest exact tile may go before prediction refuses (4 GiB: wasm's whole heap). */
+/**
+ * How far past the budget a tile may go (4 GiB: wasm's whole heap): where the smallest exact tile
+ * needs it (else prediction refuses), or where the halo dominates and a larger tile cuts the work
+ * (TilingOptions.maxTileOverrun). The budget is an upper bound (every activation alive at once).
+ */
 export const TILE_OVERRUN_FACTOR = 4;
 
 /**
@@ -36,7 +40,7 @@ export const TILE_OVERRUN_FACTOR = 4;
  * DEFAULT_MAX_TILE_VOXELS; pass `maxTileVoxelsFor(model, ...)` to get the plan predictVolume uses.
  */
 export function planTiles(shape: Shape, opts: PredictOptions): TilePlan {
-  return planTileGrid(shape, opts);
+  return planTileGrid(shape, { ...opts, maxTileOverrun: opts.maxTileOverrun ?? TILE_OVERRUN_FACTOR });
 }
 
 /**
@@ -143,14 +147,14 @@ export async function predictVolume(model: TileModel, data: Float32Array, shape:
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batchSize must be a positive integer, got ${batchSize}`);
   const dims = shape.length;
   const maxTileVoxels = opts.maxTileVoxels ?? maxTileVoxelsFor(model, dims, opts.sizeMultiple, batchSize);
-  const tiling: TilingOptions = { ...opts, maxTileVoxels };
-  const plan = planTileGrid(shape, tiling);
+  const tiling: TilingOptions = { ...opts, maxTileVoxels, maxTileOverrun: opts.maxTileOverrun ?? TILE_OVERRUN_FACTOR };
+  const plan = planTiles(shape, tiling);
   // The smallest exact tile is the receptive field: a deep blind-spot network in 3D can need more
   // than any heap holds (wasm's is 4 GiB). Say so before allocating, instead of aborting inside it.
   if (plan.tileVoxels > TILE_OVERRUN_FACTOR * maxTileVoxels) {
     const gib = (plan.tileVoxels / maxTileVoxels) * (TILE_BUDGET_BYTES / 2 ** 30) * batchSize;
     throw new UsageError(
-      `this network's receptive radius (${opts.receptiveRadius} voxels) needs tiles of at least [${plan.readShape.join(', ')}] voxels, ` +
+      `this network's receptive radius (${opts.receptiveRadius} voxels) needs tiles of [${plan.readShape.join(', ')}] voxels, ` +
         `about ${gib.toFixed(1)} GiB of activations, more than ${TILE_OVERRUN_FACTOR}x the ${TILE_BUDGET_BYTES / 2 ** 30} GiB tile budget; ` +
         `train a shallower network (--depth) for ${dims}D images`,
     );

@@ -7,8 +7,8 @@ import type { Shape } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
 import { predictTiles } from '../operators/predictTiles.js';
 import { type OutputBlock, type StitchStats, blendWindow, stitchWithBlending } from '../operators/stitchWithBlending.js';
-import { type TileSpec, tileGrid, tileSpecs } from '../operators/tileGrid.js';
-import { planTiles, predictVolume, reflectedRegionReader } from '../pipeline/predict.js';
+import { type TileSpec, planTileGrid, tileGrid, tileSpecs } from '../operators/tileGrid.js';
+import { TILE_OVERRUN_FACTOR, planTiles, predictVolume, reflectedRegionReader } from '../pipeline/predict.js';
 import { reflectIndex } from '../core/volume.js';
 
 beforeAll(async () => {
@@ -73,7 +73,11 @@ describe('planTiles', () => {
         for (let z = 0; z < cz; z++) for (let y = 0; y < cy; y++) for (let x = 0; x < cx; x++) covered[((oz + z) * ny + oy + y) * nx + ox + x]++;
       });
       expect(covered.every((v) => v === 1)).toBe(true);
-      if (c.maxTileVoxels !== undefined) expect(plan.tileVoxels).toBeLessThanOrEqual(c.maxTileVoxels);
+      if (c.maxTileVoxels !== undefined) {
+        // predictVolume's plan may overrun the bound where the halo dominates; the strict plan holds it.
+        expect(plan.tileVoxels).toBeLessThanOrEqual(TILE_OVERRUN_FACTOR * c.maxTileVoxels);
+        expect(planTileGrid(c.shape, { sizeMultiple: m, receptiveRadius: r, ...c }).tileVoxels).toBeLessThanOrEqual(c.maxTileVoxels);
+      }
       if (c.tileShape !== undefined) {
         expect(plan.coreShape).toEqual(c.tileShape.map((t, axis) => Math.min(Math.ceil(t / m) * m, Math.ceil(c.shape[axis] / m) * m)));
       }
@@ -85,6 +89,40 @@ describe('planTiles', () => {
     const whole = (70 + 2 + 48) * (83 + 1 + 48); // cores rounded to 72 x 84, halo 24 per side
     expect(planTiles([70, 83], { ...opts, maxTileVoxels: whole }).tileCount).toBe(1);
     expect(planTiles([70, 83], { ...opts, maxTileVoxels: whole - 1 }).tileCount).toBeGreaterThan(1);
+  });
+
+  test('a halo-dominated plan grows its tile only where that more than halves the work, up to the overrun', () => {
+    // A 3D laine19 of depth 1 (pooling grid 2, radius 15) on 8x48x48 at its estimated bound.
+    const geometry = { sizeMultiple: 2, receptiveRadius: 15, maxTileVoxels: 62_800 };
+    const work = (p: { tileCount: number; tileVoxels: number }): number => p.tileCount * p.tileVoxels;
+    const strict = planTileGrid([8, 48, 48], geometry);
+    expect(strict.tileVoxels).toBeLessThanOrEqual(geometry.maxTileVoxels);
+    expect(work(strict)).toBeGreaterThan(500 * 8 * 48 * 48); // 288 tiles: the halo is computed ~950x
+    const planned = planTiles([8, 48, 48], geometry); // predictVolume's plan: overrun up to TILE_OVERRUN_FACTOR
+    expect(planned.tileVoxels).toBeGreaterThan(geometry.maxTileVoxels);
+    expect(planned.tileVoxels).toBeLessThanOrEqual(TILE_OVERRUN_FACTOR * geometry.maxTileVoxels);
+    expect(work(planned)).toBeLessThan(work(strict) / 20);
+    // A U-Net's halo on a large image: doubling the tile would not halve the work, so the bound holds.
+    const unet = planTiles([2000, 3000], { sizeMultiple: 4, receptiveRadius: 23, maxTileVoxels: 350_000 });
+    expect(unet.tileVoxels).toBeLessThanOrEqual(350_000);
+    expect(unet.tileVoxels).toBeGreaterThan(350_000 / 2);
+  });
+
+  test('when nothing fits the bound, tiles stay within twice the smallest exact one, not one pooling cell each', () => {
+    // Radius 31 on a 3D grid of 4: the smallest exact tile is 4 + 2 * 36 = 76 voxels a side.
+    const opts = { sizeMultiple: 4, receptiveRadius: 31, maxTileVoxels: 100_000 };
+    const plan = planTileGrid([16, 64, 64], opts);
+    const smallest = 76 ** 3;
+    expect(smallest).toBeGreaterThan(opts.maxTileVoxels);
+    expect(plan.tileVoxels).toBeLessThanOrEqual(2 * smallest);
+    expect(plan.tileCount).toBeLessThan((16 / 4) * (64 / 4) * (64 / 4));
+  });
+
+  test('a mosaic past 64 tiles a side still gets tiles that use most of the bound', () => {
+    const opts = { sizeMultiple: 4, receptiveRadius: 23, maxTileVoxels: 200_000 };
+    const plan = planTiles([1_000, 200_000], opts);
+    expect(plan.tileVoxels).toBeLessThanOrEqual(opts.maxTileVoxels);
+    expect(plan.tileVoxels).toBeGreaterThan(opts.maxTileVoxels / 2);
   });
 
   test('rejects bad options with a message naming them', () => {
