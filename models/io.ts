@@ -80,6 +80,11 @@ export interface ModelManifest {
   methodSettings?: MethodSettings;
   /** Noise-level function of every training image (fitted in worker threads while training ran). */
   noise?: NlfRecord[];
+  /**
+   * The network's mean offset on the validation patches (input intensity units), measured after
+   * training and already taken out of the output layer's bias (absent: not corrected; prior models).
+   */
+  outputOffsetRemoved?: number;
   training: {
     steps: number;
     stepsDone: number;

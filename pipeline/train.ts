@@ -50,6 +50,7 @@ import {
 import type { NlfRecord } from '../noise/nlf.js';
 import {
   MANIFEST_JSON,
+  loadModelFolder,
   modelFromFiles,
   modelToFiles,
   saveModelFolder,
@@ -607,8 +608,16 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   // The best model is what the folder holds; record the finished run in its manifest.
   if (state.bestStep === 0) await saveModelFolder(opts.out, model, manifestFor(true));
   const noise = (await noiseFits) ?? undefined;
-  const manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
-  await writeFilesAtomically(opts.out, { [MANIFEST_JSON]: JSON.stringify(manifest, null, 2) + '\n' });
+  let manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
+  if (priorMode === null) {
+    const best = (await loadModelFolder(opts.out)).model;
+    const offset = removeOutputOffset(best, valBatches, isPairedMethod(method) ? 'inputs' : 'targets');
+    manifest = { ...manifest, outputOffsetRemoved: offset * normalisation.scale };
+    await saveModelFolder(opts.out, best, manifest);
+    best.dispose();
+  } else {
+    await writeFilesAtomically(opts.out, { [MANIFEST_JSON]: JSON.stringify(manifest, null, 2) + '\n' });
+  }
   await fs.rm(checkpointDir, { recursive: true, force: true });
   opts.onEvent?.({ type: 'done', steps: state.stepsDone, bestStep: state.bestStep, bestValLoss: state.bestValLoss, seconds: state.wallSeconds });
   model.dispose();
@@ -1099,6 +1108,34 @@ function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], 
     weight += b.shape[0];
   }
   return sum / weight;
+}
+
+/**
+ * Subtracts from the output layer's bias the network's mean offset on the validation patches, run
+ * as at inference (unmasked: `from` is the patch the network sees at inference, 'targets' for the
+ * masked methods, 'inputs' for n2n / care), against their targets; returns that offset (normalised
+ * units). A denoiser of zero-mean noise keeps each image's mean, but a short training leaves an
+ * image-wide offset that changes with the seed (N2V2, 400 x 4: -6.8 to +2.0 grey levels on BSD68,
+ * the same sign and size on Set12: a property of the trained network, not of the image).
+ */
+function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): number {
+  let sum = 0;
+  let count = 0;
+  for (const b of batches) {
+    sum += tf.tidy(() => {
+      const prediction = model.predict(tf.tensor(b[from], b.shape)) as tf.Tensor;
+      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape))).dataSync()[0];
+    });
+    count += b.targets.length;
+  }
+  const offset = count > 0 ? sum / count : 0;
+  const output = model.getLayer('output');
+  const [kernel, bias] = output.getWeights();
+  if (bias === undefined) throw new Error(`the ${model.name} network's output layer has no bias to correct`);
+  const corrected = tf.sub(bias, offset);
+  output.setWeights([kernel, corrected]);
+  corrected.dispose();
+  return offset;
 }
 
 function setLearningRate(optimizer: tf.Optimizer, lr: number): void {

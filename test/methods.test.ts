@@ -202,6 +202,8 @@ describe('architectural blind-spot models denoise from their folder, in memory, 
     expect(manifest.method).toBe('laine19');
     expect(manifest.loss).toBe('prior-nll');
     expect(manifest.prior?.source).toBe('learned');
+    // A prior model's output is not offset-corrected: its posterior brings the pixel back in.
+    expect(manifest.outputOffsetRemoved).toBeUndefined();
     expect(manifest.network.kind === 'laine19' && manifest.network.outputChannels).toBe(2);
     const sigma = manifest.prior!.noise.kind === 'gaussian' ? manifest.prior!.noise.sigma : NaN;
     console.log(`laine19 2D: ${seconds.toFixed(1)} s for 40 steps, learned sigma ${sigma.toFixed(2)} (true 20)`);
@@ -236,6 +238,27 @@ describe('architectural blind-spot models denoise from their folder, in memory, 
     const gain = (await denoisedPsnr(out, noisy, clean)) - psnr(clean, noisy.data, range);
     console.log(`n2v2 3D: gain ${gain.toFixed(2)} dB, ${seconds.toFixed(1)} s for 40 steps`);
     expect(gain).toBeGreaterThan(2);
+  });
+});
+
+describe('output offset removed after training', () => {
+  it('n2v2 and n2n: the mean offset on the validation patches leaves the output bias; the denoised mean matches the input mean', async () => {
+    const mean = (a: Float32Array): number => a.reduce((sum, v) => sum + v, 0) / a.length;
+    for (const method of ['n2v2', 'n2n'] as const) {
+      const { noisy, second } = problem([64, 64], 6);
+      const out = path.join(tmp, `offset-${method}`);
+      const volume = method === 'n2n' ? { volume: noisy, name: 'noisy', target: second, targetName: 'second' } : { volume: noisy, name: 'noisy' };
+      const { manifest } = await train(method, [volume], out, { network: tinyUNet, ...(method === 'n2v2' ? { maskFraction: 0.05 } : {}) });
+      const removed = manifest.outputOffsetRemoved!;
+      expect(Number.isFinite(removed)).toBe(true);
+      const { model } = await loadModelFolder(out);
+      const residual = mean((await denoiseVolume(model, manifest, noisy)).data) - mean(noisy.data);
+      model.dispose();
+      console.log(`${method}: offset removed ${removed.toFixed(2)}, denoised - noisy mean after ${residual.toFixed(2)} (range 100, sigma 20)`);
+      // The validation slab is a quarter of the image: its offset stands for the whole image's.
+      expect(Math.abs(residual)).toBeLessThan(1);
+      expect(Math.abs(residual)).toBeLessThan(Math.abs(removed));
+    }
   });
 });
 
