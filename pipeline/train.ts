@@ -660,7 +660,6 @@ function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
   if (method === 'dbsn' && opts.loss !== undefined) throw new UsageError('--loss does not apply to --method dbsn: it trains with its own likelihood (CNN_est loss)');
 }
 
-/** The method's network: its kind's default (paper or small size), the user's overrides, dims and outputs. */
 /**
  * Below this batch size the U-Net trains without batch norm unless asked: its statistics from a few
  * patches of different images differ from image to image, and a network trained on them is biased
@@ -670,6 +669,7 @@ function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
  */
 export const minBatchSizeForBatchNorm = 16;
 
+/** The method's network: its kind's default (paper or small size), the user's overrides, dims and outputs. */
 function methodNetwork(method: MethodName, dims: 2 | 3, opts: TrainOptions, batchSize: number, twoChannels: boolean): NetworkConfig {
   const kind = networkKindFor(method);
   const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
