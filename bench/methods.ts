@@ -11,7 +11,7 @@
  *   npm run bench:methods -- [--steps 120] [--steps-3d 10] [--batch-size 4] [--methods n2v,laine19,...]
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
- *     [--quick] [--backend auto] [--threads N] [--no-3d] [--seed 1] [--results-name methods]
+ *     [--quick] [--backend auto] [--threads N] [--no-3d | --no-2d] [--seed 1] [--results-name methods]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -155,6 +155,8 @@ async function main(): Promise<void> {
   const volumeShape = (args.get('volume') ?? '8x48x48').split('x').map(Number) as unknown as Shape3D;
   const patch3d = (args.get('patch-3d') ?? '8x32x32').split('x').map(Number);
   const with3d = args.get('no-3d') !== 'true';
+  const with2d = args.get('no-2d') !== 'true';
+  if (!with2d && !with3d) throw new Error('--no-2d and --no-3d together leave nothing to run');
   const methods = list(args.get('methods'), METHOD_NAMES) as MethodName[];
   for (const m of methods) if (!METHOD_NAMES.includes(m)) throw new Error(`--methods: unknown method '${m}' (known: ${METHOD_NAMES.join(', ')})`);
   const classical = list(args.get('classical'), CLASSICAL_DENOISERS) as ClassicalDenoiser[];
@@ -240,43 +242,45 @@ async function main(): Promise<void> {
       noiseFits: method === 'dbsn' && architecturalPrior === 'nlf',
     });
     try {
-      log(`${method}: training on ${noisyTrain.length} Train400 images`);
-      const dir2d = path.join(workDir, `${method}-2d`);
-      const manifest = await trainModel({
-        volumes: trainingSet(method),
-        out: dir2d,
-        method,
-        steps,
-        batchSize,
-        patchShape: [64, 64],
-        seed: trainSeed,
-        backend,
-        validateEvery: Math.max(1, Math.floor(steps / 2)),
-        valPatches: 16,
-        ...methodOptions(),
-        onEvent: (e) => {
-          if (e.type === 'warning') log(`${method}: ${e.message}`);
-          if (e.type === 'validation') log(`${method}: step ${e.step} validation loss ${e.valLoss.toFixed(4)}${e.best ? ' (best)' : ''}`);
-        },
-        command: ['bench:methods', method],
-      });
-      row.trainSeconds2d = +manifest.training.wallSeconds.toFixed(1);
-      row.stepsDone2d = manifest.training.stepsDone;
-      row.network = describe(manifest.network as unknown as Record<string, unknown>);
-      if (manifest.prior) row.prior = `${manifest.prior.source ?? 'given'} ${JSON.stringify(manifest.prior.noise)}`;
-      const { model } = await loadModelFolder(dir2d);
-      const t1 = performance.now();
-      const bsdOut: Volume[] = [];
-      for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy));
-      row.inferSeconds = +((performance.now() - t1) / 1000).toFixed(1);
-      row.bsd68 = score(bsd68, bsdOut);
-      const set12Out: Volume[] = [];
-      for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy));
-      row.set12 = score(set12, set12Out);
-      model.dispose();
-      log(`${method}: BSD68 ${row.bsd68.psnr} dB / ${row.bsd68.ssim}, Set12 ${row.set12.psnr} dB; train ${row.trainSeconds2d} s, denoise BSD68 ${row.inferSeconds} s`);
-      // Saved now, so that a crash of the 3D part (a wasm abort cannot be caught) keeps the 2D results.
-      await save(row);
+      if (with2d) {
+        log(`${method}: training on ${noisyTrain.length} Train400 images`);
+        const dir2d = path.join(workDir, `${method}-2d`);
+        const manifest = await trainModel({
+          volumes: trainingSet(method),
+          out: dir2d,
+          method,
+          steps,
+          batchSize,
+          patchShape: [64, 64],
+          seed: trainSeed,
+          backend,
+          validateEvery: Math.max(1, Math.floor(steps / 2)),
+          valPatches: 16,
+          ...methodOptions(),
+          onEvent: (e) => {
+            if (e.type === 'warning') log(`${method}: ${e.message}`);
+            if (e.type === 'validation') log(`${method}: step ${e.step} validation loss ${e.valLoss.toFixed(4)}${e.best ? ' (best)' : ''}`);
+          },
+          command: ['bench:methods', method],
+        });
+        row.trainSeconds2d = +manifest.training.wallSeconds.toFixed(1);
+        row.stepsDone2d = manifest.training.stepsDone;
+        row.network = describe(manifest.network as unknown as Record<string, unknown>);
+        if (manifest.prior) row.prior = `${manifest.prior.source ?? 'given'} ${JSON.stringify(manifest.prior.noise)}`;
+        const { model } = await loadModelFolder(dir2d);
+        const t1 = performance.now();
+        const bsdOut: Volume[] = [];
+        for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy));
+        row.inferSeconds = +((performance.now() - t1) / 1000).toFixed(1);
+        row.bsd68 = score(bsd68, bsdOut);
+        const set12Out: Volume[] = [];
+        for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy));
+        row.set12 = score(set12, set12Out);
+        model.dispose();
+        log(`${method}: BSD68 ${row.bsd68.psnr} dB / ${row.bsd68.ssim}, Set12 ${row.set12.psnr} dB; train ${row.trainSeconds2d} s, denoise BSD68 ${row.inferSeconds} s`);
+        // Saved now, so that a crash of the 3D part (a wasm abort cannot be caught) keeps the 2D results.
+        await save(row);
+      }
 
       if (with3d) {
         const dir3d = path.join(workDir, `${method}-3d`);
@@ -296,6 +300,7 @@ async function main(): Promise<void> {
         });
         row.trainSeconds3d = +manifest3d.training.wallSeconds.toFixed(1);
         row.stepsDone3d = manifest3d.training.stepsDone;
+        row.network ??= describe(manifest3d.network as unknown as Record<string, unknown>);
         log(`${method}: 3D trained (${row.trainSeconds3d} s); denoising the volume`);
         const loaded = await loadModelFolder(dir3d);
         row.volume3d = score([volume3d], [await denoiseInSmallerTiles(loaded.model, manifest3d, noisy3d, (m) => log(`${method}: ${m}`))]);
@@ -376,7 +381,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, quick };
+  const budget = { steps2d: steps, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -444,7 +449,7 @@ function methodsMarkdown(
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores (${os.cpus().length} reported by os.cpus), ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; shared with other jobs while it ran  `,
     `Backend: ${result.backend}, ${result.threads} thread(s)  `,
-    `Budget: ${b.steps2d} steps (2D)${b.with3d ? ` and ${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
+    `Budget: ${b.with2d === false ? 'no 2D runs, ' : `${b.steps2d} steps (2D)`}${b.with3d ? `${b.with2d === false ? '' : ' and '}${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
       `Train400 (${b.trainImages} images, sigma 25 as float, seeded); BSD68: first ${b.bsd68Images} images; Set12: ${b.set12Images} images; ` +
       (b.with3d ? `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` : '') +
       `laine19/dbsn noise model: ${b.architecturalPrior}; structn2v mask ${b.structMask}. Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
