@@ -301,6 +301,7 @@ async function main(): Promise<void> {
         row.trainSeconds3d = +manifest3d.training.wallSeconds.toFixed(1);
         row.stepsDone3d = manifest3d.training.stepsDone;
         row.network ??= describe(manifest3d.network as unknown as Record<string, unknown>);
+        if (manifest3d.prior) row.prior ??= `${manifest3d.prior.source ?? 'given'} ${JSON.stringify(manifest3d.prior.noise)}`;
         log(`${method}: 3D trained (${row.trainSeconds3d} s); denoising the volume`);
         const loaded = await loadModelFolder(dir3d);
         row.volume3d = score([volume3d], [await denoiseInSmallerTiles(loaded.model, manifest3d, noisy3d, (m) => log(`${method}: ${m}`))]);
