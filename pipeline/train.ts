@@ -411,8 +411,6 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     wallSeconds: 0,
     optimizerWeights: [],
     ...(method === 'noise2info' ? { noise2info: { sigma: initialNoise2InfoSigma, estimates: [] } } : {}),
-    // sigma starts at the validation patches' noise level (noise/sample.ts), the likelihood refines it.
-    ...(priorMode === 'learned' ? { learnedLogSigma: Math.log(initialLearnedSigma(valBatches)) } : {}),
   };
   const resumed = existing === 'checkpoint' && !!opts.resume;
   if (resumed) {
@@ -427,9 +425,11 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
   setLearningRate(optimizer, state.learningRate);
   // A variable created after the restore: Adam matches its moments by position, the network's weights first.
-  // A checkpoint written before the learned sigma was recorded starts it afresh.
-  const startLogSigma = (): number => state.learnedLogSigma ?? Math.log(initialLearnedSigma(valBatches));
-  const learnedLogSigma = priorMode === 'learned' ? tf.variable(tf.scalar(startLogSigma()), true, `learned_noise_log_sigma_${seed}_${Date.now()}`) : null;
+  // A fresh run (or a checkpoint without it) starts sigma at the validation patches' noise level; the likelihood refines it.
+  const learnedLogSigma =
+    priorMode === 'learned'
+      ? tf.variable(tf.scalar(state.learnedLogSigma ?? Math.log(initialLearnedSigma(valBatches))), true, `learned_noise_log_sigma_${seed}_${Date.now()}`)
+      : null;
   const noiseVariance =
     learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
   const maskedLossFn: MaskedLossFn =
