@@ -193,8 +193,47 @@ export function applyClassicalDenoiser(volume: Volume, denoiser: ClassicalDenois
   return { data, shape: volume.shape, sampleType: 'float32' };
 }
 
-function defaultGrid(shape: Shape): number {
+export function defaultGrid(shape: Shape): number {
   return shape.length === 3 ? 3 : 4;
+}
+
+/** One grid phase of a J-invariant evaluation: the donut-interpolated input and the masked pixels. */
+export interface JInvariantPhase {
+  readonly input: Float32Array;
+  /** C-order indices of the phase's pixels (the ones to read from the denoiser's output). */
+  readonly indices: Int32Array;
+}
+
+/** The k^dims grid phases of `volume` that hold pixels, each with its masked input. */
+export function* jInvariantPhases(volume: Volume, grid: number): Generator<JInvariantPhase> {
+  const phases = gridPhaseCount(grid, volume.shape.length as 2 | 3);
+  for (let phase = 0; phase < phases; phase++) {
+    const { input, mask, count } = gridMaskPatch(volume.data, volume.shape, grid, phase);
+    if (count === 0) continue; // a phase beyond a tiny image's extent
+    const indices = new Int32Array(count);
+    for (let i = 0, n = 0; i < mask.length; i++) if (mask[i] !== 0) indices[n++] = i;
+    yield { input, indices };
+  }
+}
+
+/** Accumulates the J-invariant output and squared error over phases (each pixel scored once). */
+class JInvariantScore {
+  readonly output: Float32Array;
+  private sumSquares = 0;
+  constructor(private readonly noisy: Float32Array) {
+    this.output = new Float32Array(noisy.length);
+  }
+  add(indices: Int32Array, values: Float32Array): void {
+    for (let n = 0; n < indices.length; n++) {
+      const i = indices[n];
+      this.output[i] = values[n];
+      const d = values[n] - this.noisy[i];
+      this.sumSquares += d * d;
+    }
+  }
+  result(): { loss: number; output: Float32Array } {
+    return { loss: this.sumSquares / this.noisy.length, output: this.output };
+  }
 }
 
 /**
@@ -204,24 +243,20 @@ function defaultGrid(shape: Shape): number {
  * from the phase that masked it).
  */
 export function jInvariantLoss(volume: Volume, denoise: DenoiseAt, grid: number): { loss: number; output: Float32Array } {
-  const dims = volume.shape.length as 2 | 3;
-  const phases = gridPhaseCount(grid, dims);
-  const output = new Float32Array(volume.data.length);
-  let sumSquares = 0;
-  for (let phase = 0; phase < phases; phase++) {
-    const { input, mask, count } = gridMaskPatch(volume.data, volume.shape, grid, phase);
-    if (count === 0) continue; // a phase beyond a tiny image's extent
-    const indices = new Int32Array(count);
-    for (let i = 0, n = 0; i < mask.length; i++) if (mask[i] !== 0) indices[n++] = i;
-    const values = denoise(input, volume.shape, indices);
-    for (let n = 0; n < count; n++) {
-      const i = indices[n];
-      output[i] = values[n];
-      const d = values[n] - volume.data[i];
-      sumSquares += d * d;
-    }
-  }
-  return { loss: sumSquares / volume.data.length, output };
+  const score = new JInvariantScore(volume.data);
+  for (const { input, indices } of jInvariantPhases(volume, grid)) score.add(indices, denoise(input, volume.shape, indices));
+  return score.result();
+}
+
+/** jInvariantLoss for a denoiser that answers asynchronously (a network run over the whole image). */
+export async function jInvariantLossAsync(
+  volume: Volume,
+  denoise: (input: Float32Array, shape: Shape, indices: Int32Array) => Promise<Float32Array>,
+  grid: number,
+): Promise<{ loss: number; output: Float32Array }> {
+  const score = new JInvariantScore(volume.data);
+  for (const { input, indices } of jInvariantPhases(volume, grid)) score.add(indices, await denoise(input, volume.shape, indices));
+  return score.result();
 }
 
 /** Picks the denoiser's parameter by the J-invariant loss (no clean image needed). */
