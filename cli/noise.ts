@@ -10,7 +10,7 @@ import path from 'node:path';
 import { ExitCode, InputError, OutputError, UsageError } from '../core/errors.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { nlfVariance, type NlfRecord } from '../noise/nlf.js';
-import { calibrateNoise, saveNoiseModel, type NoiseModel } from '../noise/model.js';
+import { calibrateNoise, saveNoiseModel, type CalibratedNoiseModel, type GmmNoiseModel } from '../noise/model.js';
 import { calibrationPairs } from '../noise/pairs.js';
 import { fitGmmNoiseModel, GMM_DEFAULTS, GMM_MAX_COMPONENTS, GMM_MAX_DEGREE } from '../noise/gmmFit.js';
 import { bootstrapNoiseModel } from '../noise/bootstrap.js';
@@ -43,9 +43,9 @@ Options:
                          a Gaussian mixture to (denoised, noisy) pairs (the DivNoising bootstrap;
                          the denoiser's own error counts as noise, so use a well-trained model)
   --out <file>           where --calibrate / --bootstrap write the model (for blindspot train --prior <file>)
-  --model <kind>         histogram (default for --calibrate: per-signal histograms and a
-                         Poisson-Gaussian fit) or gmm (the PN2V/DivNoising Gaussian mixture; the
-                         only one for --bootstrap)
+  --model <kind>         histogram (per-signal histograms and a Poisson-Gaussian fit; the default
+                         for --calibrate) or gmm (the PN2V/DivNoising Gaussian mixture; the
+                         default for --bootstrap)
   --gmm-components <K>   Gaussians in the mixture, 1-${GMM_MAX_COMPONENTS} (default ${GMM_DEFAULTS.components})
   --gmm-degree <D>       degree of the polynomials in the signal, 0-${GMM_MAX_DEGREE} (default ${GMM_DEFAULTS.degree})
   --backend B --threads N  for --bootstrap's denoiser, as for denoise
@@ -88,7 +88,6 @@ export async function runNoise(args: string[]): Promise<number> {
   }
   if (fitsModel) {
     const kind = choice('model', values.model, ['histogram', 'gmm'] as const) ?? (values.bootstrap !== undefined ? 'gmm' : 'histogram');
-    if (values.bootstrap !== undefined && kind !== 'gmm') throw new UsageError('--bootstrap fits a Gaussian mixture only (--model gmm); histograms need repeated frames (--calibrate)');
     if (kind !== 'gmm' && (values['gmm-components'] !== undefined || values['gmm-degree'] !== undefined)) throw new UsageError('--gmm-components and --gmm-degree need --model gmm');
     const components = boundedInt('gmm-components', values['gmm-components'], 1, GMM_MAX_COMPONENTS);
     const degree = boundedInt('gmm-degree', values['gmm-degree'], 0, GMM_MAX_DEGREE);
@@ -99,7 +98,7 @@ export async function runNoise(args: string[]): Promise<number> {
     const inputs = values.calibrate !== undefined ? [values.calibrate] : await expandInputs(positionals);
     if (inputs.some((input) => path.resolve(input) === path.resolve(values.out!))) throw new OutputError(values.out, 'would overwrite an input; choose another --out');
     const gmmOptions = { components, degree, seed, onProgress: (iteration: number, nll: number) => reporter.event('gmm-fit', { iteration, negLogLikelihood: nll }) };
-    let model: NoiseModel;
+    let model: CalibratedNoiseModel | GmmNoiseModel;
     if (values.calibrate !== undefined) {
       const stack = await readImage(values.calibrate);
       if (stack.shape.length !== 3) throw new InputError(values.calibrate, 'is a single 2D image; calibration needs a stack of repeated frames (multi-page TIFF or 3D .npy)');
@@ -122,14 +121,19 @@ export async function runNoise(args: string[]): Promise<number> {
             },
           })),
           (volume) => denoiseVolume(network, manifest, volume),
-          { ...gmmOptions, onImage: (file, index, count) => reporter.log(`denoising ${file} (${index + 1}/${count}) as pseudo-clean signal`) },
+          { ...gmmOptions, model: kind, onImage: (file, index, count) => reporter.log(`denoising ${file} (${index + 1}/${count}) as pseudo-clean signal`) },
         );
       } finally {
         network.dispose();
       }
     }
     await saveNoiseModel(values.out, model);
-    const what = model.kind === 'gmm' ? `${model.components}-component Gaussian mixture (degree ${model.degree}), mean -log p ${fmt(model.fit.negLogLikelihood)}` : `${(model as { frames: number }).frames} frames, histograms`;
+    const what =
+      model.kind === 'gmm'
+        ? `${model.components}-component Gaussian mixture (degree ${model.degree}), mean -log p ${fmt(model.fit.negLogLikelihood)}`
+        : model.kind === 'calibrated' && model.frames > 0
+          ? `${model.frames} frames, histograms`
+          : 'histograms of denoised against noisy';
     reporter.log(`${inputs.join(', ')}: ${what}; var ~ ${fmt(model.a)} x + ${fmt(model.b)}; noise model written to ${values.out}`);
     reporter.event(values.calibrate !== undefined ? 'calibration' : 'bootstrap', { file: inputs.join(', '), out: values.out, model: kind, a: model.a, b: model.b, ...(model.kind === 'gmm' ? { components: model.components, degree: model.degree, negLogLikelihood: model.fit.negLogLikelihood } : {}), ...(model.kind === 'calibrated' ? { frames: model.frames, bins: model.bins.length } : {}) });
     return ExitCode.ok;

@@ -1,7 +1,7 @@
 /**
  * A noise model for users with no calibration frames, bootstrapped as the DivNoising authors do:
  * denoise the noisy images with a trained denoiser, take its output as the pseudo-clean signal and
- * fit the GMM to (denoised, noisy) pairs. The denoiser's own error adds to the fitted variance
+ * fit the GMM (or the histogram model) to (denoised, noisy) pairs. The denoiser's own error adds to the fitted variance
  * (a smoothing denoiser's bias shows up as noise), so the model is as good as the denoiser.
  * The denoiser is a function, so this file names no network: the CLI passes a trained model's
  * in-memory predictor (pipeline/denoise.ts denoiseVolume).
@@ -10,7 +10,8 @@ import { InputError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Volume } from '../core/volume.js';
 import { fitGmmNoiseModel, type GmmFitOptions } from './gmmFit.js';
-import type { GmmNoiseModel } from './gmm.js';
+import { histogramNoiseModelFromPairs } from './histogramFit.js';
+import type { CalibratedNoiseModel, GmmNoiseModel } from './model.js';
 import { denoisedPairs } from './pairs.js';
 
 /** Pairs kept per image (a random subset beyond it): bounds memory whatever the images' size. */
@@ -23,6 +24,8 @@ export interface BootstrapImage {
 }
 
 export interface BootstrapOptions extends Omit<GmmFitOptions, 'signalFrom'> {
+  /** Which model to fit: 'gmm' (default) or 'histogram'. */
+  model?: 'gmm' | 'histogram';
   maxPairsPerImage?: number;
   onImage?: (name: string, index: number, count: number) => void;
 }
@@ -31,7 +34,7 @@ export async function bootstrapNoiseModel(
   images: readonly BootstrapImage[],
   denoise: (volume: Volume, name: string) => Promise<Volume>,
   opts: BootstrapOptions = {},
-): Promise<GmmNoiseModel> {
+): Promise<GmmNoiseModel | CalibratedNoiseModel> {
   const rng = new Rng((opts.seed ?? 1) ^ 0x5eed);
   const limit = opts.maxPairsPerImage ?? BOOTSTRAP_MAX_PAIRS_PER_IMAGE;
   const kept: { name: string; noisy: Float32Array; denoised: Float32Array; sampleType: Volume['sampleType'] }[] = [];
@@ -56,5 +59,7 @@ export async function bootstrapNoiseModel(
     kept.push({ name: images[n].name, noisy, denoised: signal, sampleType: volume.sampleType });
   }
   const source = images.map((image) => image.name).join(', ');
-  return fitGmmNoiseModel(source, denoisedPairs(kept), { ...opts, signalFrom: 'denoised' });
+  const pairs = denoisedPairs(kept);
+  if (opts.model === 'histogram') return histogramNoiseModelFromPairs(source, pairs, { seed: opts.seed });
+  return fitGmmNoiseModel(source, pairs, { ...opts, signalFrom: 'denoised' });
 }

@@ -28,8 +28,14 @@ export interface CalibratedNoiseModel {
   version: 1;
   kind: 'calibrated';
   source: string;
+  /**
+   * Where the pseudo-clean signal came from: the mean of repeated frames (absent in files written
+   * before bootstrapping existed), or a trained denoiser's output (noise/histogramFit.ts).
+   */
+  signalFrom?: 'frame-mean' | 'denoised';
+  /** Frames averaged; 0 for a bootstrapped model. */
   frames: number;
-  /** Frame shape [Y, X]. */
+  /** Frame shape [Y, X]; empty for a bootstrapped model. */
   frameShape: number[];
   /** Poisson-Gaussian fit var = a s + b to the bins (weighted least squares). */
   a: number;

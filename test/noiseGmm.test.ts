@@ -146,7 +146,7 @@ describe('GMM noise model', () => {
     await expect(loadNoiseModel(broken)).rejects.toThrow(/invalid signal range/);
   });
 
-  it('bootstrapped from a denoiser\'s output, recovers the noise level within 15%', async () => {
+  it('bootstrapped from a denoiser\'s output, recovers the noise level within 15% (GMM and histogram)', async () => {
     // A smooth image (slow ramp and blob) with Poisson-Gaussian noise; the denoiser is a 9x9 box
     // filter, which on this image leaves a small bias (its error is part of what the model sees).
     const [Y, X] = [128, 128];
@@ -176,6 +176,12 @@ describe('GMM noise model', () => {
     };
     const model = await bootstrapNoiseModel([{ name: 'noisy.tif', read: async () => ({ data: noisy, shape: [Y, X], sampleType: 'float32' }) }], boxFilter, { iterations: 300, seed: 4 });
     expect(model.signalFrom).toBe('denoised');
+    if (model.kind !== 'gmm') throw new Error('expected a GMM');
     for (const s of [150, 350, 550]) expect(Math.abs(gmmVariance(model, s) / (A * s + B) - 1), `variance at ${s}: ${gmmVariance(model, s)}`).toBeLessThan(0.15);
+    // The histogram model from the same pairs, too.
+    const histogram = await bootstrapNoiseModel([{ name: 'noisy.tif', read: async () => ({ data: noisy, shape: [Y, X], sampleType: 'float32' }) }], boxFilter, { model: 'histogram' });
+    expect([histogram.kind, histogram.signalFrom]).toEqual(['calibrated', 'denoised']);
+    const variance = noiseVarianceFunction(histogram);
+    for (const s of [150, 350, 550]) expect(Math.abs(variance(s) / (A * s + B) - 1), `histogram variance at ${s}: ${variance(s)}`).toBeLessThan(0.15);
   });
 });

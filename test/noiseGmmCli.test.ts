@@ -10,7 +10,7 @@ import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import { writeImage } from '../storage/index.js';
 import { runNoise } from '../cli/noise.js';
 import { gmmVariance } from '../noise/gmm.js';
-import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
+import { loadNoiseModel, noiseSpecOf, noiseVarianceFunction } from '../noise/model.js';
 import { loadModelFolder } from '../models/io.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { trainModel } from '../pipeline/train.js';
@@ -76,7 +76,6 @@ describe('blindspot noise: GMM models', () => {
       [['--calibrate', stackFile, '--bootstrap', 'model', '--out', out], /do not go together/],
       [['--bootstrap', 'model', '--out', out], /--bootstrap needs <model-dir> and the noisy images/],
       [['--bootstrap', 'model', stackFile], /--bootstrap needs --out/],
-      [['--bootstrap', 'model', stackFile, '--out', out, '--model', 'histogram'], /Gaussian mixture only/],
       [[stackFile, '--model', 'gmm'], /--model applies only to --calibrate or --bootstrap/],
       [[stackFile, '--out', out], /--out applies only to --calibrate or --bootstrap/],
     ];
@@ -91,7 +90,7 @@ describe('blindspot noise: GMM models', () => {
     await expect(runNoise(['--calibrate', stackFile, '--out', stackFile, '--model', 'gmm'])).rejects.toThrow(OutputError);
   });
 
-  it('--bootstrap denoises with a trained model and fits a GMM to (denoised, noisy) pairs', async () => {
+  it('--bootstrap denoises with a trained model and fits a GMM or histograms to (denoised, noisy) pairs', async () => {
     // A tiny image and a model trained for a few steps: the point is the path (model folder ->
     // in-memory predictor -> pairs -> GMM file), not the denoiser's quality.
     const rng = new Rng(3);
@@ -127,5 +126,14 @@ describe('blindspot noise: GMM models', () => {
     expect(predicted / residual, `model ${predicted} residuals ${residual}`).toBeGreaterThan(0.8);
     expect(predicted / residual, `model ${predicted} residuals ${residual}`).toBeLessThan(1.8);
     expect(Math.sqrt(residual)).toBeGreaterThan(sigma * 0.8);
+    const histogramOut = path.join(tmp, 'bootstrap-histogram.json');
+    expect(await quiet(() => runNoise(['--bootstrap', modelDir, image, '--out', histogramOut, '--model', 'histogram', '--backend', 'wasm']))).toBe(0);
+    const histogram = await loadNoiseModel(histogramOut);
+    expect(histogram.kind === 'calibrated' && histogram.signalFrom).toBe('denoised');
+    // No mixture here to turn bias into variance: the bins hold the residuals' mean squares.
+    const variance = noiseVarianceFunction(histogram);
+    let binned = 0;
+    for (const d of denoised.data) binned += variance(d) / denoised.data.length;
+    expect(Math.abs(binned / residual - 1), `histogram ${binned} residuals ${residual}`).toBeLessThan(0.1);
   });
 });
