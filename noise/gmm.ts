@@ -56,7 +56,7 @@ export interface GmmNoiseModel {
     batchSize: number;
     learningRate: number;
     seed: number;
-    /** Mean -log p(x|s) per pair on the held-out evaluation sample, input units. */
+    /** Mean -log p(x|s) per pair on a fixed sample of up to 65,536 of the pairs (not held out), input units. */
     negLogLikelihood: number;
   };
 }
