@@ -2,7 +2,7 @@
  * `blindspot noise <inputs...>`: per image, the noise-level function (variance against intensity),
  * its Poisson-Gaussian summary and a plot; `blindspot noise --calibrate <stack> --out model.json`:
  * a calibrated noise model (histograms, or a Gaussian mixture) from repeated acquisitions of a static
- * sample; `blindspot noise --bootstrap <model-dir> <inputs...> --out model.json`: a Gaussian mixture
+ * sample; `blindspot noise --bootstrap <model-dir> <inputs...> --out model.json`: either of them
  * fitted to a trained model's output as pseudo-clean signal.
  */
 import { promises as fsp } from 'node:fs';
@@ -40,7 +40,7 @@ Options:
   --calibrate <stack>    a multi-page TIFF / 3D .npy of ~100 frames of a static sample: fits a
                          calibrated noise model (per-signal histograms and Poisson-Gaussian fit)
   --bootstrap <model-dir>  no calibration frames: denoise the inputs with this trained model and fit
-                         a Gaussian mixture to (denoised, noisy) pairs (the DivNoising bootstrap;
+                         the model (--model) to (denoised, noisy) pairs (the DivNoising bootstrap;
                          the denoiser's own error counts as noise, so use a well-trained model)
   --out <file>           where --calibrate / --bootstrap write the model (for blindspot train --prior <file>)
   --model <kind>         histogram (per-signal histograms and a Poisson-Gaussian fit; the default
