@@ -49,6 +49,8 @@ export interface GmmNoiseModel {
   /** Poisson-Gaussian summary var = a s + b (least squares on the model's variance over the fitted signals). */
   a: number;
   b: number;
+  /** Observations left out of the pairs: clipped at the sample type's limits, or not finite. */
+  excludedObservations: { clipped: number; nonFinite: number };
   /** How it was fitted (provenance; not needed to evaluate it). */
   fit: {
     pairs: number;

@@ -125,6 +125,7 @@ export async function fitGmmNoiseModel(source: string, pairs: NoisePairs, opts: 
     varianceCoefficients: coefficients.variance,
     a: 0,
     b: 0,
+    excludedObservations: pairs.excluded,
     fit: { pairs: pairs.count, iterations, batchSize, learningRate, seed, negLogLikelihood: NaN },
   };
   if (model.weightCoefficients.flat().some((v) => !Number.isFinite(v)) || model.varianceCoefficients.flat().some((v) => !Number.isFinite(v))) {

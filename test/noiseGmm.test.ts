@@ -75,11 +75,13 @@ describe('GMM noise model', () => {
       s[i] = 100 + 400 * rng.uniform();
       x[i] = s[i] + (rng.uniform() < 0.8 ? 4 : 16) * rng.normal();
     }
+    x[0] = NaN; // left out, and counted
     const pairs = denoisedPairs([{ name: 'tails', noisy: x, denoised: s, sampleType: 'float32' }]);
     const options = { signalFrom: 'denoised' as const, degree: 1, iterations: 400, seed: 2 };
     const one = await fitGmmNoiseModel('tails', pairs, { ...options, components: 1 });
     const two = await fitGmmNoiseModel('tails', pairs, { ...options, components: 2 });
     expect(two.fit.negLogLikelihood).toBeLessThan(one.fit.negLogLikelihood - 0.05);
+    expect(two.excludedObservations).toEqual({ clipped: 0, nonFinite: 1 });
     // Both keep the total variance: 0.8 * 16 + 0.2 * 256 = 64.
     expect(Math.abs(gmmVariance(two, 300) / 64 - 1)).toBeLessThan(0.1);
   });
