@@ -49,7 +49,7 @@ export const CLIENT_SCRIPT = String.raw`
   });
 
   if (typeof uPlot === 'undefined') return;
-  var width = Math.min(640, Math.max(360, (document.body.clientWidth - 90) / 2));
+  var width = Math.min(640, Math.max(360, Math.floor((document.body.clientWidth - 130) / 2)));
   var colours = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#17becf'];
 
   // Vertical markers (learning-rate changes) drawn after the series.
@@ -89,10 +89,13 @@ export const CLIENT_SCRIPT = String.raw`
       { label: 'training loss', stroke: colours[0], width: 1, points: { show: t.history.length <= 400, size: 3 } },
       { label: 'validation loss', stroke: colours[1], width: 2, spanGaps: true, points: { show: true, size: 6 } },
     ];
-    var scales = { x: { time: false }, y: { distr: 3 } };
+    // Log y over the data's own span (uPlot would round it out to whole decades).
+    var finite = loss.concat(val).filter(function (v) { return v !== null && v > 0; });
+    var yRange = function () { return [Math.min.apply(null, finite) * 0.9, Math.max.apply(null, finite) * 1.1]; };
+    var scales = { x: { time: false }, y: { distr: 3, range: yRange } };
     plot('plot-loss-step', { title: 'Loss against step (log y)', scales: scales, series: [{ label: 'step' }].concat(series.slice(1)),
       axes: [{ label: 'step' }, { label: 'loss', size: 70 }], plugins: [markers(lr.map(function (c) { return c.step; }), lrLabels)] }, [steps, loss, val]);
-    plot('plot-loss-time', { title: 'Loss against time (log y)', scales: { x: { time: false }, y: { distr: 3 } }, series: [{ label: 'seconds' }].concat(series.slice(1)),
+    plot('plot-loss-time', { title: 'Loss against time (log y)', scales: scales, series: [{ label: 'seconds' }].concat(series.slice(1)),
       axes: [{ label: 'seconds since the run started' }, { label: 'loss', size: 70 }], plugins: [markers(lr.map(function (c) { return c.seconds; }), lrLabels)] }, [secs, loss, val]);
   }
 

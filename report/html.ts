@@ -48,10 +48,10 @@ nav{padding:6px 24px;background:#e8edf2;position:sticky;top:0;z-index:5}nav a{ma
 section{padding:8px 24px 16px;border-bottom:1px solid #ddd}h2{font-size:17px;margin:10px 0}
 table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}th{background:#f0f0f0}
 .muted{color:#666}.note{color:#8a5a00}.plots{display:flex;flex-wrap:wrap;gap:16px}.plot{background:#fff;border:1px solid #e3e3e3;padding:6px}
-.tile{background:#fff;border:1px solid #e3e3e3;margin:10px 0;padding:8px}.panels{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+.tile-head{width:0;min-width:100%}.tiles{display:flex;flex-wrap:wrap;gap:12px}.tile{background:#fff;border:1px solid #e3e3e3;margin:6px 0;padding:8px;max-width:100%}.panels{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .panels figure{margin:0;display:flex;flex-direction:column}.panels figcaption{font-size:12px;color:#555;width:0;min-width:100%}.view{overflow:auto;max-width:520px;max-height:520px;border:1px solid #ccc;background:#000}
 .compare{position:relative;line-height:0}.compare img,.panels img{image-rendering:pixelated;display:block}
-.compare img.after{position:absolute;left:0;top:0}.controls{margin-top:6px;display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:13px}
+.compare img.after{position:absolute;left:0;top:0}.controls{margin-top:6px;display:flex;flex-wrap:wrap;gap:10px;align-items:center;font-size:13px;width:0;min-width:100%}.controls input[type=range]{width:100px}
 .bar{display:inline-block;width:160px;height:10px;background:#ddd;vertical-align:middle}.bar i{display:block;height:100%;background:#2c7be5}
 code{font-size:12px;word-break:break-all}
 `;
@@ -68,7 +68,7 @@ function tilesSection(images: TileImage[]): string {
           const middle = Math.floor(tile.z.length / 2);
           const noisy = tile.noisy.length > 0;
           return `<div class="tile" data-image="${i}" data-tile="${t}" data-zoom="${zoom}">
-<div><b>${escapeHtml(tile.label)}</b> <span class="muted">${escapeHtml(tile.reason)}; origin ${tile.origin.join(', ')} (${three ? 'ZYX' : 'YX'}), ${tile.shape.join('x')} voxels at full resolution</span></div>
+<div class="tile-head"><b>${escapeHtml(tile.label)}</b> <span class="muted">${escapeHtml(tile.reason)}; origin ${tile.origin.join(', ')} (${three ? 'ZYX' : 'YX'}), ${tile.shape.join('x')} voxels at full resolution</span></div>
 <div class="panels">
 <figure><div class="view"><div class="compare">${noisy ? '<img class="before" alt="noisy">' : ''}<img class="after" alt="denoised"></div></div><figcaption>${noisy ? 'left of the split: noisy, right: denoised' : 'denoised (input unreadable)'}</figcaption></figure>
 ${noisy ? '<figure><div class="view"><img class="residual" alt="residual"></div><figcaption>residual noisy - denoised (grey 0, ±' + formatNumber(image.residualRange) + ')</figcaption></figure>' : ''}
@@ -83,7 +83,7 @@ ${three ? `<label>z <input type="range" class="z" min="0" max="${tile.z.length -
         .join('\n');
       return `<h3>${escapeHtml(image.name)} <span class="muted">[${image.shape.join(', ')}]</span></h3>
 <p class="muted">Display window ${formatNumber(image.window[0])} to ${formatNumber(image.window[1])} (input units), the same for noisy and denoised.</p>${image.note ? `<p class="note">${escapeHtml(image.note)}</p>` : ''}
-${tiles}`;
+<div class="tiles">${tiles}</div>`;
     })
     .join('\n');
 }
@@ -131,7 +131,7 @@ function streamSection(stream: StreamSection | undefined): string {
     })
     .join('');
   return `<p>Input <code>${escapeHtml(stream.input)}</code> to <code>${escapeHtml(stream.output)}</code>, shape [${stream.shape.join(', ')}], chunks [${stream.chunks.join(', ')}]; ${stream.histories.length} of ${stream.shardCount} shard record(s).</p>
-<table><tr><th>shard</th><th>blocks done</th><th>segments (runs, resumes)</th><th>time</th><th>input fetches per chunk</th><th>peak RSS</th><th>--max-memory</th><th>machine, backend</th></tr>${rows}</table>
+<table id="stream-shards"><tr><th>shard</th><th>blocks done</th><th>segments (runs, resumes)</th><th>time</th><th>input fetches per chunk</th><th>peak RSS</th><th>--max-memory</th><th>machine, backend</th></tr>${rows}</table>
 <div class="plots"><div class="plot" id="plot-throughput"></div><div class="plot" id="plot-eta"></div><div class="plot" id="plot-fetches"></div><div class="plot" id="plot-memory"></div></div>`;
 }
 
