@@ -73,6 +73,10 @@ export const CLIENT_SCRIPT = String.raw`
     if (!el) return;
     opts.width = opts.width || width;
     opts.height = opts.height || 300;
+    // Tick labels with 3 significant digits (uPlot's defaults repeat '0.001' on small ranges).
+    (opts.axes || []).forEach(function (a) {
+      if (!a.values) a.values = function (u, ticks) { return ticks.map(function (v) { return v == null ? '' : String(+v.toPrecision(3)); }); };
+    });
     plots[id] = new uPlot(opts, cols, el);
   }
 

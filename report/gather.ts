@@ -39,6 +39,9 @@ function base(kind: ReportData['kind'], title: string, subject: string, provenan
   return { format: 'blindspot-report', version: 1, kind, title, subject, provenance, noise: [], quality: [], tiles: [], notes: [] };
 }
 
+/** Images of a denoised folder that get tiles (each adds ~0.1-1 MB of PNG); the rest are listed by their noise and quality only. */
+export const MAX_TILE_IMAGES = 6;
+
 async function isModelFolder(dir: string): Promise<boolean> {
   return exists(path.join(dir, MANIFEST_JSON));
 }
@@ -78,19 +81,22 @@ export async function gatherFileOutputs(outDir: string, opts: GatherOptions = {}
     const record = JSON.parse(await fs.readFile(path.join(outDir, sidecar), 'utf8')) as InputNoiseRecord;
     data.noise.push(inputNoise(record));
     const output = path.join(outDir, record.output);
+    const clean = references?.get(fileStem(record.input));
+    if (k >= MAX_TILE_IMAGES && !clean) continue;
     const denoised = await readImage(output);
     const noisy = await readImage(record.input).catch((err: Error) => {
       data.notes.push(`input ${record.input} unreadable (${err.message}): tiles show the output only`);
       return null;
     });
+    if (clean && noisy) data.quality.push(qualityRow(record.input, await readImage(clean), noisy, denoised));
+    if (k >= MAX_TILE_IMAGES) continue;
     const stdFile = uncertaintyPathFor(output);
     const std = (await exists(stdFile)) ? await readImage(stdFile) : null;
     data.tiles.push(
       await renderTiles({ name: record.input, noisy: noisy ? volumeRegions(noisy) : null, denoised: volumeRegions(denoised), uncertainty: std ? volumeRegions(std) : null, seed: (opts.seed ?? 1) + k }),
     );
-    const clean = references?.get(fileStem(record.input));
-    if (clean && noisy) data.quality.push(qualityRow(record.input, await readImage(clean), noisy, denoised));
   }
+  if (sidecars.length > MAX_TILE_IMAGES) data.notes.push(`tiles of the first ${MAX_TILE_IMAGES} of ${sidecars.length} images (by name), to keep the page small`);
   if (references && data.quality.length === 0) data.notes.push('no reference image matches an input by file name: no PSNR/SSIM');
   return data;
 }

@@ -253,21 +253,24 @@ describe.skipIf(!haveChromium)('report in headless Chromium', () => {
     await page.close();
   }, 60_000);
 
-  it('3D: the z slider changes the shown slice', async () => {
+  it('3D: the z slider changes the shown slice (and the uncertainty map with it)', async () => {
     const rng = new Rng(2);
     const shape = [6, 40, 40] as const;
     const clean = syntheticCells(shape, rng, { blobs: 30, filaments: 3 }).data.map((v) => v * 100);
     const volume = (data: Float32Array): Volume => ({ data, shape, sampleType: 'float32' });
-    const data = await gatherInMemory({ kind: 'demo', title: '3D', modelDir, images: [{ name: 'cells 3D', noisy: volume(addGaussianNoise(clean, 15, rng)), denoised: volume(clean), clean: volume(clean) }] });
+    const data = await gatherInMemory({ kind: 'demo', title: '3D', modelDir, images: [{ name: 'cells 3D', noisy: volume(addGaussianNoise(clean, 15, rng)), denoised: volume(clean), clean: volume(clean), uncertainty: volume(clean.map((v) => Math.sqrt(v + 1))) }] });
     const file = path.join(tmp, '3d.html');
     await writeReportHtml(data, file);
     const { page, errors } = await open(file);
     expect(errors).toEqual([]);
     const src = (): Promise<string | null> => page.$eval('.tile img.after', (img) => img.getAttribute('src'));
+    const std = (): Promise<string | null> => page.$eval('.tile img.uncertainty', (img) => img.getAttribute('src'));
     const before = await src();
+    expect(await std()).toBe(data.tiles[0].tiles[0].uncertainty![Math.floor(data.tiles[0].tiles[0].z.length / 2)]);
     await page.evaluate(`(() => { const el = document.querySelector('.tile input.z'); el.value = '0'; el.dispatchEvent(new Event('input')); })()`);
     expect(await src()).not.toBe(before);
     expect(await src()).toBe(data.tiles[0].tiles[0].denoised[0]);
+    expect(await std()).toBe(data.tiles[0].tiles[0].uncertainty![0]);
     await page.close();
   }, 60_000);
 });
