@@ -107,6 +107,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const reportData = await gatherInMemory({
     kind: 'demo',
     title: `blindspot demo: 3D Noise2Void on synthetic cells`,
+    subject: `${manifest.training.stepsDone} steps; model ${modelDir}`,
     modelDir,
     images: [{ name: `synthetic ${shape.join('x')} (ZYX)`, noisy, denoised, clean: truth, range }],
     backend: opts.backend.name,

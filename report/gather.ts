@@ -190,13 +190,15 @@ export async function gatherReport(target: string, opts: GatherOptions = {}): Pr
 export async function gatherInMemory(opts: {
   kind: ReportData['kind'];
   title: string;
+  /** The line under the title (default: the model folder). */
+  subject?: string;
   modelDir: string;
   images: Array<{ name: string; noisy: Volume; denoised: Volume; clean?: Volume; range?: number; uncertainty?: Volume }>;
   commands?: ReportProvenance['commands'];
   backend?: string;
   seed?: number;
 }): Promise<ReportData> {
-  const data = base(opts.kind, opts.title, opts.modelDir, provenanceOf({}));
+  const data = base(opts.kind, opts.title, opts.subject ?? opts.modelDir, provenanceOf({}));
   await withModel(data, opts.modelDir, opts.commands ?? [], opts.backend);
   for (const [k, image] of opts.images.entries()) {
     data.tiles.push(

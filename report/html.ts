@@ -75,7 +75,7 @@ ${noisy ? '<figure><div class="view"><img class="residual" alt="residual"></div>
 ${tile.uncertainty ? '<figure><div class="view"><img class="uncertainty" alt="uncertainty"></div><figcaption>posterior standard deviation (0 to ' + formatNumber(image.uncertaintyRange) + ')</figcaption></figure>' : ''}
 </div>
 <div class="controls">
-${noisy ? '<label>split <input type="range" class="split" min="0" max="100" value="50"></label><button type="button" class="toggle">toggle noisy / denoised</button>' : ''}
+${noisy ? '<label>split <input type="range" class="split" min="0" max="100" value="50"></label><button type="button" class="toggle" title="show all noisy / all denoised">toggle</button>' : ''}
 <label>zoom <select class="zoom">${[1, 2, 4, 8].map((z) => `<option value="${z}"${z === zoom ? ' selected' : ''}>${z}x</option>`).join('')}</select></label>
 ${three ? `<label>z <input type="range" class="z" min="0" max="${tile.z.length - 1}" value="${middle}"> <span class="z-label">${tile.z[middle]}</span></label>` : ''}
 </div></div>`;
