@@ -15,18 +15,23 @@ import type { Tile, TileImage } from './types.js';
 /** Voxels of a YX or ZYX array by region. */
 export interface RegionSource {
   shape: readonly number[];
+  /** How many candidate tiles to score (reads of this source). */
+  candidates: number;
   read(origin: readonly number[], shape: readonly number[]): Promise<Float32Array>;
 }
 
 /** Largest tile side (YX) and z depth: 3 tiles x 3 panels x 16 slices of 128^2 PNGs stay near 2-3 MB. */
 const MAX_SIDE = 128;
 const MAX_DEPTH = 16;
+/** Candidate positions scored: all in memory; fewer for a chunked array, each costing a read of the chunks under it. */
 const CANDIDATES = 48;
+const CHUNKED_CANDIDATES = 12;
 
 export function volumeRegions(volume: Volume): RegionSource {
   const shape = volume.shape as readonly number[];
   return {
     shape,
+    candidates: CANDIDATES,
     read: async (origin, size) => cropVolume(volume.data, shape, origin, size),
   };
 }
@@ -34,7 +39,7 @@ export function volumeRegions(volume: Volume): RegionSource {
 /** A chunked array read through a small cache (the tiles overlap few chunks). */
 export function chunkedRegions(reader: ChunkedArrayReader, cacheBytes = 256 * 2 ** 20): RegionSource {
   const cache = new ChunkCache(cacheBytes);
-  return { shape: reader.info.shape, read: (origin, size) => readRegionReflected(reader, cache, origin, size) };
+  return { shape: reader.info.shape, candidates: CHUNKED_CANDIDATES, read: (origin, size) => readRegionReflected(reader, cache, origin, size) };
 }
 
 function cropVolume(data: Float32Array, shape: readonly number[], origin: readonly number[], size: readonly number[]): Float32Array {
@@ -78,7 +83,7 @@ export async function chooseTiles(denoised: RegionSource, seed: number): Promise
   const rng = new Rng(seed);
   const seen = new Set<string>();
   const candidates: Candidate[] = [];
-  for (let i = 0; i < CANDIDATES; i++) {
+  for (let i = 0; i < denoised.candidates; i++) {
     const origin = shape.map((n, axis) => rng.int(n - size[axis] + 1));
     const key = origin.join(',');
     if (seen.has(key)) continue;
