@@ -21,6 +21,8 @@ import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
 import { runNoise } from './noise.js';
+import { REPORT_HELP, reportAfterRun, runReport } from './report.js';
+import { assertReportWritable } from '../report/index.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
 import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
@@ -38,6 +40,7 @@ Commands:
   eval --clean <dir> --denoised <dir>      PSNR and SSIM against clean images
   noise <inputs...>                        noise level (variance vs intensity) per image; --calibrate a noise model
   calibrate <image> --denoiser median|gaussian|nlm   a classical denoiser's parameter by the J-invariant loss
+  report <model-dir|output> --out r.html   one self-contained HTML page: before/after tiles, loss, noise, throughput, provenance
   demo                                     the whole job on a built-in synthetic 3D sample
 
 Run 'blindspot <command> --help' for its options and examples.
@@ -103,6 +106,7 @@ Options:
   --validate-every N        steps between validations and checkpoints (default steps/20)
   --resume                  continue an interrupted run in --out
   --overwrite               replace an existing model in --out
+  --report <file.html>      afterwards, write the model's HTML report (blindspot report --help)
 
 Streaming (inputs of any size; always for .zarr / OME-Zarr / s3:// inputs or targets, or with --stream for
 TIFF stacks and frame folders): patches from random chunk-aligned regions through a bounded chunk cache
@@ -138,6 +142,8 @@ Options:
                             (<name>.std.tif, or <out>.std.zarr when streaming)
   --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
   --backend B --threads N --json   as for train
+  --report <file.html>      afterwards, write the HTML report: before/after tiles, noise, loss, provenance
+                            (streamed: also throughput per chunk; a shard writes it once all shards are done)
 
 Streaming (any size, bounded memory): one chunked input (.zarr, OME-Zarr, TIFF stack, frame folder, s3://...)
 and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
@@ -182,7 +188,8 @@ Example:
 
 Makes a synthetic microscopy-like 3D volume (blobs and filaments) with Poisson-Gaussian noise, trains a
 small 3D Noise2Void briefly, denoises it, prints PSNR of noisy and denoised against the truth, and writes
-a before/after montage and a loss curve (default folder: demo-output).`,
+a before/after montage, a loss curve and an HTML run report, report.html (default folder: demo-output).`,
+  report: REPORT_HELP,
 };
 
 async function main(argv: string[]): Promise<number> {
@@ -212,8 +219,10 @@ async function main(argv: string[]): Promise<number> {
       return runCalibrate(rest);
     case 'noise':
       return runNoise(rest);
+    case 'report':
+      return runReport(rest);
     default:
-      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, plan, watch, eval, noise, calibrate, demo (blindspot --help)`);
+      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, plan, watch, eval, noise, calibrate, report, demo (blindspot --help)`);
   }
 }
 
@@ -260,6 +269,7 @@ async function runTrain(args: string[]): Promise<number> {
       background: { type: 'string' },
       resume: { type: 'boolean', default: false },
       overwrite: { type: 'boolean', default: false },
+      report: { type: 'string' },
     },
     true,
   );
@@ -275,6 +285,7 @@ async function runTrain(args: string[]): Promise<number> {
           : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
+  if (values.report) await assertReportWritable(values.report);
   // Zarr and S3 inputs (or targets) always stream; --stream or --max-memory streams TIFF stacks and frame folders too.
   const streaming =
     values.stream || values['max-memory'] !== undefined || [...positionals, ...(values.targets ?? [])].some(isChunkedUrl);
@@ -357,6 +368,7 @@ async function runTrain(args: string[]): Promise<number> {
     });
     reporter.finish();
     reporter.log(`model written to ${values.out} (best validation at step ${manifest.training.bestStep})`);
+    if (values.report) await reportAfterRun(values.out, values.report, reporter, { backend: backend.name });
     return ExitCode.ok;
   } catch (err) {
     reporter.finish();
@@ -394,6 +406,7 @@ async function runDenoise(args: string[]): Promise<number> {
       'grace-seconds': { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
       'output-chunks': { type: 'string' },
+      report: { type: 'string' },
     },
     true,
   );
@@ -405,6 +418,7 @@ async function runDenoise(args: string[]): Promise<number> {
   const [modelDir, ...inputArgs] = positionals;
   if (!modelDir || inputArgs.length === 0) throw new UsageError('denoise needs <model-dir> and input images (blindspot denoise --help)');
   if (!values.out) throw new UsageError('denoise needs --out <dir>');
+  if (values.report) await assertReportWritable(values.report);
   const outputType = choice('dtype', values.dtype, ['float32', 'input'] as const) as OutputType | undefined;
   if (isChunkedUrl(values.out) || inputArgs.some(isChunkedUrl)) {
     // Streaming: one chunked input (Zarr, TIFF stack, frame folder; local or S3) -> one OME-Zarr.
@@ -448,6 +462,7 @@ async function runDenoise(args: string[]): Promise<number> {
         ngffVersion,
         resume: values.resume,
         command: recorded,
+        history: { backend: backend.name },
         signal: interrupt.signal,
         onEvent: (e) => {
           if (e.type === 'model') reporter.denoise(e);
@@ -467,6 +482,9 @@ async function runDenoise(args: string[]): Promise<number> {
         const waiting = shard && !result.allComplete ? '; other shards still running (the last to finish builds the pyramid)' : '';
         reporter.log(`${result.chunksWritten} chunk(s) denoised (${result.chunksSkipped} already done) into ${runs.map((r) => r.out).join(' and ')}${waiting}`);
       }
+      // A shard's report waits for the last shard: built from the output alone, it shows every shard.
+      if (values.report && result.allComplete) await reportAfterRun(values.out, values.report, reporter, { backend: backend.name });
+      else if (values.report) reporter.log(`report not written: other shards still running; the last to finish writes it (or run 'blindspot report ${values.out}')`);
       return ExitCode.ok;
     } finally {
       interrupt.dispose();
@@ -491,7 +509,7 @@ async function runDenoise(args: string[]): Promise<number> {
     process.stderr.write(`blindspot: shard ${shard?.index}/${shard?.count} has no images (${allInputs.length} input(s)); nothing to do\n`);
     return ExitCode.ok;
   }
-  const { reporter } = await setUp(values);
+  const { reporter, backend } = await setUp(values);
   const outputs = await denoiseFiles({
     modelDir,
     inputs,
@@ -507,6 +525,7 @@ async function runDenoise(args: string[]): Promise<number> {
   reporter.finish();
   reporter.event('done', { outputs });
   if (!reporter.json) reporter.log(`${outputs.length} image(s) denoised into ${path.resolve(values.out)}`);
+  if (values.report) await reportAfterRun(values.out, values.report, reporter, { modelDir, backend: backend.name, commands: [{ what: 'denoise', argv: ['blindspot', 'denoise', ...args] }] });
   return ExitCode.ok;
 }
 

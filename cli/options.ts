@@ -95,7 +95,7 @@ export function interruptController(reporter: Reporter, graceSeconds = DEFAULT_G
 
 
 /** Options that say how a run goes, not what it makes: a resumed or sharded run records the same command. */
-const RUN_OPTIONS_WITH_VALUE = new Set(['--shard', '--shard-count', '--grace-seconds', '--threads']);
+const RUN_OPTIONS_WITH_VALUE = new Set(['--shard', '--shard-count', '--grace-seconds', '--threads', '--report']);
 const RUN_FLAGS = new Set(['--resume', '--json', '--dry-run']);
 
 /** `args` without the run options (see above), for provenance that must be identical between runs of one output. */

@@ -15,6 +15,7 @@ import { denoiseVolume } from './denoise.js';
 import { writeImage } from '../storage/index.js';
 import { writeLossCurve, writeMontage } from './figures.js';
 import type { Reporter } from '../cli/progress.js';
+import { gatherInMemory, writeReportHtml } from '../report/index.js';
 
 export interface DemoOptions {
   outDir: string;
@@ -28,7 +29,7 @@ export interface DemoOptions {
 export interface DemoResult {
   psnrNoisy: number;
   psnrDenoised: number;
-  files: { montage: string; lossCurve: string; model: string; noisy: string; denoised: string; truth: string };
+  files: { montage: string; lossCurve: string; model: string; noisy: string; denoised: string; truth: string; report: string };
 }
 
 export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
@@ -79,6 +80,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     noisy: path.join(opts.outDir, 'noisy.tif'),
     denoised: path.join(opts.outDir, 'denoised.tif'),
     truth: path.join(opts.outDir, 'truth.tif'),
+    report: path.join(opts.outDir, 'report.html'),
   };
   const z = Math.floor(shape[0] / 2);
   const slice = (v: Volume): Float32Array => v.data.slice(z * shape[1] * shape[2], (z + 1) * shape[1] * shape[2]);
@@ -102,6 +104,15 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     await writeImage(file, v, { sampleType: 'float32', overwrite: true });
   }
 
+  const reportData = await gatherInMemory({
+    kind: 'demo',
+    title: `blindspot demo: 3D Noise2Void on synthetic cells`,
+    subject: `${manifest.training.stepsDone} steps; model ${modelDir}`,
+    modelDir,
+    images: [{ name: `synthetic ${shape.join('x')} (ZYX)`, noisy, denoised, clean: truth, range }],
+    backend: opts.backend.name,
+  });
+  await writeReportHtml(reportData, files.report);
   const seconds = (performance.now() - t0) / 1000;
   const summary = {
     psnrNoisy,
@@ -125,6 +136,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
         '',
         `before/after montage (middle slice): ${path.resolve(files.montage)}`,
         `loss curve:                          ${path.resolve(files.lossCurve)}`,
+        `run report (open in a browser):      ${path.resolve(files.report)}`,
         `volumes (float32 TIFF stacks):       ${path.resolve(files.noisy)}, denoised.tif, truth.tif`,
         `trained model:                       ${path.resolve(files.model)}`,
       ].join('\n'),

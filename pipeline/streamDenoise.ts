@@ -64,6 +64,7 @@ import { openByteStore, openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';
 import { networkGeometry } from '../models/network.js';
 import { type ShardSpec, shardBlockRange, shardJournalPrefix } from './shard.js';
+import { RunHistoryRecorder } from './runHistory.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
 export const RUNTIME_BYTES = 192 * 2 ** 20;
@@ -393,7 +394,17 @@ export type StreamDenoiseEvent =
       shard?: ShardSpec & { blocks: { start: number; end: number }; blocksAll: number };
     }
   | { type: 'stream-verified'; journaled: number; verified: number }
-  | { type: 'chunk'; index: readonly number[]; done: number; total: number; seconds: number; megavoxelsPerSecond: number; etaSeconds: number | null }
+  | {
+      type: 'chunk';
+      index: readonly number[];
+      done: number;
+      total: number;
+      seconds: number;
+      megavoxelsPerSecond: number;
+      etaSeconds: number | null;
+      /** Input chunk fetches (cache misses) so far in this run. */
+      inputFetches: number;
+    }
   | {
       type: 'stream-done';
       seconds: number;
@@ -718,6 +729,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
           seconds,
           megavoxelsPerSecond: (chunksWritten * voxelsPerChunk) / 1e6 / seconds,
           etaSeconds: remaining === 0 ? 0 : chunksWritten >= 2 ? (remaining * seconds) / chunksWritten : null,
+          inputFetches: cache.stats.misses,
         });
         credits.next();
       }),
@@ -782,6 +794,11 @@ export interface DenoiseUrlOptions {
   command?: string[];
   /** Compute only this shard's blocks (pipeline/shard.ts); implies resume. */
   shard?: ShardSpec;
+  /**
+   * Record per-chunk throughput, ETA, fetches and memory in the output (pipeline/runHistory.ts), for
+   * `blindspot report`; the CLI always does. Named by the backend, when given.
+   */
+  history?: { backend?: string };
   signal?: AbortSignal;
   onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | { type: 'pyramid' }) => void;
 }
@@ -939,6 +956,8 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       input: { shape: input.info.shape, dtype: input.info.dtype, channel: opts.channel ?? null, time: opts.time ?? null },
       output: { kind: output, shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
     });
+    const history = opts.history ? new RunHistoryRecorder(store, opts.shard, opts.maxMemoryBytes, opts.history.backend) : null;
+    const started = performance.now();
     const result = await denoiseChunked({
       input,
       output: writer,
@@ -955,8 +974,9 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       shard: opts.shard,
       outputChunkOfKey: levelZeroChunkOfKey,
       signal: opts.signal,
-      onEvent: opts.onEvent,
+      onEvent: history ? (e) => (history.observe(e), opts.onEvent?.(e)) : opts.onEvent,
     });
+    await history?.save(result, (performance.now() - started) / 1000);
     if (result.allComplete) {
       opts.onEvent?.({ type: 'pyramid' });
       await writer.buildPyramid(opts.pyramidLevels === undefined ? {} : { levels: opts.pyramidLevels });
