@@ -93,11 +93,10 @@ describe('ONNX export: ONNX Runtime gives what tfjs gives', () => {
       for (const [i, shape] of c.shapes.entries()) {
         const x = randomInput(shape, 100 + i);
         const onnx = await runOnnx(bytes, x, shape);
-        const reference = tf.tidy(() => {
-          const input = tf.tensor(x, shape);
-          const apply = (m: typeof denoise) => ((typeof m === 'function' ? m(input) : m.predict(input)) as tf.Tensor).dataSync() as Float32Array;
-          return { denoised: apply(denoise), std: uncertainty ? apply(uncertainty) : null };
-        });
+        const input = tf.tensor(x, shape);
+        const apply = (m: typeof denoise): Float32Array => tf.tidy(() => ((typeof m === 'function' ? m(input) : m.predict(input)) as tf.Tensor).dataSync() as Float32Array);
+        const reference = { denoised: apply(denoise), std: uncertainty ? apply(uncertainty) : null };
+        input.dispose();
         expect(onnx.output.dims).toEqual(shape);
         expect(new Set(reference.denoised).size).toBeGreaterThan(10);
         expect(errorOverRange(onnx.output.data, reference.denoised)).toBeLessThan(TOLERANCE);
