@@ -247,3 +247,19 @@ export async function writeOnnxToModelFolder(dir: string): Promise<{ manifest: M
   }
   return { manifest: updated, info: exported.info };
 }
+
+/**
+ * The end of `train`: `model.onnx` into the finished folder. An export that fails is reported
+ * through `warn` and leaves the folder as it was (the tfjs model stands; `blindspot export` can try
+ * again), never a failed training run. Returns the manifest as the folder now holds it.
+ */
+export async function writeOnnxAfterTraining(dir: string, manifest: ModelManifest, warn: (message: string) => void): Promise<ModelManifest> {
+  try {
+    const written = await writeOnnxToModelFolder(dir);
+    for (const w of written.info.warnings) warn(`model.onnx: ${w}`);
+    return written.manifest;
+  } catch (err) {
+    warn(`model.onnx was not written (${(err as Error).message}); the tfjs model is complete, 'blindspot export ${dir}' retries`);
+    return manifest;
+  }
+}
