@@ -229,7 +229,7 @@ export async function bioimageioPackage(model: tfl.LayersModel, manifest: ModelM
       onnx: { ...file('weights.onnx'), opset_version: onnx.info.opset, parent: 'tensorflow_js', comment: `exported from the tensorflow_js weights by blindspot ${VERSION}` },
     },
   };
-  files['rdf.yaml'] = strToU8(stringify(rdf, { lineWidth: 0 }));
+  files['rdf.yaml'] = strToU8(stringify(rdf, { lineWidth: 0, aliasDuplicateObjects: false }));
   const zip = zipSync(files, { mtime: new Date('2000-01-01T00:00:00Z') });
   return { zip, rdf, files, warnings };
 }
