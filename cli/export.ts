@@ -42,10 +42,19 @@ Examples:
   blindspot export models/conv --format onnx --out conv.onnx
   blindspot export models/conv --format bioimageio --out conv-denoiser.zip --author "Ada Lovelace;EMBL;0000-0002-1825-0097" --sample data/noisy/a.tif`;
 
+/** ORCID iD checksum (ISO 7064 11,2), as bioimage.io's validator checks it. */
+function orcidChecksumValid(orcid: string): boolean {
+  const digits = orcid.replace(/-/g, '');
+  let total = 0;
+  for (const d of digits.slice(0, 15)) total = (total + Number(d)) * 2;
+  const result = (12 - (total % 11)) % 11;
+  return digits[15] === (result === 10 ? 'X' : String(result));
+}
+
 function parseAuthor(text: string): BioimageioAuthor {
   const [name, affiliation, orcid] = text.split(';').map((s) => s.trim());
   if (!name) throw new UsageError(`--author needs a name: "Name[;affiliation[;orcid]]", got '${text}'`);
-  if (orcid && !/^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$/.test(orcid)) throw new UsageError(`--author: '${orcid}' is not an ORCID iD (0000-0000-0000-0000)`);
+  if (orcid && !(/^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$/.test(orcid) && orcidChecksumValid(orcid))) throw new UsageError(`--author: '${orcid}' is not a valid ORCID iD (0000-0000-0000-000X, with its check digit)`);
   return { name, ...(affiliation ? { affiliation } : {}), ...(orcid ? { orcid } : {}) };
 }
 

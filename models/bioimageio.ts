@@ -147,6 +147,9 @@ function predictWhole(model: tfl.LayersModel, manifest: ModelManifest, raw: Floa
  */
 export async function bioimageioPackage(model: tfl.LayersModel, manifest: ModelManifest, opts: BioimageioOptions): Promise<BioimageioPackage> {
   if (opts.authors.length === 0) throw new UsageError('a bioimage.io package needs at least one author (--author "Name[;affiliation[;orcid]]")');
+  if (opts.name !== undefined && !/^[A-Za-z0-9_\-() ]{5,128}$/.test(opts.name)) {
+    throw new UsageError(`a bioimage.io model name has 5-128 letters, digits, spaces, '_', '-', '(' or ')', got '${opts.name}'`);
+  }
   const dims = manifest.network.dims;
   const warnings: string[] = [];
   const sample = opts.sample ?? syntheticSample(manifest);
