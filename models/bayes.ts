@@ -54,6 +54,15 @@ export function normalisedNoiseVariance(noise: NoiseSpec, norm: Normalisation): 
   return (mu) => tf.maximum(tf.add(tf.mul(mu, slope), intercept), MIN_VARIANCE);
 }
 
+/**
+ * sigma_n^2 from a trainable log sigma (normalised units): the "learned" noise of Laine et al., a
+ * global parameter trained jointly with the network. It is identifiable because it is shared by
+ * every pixel while the prior variance is per pixel.
+ */
+export function learnedNoiseVariance(logSigma: tf.Variable): (mu: tf.Tensor) => tf.Tensor {
+  return (mu) => tf.mul(tf.onesLike(mu), tf.exp(tf.mul(2, logSigma)));
+}
+
 /** Splits a [..., 2] prediction into mu_x and sigma_x^2 ([..., 1] each). */
 export function splitPrior(prediction: tf.Tensor): { mean: tf.Tensor; variance: tf.Tensor } {
   const channels = prediction.shape[prediction.rank - 1];

@@ -10,6 +10,7 @@ import { psnr } from '../core/metrics.js';
 import { syntheticCells, addPoissonGaussianNoise } from '../core/synthetic.js';
 import type { Shape3D, Volume } from '../core/volume.js';
 import { loadModelFolder } from '../models/io.js';
+import { defaultMethodName } from '../methods/registry.js';
 import { trainModel } from './train.js';
 import { denoiseVolume } from './denoise.js';
 import { writeImage } from '../storage/index.js';
@@ -48,7 +49,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const manifest = await trainModel({
     volumes: [{ volume: noisy, name: 'synthetic-noisy' }],
     out: modelDir,
-    method: 'n2v',
+    method: defaultMethodName,
     steps: opts.steps ?? 200,
     batchSize: 4,
     patchShape: [8, 32, 32],

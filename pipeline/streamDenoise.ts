@@ -58,7 +58,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { estimateBytesPerVoxel } from './predict.js';
 import { VERSION } from '../core/version.js';
 import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN, type ModelManifest, loadModelFolder } from '../models/io.js';
-import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
+import { denoisingTileModel, type DenoiseOutput } from '../methods/denoiser.js';
 import { createOmeZarr, openOmeZarrWriter, type OmeZarrWriter } from '../storage/ome.js';
 import { openByteStore, openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';

@@ -1,7 +1,6 @@
 /**
- * Training of every method (models/methods.ts: n2v, n2v2, structn2v, noise2self, laine19, dbsn,
- * noise2info, n2n, care): random patches -> augmentation -> the method's masking -> batches ->
- * optimiser steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume.
+ * Training of every method (methods/registry.ts; the loop calls the Method interface and names
+ * none): random patches -> augmentation -> the method's patch preparation -> batches -> optimiser steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume.
  * Patches come from in-memory volumes, or (with `sources`) stream from chunked arrays of any size:
  * random chunk-aligned regions through a byte-bounded chunk cache, normalisation statistics from a
  * seeded sample of chunks, the producer at most `aheadBatches` batches in front of the model.
@@ -23,30 +22,14 @@ import { randomPatch } from '../models/patches.js';
 import { maskedLoss } from '../models/losses.js';
 import { fitNoiseInWorkers } from '../workers/noisePool.js';
 import { sampleNoise, screenedSampleVariance } from '../noise/sample.js';
-import { gaussianPriorLoss, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
-import { dbsnLoss } from '../models/dbsn.js';
+import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import { createAdam } from '../models/optimizer.js';
-import {
-  estimateNoise2InfoSigma,
-  initialNoise2InfoSigma,
-  noise2InfoExternalLoss,
-  noise2InfoLoss,
-  updateNoise2InfoSigma,
-} from '../models/noise2info.js';
-import { liftToDims, parseStructMask, type StructuringElement } from '../models/structMask.js';
-import {
-  acceptsPrior,
-  augmentMethodPatch,
-  defaultGridSide,
-  isPairedMethod,
-  learnedNoiseVariance,
-  networkKindFor,
-  preparePatch,
-  usesGridMasking,
-  usesStratifiedMasking,
-  type BatchLossFn,
-  type PatchPreparation,
-} from '../models/methods.js';
+import type { StructuringElement } from '../models/structMask.js';
+import { augmentMethodPatch } from '../models/augment.js';
+import type { Method, MethodEvent, MethodPatch, NetworkOverrides, PatchPreparation, PreparedPatch, ValidationBatch } from '../methods/method.js';
+import { defaultMethodName, getMethod } from '../methods/registry.js';
+import { validateMethodOptions } from '../methods/options.js';
+import { defaultGridSide, minBatchSizeForBatchNorm } from '../methods/shared.js';
 import type { NlfRecord } from '../noise/nlf.js';
 import {
   MANIFEST_JSON,
@@ -57,7 +40,6 @@ import {
   writeFilesAtomically,
   MODEL_JSON,
   WEIGHTS_BIN,
-  METHOD_NAMES,
   type MethodName,
   type MethodSettings,
   type ModelManifest,
@@ -83,7 +65,7 @@ import { defaultSketchCapacity } from '../core/quantiles.js';
 import type { ChunkedArrayReader } from '../storage/chunked.js';
 import type { MaskedPatch } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
-import { toBatchLoss, trainSteps, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
+import { trainSteps, type BatchLossFn, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
 import { readImage } from '../storage/index.js';
 import { VERSION } from '../core/version.js';
@@ -215,20 +197,8 @@ export interface TrainOptions {
   command?: string[];
 }
 
-export interface NetworkOverrides {
-  depth?: number;
-  filters?: number;
-  kernelSize?: number;
-  batchNorm?: boolean;
-  /** D-BSN: residual dilated blocks per branch. */
-  blocks?: number;
-}
-
-const networkOptions: Record<'unet' | 'laine19' | 'dbsn', readonly (keyof NetworkOverrides)[]> = {
-  unet: ['depth', 'filters', 'kernelSize', 'batchNorm'],
-  laine19: ['depth', 'filters'],
-  dbsn: ['filters', 'blocks'],
-};
+export type { NetworkOverrides };
+export { minBatchSizeForBatchNorm };
 
 export type TrainEvent =
   | {
@@ -259,7 +229,7 @@ export type TrainEvent =
   | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
   | { type: 'checkpoint'; step: number }
   | { type: 'warning'; message: string }
-  | { type: 'noise2info-sigma'; step: number; estimate: number; sigma: number }
+  | MethodEvent
   | { type: 'interrupted'; step: number }
   | { type: 'done'; steps: number; bestStep: number; bestValLoss: number | null; seconds: number };
 
@@ -274,41 +244,41 @@ interface CheckpointState {
   history: TrainingRecord[];
   wallSeconds: number;
   optimizerWeights: tf.io.WeightsManifestEntry[];
-  /** noise2info: sigma_loss and its updates; learned prior: log sigma (normalised units). */
-  noise2info?: { sigma: number; estimates: { step: number; estimate: number; sigma: number }[] };
+  /** Learned prior: log sigma (normalised units). */
   learnedLogSigma?: number;
   bestLearnedLogSigma?: number;
 }
 
 /** Trains a model and writes its folder. Returns the final manifest. */
 export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
-  const method: MethodName = opts.method ?? 'n2v';
-  if (!METHOD_NAMES.includes(method)) throw new UsageError(`--method must be one of ${METHOD_NAMES.join(', ')}, got '${String(method)}'`);
+  const methodName: MethodName = opts.method ?? defaultMethodName;
+  const method: Method = getMethod(methodName);
   if (opts.sources && (opts.inputs?.length || opts.volumes)) throw new UsageError('train takes either chunked sources or images, not both');
-  validateMethodOptions(method, opts);
+  validateOptions(method, opts);
   const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
   if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
   // Streamed pairs: the same sorted-name rule as files; the caller's source objects are not changed.
   const sources = opts.sources && opts.targetSources ? pairSources(opts.sources, opts.targetSources) : opts.sources;
   const dims = sources ? inferSourceDims(sources) : inferDims(named);
   if (opts.targets) await attachTargets(named, opts.targets);
-  if (isPairedMethod(method)) {
+  if (method.targets !== undefined) {
     const missing = [...named, ...(sources ?? [])].find((n) => !n.target);
-    if (missing) throw new UsageError(`--method ${method} needs a target image for every input (--targets); ${missing.name} has none`);
+    if (missing) throw new UsageError(`--method ${methodName} needs a target image for every input (--targets); ${missing.name} has none`);
   }
   const givenPrior = typeof opts.prior === 'object' ? opts.prior : undefined;
   if (givenPrior) validateNoiseSpec(givenPrior, 'train --prior');
   // D-BSN always predicts (mean, variance) and needs a noise model: the images' noise-level fits unless one is given.
-  const priorMode: PriorSource | null = opts.prior === undefined ? (method === 'dbsn' ? 'nlf' : null) : typeof opts.prior === 'string' ? opts.prior : 'given';
+  const priorMode: PriorSource | null = opts.prior === undefined ? (method.defaultPrior ?? null) : typeof opts.prior === 'string' ? opts.prior : 'given';
   if (priorMode === 'nlf' && (sources || opts.noiseFits === false)) {
     throw new UsageError(
-      `${method === 'dbsn' && opts.prior === undefined ? '--method dbsn uses the noise-level fits of the training images by default, which' : '--prior nlf'} needs in-memory training images (streamed sources are not fitted): give the noise with --prior gaussian:S, poisson-gaussian:A,B or a noise-model file`,
+      `${method.defaultPrior === 'nlf' && opts.prior === undefined ? `--method ${methodName} uses the noise-level fits of the training images by default, which` : '--prior nlf'} needs in-memory training images (streamed sources are not fitted): give the noise with --prior gaussian:S, poisson-gaussian:A,B or a noise-model file`,
     );
   }
-  const structMask = method === 'structn2v' ? resolveStructMask(opts.structMask, dims) : undefined;
+  const structMask = method.patchSettings?.(opts, dims).structMask;
   const grid = opts.grid ?? defaultGridSide;
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
-  let network = methodNetwork(method, dims, opts, batchSize, priorMode !== null);
+  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
+  let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null });
   const geometry = networkGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
   validatePatchShape(patchShape, dims, geometry.sizeMultiple);
@@ -326,11 +296,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const lossKind = opts.loss ?? 'mse';
   const masking: MaskOptions = {
     fraction: opts.maskFraction ?? defaultMaskOptions.fraction,
-    strategy: opts.strategy ?? (method === 'n2v2' ? 'median' : defaultMaskOptions.strategy),
+    strategy: opts.strategy ?? method.defaultStrategy ?? defaultMaskOptions.strategy,
     radius: opts.maskRadius ?? defaultMaskOptions.radius,
   };
   if (!(masking.fraction > 0 && masking.fraction < 0.5)) throw new UsageError(`--mask-fraction must be in (0, 0.5), got ${masking.fraction}`);
   if (!(Number.isInteger(masking.radius) && masking.radius >= 1)) throw new UsageError(`--mask-radius must be an integer >= 1, got ${masking.radius}`);
+  const preparation: PatchPreparation = { method, masking, structMask, grid, seed };
   const aheadBatches = opts.aheadBatches ?? 2;
   if (!(Number.isInteger(aheadBatches) && aheadBatches >= 1)) throw new UsageError(`aheadBatches must be a positive integer, got ${aheadBatches}`);
   const baseLearningRate = opts.learningRate ?? 4e-4;
@@ -359,7 +330,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       seed,
       valFraction,
       valPatches,
-      preparation: { method, masking, structMask, grid, seed },
+      preparation,
       mode: opts.normalisation ?? 'meanstd',
       aheadBatches,
       settings: opts.streaming ?? {},
@@ -377,7 +348,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       validationNames: validation.map((v) => v.name),
       normalisation,
       patches: samplePatches({ volumes: train, patchShape: patchShape as unknown as Shape, patchesPerStep: batchSize, normalisation, seed }),
-      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, { method, masking, structMask, grid, seed }, seed),
+      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, preparation, seed),
     };
   }
   const { normalisation, valBatches } = data;
@@ -395,7 +366,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   let priorNoise: NoiseSpec | undefined = givenPrior;
   if (priorMode === 'nlf') {
     const fits = await noiseFits;
-    if (!fits || fits.length === 0) throw new UsageError(`the training images' noise-level fits failed, so ${method} has no noise model: give one with --prior gaussian:S or poisson-gaussian:A,B`);
+    if (!fits || fits.length === 0) throw new UsageError(`the training images' noise-level fits failed, so ${methodName} has no noise model: give one with --prior gaussian:S or poisson-gaussian:A,B`);
     priorNoise = pooledNoiseSpec(fits);
   }
 
@@ -410,16 +381,17 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     history: [],
     wallSeconds: 0,
     optimizerWeights: [],
-    ...(method === 'noise2info' ? { noise2info: { sigma: initialNoise2InfoSigma, estimates: [] } } : {}),
   };
   const resumed = existing === 'checkpoint' && !!opts.resume;
+  let savedState: Record<string, unknown> | undefined;
   if (resumed) {
     const restored = await readCheckpoint(checkpointDir, optimizer, state);
     model = restored.model;
     state = restored.state;
+    savedState = restored.state as unknown as Record<string, unknown>;
     // A checkpoint from before batch norm's default followed the batch size has it whatever the size:
     // the manifest must describe the network that is actually trained.
-    if (network.kind !== 'laine19' && network.kind !== 'dbsn') network = { ...network, batchNorm: model.layers.some((l) => l.getClassName().includes('BatchNorm')) };
+    if (network.kind === undefined || network.kind === 'unet') network = { ...network, batchNorm: model.layers.some((l) => l.getClassName().includes('BatchNorm')) };
   } else {
     model = buildNetwork(network, seed);
   }
@@ -433,16 +405,10 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const noiseVariance =
     learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
   const maskedLossFn: MaskedLossFn =
-    method === 'dbsn'
-      ? dbsnLoss(noiseVariance!)
-      : noiseVariance !== undefined
-        ? gaussianPriorLoss(noiseVariance)
-        : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
-  const batchLoss: BatchLossFn =
-    method === 'noise2info'
-      ? // F(X) on the unmasked patch (the target) and F(X_J^c) on the masked input.
-        (apply, inputs, targets, masks) => noise2InfoLoss(apply(targets), apply(inputs), targets, masks, state.noise2info!.sigma)
-      : toBatchLoss(maskedLossFn);
+    noiseVariance !== undefined ? gaussianPriorLoss(noiseVariance) : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
+  // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
+  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, saved: savedState });
+  const batchLoss: BatchLossFn = methodRun.batchLoss;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
@@ -453,11 +419,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     return priorNoise !== undefined ? { noise: priorNoise, source: priorMode ?? 'given' } : undefined;
   };
   const methodSettings = (): MethodSettings | undefined => {
-    const settings: MethodSettings = {};
-    if (structMask) settings.structMask = { spec: typeof opts.structMask === 'string' ? opts.structMask : 'element', shape: [...structMask.shape], values: [...structMask.values] };
-    if (usesGridMasking(method)) settings.grid = grid;
-    if (state.noise2info) settings.noise2info = state.noise2info;
-    if (isPairedMethod(method)) settings.targets = (sources ?? named).map((n) => n.targetName ?? `${n.name} (target)`);
+    const settings: MethodSettings = { ...method.settings?.(opts, preparation), ...methodRun.settings?.() };
+    if (method.targets !== undefined) settings.targets = (sources ?? named).map((n) => n.targetName ?? `${n.name} (target)`);
     return Object.keys(settings).length > 0 ? settings : undefined;
   };
 
@@ -466,7 +429,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     steps,
     firstStep: state.stepsDone,
     dims,
-    method,
+    method: methodName,
     network: describeNetwork(network),
     patchShape,
     batchSize,
@@ -478,12 +441,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const manifestFor = (finished: boolean): ModelManifest => ({
     format: 'blindspot-model',
     formatVersion: 1,
-    method,
+    method: methodName,
     network,
     normalisation,
     patchShape,
-    ...(usesStratifiedMasking(method) ? { masking } : {}),
-    loss: method === 'dbsn' ? 'dbsn-nll' : method === 'noise2info' ? 'noise2info' : priorMode !== null ? 'prior-nll' : lossKind,
+    ...(method.masking === 'stratified' ? { masking } : {}),
+    loss: method.ownLoss?.name ?? (priorMode !== null ? 'prior-nll' : lossKind),
     ...(priorMode !== null ? { prior: priorRecord() } : {}),
     ...(methodSettings() ? { methodSettings: methodSettings() } : {}),
     training: {
@@ -532,14 +495,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     if (isValidationStep) {
       const valLoss = evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
-      if (state.noise2info) {
-        // Algorithm 2's per-epoch update, once per validation, on the fixed validation patches.
-        const estimate = estimateNoise2InfoSigmaOn(model, valBatches, new Rng(mixSeed(seed, state.stepsDone, 0x6e32)));
-        const sigma = updateNoise2InfoSigma(state.noise2info.sigma, estimate);
-        state.noise2info = { sigma, estimates: [...state.noise2info.estimates, { step: state.stepsDone, estimate, sigma }] };
-        record.noise2infoSigma = sigma;
-        opts.onEvent?.({ type: 'noise2info-sigma', step: state.stepsDone, estimate, sigma });
-      }
+      const hook = methodRun.onValidation?.({ model, batches: valBatches, step: state.stepsDone });
+      if (hook?.record) Object.assign(record, hook.record);
+      for (const event of hook?.events ?? []) opts.onEvent?.(event);
       lastValLoss = valLoss;
       const improved = state.bestValLoss === null || valLoss < state.bestValLoss;
       if (improved) {
@@ -560,7 +518,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       }
       opts.onEvent?.({ type: 'validation', step: state.stepsDone, valLoss, best: improved, learningRate: state.learningRate });
       if (state.stepsDone < steps) {
-        await writeCheckpoint(checkpointDir, model, optimizer, state);
+        await writeCheckpoint(checkpointDir, model, optimizer, { ...state, ...methodRun.checkpointState?.() });
         opts.onEvent?.({ type: 'checkpoint', step: state.stepsDone });
       }
     } else {
@@ -568,7 +526,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     }
     opts.onEvent?.({ type: 'step', step: state.stepsDone, steps, loss: result.loss, learningRate: state.learningRate, stepsPerSecond, lastValLoss });
     if (opts.signal?.aborted && state.stepsDone < steps) {
-      if (!isValidationStep) await writeCheckpoint(checkpointDir, model, optimizer, state);
+      if (!isValidationStep) await writeCheckpoint(checkpointDir, model, optimizer, { ...state, ...methodRun.checkpointState?.() });
       interrupted = true;
       opts.onEvent?.({ type: 'interrupted', step: state.stepsDone });
       stepDone.complete();
@@ -580,7 +538,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const run$ = stepsOnDemand(state.stepsDone, steps, aheadBatches, stepDone).pipe(
     data.patches,
     map((p) => augmentMethodPatch(p, opts.augment ?? true)),
-    map((p): MaskedPatch => ({ step: p.step, shape: p.shape, ...preparePatch(p, { method, masking, structMask, grid, seed }) })),
+    map((p): MaskedPatch => ({ step: p.step, shape: p.shape, ...preparePatch(p, preparation) })),
     batchPatches({ batchSize }),
     tap((batch) => opts.onBatchReady?.(batch.step)),
     trainSteps({
@@ -611,9 +569,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   if (state.bestStep === 0) await saveModelFolder(opts.out, model, manifestFor(true));
   const noise = (await noiseFits) ?? undefined;
   let manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
-  if (priorMode === null) {
+  if (priorMode === null && method.afterTraining) {
     const best = (await loadModelFolder(opts.out)).model;
-    const offset = removeOutputOffset(best, valBatches, isPairedMethod(method) ? 'inputs' : 'targets');
+    const offset = method.afterTraining(best, valBatches);
     manifest = { ...manifest, outputOffsetRemoved: offset * normalisation.scale };
     await saveModelFolder(opts.out, best, manifest);
     best.dispose();
@@ -638,68 +596,18 @@ export class TrainingInterrupted extends Error {
   }
 }
 
-/** Checks the options that belong to some methods only, before anything is read. */
-function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
+/** Checks the method's options (methods/options.ts) and how streamed targets are given, before anything is read. */
+function validateOptions(method: Method, opts: TrainOptions): void {
   const streamedTargets = opts.targetSources !== undefined || (opts.sources ?? []).some((s) => s.target);
-  if ((opts.targets || streamedTargets) && !isPairedMethod(method)) throw new UsageError(`--targets applies to --method n2n and care only (this is ${method})`);
+  validateMethodOptions(method, opts, { given: !!opts.targets || streamedTargets, optional: !!opts.volumes });
   if (opts.targetSources && !opts.sources) throw new UsageError('streamed targets (targetSources) pair with streamed sources; image inputs take image --targets');
   if (opts.targets && opts.sources) throw new UsageError('streamed sources pair with streamed targets (targetSources), not image files');
   if (opts.targetSources && opts.sources?.some((s) => s.target)) throw new UsageError('give the targets either as targetSources or on the sources, not both');
-  if (isPairedMethod(method) && !opts.targets && !opts.volumes && !streamedTargets) {
-    throw new UsageError(`--method ${method} needs --targets: the ${method === 'care' ? 'clean images' : 'second noisy images'} paired with the inputs`);
-  }
-  if (opts.structMask !== undefined && method !== 'structn2v') throw new UsageError(`--struct-mask applies to --method structn2v only (this is ${method})`);
-  if (method === 'structn2v' && opts.structMask === undefined) throw new UsageError('--method structn2v needs --struct-mask (e.g. horizontal:5, vertical:5, or a mask file)');
-  if (opts.grid !== undefined) {
-    if (!usesGridMasking(method)) throw new UsageError(`--grid applies to --method noise2self and noise2info only (this is ${method})`);
-    if (!Number.isInteger(opts.grid) || opts.grid < 2) throw new UsageError(`--grid must be an integer >= 2, got ${opts.grid}`);
-  }
-  if (opts.prior !== undefined && !acceptsPrior(method)) throw new UsageError(`--prior does not apply to --method ${method}`);
-  if (!usesStratifiedMasking(method) && (opts.maskFraction !== undefined || opts.strategy !== undefined || opts.maskRadius !== undefined)) {
-    const what = usesGridMasking(method) ? `it masks one grid phase per step (--grid)` : 'it masks nothing';
-    throw new UsageError(`--mask-fraction, --mask-radius and --strategy do not apply to --method ${method}: ${what}`);
-  }
-  if (method === 'dbsn' && opts.loss !== undefined) throw new UsageError('--loss does not apply to --method dbsn: it trains with its own likelihood (CNN_est loss)');
 }
 
-/**
- * Below this batch size the U-Net trains without batch norm unless asked: its statistics from a few
- * patches of different images differ from image to image, and a network trained on them is biased
- * at inference (moving statistics). Measured (bench:methods, 400 steps x batch 4, BSD68 sigma 25):
- * n2v 23.76 -> 25.56 dB and n2v2 21.63 -> 25.64 dB without it; the output's mean offset fell from
- * +5.1 / +10.9 to -0.6 / +2.0 grey levels. N2V's published setting (batch 128) keeps it.
- */
-export const minBatchSizeForBatchNorm = 16;
-
-/** The method's network: its kind's default (paper or small size), the user's overrides, dims and outputs. */
-function methodNetwork(method: MethodName, dims: 2 | 3, opts: TrainOptions, batchSize: number, twoChannels: boolean): NetworkConfig {
-  const kind = networkKindFor(method);
-  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
-  const overrides = opts.network ?? {};
-  for (const [key, value] of Object.entries(overrides)) {
-    if (value === undefined) continue;
-    if (!networkOptions[kind].includes(key as keyof NetworkOverrides)) {
-      const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`.replace('--batch-norm', '--no-batch-norm');
-      throw new UsageError(`${flag} does not apply to --method ${method} (its network takes ${networkOptions[kind].map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ')})`);
-    }
-  }
-  const base = defaultNetwork(kind, dims, size);
-  const outputs = twoChannels ? { outputChannels: 2 } : {};
-  if (base.kind === 'laine19') return { ...base, ...pick(overrides, ['depth', 'filters']), dims, ...outputs };
-  if (base.kind === 'dbsn') return { ...base, ...pick(overrides, ['filters', 'blocks']), dims, outputChannels: 2 };
-  const variant = method === 'n2v2' ? ({ variant: 'n2v2', blurPool: 'centred' } as const) : ({ variant: 'n2v' } as const);
-  return { ...base, batchNorm: batchSize >= minBatchSizeForBatchNorm, ...pick(overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims, ...variant, ...outputs };
-}
-
-function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Partial<Pick<T, K>> {
-  const out: Partial<Pick<T, K>> = {};
-  for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
-  return out;
-}
-
-function resolveStructMask(spec: string | StructuringElement | undefined, dims: 2 | 3): StructuringElement {
-  if (spec === undefined) throw new UsageError('--method structn2v needs --struct-mask');
-  return typeof spec === 'string' ? parseStructMask(spec, dims) : liftToDims(spec, dims);
+/** A method's patch -> (input, target, mask) (Method.preparePatch). */
+function preparePatch(p: MethodPatch, prep: PatchPreparation): PreparedPatch {
+  return prep.method.preparePatch(p, prep);
 }
 
 /**
@@ -743,41 +651,6 @@ function pooledNoiseSpec(fits: readonly NlfRecord[]): NoiseSpec {
   const b = fits.reduce((sum, f) => sum + f.b, 0) / fits.length;
   // A slightly negative slope is fit noise on nearly signal-independent data.
   return { kind: 'poisson-gaussian', a: Math.max(0, a), b };
-}
-
-/**
- * Noise2Info's sigma upper bound (models/noise2info.ts) on the validation patches: F(X) on each
- * unmasked patch (the target), l_ex from F(X_J^c) on its grid-masked copy.
- */
-function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: ValidationBatch[], rng: Rng): number {
-  const noisy: Float32Array[] = [];
-  const predicted: Float32Array[] = [];
-  const maskedPredicted: Float32Array[] = [];
-  const masks: Float32Array[] = [];
-  for (const b of batches) {
-    const [full, masked] = tf.tidy(() => [
-      (model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
-      (model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
-    ]);
-    const per = b.targets.length / b.shape[0];
-    for (let i = 0; i < b.shape[0]; i++) {
-      noisy.push(b.targets.subarray(i * per, (i + 1) * per));
-      predicted.push(full.subarray(i * per, (i + 1) * per));
-      maskedPredicted.push(masked.subarray(i * per, (i + 1) * per));
-      masks.push(b.masks.subarray(i * per, (i + 1) * per));
-    }
-  }
-  const concat = (parts: Float32Array[]): Float32Array => {
-    const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-    let o = 0;
-    for (const p of parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
-  };
-  const externalLoss = noise2InfoExternalLoss(concat(predicted), concat(maskedPredicted), concat(masks));
-  return estimateNoise2InfoSigma(noisy, predicted, { externalLoss, rng }).sigma;
 }
 
 async function readInputs(files: string[]): Promise<NamedVolume[]> {
@@ -1052,13 +925,6 @@ function initialLearnedSigma(valBatches: readonly ValidationBatch[]): number {
   return estimates[estimates.length >> 1];
 }
 
-interface ValidationBatch {
-  shape: number[];
-  inputs: Float32Array;
-  targets: Float32Array;
-  masks: Float32Array;
-}
-
 /** A fixed, seeded set of masked validation patches: the same every validation, so losses compare. */
 function makeValidationBatches(
   validation: NamedVolume[],
@@ -1110,35 +976,6 @@ function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], 
     weight += b.shape[0];
   }
   return sum / weight;
-}
-
-/**
- * Subtracts from the output layer's bias the network's mean offset on the validation patches, run
- * as at inference (unmasked: `from` is the patch the network sees at inference, 'targets' for the
- * masked methods, 'inputs' for n2n / care), against their targets; returns that offset (normalised
- * units). A denoiser of zero-mean noise keeps each image's mean, but a short training leaves an
- * image-wide offset that changes with the seed (N2V2, 400 x 4: -6.8 to +2.0 grey levels on BSD68,
- * about the same on Set12: mostly the network's, not the image's). Measured after it: -1.9 to -1.1;
- * the patches stand for an image only to within 1-3 grey levels (16 patches of 64x64 there).
- */
-function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): number {
-  let sum = 0;
-  let count = 0;
-  for (const b of batches) {
-    sum += tf.tidy(() => {
-      const prediction = model.predict(tf.tensor(b[from], b.shape)) as tf.Tensor;
-      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape))).dataSync()[0];
-    });
-    count += b.targets.length;
-  }
-  const offset = count > 0 ? sum / count : 0;
-  const output = model.getLayer('output');
-  const [kernel, bias] = output.getWeights();
-  if (bias === undefined) throw new Error(`the ${model.name} network's output layer has no bias to correct`);
-  const corrected = tf.sub(bias, offset);
-  output.setWeights([kernel, corrected]);
-  corrected.dispose();
-  return offset;
 }
 
 function setLearningRate(optimizer: tf.Optimizer, lr: number): void {
