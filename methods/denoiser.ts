@@ -5,7 +5,7 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
-import type { DenoiseOutput } from '../models/bayes.js';
+import type { DenoiseOutput } from './method.js';
 import type { ModelManifest } from '../models/io.js';
 import { methods } from './registry.js';
 import { priorOrPlainDenoiser } from './shared.js';

@@ -21,12 +21,15 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import type { Rng } from '../core/rng.js';
 import type { Shape } from '../core/volume.js';
-import type { DenoiseOutput, NoiseSpec } from '../models/bayes.js';
+import type { NoiseSpec } from '../models/bayes.js';
 import type { MethodSettings, ModelManifest, PriorSource, TrainingRecord } from '../models/io.js';
 import type { MaskOptions, ReplacementStrategy } from '../models/masking.js';
 import type { NetworkConfig, NetworkKind } from '../models/network.js';
 import type { StructuringElement } from '../models/structMask.js';
 import type { BatchLossFn, MaskedLossFn } from '../operators/trainSteps.js';
+
+/** What `blindspot denoise` writes: the denoised image, its uncertainty, or (prior models) the prior mean alone. */
+export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean';
 
 /** Where a method comes from: for the README's table, `blindspot train --help` and model exports. */
 export interface MethodPaper {
