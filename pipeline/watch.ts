@@ -61,107 +61,23 @@ import { NEVER, type Observable, concatMap, defer, from, fromEvent, lastValueFro
 import { BlindspotError, InputError, OutputError, UsageError } from '../core/errors.js';
 import type { Volume } from '../core/volume.js';
 import { loadModelFolder, readManifest, type ModelManifest } from '../models/io.js';
-import { denoiseVolume, outputPathFor, type OutputType } from './denoise.js';
+import { denoiseVolume, type OutputType } from './denoise.js';
 import { assertOutputIsNotInput, denoiseUrl, modelFolderHash } from './streamDenoise.js';
-import type { ByteStore } from '../storage/byteStore.js';
 import { readImage } from '../storage/index.js';
-import { ngffAxes, readOmeMetadata } from '../storage/ome.js';
-import { isS3Url, type S3Settings } from '../storage/s3.js';
-import { readZarrArraySpec } from '../storage/zarr.js';
+import { isS3Url } from '../storage/s3.js';
 import { type ItemSignature, type WatchItemKind, type WatchStateItem, WatchStateStore, sameSignature, signatureText, StateWriteError } from './watchState.js';
-import { type Scan, type WatchSource, isZarrName, openSource } from './watchSources.js';
+import { type Scan, type WatchSource, openSource } from './watchSources.js';
 import { openSink } from './watchSinks.js';
+import type { WatchEvent, WatchHandle, WatchOptions, WatchResult } from './watchOptions.js';
+import { type Tracked, type WatchItem, TIMEPOINT_SIGNATURE, timeExtent, timepointKey, watchOutputFor, zarrExists } from './watchItems.js';
 
 export { WATCH_STATE_KEY, readWatchState } from './watchState.js';
 export type { ItemSignature, WatchItemKind, WatchState, WatchStateItem } from './watchState.js';
+export type { WatchEvent, WatchHandle, WatchOptions, WatchResult } from './watchOptions.js';
+export { watchOutputFor } from './watchItems.js';
 
 /** Listings failing this many polls in a row end the watch (fewer are logged and retried). */
 const MAX_LISTING_FAILURES = 10;
-
-export type WatchEvent =
-  | { type: 'watch-start'; input: string; out: string; settleMs: number; pollMs: number; maxQueue: number; marker: string | null; done: number; failed: number }
-  | { type: 'item-seen'; key: string; kind: WatchItemKind }
-  | { type: 'item-start'; key: string; kind: WatchItemKind; output: string; waitedSeconds: number; queueLength: number }
-  | {
-      type: 'item-done';
-      key: string;
-      kind: WatchItemKind;
-      output: string;
-      /** Processing: read, denoise, write. */
-      seconds: number;
-      /** Arrival to stored output (settling and queueing included). */
-      latencySeconds: number;
-      megapixelsPerSecond: number;
-      queueLength: number;
-      /** Queue length / measured processing rate. */
-      queueEtaSeconds: number | null;
-    }
-  | { type: 'item-adopted'; key: string; kind: WatchItemKind; output: string }
-  | { type: 'item-retry'; key: string; kind: WatchItemKind; error: string }
-  | { type: 'item-failed'; key: string; kind: WatchItemKind; error: string }
-  | { type: 'item-abandoned'; key: string; kind: WatchItemKind }
-  | { type: 'item-changed'; key: string; kind: WatchItemKind; output: string }
-  | { type: 'queue-warning'; reason: 'queue-full' | 'rate'; queueLength: number; maxQueue: number; waiting: number; arrivalsPerSecond: number | null; itemsPerSecond: number | null }
-  | { type: 'queue-ok'; queueLength: number }
-  | { type: 'dry-run-item'; key: string; kind: WatchItemKind; status: 'ready' | 'settling' | 'waiting-for-marker' | 'done' | 'failed'; output: string }
-  | { type: 'stream'; key: string; event: Record<string, unknown> }
-  | { type: 'poll-error'; error: string; consecutive: number }
-  | { type: 'watch-stopped'; processed: number; adopted: number; failed: number; interrupted: boolean };
-
-export interface WatchOptions {
-  /** Folder or s3://bucket/prefix to watch. */
-  input: string;
-  /** Folder or s3://bucket/prefix for outputs and the state; never the input or inside it. */
-  out: string;
-  /** Local model folder (loaded once). */
-  modelDir: string;
-  /** How long a signature must stay unchanged (default 2000 ms). */
-  settleMs?: number;
-  /** Between polls (default 500 ms). */
-  pollMs?: number;
-  /** Completeness marker suffix (e.g. '.done'); without it, settling decides. */
-  marker?: string;
-  /** Items admitted and not finished, at most (default 16). */
-  maxQueue?: number;
-  /** Process what is (or becomes, by settling) complete, then return. */
-  once?: boolean;
-  /** List what would be processed; write nothing, load no network. */
-  dryRun?: boolean;
-  /** Replace outputs this watch did not write. */
-  overwrite?: boolean;
-  outputType?: OutputType;
-  tta?: boolean;
-  tileShape?: number[];
-  /** Memory bound of Zarr items (denoiseUrl; default 2 GiB). */
-  maxMemoryBytes?: number;
-  /** Channel of multi-channel OME-Zarr items. */
-  channel?: number;
-  s3?: S3Settings;
-  /** Stop: take nothing new, let the item in flight finish. */
-  signal?: AbortSignal;
-  /** Abandon the item in flight (at its next tile or chunk); it stays 'started' and is redone or resumed later. */
-  abandon?: AbortSignal;
-  onEvent?: (event: WatchEvent) => void;
-}
-
-export interface WatchResult {
-  processed: number;
-  adopted: number;
-  failed: number;
-  /** Stopped by `signal` (items may be left for the next run). */
-  interrupted: boolean;
-  /** Dry run: the items that would be processed now. */
-  ready?: string[];
-}
-
-export interface WatchHandle {
-  result: Promise<WatchResult>;
-  /** Resolves when the state written so far is stored (for a process about to exit). */
-  flush(): Promise<void>;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Items (sources: watchSources.ts; sinks: watchSinks.ts; state: watchState.ts)
 
 /** The item in flight was abandoned (abandon signal). */
 class Abandoned extends Error {}
@@ -175,67 +91,6 @@ class DecodeFailure extends Error {
 
 // ---------------------------------------------------------------------------------------------
 // The loop
-
-interface Tracked {
-  kind: WatchItemKind;
-  signature: ItemSignature;
-  firstSeenMs: number;
-  stableSinceMs: number;
-  /** Signature at the last decode failure (a second failure with it is final). */
-  failedSignature?: string;
-  /** Counted as an arrival (for the rate estimate). */
-  arrived: boolean;
-}
-
-interface WatchItem {
-  key: string;
-  kind: WatchItemKind;
-  signature: ItemSignature;
-  /** The Zarr of a Zarr item or time point. */
-  zarrKey?: string;
-  time?: number;
-  output: string;
-  arrivedAtMs: number;
-  admittedAtMs: number;
-}
-
-/** Whether a Zarr (any version, array or group) is stored at `rel` under the store's root. */
-async function zarrExists(store: ByteStore, rel: string): Promise<boolean> {
-  for (const name of ['zarr.json', '.zarray', '.zgroup', '.zattrs']) if ((await store.get(`/${rel}/${name}`)) !== undefined) return true;
-  return false;
-}
-
-const TIMEPOINT_SIGNATURE: ItemSignature = { size: 0, mtimeMs: null };
-
-function timepointKey(zarrKey: string, t: number): string {
-  return `${zarrKey}#t=${t}`;
-}
-
-/** Output (relative to --out) of an item key. */
-export function watchOutputFor(key: string, outputType: OutputType): string {
-  const time = /^(.*\.zarr)#t=(\d+)$/i.exec(key);
-  if (time) return `${time[1].replace(/\.zarr$/i, '')}.t${time[2]}.zarr`;
-  if (isZarrName(key)) return key;
-  const dir = path.posix.dirname(key);
-  return path.posix.relative('.', outputPathFor(key, dir === '.' ? '' : dir, outputType).split(path.sep).join('/'));
-}
-
-/** Extent of the time axis of an OME-Zarr (null: no t axis); undefined while its metadata is not readable yet. */
-async function timeExtent(store: ByteStore): Promise<number | null | undefined> {
-  try {
-    const meta = await readOmeMetadata(store);
-    if (!meta) return null;
-    const dataset = meta.multiscale.datasets?.[0];
-    if (!dataset?.path) return null;
-    const spec = await readZarrArraySpec(store, dataset.path);
-    if (!spec) return undefined;
-    const axes = ngffAxes(meta.multiscale, spec.shape.length);
-    const t = axes.findIndex((a) => a.type === 'time');
-    return t < 0 ? null : spec.shape[t];
-  } catch {
-    return undefined; // Half-written metadata: look again on the next poll.
-  }
-}
 
 /** Starts watching; `result` resolves when the watch ends (once, dry run, or stopped by `signal`). */
 export function startWatch(opts: WatchOptions): WatchHandle {
