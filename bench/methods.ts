@@ -36,10 +36,13 @@ import { PACKAGE_ROOT, SHARED_DIR } from '../core/version.js';
 import { addGaussianNoise, addPoissonGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import type { Shape3D, Volume } from '../core/volume.js';
 import type * as tfl from '@tensorflow/tfjs-layers';
-import { METHOD_NAMES, loadModelFolder, type MethodName, type ModelManifest } from '../models/io.js';
+import { loadModelFolder, type MethodName, type ModelManifest } from '../models/io.js';
 import type { NoiseSpec } from '../models/bayes.js';
 import type { ReplacementStrategy } from '../models/masking.js';
-import { usesStratifiedMasking } from '../models/methods.js';
+import { getMethod, methodNames } from '../methods/registry.js';
+
+const METHOD_NAMES = methodNames();
+const usesStratifiedMasking = (method: string): boolean => getMethod(method).masking === 'stratified';
 import { parseNoiseSpec } from '../models/bayes.js';
 import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
 import { denoiseVolume } from '../pipeline/denoise.js';

@@ -9,7 +9,7 @@ import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
 import { trainModel, TrainingInterrupted, type NamedSource, type NetworkOverrides } from '../pipeline/train.js';
-import { METHOD_NAMES } from '../models/io.js';
+import { methodNames, methods } from '../methods/registry.js';
 import { denoiseFiles, outputPathFor, type OutputType } from '../pipeline/denoise.js';
 import { resolveShard, shardBlockRange } from '../pipeline/shard.js';
 import { describePlan, PLAN_HELP, runPlan } from './plan.js';
@@ -25,8 +25,14 @@ import { runNoise } from './noise.js';
 import { REPORT_HELP, reportAfterRun, runReport } from './report.js';
 import { assertReportWritable } from '../report/index.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
-import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
+import { parseNoiseSpec } from '../models/bayes.js';
+import type { DenoiseOutput } from '../methods/denoiser.js';
 import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
+
+/** The methods part of `train --help`: each registered method's name and summary, in registry order. */
+function methodHelp(): string {
+  return [...methods.values()].map((m) => `  ${m.name.padEnd(12)} ${m.summary}`).join('\n');
+}
 
 const HELP: Record<string, string> = {
   main: `blindspot ${VERSION}: self-supervised (Noise2Void family) denoising for microscopy and astronomy images
@@ -54,17 +60,7 @@ All inputs must be 2D, or all 3D; the network follows. Every method works in 2D 
 saved in the model: 'blindspot denoise' needs no method options.
 
 Methods (--method):
-  n2v          Noise2Void (default): U-Net, stratified masking, loss on the masked pixels
-  n2v2         N2V2: blur-pool U-Net without the top skip, median replacement (fewer checkerboard artefacts)
-  structn2v    structN2V for noise correlated along a direction: needs --struct-mask
-  noise2self   Noise2Self: one phase of a k x k (x k) grid masked per step with the donut mean (--grid K)
-  laine19      Laine et al. 2019: blind spot by architecture, every pixel in the loss; with --prior the
-               Bayesian posterior mean
-  dbsn         D-BSN: centrally masked + dilated convolutions, trained with the CNN_est loss; the noise
-               variance comes from --prior, by default the training images' noise-level fits
-  noise2info   Noise2Info: L_in + 2 sigma L_ex, sigma estimated at every validation (grid masking, --grid K)
-  n2n          Noise2Noise: needs --targets, the second noisy shot of each input
-  care         CARE (supervised): needs --targets, the clean image of each input
+${methodHelp()}
 
 Options:
   --out <dir>               model folder to create (required)
@@ -344,7 +340,7 @@ async function runTrain(args: string[]): Promise<number> {
           }
         : undefined,
       out: values.out,
-      method: choice('method', values.method, METHOD_NAMES),
+      method: choice('method', values.method, methodNames()),
       targets,
       structMask: values['struct-mask'],
       grid: intOption('grid', values.grid),

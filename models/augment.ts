@@ -2,7 +2,7 @@
  * Dihedral augmentation of training patches: flips and 90-degree rotations in the YX plane. Z (3D)
  * is never mixed into YX, since microscopy stacks are usually anisotropic.
  */
-import type { Rng } from '../core/rng.js';
+import { Rng } from '../core/rng.js';
 import type { Shape } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
 
@@ -77,4 +77,17 @@ export function augmentPatch(patch: Float32Array, shape: Shape, rng: Rng): Float
   const { ny, nx } = planeOf(shape);
   const k = rng.int(ny === nx ? dihedralCount : 4);
   return dihedralTransform(patch, shape, k);
+}
+
+/**
+ * Random flips / 90-degree rotations of a patch and (paired methods) its target, the same transform
+ * for both: the target's copy replays the generator state the input's draw used.
+ */
+export function augmentMethodPatch<T extends { shape: Shape; data: Float32Array; target?: Float32Array; rng: Rng }>(p: T, enabled: boolean): T {
+  if (!enabled) return p;
+  if (!p.target) return { ...p, data: augmentPatch(p.data, p.shape, p.rng) };
+  const replay = new Rng(0);
+  replay.setState(p.rng.getState());
+  const data = augmentPatch(p.data, p.shape, p.rng);
+  return { ...p, data, target: augmentPatch(p.target, p.shape, replay) };
 }

@@ -21,7 +21,7 @@ import { voxelCount, type Shape, type Volume } from '../core/volume.js';
 import { percentileOfSorted } from './normalise.js';
 import { encodeNpy } from '../storage/npy.js';
 import { encodePng } from '../storage/png.js';
-import { denoisingTileModel } from './bayes.js';
+import { denoisingTileModel } from '../methods/denoiser.js';
 import { documentationMarkdown, METHOD_CITATIONS } from './bioimageioDocs.js';
 import { modelToFiles, type ModelManifest } from './io.js';
 import { networkGeometry } from './network.js';

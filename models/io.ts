@@ -25,9 +25,8 @@ export const MANIFEST_JSON = 'blindspot.json';
 /** The network as ONNX (models/onnx/export.ts), beside the tfjs weights; recorded in the manifest's `onnx`. */
 export const MODEL_ONNX = 'model.onnx';
 
-/** Every training method `blindspot train --method` offers (see pipeline/train.ts). */
-export const METHOD_NAMES = ['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'n2n', 'care'] as const;
-export type MethodName = (typeof METHOD_NAMES)[number];
+/** A training method's name: a key of methods/registry.ts (a folder may name one this build does not know). */
+export type MethodName = string;
 
 /** Where a Gaussian-prior model's noise model came from. */
 export type PriorSource = 'given' | 'learned' | 'nlf';
@@ -69,10 +68,9 @@ export interface ModelManifest {
   masking?: MaskOptions;
   /**
    * 'prior-nll': the network predicts a Gaussian prior (models/bayes.ts), trained by its likelihood;
-   * 'dbsn-nll': D-BSN's loss with a per-pixel noise variance (models/dbsn.ts dbsnLoss);
-   * 'noise2info': L_in + 2 sigma L_ex (models/noise2info.ts).
+   * or the name of a method's own loss (Method.ownLoss: D-BSN's, Noise2Info's L_in + 2 sigma L_ex).
    */
-  loss: 'mse' | 'mae' | 'prior-nll' | 'dbsn-nll' | 'noise2info';
+  loss: string;
   /**
    * Present for 2-channel models (Gaussian prior, D-BSN): the noise model that turns the prediction
    * into a posterior, raw intensity units; `source`: given on the command line, learned jointly

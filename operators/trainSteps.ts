@@ -3,7 +3,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { maskedLoss } from '../models/losses.js';
 import type { TrainingBatch } from './batchPatches.js';
-import type { BatchLossFn } from '../models/methods.js';
 
 export interface StepResult {
   step: number;
@@ -11,6 +10,12 @@ export interface StepResult {
 }
 
 /** A loss on (prediction, noisy target, mask of the pixels the network did not see). */
+/**
+ * A loss over one batch given a way to run the network: most methods run it once on the input
+ * (a MaskedLossFn on its prediction); noise2info also runs it on the unmasked patch.
+ */
+export type BatchLossFn = (apply: (x: tf.Tensor) => tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, masks: tf.Tensor) => tf.Scalar;
+
 export type MaskedLossFn = (prediction: tf.Tensor, target: tf.Tensor, mask: tf.Tensor) => tf.Scalar;
 
 export interface TrainStepsOptions {

@@ -10,18 +10,28 @@ import { psnr } from '../core/metrics.js';
 import { syntheticCells, addPoissonGaussianNoise } from '../core/synthetic.js';
 import type { Shape3D, Volume } from '../core/volume.js';
 import { loadModelFolder } from '../models/io.js';
+import { defaultMethodName } from '../methods/registry.js';
 import { trainModel } from './train.js';
 import { denoiseVolume } from './denoise.js';
 import { writeImage } from '../storage/index.js';
 import { writeLossCurve, writeMontage } from './figures.js';
-import type { Reporter } from '../cli/progress.js';
 import { gatherInMemory, writeReportHtml } from '../report/index.js';
+import type { TrainEvent } from './trainOptions.js';
+
+/** Where the demo reports progress (the CLI's reporter is one; the library does not know the CLI). */
+export interface DemoReporter {
+  readonly json: boolean;
+  event(kind: string, fields: Record<string, unknown>): void;
+  log(message: string): void;
+  train(e: TrainEvent): void;
+  finish(): void;
+}
 
 export interface DemoOptions {
   outDir: string;
   steps?: number;
   backend: { name: string; threads: number };
-  reporter: Reporter;
+  reporter: DemoReporter;
   /** Smaller volume for tests. */
   shape?: Shape3D;
 }
@@ -49,7 +59,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   const manifest = await trainModel({
     volumes: [{ volume: noisy, name: 'synthetic-noisy' }],
     out: modelDir,
-    method: 'n2v',
+    method: defaultMethodName,
     steps: opts.steps ?? 200,
     batchSize: 4,
     patchShape: [8, 32, 32],

@@ -11,7 +11,7 @@ import { InputError, OutputError, UsageError } from '../core/errors.js';
 import type { SampleType, Volume } from '../core/volume.js';
 import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { networkGeometry } from '../models/network.js';
-import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
+import { denoisingTileModel, type DenoiseOutput } from '../methods/denoiser.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';

@@ -1,7 +1,9 @@
 /**
- * Training of every method (models/methods.ts: n2v, n2v2, structn2v, noise2self, laine19, dbsn,
- * noise2info, n2n, care): random patches -> augmentation -> the method's masking -> batches ->
- * optimiser steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume.
+ * Training of every method (methods/registry.ts; the loop calls the Method interface and names
+ * none): random patches -> augmentation -> the method's patch preparation -> batches -> optimiser
+ * steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume. This
+ * file is the loop and its checkpoints; the data side is trainData.ts, the options and events
+ * trainOptions.ts, the data-derived noise models trainNoise.ts.
  * Patches come from in-memory volumes, or (with `sources`) stream from chunked arrays of any size:
  * random chunk-aligned regions through a byte-bounded chunk cache, normalisation statistics from a
  * seeded sample of chunks, the producer at most `aheadBatches` batches in front of the model.
@@ -10,259 +12,41 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { type OperatorFunction, Subject, lastValueFrom, map, tap, defaultIfEmpty } from 'rxjs';
+import { Subject, lastValueFrom, map, tap, defaultIfEmpty } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
-import type { Shape, Volume } from '../core/volume.js';
-import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
-import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
-import { defaultMaskOptions, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
-import { randomPatch } from '../models/patches.js';
+import type { Shape } from '../core/volume.js';
+import { buildNetwork, describeNetwork, networkGeometry } from '../models/network.js';
+import { computeNormalisation, type Normalisation } from '../models/normalise.js';
+import { defaultMaskOptions, type MaskOptions } from '../models/masking.js';
 import { maskedLoss } from '../models/losses.js';
 import { fitNoiseInWorkers } from '../workers/noisePool.js';
-import { sampleNoise, screenedSampleVariance } from '../noise/sample.js';
-import { gaussianPriorLoss, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
-import { dbsnLoss } from '../models/dbsn.js';
+import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import { createAdam } from '../models/optimizer.js';
-import {
-  estimateNoise2InfoSigma,
-  initialNoise2InfoSigma,
-  noise2InfoExternalLoss,
-  noise2InfoLoss,
-  updateNoise2InfoSigma,
-} from '../models/noise2info.js';
-import { liftToDims, parseStructMask, type StructuringElement } from '../models/structMask.js';
-import {
-  acceptsPrior,
-  augmentMethodPatch,
-  defaultGridSide,
-  isPairedMethod,
-  learnedNoiseVariance,
-  networkKindFor,
-  preparePatch,
-  usesGridMasking,
-  usesStratifiedMasking,
-  type BatchLossFn,
-  type PatchPreparation,
-} from '../models/methods.js';
-import type { NlfRecord } from '../noise/nlf.js';
-import {
-  MANIFEST_JSON,
-  loadModelFolder,
-  modelFromFiles,
-  modelToFiles,
-  saveModelFolder,
-  writeFilesAtomically,
-  MODEL_JSON,
-  WEIGHTS_BIN,
-  METHOD_NAMES,
-  type MethodName,
-  type MethodSettings,
-  type ModelManifest,
-  type PriorSource,
-  type TrainingRecord,
-} from '../models/io.js';
-import { samplePatches, mixSeed, randomPatchPair, type PatchSample } from '../operators/samplePatches.js';
-import {
-  regionBytes,
-  regionStepSampler,
-  sampleNormalisation,
-  sampleRegions,
-  sourceBounds,
-  type BackgroundFilter,
-  type ChunkedSource,
-  type RegionEvent,
-  type RegionSamplingStats,
-  type SampledNormalisation,
-  checkPairShape,
-} from '../operators/sampleRegions.js';
-import { ChunkCache } from '../storage/chunkCache.js';
-import { defaultSketchCapacity } from '../core/quantiles.js';
-import type { ChunkedArrayReader } from '../storage/chunked.js';
+import { augmentMethodPatch } from '../models/augment.js';
+import type { Method, PatchPreparation, ValidationBatch } from '../methods/method.js';
+import { defaultMethodName, getMethod } from '../methods/registry.js';
+import { validateMethodOptions } from '../methods/options.js';
+import { defaultGridSide } from '../methods/shared.js';
+import { MANIFEST_JSON, loadModelFolder, modelFromFiles, modelToFiles, saveModelFolder, writeFilesAtomically, MODEL_JSON, WEIGHTS_BIN, type MethodName, type MethodSettings, type ModelManifest, type PriorSource, type TrainingRecord } from '../models/io.js';
+import { samplePatches } from '../operators/samplePatches.js';
+import { sourceBounds } from '../operators/sampleRegions.js';
 import type { MaskedPatch } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
-import { toBatchLoss, trainSteps, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
+import { trainSteps, type BatchLossFn, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
-import { readImage } from '../storage/index.js';
 import { VERSION } from '../core/version.js';
 import { writeOnnxAfterTraining } from '../models/onnx/export.js';
+import type { TrainOptions } from './trainOptions.js';
+import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairSources, prepareStreamingData, preparePatch, readInputs, splitForValidation, validatePatchShape, type TrainingData } from './trainData.js';
+import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
 
-export interface NamedVolume {
-  volume: Volume;
-  name: string;
-  /** n2n / care: the paired target image (second noisy shot, or clean), same shape as `volume`. */
-  target?: Volume;
-  /** Its file name, for messages. */
-  targetName?: string;
-}
-
-/** A chunked array to train from without reading it whole (Zarr, TIFF stack, frame folder, S3). */
-export interface NamedSource {
-  reader: ChunkedArrayReader;
-  name: string;
-  /**
-   * n2n / care: the paired target array (second noisy acquisition, or clean), exactly the shape of
-   * `reader` (chunk shapes may differ). Or give `targetSources` and let them pair by name.
-   */
-  target?: ChunkedArrayReader;
-  /** Its name (path or URL), for messages and the manifest. */
-  targetName?: string;
-}
-
-/** Settings of streaming training (with `sources`); every one has a default. */
-export interface StreamingTrainSettings {
-  /**
-   * Memory for the data side of training (chunk cache, batch queue, validation patches, statistics
-   * sketch); what streamingTrainBufferBytes does not claim goes to the cache. The network's own
-   * tensors (weights, optimiser state, activations) come on top: they depend on the model, not the data.
-   */
-  maxMemoryBytes?: number;
-  /** Bytes of decoded chunks the shared cache may hold; default from maxMemoryBytes, else max(256 MiB, one step's regions). */
-  cacheBytes?: number;
-  /** Patches cut from each region (more: fewer chunk reads per patch, less variety per batch); default min(batch, 8). */
-  patchesPerRegion?: number;
-  /** Region size in chunks per axis; default defaultRegionChunks (two patches per axis, shrunk for big or thin chunks). */
-  regionChunks?: number[];
-  /** Chunk reads in flight at once; default 4. */
-  readConcurrency?: number;
-  /** Skip patches whose mean (or percentile) is below a raw intensity threshold. */
-  background?: BackgroundFilter;
-  /** Values sampled (as whole chunks) for the normalisation statistics; default 2^24. */
-  normalisationSampleValues?: number;
-  /** Called for every region fetched (training and validation), e.g. to count chunk reads. */
-  onRegion?: (event: RegionEvent) => void;
-}
-
-export interface TrainOptions {
-  /** Image files (already expanded), or give `volumes` directly, or chunked `sources` (streaming). */
-  inputs?: string[];
-  volumes?: NamedVolume[];
-  /**
-   * Streaming training: patches come from random chunk-aligned regions read through a byte-bounded
-   * chunk cache, statistics from a sample of chunks; nothing holds a whole volume. Exclusive with
-   * `inputs` / `volumes`.
-   */
-  sources?: NamedSource[];
-  /**
-   * n2n / care with `sources`: the target arrays, paired with `sources` by sorted name exactly as
-   * `targets` pair with `inputs` (same count, same shapes); or set each source's `target` instead.
-   */
-  targetSources?: NamedSource[];
-  streaming?: StreamingTrainSettings;
-  /**
-   * Batches the patch producer may run ahead of the model (explicit backpressure); default 2.
-   * Memory held by the queue: (aheadBatches + 1) batches of inputs, targets and masks.
-   */
-  aheadBatches?: number;
-  /** Called when a batch is ready for the model, before it is trained on (progress, tests). */
-  onBatchReady?: (step: number) => void;
-  /** Model folder to create. */
-  out: string;
-  method?: MethodName;
-  /**
-   * n2n / care: target image files (second noisy shots, or clean images), paired with `inputs` by
-   * sorted file name (same count, same shapes). With `volumes`, set each one's `target` instead.
-   */
-  targets?: string[];
-  /** structn2v: `horizontal:N`, `vertical:N`, `depth:N` or a mask file (models/structMask.ts), or an element. */
-  structMask?: string | StructuringElement;
-  /** noise2self / noise2info: side k of the grid of masking phases (default 4). */
-  grid?: number;
-  steps?: number;
-  batchSize?: number;
-  /** YX or ZYX in pixels/voxels; default 64x64 (2D) or 32x64x64 (3D). */
-  patchShape?: number[];
-  seed?: number;
-  learningRate?: number;
-  maskFraction?: number;
-  strategy?: ReplacementStrategy;
-  /** Half-width in pixels of the window a masked pixel's replacement comes from (default 2: a 5x5 window; --mask-radius). */
-  maskRadius?: number;
-  loss?: 'mse' | 'mae';
-  /**
-   * Train a Gaussian prior (mean and variance of the clean value, Laine et al.) by the likelihood of
-   * the noisy value under this noise model, instead of a point estimate; denoise then gives the
-   * posterior mean (models/bayes.ts).
-   */
-  prior?: NoiseSpec | 'learned' | 'nlf';
-  /**
-   * Fit each training image's noise-level function in worker threads while training runs and store
-   * them in the model (default true for in-memory images; streamed sources are not fitted).
-   */
-  noiseFits?: boolean;
-  /** Network shape overrides; which apply depends on the method's network (U-Net, laine19, D-BSN). */
-  network?: NetworkOverrides;
-  /**
-   * Size of the default laine19 / D-BSN network: 'paper' (the published one) or 'small' (one that
-   * trains at a useful pace on a CPU); default 'paper' on tensorflow-gpu, else 'small'.
-   */
-  networkSize?: 'paper' | 'small';
-  normalisation?: 'meanstd' | 'percentile';
-  augment?: boolean;
-  /** Fraction of the data held out for validation (images, or a slab of a single image). */
-  valFraction?: number;
-  valPatches?: number;
-  validateEvery?: number;
-  /** Validations without improvement before the learning rate is halved. */
-  patience?: number;
-  resume?: boolean;
-  overwrite?: boolean;
-  backend?: { name: string; threads: number };
-  /** Interrupt: the run stops after the current step with a checkpoint, resumable with `resume`. */
-  signal?: AbortSignal;
-  onEvent?: (event: TrainEvent) => void;
-  command?: string[];
-}
-
-export interface NetworkOverrides {
-  depth?: number;
-  filters?: number;
-  kernelSize?: number;
-  batchNorm?: boolean;
-  /** D-BSN: residual dilated blocks per branch. */
-  blocks?: number;
-}
-
-const networkOptions: Record<'unet' | 'laine19' | 'dbsn', readonly (keyof NetworkOverrides)[]> = {
-  unet: ['depth', 'filters', 'kernelSize', 'batchNorm'],
-  laine19: ['depth', 'filters'],
-  dbsn: ['filters', 'blocks'],
-};
-
-export type TrainEvent =
-  | {
-      type: 'normalisation';
-      mode: 'meanstd' | 'percentile';
-      offset: number;
-      scale: number;
-      chunksRead: number;
-      chunksTotal: number;
-      valuesSeen: number;
-      rankErrorBound: number;
-    }
-  | {
-      type: 'start';
-      steps: number;
-      firstStep: number;
-      dims: 2 | 3;
-      /** The training method and a one-line description of its network (models/network.ts describeNetwork). */
-      method: MethodName;
-      network: string;
-      patchShape: number[];
-      batchSize: number;
-      trainVolumes: number;
-      valVolumes: number;
-      resumed: boolean;
-    }
-  | { type: 'step'; step: number; steps: number; loss: number; learningRate: number; stepsPerSecond: number; lastValLoss: number | null }
-  | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
-  | { type: 'checkpoint'; step: number }
-  | { type: 'warning'; message: string }
-  | { type: 'noise2info-sigma'; step: number; estimate: number; sigma: number }
-  | { type: 'interrupted'; step: number }
-  | { type: 'done'; steps: number; bestStep: number; bestValLoss: number | null; seconds: number };
+export type { NamedSource, NamedVolume, StreamingTrainSettings, TrainEvent, TrainOptions } from './trainOptions.js';
+export { pairByName, splitForValidation, splitSourcesForValidation, streamingTrainBufferBytes } from './trainData.js';
+export type { NetworkOverrides } from '../methods/method.js';
+export { minBatchSizeForBatchNorm } from '../methods/shared.js';
 
 const CHECKPOINT_DIR = 'checkpoint';
 
@@ -275,41 +59,41 @@ interface CheckpointState {
   history: TrainingRecord[];
   wallSeconds: number;
   optimizerWeights: tf.io.WeightsManifestEntry[];
-  /** noise2info: sigma_loss and its updates; learned prior: log sigma (normalised units). */
-  noise2info?: { sigma: number; estimates: { step: number; estimate: number; sigma: number }[] };
+  /** Learned prior: log sigma (normalised units). */
   learnedLogSigma?: number;
   bestLearnedLogSigma?: number;
 }
 
 /** Trains a model and writes its folder. Returns the final manifest. */
 export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
-  const method: MethodName = opts.method ?? 'n2v';
-  if (!METHOD_NAMES.includes(method)) throw new UsageError(`--method must be one of ${METHOD_NAMES.join(', ')}, got '${String(method)}'`);
+  const methodName: MethodName = opts.method ?? defaultMethodName;
+  const method: Method = getMethod(methodName);
   if (opts.sources && (opts.inputs?.length || opts.volumes)) throw new UsageError('train takes either chunked sources or images, not both');
-  validateMethodOptions(method, opts);
+  validateOptions(method, opts);
   const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
   if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
   // Streamed pairs: the same sorted-name rule as files; the caller's source objects are not changed.
   const sources = opts.sources && opts.targetSources ? pairSources(opts.sources, opts.targetSources) : opts.sources;
   const dims = sources ? inferSourceDims(sources) : inferDims(named);
   if (opts.targets) await attachTargets(named, opts.targets);
-  if (isPairedMethod(method)) {
+  if (method.targets !== undefined) {
     const missing = [...named, ...(sources ?? [])].find((n) => !n.target);
-    if (missing) throw new UsageError(`--method ${method} needs a target image for every input (--targets); ${missing.name} has none`);
+    if (missing) throw new UsageError(`--method ${methodName} needs a target image for every input (--targets); ${missing.name} has none`);
   }
   const givenPrior = typeof opts.prior === 'object' ? opts.prior : undefined;
   if (givenPrior) validateNoiseSpec(givenPrior, 'train --prior');
   // D-BSN always predicts (mean, variance) and needs a noise model: the images' noise-level fits unless one is given.
-  const priorMode: PriorSource | null = opts.prior === undefined ? (method === 'dbsn' ? 'nlf' : null) : typeof opts.prior === 'string' ? opts.prior : 'given';
+  const priorMode: PriorSource | null = opts.prior === undefined ? (method.defaultPrior ?? null) : typeof opts.prior === 'string' ? opts.prior : 'given';
   if (priorMode === 'nlf' && (sources || opts.noiseFits === false)) {
     throw new UsageError(
-      `${method === 'dbsn' && opts.prior === undefined ? '--method dbsn uses the noise-level fits of the training images by default, which' : '--prior nlf'} needs in-memory training images (streamed sources are not fitted): give the noise with --prior gaussian:S, poisson-gaussian:A,B or a noise-model file`,
+      `${method.defaultPrior === 'nlf' && opts.prior === undefined ? `--method ${methodName} uses the noise-level fits of the training images by default, which` : '--prior nlf'} needs in-memory training images (streamed sources are not fitted): give the noise with --prior gaussian:S, poisson-gaussian:A,B or a noise-model file`,
     );
   }
-  const structMask = method === 'structn2v' ? resolveStructMask(opts.structMask, dims) : undefined;
+  const structMask = method.patchSettings?.(opts, dims).structMask;
   const grid = opts.grid ?? defaultGridSide;
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
-  let network = methodNetwork(method, dims, opts, batchSize, priorMode !== null);
+  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
+  let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null });
   const geometry = networkGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
   validatePatchShape(patchShape, dims, geometry.sizeMultiple);
@@ -327,11 +111,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const lossKind = opts.loss ?? 'mse';
   const masking: MaskOptions = {
     fraction: opts.maskFraction ?? defaultMaskOptions.fraction,
-    strategy: opts.strategy ?? (method === 'n2v2' ? 'median' : defaultMaskOptions.strategy),
+    strategy: opts.strategy ?? method.defaultStrategy ?? defaultMaskOptions.strategy,
     radius: opts.maskRadius ?? defaultMaskOptions.radius,
   };
   if (!(masking.fraction > 0 && masking.fraction < 0.5)) throw new UsageError(`--mask-fraction must be in (0, 0.5), got ${masking.fraction}`);
   if (!(Number.isInteger(masking.radius) && masking.radius >= 1)) throw new UsageError(`--mask-radius must be an integer >= 1, got ${masking.radius}`);
+  const preparation: PatchPreparation = { method, masking, structMask, grid, seed };
   const aheadBatches = opts.aheadBatches ?? 2;
   if (!(Number.isInteger(aheadBatches) && aheadBatches >= 1)) throw new UsageError(`aheadBatches must be a positive integer, got ${aheadBatches}`);
   const baseLearningRate = opts.learningRate ?? 4e-4;
@@ -360,7 +145,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       seed,
       valFraction,
       valPatches,
-      preparation: { method, masking, structMask, grid, seed },
+      preparation,
       mode: opts.normalisation ?? 'meanstd',
       aheadBatches,
       settings: opts.streaming ?? {},
@@ -378,7 +163,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       validationNames: validation.map((v) => v.name),
       normalisation,
       patches: samplePatches({ volumes: train, patchShape: patchShape as unknown as Shape, patchesPerStep: batchSize, normalisation, seed }),
-      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, { method, masking, structMask, grid, seed }, seed),
+      valBatches: makeValidationBatches(validation, patchShape, batchSize, valPatches, normalisation, preparation, seed),
     };
   }
   const { normalisation, valBatches } = data;
@@ -396,7 +181,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   let priorNoise: NoiseSpec | undefined = givenPrior;
   if (priorMode === 'nlf') {
     const fits = await noiseFits;
-    if (!fits || fits.length === 0) throw new UsageError(`the training images' noise-level fits failed, so ${method} has no noise model: give one with --prior gaussian:S or poisson-gaussian:A,B`);
+    if (!fits || fits.length === 0) throw new UsageError(`the training images' noise-level fits failed, so ${methodName} has no noise model: give one with --prior gaussian:S or poisson-gaussian:A,B`);
     priorNoise = pooledNoiseSpec(fits);
   }
 
@@ -411,16 +196,17 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     history: [],
     wallSeconds: 0,
     optimizerWeights: [],
-    ...(method === 'noise2info' ? { noise2info: { sigma: initialNoise2InfoSigma, estimates: [] } } : {}),
   };
   const resumed = existing === 'checkpoint' && !!opts.resume;
+  let savedState: Record<string, unknown> | undefined;
   if (resumed) {
     const restored = await readCheckpoint(checkpointDir, optimizer, state);
     model = restored.model;
     state = restored.state;
+    savedState = restored.state as unknown as Record<string, unknown>;
     // A checkpoint from before batch norm's default followed the batch size has it whatever the size:
     // the manifest must describe the network that is actually trained.
-    if (network.kind !== 'laine19' && network.kind !== 'dbsn') network = { ...network, batchNorm: model.layers.some((l) => l.getClassName().includes('BatchNorm')) };
+    if (network.kind === undefined || network.kind === 'unet') network = { ...network, batchNorm: model.layers.some((l) => l.getClassName().includes('BatchNorm')) };
   } else {
     model = buildNetwork(network, seed);
   }
@@ -434,16 +220,10 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const noiseVariance =
     learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
   const maskedLossFn: MaskedLossFn =
-    method === 'dbsn'
-      ? dbsnLoss(noiseVariance!)
-      : noiseVariance !== undefined
-        ? gaussianPriorLoss(noiseVariance)
-        : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
-  const batchLoss: BatchLossFn =
-    method === 'noise2info'
-      ? // F(X) on the unmasked patch (the target) and F(X_J^c) on the masked input.
-        (apply, inputs, targets, masks) => noise2InfoLoss(apply(targets), apply(inputs), targets, masks, state.noise2info!.sigma)
-      : toBatchLoss(maskedLossFn);
+    noiseVariance !== undefined ? gaussianPriorLoss(noiseVariance) : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
+  // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
+  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, saved: savedState });
+  const batchLoss: BatchLossFn = methodRun.batchLoss;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
@@ -454,11 +234,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     return priorNoise !== undefined ? { noise: priorNoise, source: priorMode ?? 'given' } : undefined;
   };
   const methodSettings = (): MethodSettings | undefined => {
-    const settings: MethodSettings = {};
-    if (structMask) settings.structMask = { spec: typeof opts.structMask === 'string' ? opts.structMask : 'element', shape: [...structMask.shape], values: [...structMask.values] };
-    if (usesGridMasking(method)) settings.grid = grid;
-    if (state.noise2info) settings.noise2info = state.noise2info;
-    if (isPairedMethod(method)) settings.targets = (sources ?? named).map((n) => n.targetName ?? `${n.name} (target)`);
+    const settings: MethodSettings = { ...method.settings?.(opts, preparation), ...methodRun.settings?.() };
+    if (method.targets !== undefined) settings.targets = (sources ?? named).map((n) => n.targetName ?? `${n.name} (target)`);
     return Object.keys(settings).length > 0 ? settings : undefined;
   };
 
@@ -467,7 +244,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     steps,
     firstStep: state.stepsDone,
     dims,
-    method,
+    method: methodName,
     network: describeNetwork(network),
     patchShape,
     batchSize,
@@ -479,12 +256,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const manifestFor = (finished: boolean): ModelManifest => ({
     format: 'blindspot-model',
     formatVersion: 1,
-    method,
+    method: methodName,
     network,
     normalisation,
     patchShape,
-    ...(usesStratifiedMasking(method) ? { masking } : {}),
-    loss: method === 'dbsn' ? 'dbsn-nll' : method === 'noise2info' ? 'noise2info' : priorMode !== null ? 'prior-nll' : lossKind,
+    ...(method.masking === 'stratified' ? { masking } : {}),
+    loss: method.ownLoss?.name ?? (priorMode !== null ? 'prior-nll' : lossKind),
     ...(priorMode !== null ? { prior: priorRecord() } : {}),
     ...(methodSettings() ? { methodSettings: methodSettings() } : {}),
     training: {
@@ -533,14 +310,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     if (isValidationStep) {
       const valLoss = evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
-      if (state.noise2info) {
-        // Algorithm 2's per-epoch update, once per validation, on the fixed validation patches.
-        const estimate = estimateNoise2InfoSigmaOn(model, valBatches, new Rng(mixSeed(seed, state.stepsDone, 0x6e32)));
-        const sigma = updateNoise2InfoSigma(state.noise2info.sigma, estimate);
-        state.noise2info = { sigma, estimates: [...state.noise2info.estimates, { step: state.stepsDone, estimate, sigma }] };
-        record.noise2infoSigma = sigma;
-        opts.onEvent?.({ type: 'noise2info-sigma', step: state.stepsDone, estimate, sigma });
-      }
+      const hook = methodRun.onValidation?.({ model, batches: valBatches, step: state.stepsDone });
+      if (hook?.record) Object.assign(record, hook.record);
+      for (const event of hook?.events ?? []) opts.onEvent?.(event);
       lastValLoss = valLoss;
       const improved = state.bestValLoss === null || valLoss < state.bestValLoss;
       if (improved) {
@@ -561,7 +333,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       }
       opts.onEvent?.({ type: 'validation', step: state.stepsDone, valLoss, best: improved, learningRate: state.learningRate });
       if (state.stepsDone < steps) {
-        await writeCheckpoint(checkpointDir, model, optimizer, state);
+        await writeCheckpoint(checkpointDir, model, optimizer, { ...state, ...methodRun.checkpointState?.() });
         opts.onEvent?.({ type: 'checkpoint', step: state.stepsDone });
       }
     } else {
@@ -569,7 +341,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     }
     opts.onEvent?.({ type: 'step', step: state.stepsDone, steps, loss: result.loss, learningRate: state.learningRate, stepsPerSecond, lastValLoss });
     if (opts.signal?.aborted && state.stepsDone < steps) {
-      if (!isValidationStep) await writeCheckpoint(checkpointDir, model, optimizer, state);
+      if (!isValidationStep) await writeCheckpoint(checkpointDir, model, optimizer, { ...state, ...methodRun.checkpointState?.() });
       interrupted = true;
       opts.onEvent?.({ type: 'interrupted', step: state.stepsDone });
       stepDone.complete();
@@ -581,7 +353,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const run$ = stepsOnDemand(state.stepsDone, steps, aheadBatches, stepDone).pipe(
     data.patches,
     map((p) => augmentMethodPatch(p, opts.augment ?? true)),
-    map((p): MaskedPatch => ({ step: p.step, shape: p.shape, ...preparePatch(p, { method, masking, structMask, grid, seed }) })),
+    map((p): MaskedPatch => ({ step: p.step, shape: p.shape, ...preparePatch(p, preparation) })),
     batchPatches({ batchSize }),
     tap((batch) => opts.onBatchReady?.(batch.step)),
     trainSteps({
@@ -612,9 +384,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   if (state.bestStep === 0) await saveModelFolder(opts.out, model, manifestFor(true));
   const noise = (await noiseFits) ?? undefined;
   let manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
-  if (priorMode === null) {
+  if (priorMode === null && method.afterTraining) {
     const best = (await loadModelFolder(opts.out)).model;
-    const offset = removeOutputOffset(best, valBatches, isPairedMethod(method) ? 'inputs' : 'targets');
+    const offset = method.afterTraining(best, valBatches);
     manifest = { ...manifest, outputOffsetRemoved: offset * normalisation.scale };
     await saveModelFolder(opts.out, best, manifest);
     best.dispose();
@@ -640,466 +412,13 @@ export class TrainingInterrupted extends Error {
   }
 }
 
-/** Checks the options that belong to some methods only, before anything is read. */
-function validateMethodOptions(method: MethodName, opts: TrainOptions): void {
+/** Checks the method's options (methods/options.ts) and how streamed targets are given, before anything is read. */
+function validateOptions(method: Method, opts: TrainOptions): void {
   const streamedTargets = opts.targetSources !== undefined || (opts.sources ?? []).some((s) => s.target);
-  if ((opts.targets || streamedTargets) && !isPairedMethod(method)) throw new UsageError(`--targets applies to --method n2n and care only (this is ${method})`);
+  validateMethodOptions(method, opts, { given: !!opts.targets || streamedTargets, optional: !!opts.volumes });
   if (opts.targetSources && !opts.sources) throw new UsageError('streamed targets (targetSources) pair with streamed sources; image inputs take image --targets');
   if (opts.targets && opts.sources) throw new UsageError('streamed sources pair with streamed targets (targetSources), not image files');
   if (opts.targetSources && opts.sources?.some((s) => s.target)) throw new UsageError('give the targets either as targetSources or on the sources, not both');
-  if (isPairedMethod(method) && !opts.targets && !opts.volumes && !streamedTargets) {
-    throw new UsageError(`--method ${method} needs --targets: the ${method === 'care' ? 'clean images' : 'second noisy images'} paired with the inputs`);
-  }
-  if (opts.structMask !== undefined && method !== 'structn2v') throw new UsageError(`--struct-mask applies to --method structn2v only (this is ${method})`);
-  if (method === 'structn2v' && opts.structMask === undefined) throw new UsageError('--method structn2v needs --struct-mask (e.g. horizontal:5, vertical:5, or a mask file)');
-  if (opts.grid !== undefined) {
-    if (!usesGridMasking(method)) throw new UsageError(`--grid applies to --method noise2self and noise2info only (this is ${method})`);
-    if (!Number.isInteger(opts.grid) || opts.grid < 2) throw new UsageError(`--grid must be an integer >= 2, got ${opts.grid}`);
-  }
-  if (opts.prior !== undefined && !acceptsPrior(method)) throw new UsageError(`--prior does not apply to --method ${method}`);
-  if (!usesStratifiedMasking(method) && (opts.maskFraction !== undefined || opts.strategy !== undefined || opts.maskRadius !== undefined)) {
-    const what = usesGridMasking(method) ? `it masks one grid phase per step (--grid)` : 'it masks nothing';
-    throw new UsageError(`--mask-fraction, --mask-radius and --strategy do not apply to --method ${method}: ${what}`);
-  }
-  if (method === 'dbsn' && opts.loss !== undefined) throw new UsageError('--loss does not apply to --method dbsn: it trains with its own likelihood (CNN_est loss)');
-}
-
-/**
- * Below this batch size the U-Net trains without batch norm unless asked: its statistics from a few
- * patches of different images differ from image to image, and a network trained on them is biased
- * at inference (moving statistics). Measured (bench:methods, 400 steps x batch 4, BSD68 sigma 25):
- * n2v 23.76 -> 25.56 dB and n2v2 21.63 -> 25.64 dB without it; the output's mean offset fell from
- * +5.1 / +10.9 to -0.6 / +2.0 grey levels. N2V's published setting (batch 128) keeps it.
- */
-export const minBatchSizeForBatchNorm = 16;
-
-/** The method's network: its kind's default (paper or small size), the user's overrides, dims and outputs. */
-function methodNetwork(method: MethodName, dims: 2 | 3, opts: TrainOptions, batchSize: number, twoChannels: boolean): NetworkConfig {
-  const kind = networkKindFor(method);
-  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
-  const overrides = opts.network ?? {};
-  for (const [key, value] of Object.entries(overrides)) {
-    if (value === undefined) continue;
-    if (!networkOptions[kind].includes(key as keyof NetworkOverrides)) {
-      const flag = `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`.replace('--batch-norm', '--no-batch-norm');
-      throw new UsageError(`${flag} does not apply to --method ${method} (its network takes ${networkOptions[kind].map((k) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)).join(', ')})`);
-    }
-  }
-  const base = defaultNetwork(kind, dims, size);
-  const outputs = twoChannels ? { outputChannels: 2 } : {};
-  if (base.kind === 'laine19') return { ...base, ...pick(overrides, ['depth', 'filters']), dims, ...outputs };
-  if (base.kind === 'dbsn') return { ...base, ...pick(overrides, ['filters', 'blocks']), dims, outputChannels: 2 };
-  const variant = method === 'n2v2' ? ({ variant: 'n2v2', blurPool: 'centred' } as const) : ({ variant: 'n2v' } as const);
-  return { ...base, batchNorm: batchSize >= minBatchSizeForBatchNorm, ...pick(overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims, ...variant, ...outputs };
-}
-
-function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Partial<Pick<T, K>> {
-  const out: Partial<Pick<T, K>> = {};
-  for (const k of keys) if (o[k] !== undefined) out[k] = o[k];
-  return out;
-}
-
-function resolveStructMask(spec: string | StructuringElement | undefined, dims: 2 | 3): StructuringElement {
-  if (spec === undefined) throw new UsageError('--method structn2v needs --struct-mask');
-  return typeof spec === 'string' ? parseStructMask(spec, dims) : liftToDims(spec, dims);
-}
-
-/**
- * The one pairing rule of n2n / care, for files and streamed sources alike: inputs and targets each
- * sorted by name (numeric-aware), the i-th of each a pair. Different counts: InputError naming the
- * first input or target left without a partner. Pairs come in sorted order.
- */
-export function pairByName<I, T>(inputs: readonly I[], targets: readonly T[], inputName: (input: I) => string, targetName: (target: T) => string): Array<{ input: I; target: T }> {
-  const byName = (a: string, b: string): number => a.localeCompare(b, undefined, { numeric: true });
-  const sortedInputs = [...inputs].sort((a, b) => byName(inputName(a), inputName(b)));
-  const sortedTargets = [...targets].sort((a, b) => byName(targetName(a), targetName(b)));
-  if (sortedTargets.length !== sortedInputs.length) {
-    const unpaired = sortedTargets.length > sortedInputs.length ? targetName(sortedTargets[sortedInputs.length]) : inputName(sortedInputs[sortedTargets.length]);
-    throw new InputError(unpaired, `has no partner: ${sortedInputs.length} input(s) but ${sortedTargets.length} --targets; inputs and targets are paired by sorted name`);
-  }
-  return sortedInputs.map((input, i) => ({ input, target: sortedTargets[i] }));
-}
-
-/**
- * Reads the target files and pairs them with the inputs (pairByName): same count, same shapes, else
- * an error naming the file concerned.
- */
-async function attachTargets(named: NamedVolume[], targetFiles: string[]): Promise<void> {
-  for (const { input, target: file } of pairByName(named, targetFiles, (n) => n.name, (f) => f)) {
-    const target = await readImage(file);
-    checkPairShape(file, target.shape, input.name, input.volume.shape);
-    input.target = target;
-    input.targetName = file;
-  }
-}
-
-/** Streamed sources with their targets attached (pairByName), in the sources' given order; shapes are checked by sourceBounds. */
-function pairSources(sources: readonly NamedSource[], targets: readonly NamedSource[]): NamedSource[] {
-  const partner = new Map(pairByName(sources, targets, (s) => s.name, (t) => t.name).map(({ input, target }) => [input, target]));
-  return sources.map((s) => ({ ...s, target: partner.get(s)!.reader, targetName: partner.get(s)!.name }));
-}
-
-/** One Poisson-Gaussian noise model for all the training images: the mean of their fits' summaries. */
-function pooledNoiseSpec(fits: readonly NlfRecord[]): NoiseSpec {
-  const a = fits.reduce((sum, f) => sum + f.a, 0) / fits.length;
-  const b = fits.reduce((sum, f) => sum + f.b, 0) / fits.length;
-  // A slightly negative slope is fit noise on nearly signal-independent data.
-  return { kind: 'poisson-gaussian', a: Math.max(0, a), b };
-}
-
-/**
- * Noise2Info's sigma upper bound (models/noise2info.ts) on the validation patches: F(X) on each
- * unmasked patch (the target), l_ex from F(X_J^c) on its grid-masked copy.
- */
-function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: ValidationBatch[], rng: Rng): number {
-  const noisy: Float32Array[] = [];
-  const predicted: Float32Array[] = [];
-  const maskedPredicted: Float32Array[] = [];
-  const masks: Float32Array[] = [];
-  for (const b of batches) {
-    const [full, masked] = tf.tidy(() => [
-      (model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
-      (model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
-    ]);
-    const per = b.targets.length / b.shape[0];
-    for (let i = 0; i < b.shape[0]; i++) {
-      noisy.push(b.targets.subarray(i * per, (i + 1) * per));
-      predicted.push(full.subarray(i * per, (i + 1) * per));
-      maskedPredicted.push(masked.subarray(i * per, (i + 1) * per));
-      masks.push(b.masks.subarray(i * per, (i + 1) * per));
-    }
-  }
-  const concat = (parts: Float32Array[]): Float32Array => {
-    const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-    let o = 0;
-    for (const p of parts) {
-      out.set(p, o);
-      o += p.length;
-    }
-    return out;
-  };
-  const externalLoss = noise2InfoExternalLoss(concat(predicted), concat(maskedPredicted), concat(masks));
-  return estimateNoise2InfoSigma(noisy, predicted, { externalLoss, rng }).sigma;
-}
-
-async function readInputs(files: string[]): Promise<NamedVolume[]> {
-  const out: NamedVolume[] = [];
-  for (const file of files) out.push({ volume: await readImage(file), name: file });
-  return out;
-}
-
-function inferDims(named: NamedVolume[]): 2 | 3 {
-  const dims = new Set(named.map((n) => n.volume.shape.length));
-  if (dims.size > 1) {
-    const first3 = named.find((n) => n.volume.shape.length === 3)!;
-    throw new InputError(first3.name, 'is a 3D stack while other inputs are 2D images: train 2D and 3D models separately');
-  }
-  return named[0].volume.shape.length === 3 ? 3 : 2;
-}
-
-function validatePatchShape(patch: number[], dims: 2 | 3, multiple: number): void {
-  if (patch.length !== dims) throw new UsageError(`--patch needs ${dims} sizes for ${dims}D data (got ${patch.join('x')})`);
-  for (const s of patch) {
-    if (!Number.isInteger(s) || s <= 0 || s % multiple !== 0) {
-      throw new UsageError(`--patch sizes must be positive multiples of ${multiple} (2^depth) for this network, got ${patch.join('x')}`);
-    }
-  }
-}
-
-/**
- * Held-out data for validation and best-model selection: whole images when there are several,
- * else a slab at the end of the slowest axis that fits patches (so no validation pixel is trained on).
- */
-export function splitForValidation(named: NamedVolume[], patchShape: number[], fraction: number): { train: NamedVolume[]; validation: NamedVolume[] } {
-  if (fraction <= 0) return { train: named, validation: named };
-  if (named.length >= 2) {
-    const nVal = Math.max(1, Math.round(named.length * fraction));
-    return { train: named.slice(0, named.length - nVal), validation: named.slice(named.length - nVal) };
-  }
-  const { volume, name, target, targetName } = named[0];
-  const axis = 0;
-  const size = volume.shape[axis];
-  const valSize = Math.max(patchShape[axis], Math.round(size * fraction));
-  if (size - valSize < patchShape[axis]) {
-    // Too small to split: validate on the training image (still tracks convergence, not generalisation).
-    return { train: named, validation: named };
-  }
-  const paired = (start: number, end: number): Pick<NamedVolume, 'target' | 'targetName'> => (target ? { target: sliceAxis0(target, start, end), targetName } : {});
-  return {
-    train: [{ volume: sliceAxis0(volume, 0, size - valSize), name, ...paired(0, size - valSize) }],
-    validation: [{ volume: sliceAxis0(volume, size - valSize, size), name: `${name} (validation slab)`, ...paired(size - valSize, size) }],
-  };
-}
-
-function sliceAxis0(volume: Volume, start: number, end: number): Volume {
-  const plane = volume.data.length / volume.shape[0];
-  const shape = [end - start, ...volume.shape.slice(1)] as unknown as Shape;
-  return { data: volume.data.subarray(start * plane, end * plane), shape, sampleType: volume.sampleType };
-}
-
-/** Where training patches and validation batches come from: in-memory volumes or streamed sources. */
-interface TrainingData {
-  trainNames: string[];
-  validationNames: string[];
-  normalisation: Normalisation;
-  /** Step index -> that step's normalised patches, in index order. */
-  patches: OperatorFunction<number, PatchSample>;
-  valBatches: ValidationBatch[];
-  /** Streaming only: the chunk cache and region counters (for progress and tests). */
-  cache?: ChunkCache;
-  regionStats?: RegionSamplingStats;
-}
-
-function inferSourceDims(sources: NamedSource[]): 2 | 3 {
-  for (const s of sources) {
-    const rank = s.reader.info.shape.length;
-    if (rank !== 2 && rank !== 3) {
-      throw new InputError(s.name, `has ${rank} axes [${s.reader.info.shape.join(', ')}]; training needs a YX or ZYX array (choose a channel and time point)`);
-    }
-  }
-  const dims = new Set(sources.map((s) => s.reader.info.shape.length));
-  if (dims.size > 1) {
-    const first3 = sources.find((s) => s.reader.info.shape.length === 3)!;
-    throw new InputError(first3.name, 'is a 3D stack while other inputs are 2D images: train 2D and 3D models separately');
-  }
-  return sources[0].reader.info.shape.length === 3 ? 3 : 2;
-}
-
-/**
- * Held-out data for streamed sources, the same policy as splitForValidation but chunk-aligned:
- * whole sources when there are several, else a slab of whole chunks at the end of axis 0 (at least
- * one patch thick, about `fraction` of the chunks), so no chunk serves both training and
- * validation. Too small to split: validation patches come from the training data.
- */
-export function splitSourcesForValidation(
-  sources: NamedSource[],
-  patchShape: number[],
-  fraction: number,
-): { train: ChunkedSource[]; validation: ChunkedSource[] } {
-  if (fraction <= 0) return { train: sources, validation: sources };
-  if (sources.length >= 2) {
-    const nVal = Math.max(1, Math.round(sources.length * fraction));
-    return { train: sources.slice(0, sources.length - nVal), validation: sources.slice(sources.length - nVal) };
-  }
-  const { reader, name, target, targetName } = sources[0];
-  const { shape, chunks } = reader.info;
-  const chunkRows = Math.ceil(shape[0] / chunks[0]);
-  const valRows = Math.max(Math.ceil(patchShape[0] / chunks[0]), Math.round(chunkRows * fraction));
-  const slabStart = (chunkRows - valRows) * chunks[0];
-  // The slab must hold a patch too (the last chunk row may be short).
-  if (slabStart < patchShape[0] || shape[0] - slabStart < patchShape[0]) return { train: sources, validation: sources };
-  const whole = { start: shape.map(() => 0), end: [...shape] };
-  // A pair's target is split by the same bounds (same shape): its held-out voxels are the input's.
-  const pairedPart = (suffix: string): Pick<ChunkedSource, 'target' | 'targetName'> =>
-    target ? { target, targetName: `${targetName ?? `${name} (target)`}${suffix}` } : {};
-  return {
-    train: [{ reader, name, ...pairedPart(''), bounds: { start: whole.start, end: [slabStart, ...whole.end.slice(1)] } }],
-    validation: [{ reader, name: `${name} (validation slab)`, ...pairedPart(' (validation slab)'), bounds: { start: [slabStart, ...whole.start.slice(1)], end: whole.end } }],
-  };
-}
-
-async function prepareStreamingData(
-  sources: NamedSource[],
-  opts: {
-    patchShape: number[];
-    batchSize: number;
-    seed: number;
-    valFraction: number;
-    valPatches: number;
-    preparation: PatchPreparation;
-    mode: 'meanstd' | 'percentile';
-    aheadBatches: number;
-    settings: StreamingTrainSettings;
-    onEvent?: (event: TrainEvent) => void;
-  },
-): Promise<TrainingData> {
-  const { patchShape, batchSize, seed, settings } = opts;
-  const { train, validation } = splitSourcesForValidation(sources, patchShape, opts.valFraction);
-  const patchesPerRegion = Math.max(1, Math.min(batchSize, settings.patchesPerRegion ?? 8));
-  const regionsPerStep = Math.ceil(batchSize / patchesPerRegion);
-  // One step's regions must fit in the cache together, or patches re-read chunks the step just fetched.
-  // Paired sources: regionBytes counts the target chunks under each region too (both arrays share the
-  // one cache), so the bound below holds for input + target, never more than one step's regions of each.
-  const stepBytes = regionsPerStep * Math.max(...[...train, ...validation].map((s) => regionBytes(s, patchShape, settings.regionChunks)));
-  const buffers = streamingTrainBufferBytes({
-    patchShape,
-    batchSize,
-    aheadBatches: opts.aheadBatches,
-    valPatches: opts.valPatches,
-    chunkShape: sources[0].reader.info.chunks,
-    readConcurrency: settings.readConcurrency,
-    paired: sources.some((s) => s.target),
-  });
-  const cacheBytes = settings.cacheBytes ?? (settings.maxMemoryBytes !== undefined ? settings.maxMemoryBytes - buffers : Math.max(256 * 2 ** 20, stepBytes));
-  if (cacheBytes < stepBytes) {
-    const budget = settings.maxMemoryBytes !== undefined && settings.cacheBytes === undefined ? ` (${mib(settings.maxMemoryBytes)} memory less ${mib(buffers)} of batches and statistics)` : '';
-    throw new UsageError(
-      `the chunk cache${budget}, ${mib(cacheBytes)}, cannot hold the chunks of one training step (${regionsPerStep} region(s), ${mib(stepBytes)}): ` +
-        'allow more memory, or use smaller regions or more patches per region',
-    );
-  }
-  const cache = new ChunkCache(cacheBytes);
-  const sampled: SampledNormalisation = await sampleNormalisation(train, opts.mode, {
-    seed: mixSeed(seed, 0x6e6f, 0),
-    sampleValues: settings.normalisationSampleValues,
-    readConcurrency: settings.readConcurrency,
-  });
-  const { normalisation } = sampled;
-  opts.onEvent?.({
-    type: 'normalisation',
-    mode: normalisation.mode,
-    offset: normalisation.offset,
-    scale: normalisation.scale,
-    chunksRead: sampled.chunksRead,
-    chunksTotal: sampled.chunksTotal,
-    valuesSeen: sampled.valuesSeen,
-    rankErrorBound: sampled.rankErrorBound,
-  });
-  const common = {
-    cache,
-    patchShape: patchShape as unknown as Shape,
-    patchesPerRegion,
-    regionChunks: settings.regionChunks,
-    readConcurrency: settings.readConcurrency,
-    normalisation,
-    background: settings.background,
-    onRegion: settings.onRegion,
-  };
-  // Validation: a fixed seeded set drawn once (the same every validation, so losses compare).
-  const validationSampler = regionStepSampler({ ...common, sources: validation, patchesPerStep: batchSize, seed: seed ^ 0x5a5a5a5a });
-  const per = patchShape.reduce((a, b) => a * b, 1);
-  const valBatches: ValidationBatch[] = [];
-  for (let b = 0; b * batchSize < opts.valPatches; b++) {
-    const patches = (await validationSampler(b)).slice(0, Math.min(batchSize, opts.valPatches - b * batchSize));
-    const n = patches.length;
-    const batch: ValidationBatch = { shape: [n, ...patchShape, 1], inputs: new Float32Array(per * n), targets: new Float32Array(per * n), masks: new Float32Array(per * n) };
-    patches.forEach((p, i) => {
-      const m = preparePatch({ ...p, step: b * batchSize + i }, opts.preparation);
-      batch.inputs.set(m.input, i * per);
-      batch.targets.set(m.target, i * per);
-      batch.masks.set(m.mask, i * per);
-    });
-    valBatches.push(batch);
-  }
-  const regionStats: RegionSamplingStats = { regions: 0, patchesDrawn: 0, backgroundSkipped: 0 };
-  return {
-    trainNames: train.map((t) => t.name),
-    validationNames: validation.map((v) => v.name),
-    normalisation,
-    patches: sampleRegions({ ...common, sources: train, patchesPerStep: batchSize, seed, stats: regionStats }),
-    valBatches,
-    cache,
-    regionStats,
-  };
-}
-
-/**
- * Bytes the streaming data side holds besides the chunk cache: the batch queue ((aheadBatches + 1)
- * batches, each about six float32 copies of its patches between sampling, augmentation, masking and
- * packing; eight for pairs, whose targets are cut, normalised and augmented too but not masked), the
- * fixed validation set (input, target, mask), the quantile sketch and the chunks of one window of
- * normalisation reads (raw and cropped; statistics come from the inputs only). A pair's target
- * chunks are in the cache, whose bound (regionBytes) counts them.
- */
-export function streamingTrainBufferBytes(opts: {
-  patchShape: readonly number[];
-  batchSize: number;
-  aheadBatches?: number;
-  valPatches: number;
-  chunkShape: readonly number[];
-  readConcurrency?: number;
-  /** n2n / care sources (with targets). */
-  paired?: boolean;
-}): number {
-  const patchBytes = 4 * opts.patchShape.reduce((a, b) => a * b, 1);
-  const copiesPerPatch = opts.paired ? 8 : 6;
-  const queue = ((opts.aheadBatches ?? 2) + 1) * copiesPerPatch * opts.batchSize * patchBytes;
-  const validation = 3 * opts.valPatches * patchBytes;
-  const statistics = 4 * defaultSketchCapacity + 2 * (opts.readConcurrency ?? 4) * 4 * opts.chunkShape.reduce((a, b) => a * b, 1);
-  return queue + validation + statistics;
-}
-
-function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-}
-
-/**
- * Where the learned noise level starts (normalised units): the median over validation patches of
- * each patch's screened residual noise estimate (noise/sample.ts). The likelihood pins sigma_n only
- * from above (the per-pixel prior variance takes up any shortfall) and Adam moves one scalar by about
- * the learning rate a step (log sigma by ~0.16 in 400 steps at 4e-4), so a start far off stays off:
- * half the data's standard deviation, the start before, is 32 on BSD68 (sigma 25) and was still 31.5
- * after 120 steps. Letting sigma move 25x faster was worse (it drifts down with the prior variance: a
- * test problem with sigma 20 ended at 14.2, against 18.5 from this start). Measured on 64x64
- * Train400 patches at sigma 25: per-patch estimates 22-29, median 24.8.
- */
-function initialLearnedSigma(valBatches: readonly ValidationBatch[]): number {
-  const estimates: number[] = [];
-  for (const batch of valBatches) {
-    const [n, ...spatial] = batch.shape;
-    const patchShape = spatial.slice(0, -1);
-    const per = patchShape.reduce((a, b) => a * b, 1);
-    for (let i = 0; i < n; i++) {
-      try {
-        const sample = sampleNoise({ name: 'validation patch', data: batch.targets.subarray(i * per, (i + 1) * per), shape: patchShape, sampleType: 'float32' });
-        const variance = screenedSampleVariance(sample);
-        if (variance > 0 && Number.isFinite(variance)) estimates.push(Math.sqrt(variance));
-      } catch {
-        // A patch with no usable pixel (too small, constant): the others decide.
-      }
-    }
-  }
-  if (estimates.length === 0) return 0.5; // half the data's standard deviation: above most noise, below the signal
-  estimates.sort((a, b) => a - b);
-  return estimates[estimates.length >> 1];
-}
-
-interface ValidationBatch {
-  shape: number[];
-  inputs: Float32Array;
-  targets: Float32Array;
-  masks: Float32Array;
-}
-
-/** A fixed, seeded set of masked validation patches: the same every validation, so losses compare. */
-function makeValidationBatches(
-  validation: NamedVolume[],
-  patchShape: number[],
-  batchSize: number,
-  count: number,
-  normalisation: Normalisation,
-  preparation: PatchPreparation,
-  seed: number,
-): ValidationBatch[] {
-  const batches: ValidationBatch[] = [];
-  const per = patchShape.reduce((a, b) => a * b, 1);
-  for (let b = 0; b * batchSize < count; b++) {
-    const n = Math.min(batchSize, count - b * batchSize);
-    const inputs = new Float32Array(per * n);
-    const targets = new Float32Array(per * n);
-    const masks = new Float32Array(per * n);
-    for (let i = 0; i < n; i++) {
-      const rng = new Rng(mixSeed(seed ^ 0x5a5a5a5a, b, i));
-      const { volume, name, target } = validation[rng.int(validation.length)];
-      const shape = patchShape as unknown as Shape;
-      let patch: Float32Array;
-      let targetPatch: Float32Array | undefined;
-      if (target) {
-        const pair = randomPatchPair(volume, target, shape, rng, name);
-        patch = normalise(pair.input, normalisation);
-        targetPatch = normalise(pair.target, normalisation);
-      } else {
-        patch = normalise(randomPatch(volume, shape, rng, name), normalisation);
-      }
-      // Validation patches take every grid phase in turn (step = their index).
-      const m = preparePatch({ step: b * batchSize + i, shape, data: patch, target: targetPatch, rng }, preparation);
-      inputs.set(m.input, i * per);
-      targets.set(m.target, i * per);
-      masks.set(m.mask, i * per);
-    }
-    batches.push({ shape: [n, ...patchShape, 1], inputs, targets, masks });
-  }
-  return batches;
 }
 
 function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): number {
@@ -1112,35 +431,6 @@ function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], 
     weight += b.shape[0];
   }
   return sum / weight;
-}
-
-/**
- * Subtracts from the output layer's bias the network's mean offset on the validation patches, run
- * as at inference (unmasked: `from` is the patch the network sees at inference, 'targets' for the
- * masked methods, 'inputs' for n2n / care), against their targets; returns that offset (normalised
- * units). A denoiser of zero-mean noise keeps each image's mean, but a short training leaves an
- * image-wide offset that changes with the seed (N2V2, 400 x 4: -6.8 to +2.0 grey levels on BSD68,
- * about the same on Set12: mostly the network's, not the image's). Measured after it: -1.9 to -1.1;
- * the patches stand for an image only to within 1-3 grey levels (16 patches of 64x64 there).
- */
-function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): number {
-  let sum = 0;
-  let count = 0;
-  for (const b of batches) {
-    sum += tf.tidy(() => {
-      const prediction = model.predict(tf.tensor(b[from], b.shape)) as tf.Tensor;
-      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape))).dataSync()[0];
-    });
-    count += b.targets.length;
-  }
-  const offset = count > 0 ? sum / count : 0;
-  const output = model.getLayer('output');
-  const [kernel, bias] = output.getWeights();
-  if (bias === undefined) throw new Error(`the ${model.name} network's output layer has no bias to correct`);
-  const corrected = tf.sub(bias, offset);
-  output.setWeights([kernel, corrected]);
-  corrected.dispose();
-  return offset;
 }
 
 function setLearningRate(optimizer: tf.Optimizer, lr: number): void {

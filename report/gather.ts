@@ -13,7 +13,7 @@ import type { InputNoiseRecord } from '../noise/inputNoise.js';
 import { dataRange, fileStem } from '../pipeline/evaluate.js';
 import { uncertaintyPathFor } from '../pipeline/denoise.js';
 import { readRunHistories } from '../pipeline/runHistory.js';
-import { modelFolderHash } from '../pipeline/streamDenoise.js';
+import { modelFolderHash } from '../pipeline/runJournal.js';
 import { exists } from '../storage/common.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { openByteStore, openChunkedSource } from '../storage/open.js';

@@ -13,7 +13,7 @@ import { loadModelFolder, MODEL_ONNX, readManifest } from '../models/io.js';
 import { onnxForModelFolder, sha256Hex, writeOnnxToModelFolder } from '../models/onnx/export.js';
 import { Rng } from '../core/rng.js';
 import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
-import { denoisingTileModel } from '../models/bayes.js';
+import { denoisingTileModel } from '../methods/denoiser.js';
 import { normalise } from '../models/normalise.js';
 import { trainModel } from '../pipeline/train.js';
 import { saveUntrainedModel } from './fixtures/untrainedModel.js';

@@ -12,7 +12,7 @@ import { voxelCount, type Shape, type Volume } from '../core/volume.js';
 import { InputError, UsageError } from '../core/errors.js';
 import { PACKAGE_ROOT } from '../core/version.js';
 import { loadModelFolder, readManifest } from '../models/io.js';
-import { augmentMethodPatch } from '../models/methods.js';
+import { augmentMethodPatch } from '../models/augment.js';
 import type { ChunkedArrayReader } from '../storage/chunked.js';
 import { ChunkCache } from '../storage/chunkCache.js';
 import { FileSystemStore } from '../storage/fsStore.js';

@@ -1,0 +1,175 @@
+/**
+ * The one interface every training method implements (one file per method in methods/, listed in
+ * methods/registry.ts). pipeline/train.ts is the loop (sampling, batching, stepping, validation,
+ * checkpoints, resume) and calls these members in a fixed order without knowing which method it
+ * runs; the model folder, prediction and the CLI ask the registry the same way. A method owns:
+ *
+ * - what it is: `name`, `summary` (the --help and README line), `paper` (citation, also for the
+ *   bioimage.io export), the `dims` it supports;
+ * - its options: `accepts` (which method-specific train options apply; the messages for the others
+ *   come from methods/options.ts, listing the methods that take them) and `validateOptions` for
+ *   its own requirements;
+ * - its network: `network(request)` (a NetworkConfig of models/network.ts);
+ * - its data: `preparePatch` (a normalised patch -> network input, target, loss mask);
+ * - its loss and extra state: `lossName` (recorded in the manifest), `training(context)` (the batch
+ *   loss, a hook at every validation, what it records in the manifest and checkpoints);
+ * - after training: `afterTraining` (the output-offset correction of point-estimate models);
+ * - at inference: `denoiser` (how its network's output becomes the denoised value: the plain
+ *   prediction, or a Gaussian prior's posterior mean / standard deviation / prior mean).
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import type { Rng } from '../core/rng.js';
+import type { Shape } from '../core/volume.js';
+import type { NoiseSpec } from '../models/bayes.js';
+import type { MethodSettings, ModelManifest, PriorSource, TrainingRecord } from '../models/io.js';
+import type { MaskOptions, ReplacementStrategy } from '../models/masking.js';
+import type { NetworkConfig, NetworkKind } from '../models/network.js';
+import type { StructuringElement } from '../models/structMask.js';
+import type { BatchLossFn, MaskedLossFn } from '../operators/trainSteps.js';
+
+/** What `blindspot denoise` writes: the denoised image, its uncertainty, or (prior models) the prior mean alone. */
+export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean';
+
+/** Where a method comes from: for the README's table, `blindspot train --help` and model exports. */
+export interface MethodPaper {
+  authors: string;
+  title: string;
+  venue: string;
+  year: number;
+  url: string;
+}
+
+/** Train options that belong to some methods only (MethodOption names them). */
+export type MethodOption = 'targets' | 'structMask' | 'grid' | 'prior' | 'masking' | 'loss';
+
+/** The train options a method judges (a subset of pipeline/train.ts TrainOptions, same names). */
+export interface MethodOptions {
+  structMask?: string | StructuringElement;
+  grid?: number;
+  prior?: NoiseSpec | 'learned' | 'nlf';
+  maskFraction?: number;
+  strategy?: ReplacementStrategy;
+  maskRadius?: number;
+  loss?: 'mse' | 'mae';
+}
+
+/** What a method's network is built from: the trainer's dims, size choice and the user's overrides. */
+export interface NetworkRequest {
+  dims: 2 | 3;
+  size: 'paper' | 'small';
+  overrides: NetworkOverrides;
+  batchSize: number;
+  /** A Gaussian prior is trained: the network predicts (mean, log variance). */
+  twoChannels: boolean;
+}
+
+export interface NetworkOverrides {
+  depth?: number;
+  filters?: number;
+  kernelSize?: number;
+  batchNorm?: boolean;
+  /** D-BSN: residual dilated blocks per branch. */
+  blocks?: number;
+}
+
+/** A normalised training patch, before masking; `target` only for paired methods. */
+export interface MethodPatch {
+  step: number;
+  shape: Shape;
+  data: Float32Array;
+  target?: Float32Array;
+  rng: Rng;
+}
+
+/** What the network sees, what it is scored against, and where (0/1). */
+export interface PreparedPatch {
+  input: Float32Array;
+  target: Float32Array;
+  mask: Float32Array;
+}
+
+/** Everything a method's preparePatch may use, fixed for a run. */
+export interface PatchPreparation {
+  method: Method;
+  masking: MaskOptions;
+  /** structn2v's element (lifted to the data's dims). */
+  structMask?: StructuringElement;
+  /** Grid side of the grid-masking methods. */
+  grid: number;
+  /** Seed of the grid-phase schedule. */
+  seed: number;
+}
+
+/** A fixed batch of prepared validation patches (NHWC / NDHWC shape, one channel). */
+export interface ValidationBatch {
+  shape: number[];
+  inputs: Float32Array;
+  targets: Float32Array;
+  masks: Float32Array;
+}
+
+/** Events a method's hooks report through the trainer (pipeline/train.ts TrainEvent includes them). */
+export type MethodEvent = { type: 'noise2info-sigma'; step: number; estimate: number; sigma: number };
+
+/** What the trainer hands a method when a run starts (or resumes). */
+export interface TrainingContext {
+  seed: number;
+  grid: number;
+  /** The per-pixel loss the trainer chose from the options: the Gaussian prior's NLL, or MSE / MAE. */
+  maskedLoss: MaskedLossFn;
+  /** sigma_n^2 of the prior's noise model (normalised units), when one is trained. */
+  noiseVariance?: (mu: tf.Tensor) => tf.Tensor;
+  /** The checkpoint's state file when the run resumes (the method reads back what checkpointState wrote). */
+  saved?: Record<string, unknown>;
+}
+
+/** The per-run part of a method: its loss over a batch and its hooks, with any state they keep. */
+export interface MethodTraining {
+  batchLoss: BatchLossFn;
+  /** After each validation loss is computed: updates the method's state; fields for the history record, events. */
+  onValidation?(v: { model: tfl.LayersModel; batches: readonly ValidationBatch[]; step: number }): { record?: Partial<TrainingRecord>; events?: MethodEvent[] };
+  /** What the manifest's methodSettings records of the run's state (merged with the method's settings). */
+  settings?(): MethodSettings;
+  /** Saved in the checkpoint's state file (keys of their own), read back through TrainingContext.saved. */
+  checkpointState?(): Record<string, unknown>;
+}
+
+export interface Method {
+  readonly name: string;
+  /** One line (two at most) for --help and the README's table. */
+  readonly summary: string;
+  readonly paper: MethodPaper;
+  readonly dims: readonly (2 | 3)[];
+  /** Which network family it trains (models/network.ts). */
+  readonly networkKind: NetworkKind;
+  /** The method-specific train options it takes; the others are refused (methods/options.ts). */
+  readonly accepts: readonly MethodOption[];
+  /** How the input is masked: stratified pixels (MaskOptions), grid phases, or nothing. */
+  readonly masking: 'stratified' | 'grid' | 'none';
+  /** Paired methods: what their --targets are ("clean images"), for messages. */
+  readonly targets?: string;
+  /** Methods whose network always predicts a Gaussian (mean, variance): the default noise model's source. */
+  readonly defaultPrior?: PriorSource;
+  /** The replacement strategy when --strategy is not given (stratified masking only). */
+  readonly defaultStrategy?: ReplacementStrategy;
+  /** Methods with a loss of their own: its manifest name, and why --loss does not apply (absent: --loss is accepted). */
+  readonly ownLoss?: { name: string; refusesLossOption?: string };
+  /** Checks its own requirements (after the generic option checks); UsageError with the fix. */
+  validateOptions?(opts: MethodOptions): void;
+  /** Run settings resolved from the options (structn2v's element), before any data is read. */
+  patchSettings?(opts: MethodOptions, dims: 2 | 3): Pick<PatchPreparation, 'structMask'>;
+  network(request: NetworkRequest): NetworkConfig;
+  /** A patch -> (input, target, mask), drawing any randomness from the patch's own rng. */
+  preparePatch(p: MethodPatch, prep: PatchPreparation): PreparedPatch;
+  /** Settings recorded in the manifest from the options (the run's state comes from MethodTraining.settings). */
+  settings?(opts: MethodOptions, prep: PatchPreparation): MethodSettings;
+  training(context: TrainingContext): MethodTraining;
+  /**
+   * Point-estimate models after training: corrects the best model in place and returns the output
+   * offset taken out (normalised units). Not called for Gaussian-prior models.
+   */
+  afterTraining?(model: tfl.LayersModel, batches: readonly ValidationBatch[]): number;
+  /** The one-channel function denoise runs on normalised tiles for a model of this method. */
+  denoiser(model: tfl.LayersModel, manifest: ModelManifest, output: DenoiseOutput): tfl.LayersModel | ((x: tf.Tensor) => tf.Tensor);
+}
