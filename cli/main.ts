@@ -4,7 +4,9 @@
  * its own beyond mapping errors to exit codes.
  */
 import path from 'node:path';
-import { ExitCode, exitWithOutcome, UsageError } from '../core/errors.js';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { debugWanted, ExitCode, exitWithOutcome, reportFailure, UsageError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
@@ -186,7 +188,8 @@ a before/after montage and a loss curve (default folder: demo-output).`,
 };
 
 async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
+  // --debug (any command): stack traces with error messages (core/errors.ts reportFailure).
+  const [command, ...rest] = argv.filter((a) => a !== '--debug');
   if (!command || command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(HELP.main + '\n');
     return command ? ExitCode.ok : ExitCode.usage;
@@ -551,4 +554,24 @@ function printHelp(command: string): number {
   return ExitCode.ok;
 }
 
-exitWithOutcome(main(process.argv.slice(2)), 'blindspot');
+/**
+ * The whole command in this process: its exit code, its failure reported on stderr exactly as the
+ * program does (for tests and embedding; the process's exit code is not set).
+ */
+export async function runCli(argv: string[]): Promise<number> {
+  try {
+    return await main(argv);
+  } catch (err) {
+    return reportFailure(err, 'blindspot', debugWanted(argv));
+  }
+}
+
+function isEntryPoint(): boolean {
+  try {
+    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) exitWithOutcome(main(process.argv.slice(2)), 'blindspot');

@@ -139,7 +139,7 @@ export async function runWatch(args: string[]): Promise<number> {
   if (pollMs === 0) throw new UsageError('--poll-ms must be at least 1');
   const maxMemoryBytes = values['max-memory'] ? parseByteSize(values['max-memory']) : undefined;
   // Before the backend starts: a usage error should cost nothing.
-  assertOutputIsNotInput(positionals[0], values.out);
+  await assertOutputIsNotInput(positionals[0], values.out);
 
   const reporter: Reporter = values['dry-run'] ? createReporter({ json: values.json === true || !process.stderr.isTTY }) : (await setUp(values)).reporter;
   const stop = new AbortController();

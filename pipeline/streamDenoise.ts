@@ -63,6 +63,7 @@ import { createOmeZarr, openOmeZarrWriter, type OmeZarrWriter } from '../storage
 import { openByteStore, openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';
 import { networkGeometry } from '../models/network.js';
+import { assertOutputOutsideInputs } from '../storage/location.js';
 import { type ShardSpec, shardBlockRange, shardJournalPrefix } from './shard.js';
 
 /** Node, TensorFlow.js and its backend before any tile: measured RSS of a process that has loaded them (cpu ~110 MiB, wasm ~150 MiB) plus slack. */
@@ -344,34 +345,12 @@ async function readShardRuns(store: ByteStore, prefix: string): Promise<Array<Sh
   return runs;
 }
 
-function s3Parts(url: string): { bucket: string; key: string } | null {
-  const match = /^s3:\/\/([^/]+)\/?(.*)$/i.exec(url);
-  if (!match) return null;
-  return { bucket: match[1], key: match[2].replace(/\/+$/, '') };
-}
-
-/** Whether `inner` is `outer` or lies inside it, comparing '/'-separated path segments. */
-function within(inner: string, outer: string): boolean {
-  if (outer === '') return true;
-  return inner === outer || inner.startsWith(outer.endsWith('/') ? outer : `${outer}/`);
-}
-
 /**
- * Refuses (UsageError, before anything is written) an output that is the input, lies inside it or
- * contains it: same path, or the same S3 bucket with one prefix inside the other.
+ * Refuses (OutputError, exit 4, before anything is written) an output that is the input, lies inside
+ * it or contains it, by real location (links followed; S3 by bucket and normalised prefix).
  */
-export function assertOutputIsNotInput(input: string, output: string): void {
-  const a = s3Parts(input);
-  const b = s3Parts(output);
-  let clash = false;
-  if (a && b) {
-    clash = a.bucket === b.bucket && (within(a.key, b.key) || within(b.key, a.key));
-  } else if (!a && !b) {
-    const ra = path.resolve(input);
-    const rb = path.resolve(output);
-    clash = ra === rb || rb.startsWith(ra + path.sep) || ra.startsWith(rb + path.sep);
-  }
-  if (clash) throw new UsageError(`the output ${output} would overwrite the input ${input}; choose an output outside the input`);
+export async function assertOutputIsNotInput(input: string, output: string): Promise<void> {
+  await assertOutputOutsideInputs(output, [input], { what: '--out' });
 }
 
 /** sha256 of the things that decide the output's bytes: the model and the options. */
@@ -532,7 +511,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   if (output.info.shape.join() !== shape.join()) {
     throw new OutputError(output.info.url, `has shape [${output.info.shape.join(', ')}], the input [${shape.join(', ')}]`);
   }
-  assertOutputIsNotInput(input.info.url, output.info.url);
+  await assertOutputIsNotInput(input.info.url, output.info.url);
   const dims = shape.length as 2 | 3;
   const memory = planStreamMemory({
     maxMemoryBytes: opts.maxMemoryBytes,
@@ -887,7 +866,7 @@ function levelZeroChunkOfKey(key: string): number[] | null {
  * pyramid (two finishing at the same instant both build it, writing identical bytes).
  */
 export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
-  assertOutputIsNotInput(opts.input, opts.out);
+  await assertOutputIsNotInput(opts.input, opts.out);
   const job = await prepareDenoise(opts);
   let writer: OmeZarrWriter | null = null;
   let store: ByteStore | null = null;

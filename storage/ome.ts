@@ -33,6 +33,7 @@ import {
 import { openByteStore } from './open.js';
 import { InputError, OutputError } from '../core/errors.js';
 import { voxelCount, type SampleType } from '../core/volume.js';
+import { parseMetadataJson } from './zarrCheck.js';
 import { VERSION } from '../core/version.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -72,14 +73,14 @@ export interface OmeMetadata {
   omero?: { channels?: { window?: OmeroWindow; label?: string }[] } & Record<string, unknown>;
 }
 
-function decodeJson(bytes: Uint8Array | undefined): Record<string, unknown> | undefined {
+function decodeJson(bytes: Uint8Array | undefined, file = 'Zarr metadata'): Record<string, unknown> | undefined {
   if (!bytes) return undefined;
-  return JSON.parse(new TextDecoder().decode(bytes)) as Record<string, unknown>;
+  return parseMetadataJson(bytes, file);
 }
 
 /** The OME metadata of the group at the store root, or null when it has none. */
 export async function readOmeMetadata(store: ByteStore): Promise<OmeMetadata | null> {
-  const v3 = decodeJson(await store.get('/zarr.json'));
+  const v3 = decodeJson(await store.get('/zarr.json'), `${store.url}/zarr.json`);
   if (v3) {
     const attributes = (v3.attributes ?? {}) as Record<string, unknown>;
     const ome = attributes.ome as { version?: string; multiscales?: NgffMultiscale[]; omero?: OmeMetadata['omero'] } | undefined;
@@ -87,7 +88,7 @@ export async function readOmeMetadata(store: ByteStore): Promise<OmeMetadata | n
     if (!multiscales?.length) return null;
     return { ngffVersion: '0.5', multiscale: multiscales[0], attributes, omero: ome?.omero ?? (attributes.omero as OmeMetadata['omero']) };
   }
-  const v2 = decodeJson(await store.get('/.zattrs'));
+  const v2 = decodeJson(await store.get('/.zattrs'), `${store.url}/.zattrs`);
   const multiscales = v2?.multiscales as NgffMultiscale[] | undefined;
   if (!v2 || !multiscales?.length) return null;
   return { ngffVersion: '0.4', multiscale: multiscales[0], attributes: v2, omero: v2.omero as OmeMetadata['omero'] };

@@ -13,6 +13,7 @@ import { openOmeZarr, spatialView } from './ome.js';
 import { openTiffStack } from './tiffStack.js';
 import { openFrameFolder } from './frameFolder.js';
 import { InputError } from '../core/errors.js';
+import { parseMetadataJson } from './zarrCheck.js';
 
 /** The byte store at `url`: S3 for s3:// URLs, else the local folder (file:// accepted). */
 export function openByteStore(url: string, s3?: S3Settings): ByteStore {
@@ -43,7 +44,7 @@ async function openZarrSource(url: string, store: ByteStore, opts: OpenSourceOpt
   const ome = await openOmeZarr(store, choice);
   if (ome) return ome;
   if (await store.get('/zarr.json')) {
-    const root = JSON.parse(new TextDecoder().decode(await store.get('/zarr.json'))) as { node_type?: string };
+    const root = parseMetadataJson((await store.get('/zarr.json'))!, `${url}/zarr.json`) as { node_type?: string };
     if (root.node_type === 'group') throw new InputError(url, 'is a Zarr group without OME multiscales metadata; name the array inside it');
   } else if (!(await store.get('/.zarray'))) {
     if (await store.get('/.zgroup')) throw new InputError(url, 'is a Zarr group without OME multiscales metadata; name the array inside it');

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fromArrayBuffer, type GeoTIFFImage } from 'geotiff';
 import { InputError, OutputError } from '../core/errors.js';
 import type { SampleType, Shape } from '../core/volume.js';
-import { bytesPerSample, collapseChannels, type SampleArray } from './common.js';
+import { bytesPerSample, checkImageSize, collapseChannels, type SampleArray } from './common.js';
 
 export interface DecodedTiff {
   /** Pages concatenated in Z order, each [Y, X]. */
@@ -63,6 +63,7 @@ export async function decodeTiff(file: string, bytes: Uint8Array): Promise<Decod
     }
     const extraSamples: number[] = Array.from(first.fileDirectory.ExtraSamples ?? []);
     const alphaLast = channels > 1 && extraSamples.length > 0 && (extraSamples[extraSamples.length - 1] === 1 || extraSamples[extraSamples.length - 1] === 2);
+    checkImageSize(file, [used.length, height, width, channels], 'TIFF stack (pages x height x width x channels)');
     const pixelsPerPage = width * height;
     const samples = allocate(sampleType, pixelsPerPage * used.length);
     for (let z = 0; z < used.length; z++) {
