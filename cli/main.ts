@@ -43,7 +43,8 @@ Commands:
   demo                                     the whole job on a built-in synthetic 3D sample
 
 Run 'blindspot <command> --help' for its options and examples.
-Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 bad input, 4 output refused, 130 interrupted (resumable).`,
+Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 bad input, 4 output refused, 130 interrupted (resumable).
+--debug (any command) adds the stack trace to an error message.`,
   train: `Usage: blindspot train <inputs...> --out <model-dir> [options]
 
 Inputs are image files (PNG, TIFF incl. multi-page stacks, FITS, .npy), folders or globs.
@@ -145,7 +146,10 @@ Streaming (any size, bounded memory): one chunked input (.zarr, OME-Zarr, TIFF s
 and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
   --max-memory SIZE         memory bound that sets tile/chunk size, queues and cache (default 2GiB)
   --resume                  continue an interrupted run (finished chunks are verified, then skipped)
-  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
+  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3); every S3
+                            request may take 5 s to connect and 30 s of silence, and is tried 8 times (with
+                            backoff) before the run fails naming the endpoint: BLINDSPOT_S3_CONNECT_TIMEOUT_MS,
+                            BLINDSPOT_S3_REQUEST_TIMEOUT_MS, BLINDSPOT_S3_MAX_ATTEMPTS change them
   --ngff-version 0.5|0.4    OME-Zarr version of the output (default 0.5, Zarr v3)
   --output-chunks YxX|ZxYxX output chunk (= tile core) shape, multiples of the network's pooling size
                             (default: the largest that --max-memory allows)

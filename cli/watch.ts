@@ -52,7 +52,8 @@ Options:
   --tta --tile YxX|ZxYxX    as for denoise
   --max-memory SIZE         memory bound of Zarr items (default 2GiB)
   --channel N               channel of multi-channel OME-Zarr items
-  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
+  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3); request
+                            bounds and retries as for denoise (5 s connect, 30 s silence, 8 attempts)
   --backend B --threads N   as for train
   --json                    JSON lines (default when stderr is not a terminal): watch-start, shutdown, item-seen,
                             item-start, item-done {seconds, latencySeconds (arrival to stored output),

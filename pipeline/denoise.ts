@@ -15,6 +15,7 @@ import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
+import { VERSION } from '../core/version.js';
 import { assertOutputOutsideInputs, assertWritableFolder, mkdirOutput } from '../storage/location.js';
 import { assertSidecarsWritable, inputNoiseRecord, noiseSidecarPath, writeNoiseSidecar } from '../noise/inputNoise.js';
 import { fitNlf, type NlfRecord } from '../noise/nlf.js';
@@ -129,7 +130,9 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
       };
       const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput });
       const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
-      await writeImage(outputs[i], denoised, { sampleType, overwrite: opts.overwrite });
+      // The input's metadata (FITS cards, TIFF resolution and description) goes with its output.
+      const history = `blindspot ${VERSION} denoise: ${manifest.method} model ${path.basename(path.resolve(opts.modelDir))}, input ${path.basename(file)}${opts.tta ? ', tta' : ''}`;
+      await writeImage(outputs[i], { ...denoised, metadata: volume.metadata }, { sampleType, overwrite: opts.overwrite, history });
       if (opts.uncertainty) {
         // A second pass: the tile pipeline carries one channel. Always float32: a standard deviation is not an intensity.
         const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty' });

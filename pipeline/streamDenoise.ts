@@ -909,6 +909,8 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
         },
         window: displayWindow(manifest.normalisation),
         s3: opts.s3,
+        // Marked incomplete until the pyramid is built: a failed or killed run never leaves a result-looking output.
+        markIncomplete: true,
       });
     }
     store = openByteStore(opts.out, opts.s3);
@@ -941,6 +943,10 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       await writer.buildPyramid(opts.pyramidLevels === undefined ? {} : { levels: opts.pyramidLevels });
     }
     return result;
+  } catch (err) {
+    // The marker set at creation stays; this records why, for whoever finds the output.
+    await writer?.markIncomplete((err as Error)?.message ?? String(err));
+    throw err;
   } finally {
     await job.close();
     await writer?.close?.();
