@@ -302,7 +302,7 @@ describe('CLI (from dist/, built by pretest)', () => {
   test.skipIf(!existsSync(cli))('refuses to write a streaming output over or inside its input, before writing anything', () => {
     for (const out of [path.join(tmp, 'in.zarr'), path.join(tmp, 'in.zarr', 'den.zarr')]) {
       const r = spawnSync(process.execPath, [cli, 'denoise', path.join(tmp, 'model'), path.join(tmp, 'in.zarr'), '--out', out, '--backend', 'cpu'], { encoding: 'utf8' });
-      expect(r.status).toBe(2);
+      expect(r.status).toBe(4);
       expect(r.stderr).toMatch(/would overwrite the input/);
       expect(existsSync(out)).toBe(false);
     }
