@@ -11,6 +11,7 @@ import { nlfVariance, type NlfRecord } from '../noise/nlf.js';
 import { calibrateNoise, saveNoiseModel } from '../noise/model.js';
 import { NoisePool } from '../workers/noisePool.js';
 import { intOption, parse } from './options.js';
+import { assertOutputOutsideInputs } from '../storage/location.js';
 import { createReporter } from './progress.js';
 
 export const noiseHelp = `Usage: blindspot noise <inputs...> [--plot-dir <dir>] [--json]
@@ -59,6 +60,7 @@ export async function runNoise(args: string[]): Promise<number> {
   if (values.calibrate !== undefined) {
     if (positionals.length > 0) throw new UsageError('--calibrate takes one stack and no other inputs');
     if (!values.out) throw new UsageError('--calibrate needs --out <noise-model.json>');
+    await assertOutputOutsideInputs(values.out, [values.calibrate], { what: '--out' });
     const stack = await readImage(values.calibrate);
     if (stack.shape.length !== 3) throw new InputError(values.calibrate, 'is a single 2D image; calibration needs a stack of repeated frames (multi-page TIFF or 3D .npy)');
     const model = calibrateNoise(values.calibrate, stack.data, stack.shape, { sampleType: stack.sampleType });
@@ -71,6 +73,7 @@ export async function runNoise(args: string[]): Promise<number> {
   if (positionals.length === 0) throw new UsageError('noise needs input images (blindspot noise --help)');
   const files = await expandInputs(positionals);
   const plotDir = values['plot-dir'];
+  if (plotDir) await assertOutputOutsideInputs(plotDir, positionals, { refuseContaining: false, what: '--plot-dir' });
   if (plotDir) await fsp.mkdir(plotDir, { recursive: true }).catch((err: Error) => {
     throw new OutputError(plotDir, `cannot create the plot folder: ${err.message}`);
   });

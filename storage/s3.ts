@@ -112,7 +112,9 @@ export function createS3Client(settings: S3Settings = {}): S3Client {
     region,
     maxAttempts: 1, // our loop retries
     // Without these a store that accepts the connection and never answers holds the request for ever.
-    requestHandler: new NodeHttpHandler({ connectionTimeout: bounds.connectTimeoutMs, requestTimeout: bounds.requestTimeoutMs }),
+    // socketTimeout is the silence bound: it fires while waiting for the answer and while its body streams
+    // (smithy's requestTimeout would only warn unless told to throw, and bound a whole upload's duration).
+    requestHandler: new NodeHttpHandler({ connectionTimeout: bounds.connectTimeoutMs, socketTimeout: bounds.requestTimeoutMs }),
     ...(endpoint
       ? {
           endpoint,

@@ -21,6 +21,8 @@ export const SIDE = 32;
 export interface Fixtures {
   root: string;
   model: string;
+  /** A 3D model (frame folders and TIFF stacks are ZYX). */
+  model3d: string;
   /** Good image files by format. */
   png: string;
   tif: string;
@@ -69,6 +71,7 @@ export async function makeFixtures(root: string): Promise<Fixtures> {
   const f: Fixtures = {
     root,
     model: path.join(root, 'model'),
+    model3d: path.join(root, 'model3d'),
     png: path.join(good, 'img.png'),
     tif: path.join(good, 'img.tif'),
     fits: path.join(good, 'img.fits'),
@@ -81,6 +84,7 @@ export async function makeFixtures(root: string): Promise<Fixtures> {
     ome05: path.join(good, 'ome05.zarr'),
   };
   await saveUntrainedModel(f.model, { ...defaultUNetConfig(2), depth: 1, filters: 4 }, { mode: 'meanstd', offset: 100, scale: 20 }, 1);
+  await saveUntrainedModel(f.model3d, { ...defaultUNetConfig(3), depth: 1, filters: 4 }, { mode: 'meanstd', offset: 100, scale: 20 }, 1);
   await writeImage(f.png, image('uint8'));
   await writeImage(f.tif, image('uint16'));
   await writeImage(f.fits, image('float32'));
