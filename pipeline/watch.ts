@@ -69,7 +69,7 @@ import type { ByteStore } from '../storage/byteStore.js';
 import { isSupportedImage, readImage, writeImage } from '../storage/index.js';
 import { ngffAxes, readOmeMetadata } from '../storage/ome.js';
 import { openByteStore } from '../storage/open.js';
-import { S3Store, createS3Client, isS3Url, parseS3Url, type S3Settings } from '../storage/s3.js';
+import { S3Store, createS3Client, isS3Url, parseS3Url, type S3Settings, s3Endpoint } from '../storage/s3.js';
 import { FileSystemStore } from '../storage/fsStore.js';
 import { readZarrArraySpec } from '../storage/zarr.js';
 
@@ -364,7 +364,7 @@ class S3Source implements WatchSource {
       try {
         page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: root, ContinuationToken }));
       } catch (err) {
-        throw new InputError(this.url, `cannot be listed: ${(err as Error).message}`, { cause: err });
+        throw new InputError(this.url, `cannot be listed at the endpoint ${s3Endpoint(this.s3) ?? 'AWS S3'}: ${(err as Error).message}`, { cause: err });
       }
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;

@@ -37,6 +37,8 @@ const OME_TYPE: Record<SampleType, string> = { uint8: 'uint8', uint16: 'uint16',
  * Type (and byte order) rewritten to what is stored now; other text as it was.
  */
 export function outputDescription(description: string, sampleType: SampleType): string {
+  // Our own one-line description names the sample type: it follows the output's.
+  if (/^blindspot [a-z0-9]+$/.test(description)) return `blindspot ${sampleType}`;
   if (!/<OME[\s>]/.test(description)) return description;
   return description.replace(/<Pixels\b[^>]*>/, (pixels) =>
     pixels.replace(/\bType="[^"]*"/, `Type="${OME_TYPE[sampleType]}"`).replace(/\bBigEndian="[^"]*"/, 'BigEndian="false"'),

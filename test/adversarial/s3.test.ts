@@ -96,7 +96,7 @@ if (!swiftAvailable()) console.log(`adversarial s3: Swift cases skipped: ${SWIFT
 describe.skipIf(!swiftAvailable())('a real S3-compatible store (Swift on loopback)', () => {
   let s3: LocalS3;
   beforeAll(async () => {
-    s3 = await startLocalS3({ buckets: ['adv'] });
+    s3 = await startLocalS3({ buckets: ['adv'], timeoutMs: 100_000 });
     const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
     // A corrupt zarr.json and a v3 array with a truncated raw chunk, put there with the right credentials.
     const saved = { ...process.env };
@@ -108,7 +108,7 @@ describe.skipIf(!swiftAvailable())('a real S3-compatible store (Swift on loopbac
     } finally {
       for (const k of Object.keys(env)) process.env[k] = saved[k];
     }
-  }, 120_000);
+  }, 180_000);
   afterAll(async () => {
     await s3?.stop();
   });
