@@ -106,7 +106,10 @@ describe.skipIf(!swiftAvailable())('a real S3-compatible store (Swift on loopbac
       await corrupt.set('/zarr.json', new TextEncoder().encode('{"zarr_format": 3, "node_'));
       await corrupt.close();
     } finally {
-      for (const k of Object.keys(env)) process.env[k] = saved[k];
+      for (const k of Object.keys(env)) {
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+      }
     }
   }, 180_000);
   afterAll(async () => {
@@ -115,7 +118,7 @@ describe.skipIf(!swiftAvailable())('a real S3-compatible store (Swift on loopbac
   const good = (): Record<string, string> => ({ AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region });
 
   test('wrong credentials (a secret in the environment): exit 3 naming the endpoint and the credentials, the secret never printed', async () => {
-    const r = await cli(['denoise', f.model, 's3://adv/corrupt.zarr', '--out', path.join(root, 'cred.zarr'), '--s3-endpoint', s3.endpoint, '--backend', 'cpu'], { AWS_ACCESS_KEY_ID: ACCESS_KEY, AWS_SECRET_ACCESS_KEY: SECRET });
+    const r = await cli(['denoise', f.model, 's3://adv/corrupt.zarr', '--out', path.join(root, 'cred.zarr'), '--s3-endpoint', s3.endpoint, '--backend', 'cpu'], { AWS_ACCESS_KEY_ID: ACCESS_KEY, AWS_SECRET_ACCESS_KEY: SECRET, AWS_REGION: s3.region });
     await expectOutcome(r, { code: 3, mentions: [s3.endpoint], says: /credentials|403|Access|Signature/i, outputs: [path.join(root, 'cred.zarr')] });
   });
   test('a missing input: exit 3 naming it', async () => {
