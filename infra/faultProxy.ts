@@ -42,7 +42,8 @@ export async function startFaultProxy(target: string, opts: { failureRate: numbe
           upstreamRes.on('data', (b: Buffer) => parts.push(b));
           upstreamRes.on('end', () => {
             const body = Buffer.concat(parts);
-            res.writeHead(upstreamRes.statusCode ?? 502, { ...upstreamRes.headers, 'content-length': String(body.length) });
+            const { 'transfer-encoding': _chunked, ...headers } = upstreamRes.headers;
+            res.writeHead(upstreamRes.statusCode ?? 502, { ...headers, 'content-length': String(body.length) });
             res.write(body.subarray(0, body.length >> 1));
             setTimeout(() => req.socket.destroy(), 5);
           });

@@ -159,6 +159,8 @@ export function isRetryableS3Error(err: unknown): boolean {
   const status = e?.$metadata?.httpStatusCode;
   if (status !== undefined && (status >= 500 || status === 429)) return true;
   if (e?.code && RETRYABLE_CODES.has(e.code)) return true;
+  // An HTTP response the client could not parse (a connection cut mid-header, a broken middlebox).
+  if (e?.code && e.code.startsWith('HPE_')) return true;
   if (e?.name && RETRYABLE_CODES.has(e.name)) return true;
   const message = e?.message ?? '';
   return /socket hang up|ECONNRESET|EPIPE|ECONNREFUSED|other side closed|network|aborted|premature close|Unexpected end|Deserialization error/i.test(message);
