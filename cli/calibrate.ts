@@ -3,11 +3,11 @@
  * parameter by the J-invariant (Noise2Self) loss, with no clean image, prints the loss of every
  * candidate and the choice, and optionally writes the image denoised with the chosen parameter.
  */
-import path from 'node:path';
 import { ExitCode, OutputError, UsageError } from '../core/errors.js';
 import { applyClassicalDenoiser, calibrateDenoiser, CLASSICAL_DENOISERS, type CalibrationResult } from '../pipeline/calibrate.js';
 import { formatOf, readImage, writeImage } from '../storage/index.js';
 import { choice, intOption, parse } from './options.js';
+import { assertOutputOutsideInputs } from '../storage/location.js';
 import { createReporter } from './progress.js';
 
 export const CALIBRATE_HELP = `Usage: blindspot calibrate <image> --denoiser median|gaussian|nlm [options]
@@ -80,7 +80,7 @@ export async function runCalibrate(args: string[]): Promise<number> {
   const output = choice('output', values.output, ['invariant', 'plain'] as const) ?? 'invariant';
   const out = values.out;
   if (out !== undefined) {
-    if (path.resolve(out) === path.resolve(input)) throw new OutputError(out, `output would overwrite the input ${input}; choose another --out`);
+    await assertOutputOutsideInputs(out, [input], { what: '--out' });
     if (!formatOf(out)) throw new OutputError(out, 'has an unsupported file type; write .tif, .npy, .fits or .png');
   }
 

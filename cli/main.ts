@@ -4,7 +4,9 @@
  * its own beyond mapping errors to exit codes.
  */
 import path from 'node:path';
-import { ExitCode, exitWithOutcome, UsageError } from '../core/errors.js';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { debugWanted, ExitCode, exitWithOutcome, reportFailure, UsageError } from '../core/errors.js';
 import { VERSION } from '../core/version.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
@@ -52,7 +54,8 @@ Commands:
   demo                                     the whole job on a built-in synthetic 3D sample
 
 Run 'blindspot <command> --help' for its options and examples.
-Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 bad input, 4 output refused, 130 interrupted (resumable).`,
+Exit codes: 0 ok, 1 unexpected failure, 2 usage, 3 bad input, 4 output refused, 130 interrupted (resumable).
+--debug (any command) adds the stack trace to an error message.`,
   train: `Usage: blindspot train <inputs...> --out <model-dir> [options]
 
 Inputs are image files (PNG, TIFF incl. multi-page stacks, FITS, .npy), folders or globs.
@@ -147,7 +150,10 @@ Streaming (any size, bounded memory): one chunked input (.zarr, OME-Zarr, TIFF s
 and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
   --max-memory SIZE         memory bound that sets tile/chunk size, queues and cache (default 2GiB)
   --resume                  continue an interrupted run (finished chunks are verified, then skipped)
-  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
+  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3); every S3
+                            request may take 5 s to connect and 30 s of silence, and is tried 8 times (with
+                            backoff) before the run fails naming the endpoint: BLINDSPOT_S3_CONNECT_TIMEOUT_MS,
+                            BLINDSPOT_S3_REQUEST_TIMEOUT_MS, BLINDSPOT_S3_MAX_ATTEMPTS change them
   --ngff-version 0.5|0.4    OME-Zarr version of the output (default 0.5, Zarr v3)
   --output-chunks YxX|ZxYxX output chunk (= tile core) shape, multiples of the network's pooling size
                             (default: the largest that --max-memory allows)
@@ -192,7 +198,8 @@ a before/after montage, a loss curve and an HTML run report, report.html (defaul
 };
 
 async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
+  // --debug (any command): stack traces with error messages (core/errors.ts reportFailure).
+  const [command, ...rest] = argv.filter((a) => a !== '--debug');
   if (!command || command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(HELP.main + '\n');
     return command ? ExitCode.ok : ExitCode.usage;
@@ -571,4 +578,24 @@ function printHelp(command: string): number {
   return ExitCode.ok;
 }
 
-exitWithOutcome(main(process.argv.slice(2)), 'blindspot');
+/**
+ * The whole command in this process: its exit code, its failure reported on stderr exactly as the
+ * program does (for tests and embedding; the process's exit code is not set).
+ */
+export async function runCli(argv: string[]): Promise<number> {
+  try {
+    return await main(argv);
+  } catch (err) {
+    return reportFailure(err, 'blindspot', debugWanted(argv));
+  }
+}
+
+function isEntryPoint(): boolean {
+  try {
+    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) exitWithOutcome(main(process.argv.slice(2)), 'blindspot');

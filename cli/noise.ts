@@ -18,6 +18,7 @@ import { loadModelFolder } from '../models/io.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { NoisePool } from '../workers/noisePool.js';
 import { choice, intOption, parse, setUp } from './options.js';
+import { assertOutputOutsideInputs } from '../storage/location.js';
 import { createReporter } from './progress.js';
 
 export const noiseHelp = `Usage: blindspot noise <inputs...> [--plot-dir <dir>] [--json]
@@ -96,7 +97,7 @@ export async function runNoise(args: string[]): Promise<number> {
     if (values.calibrate !== undefined && positionals.length > 0) throw new UsageError('--calibrate takes one stack and no other inputs');
     if (values.bootstrap !== undefined && positionals.length === 0) throw new UsageError('--bootstrap needs <model-dir> and the noisy images to denoise: blindspot noise --bootstrap <model-dir> <inputs...> --out <file>');
     const inputs = values.calibrate !== undefined ? [values.calibrate] : await expandInputs(positionals);
-    if (inputs.some((input) => path.resolve(input) === path.resolve(values.out!))) throw new OutputError(values.out, 'would overwrite an input; choose another --out');
+    await assertOutputOutsideInputs(values.out, values.bootstrap !== undefined ? [...inputs, values.bootstrap] : inputs, { what: '--out' });
     const gmmOptions = { components, degree, seed, onProgress: (iteration: number, nll: number) => reporter.event('gmm-fit', { iteration, negLogLikelihood: nll }) };
     let model: CalibratedNoiseModel | GmmNoiseModel;
     if (values.calibrate !== undefined) {
@@ -142,6 +143,7 @@ export async function runNoise(args: string[]): Promise<number> {
   if (positionals.length === 0) throw new UsageError('noise needs input images (blindspot noise --help)');
   const files = await expandInputs(positionals);
   const plotDir = values['plot-dir'];
+  if (plotDir) await assertOutputOutsideInputs(plotDir, positionals, { refuseContaining: false, what: '--plot-dir' });
   if (plotDir) await fsp.mkdir(plotDir, { recursive: true }).catch((err: Error) => {
     throw new OutputError(plotDir, `cannot create the plot folder: ${err.message}`);
   });

@@ -52,7 +52,8 @@ Options:
   --tta --tile YxX|ZxYxX    as for denoise
   --max-memory SIZE         memory bound of Zarr items (default 2GiB)
   --channel N               channel of multi-channel OME-Zarr items
-  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3)
+  --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3); request
+                            bounds and retries as for denoise (5 s connect, 30 s silence, 8 attempts)
   --backend B --threads N   as for train
   --json                    JSON lines (default when stderr is not a terminal): watch-start, shutdown, item-seen,
                             item-start, item-done {seconds, latencySeconds (arrival to stored output),
@@ -139,7 +140,7 @@ export async function runWatch(args: string[]): Promise<number> {
   if (pollMs === 0) throw new UsageError('--poll-ms must be at least 1');
   const maxMemoryBytes = values['max-memory'] ? parseByteSize(values['max-memory']) : undefined;
   // Before the backend starts: a usage error should cost nothing.
-  assertOutputIsNotInput(positionals[0], values.out);
+  await assertOutputIsNotInput(positionals[0], values.out);
 
   const reporter: Reporter = values['dry-run'] ? createReporter({ json: values.json === true || !process.stderr.isTTY }) : (await setUp(values)).reporter;
   const stop = new AbortController();

@@ -56,9 +56,64 @@ export class OutputError extends BlindspotError {
   }
 }
 
+const OUTPUT_SYSCALLS = new Set(['mkdir', 'write', 'open-write', 'rename', 'unlink', 'rmdir', 'rm', 'copyfile', 'symlink', 'link', 'chmod', 'utime', 'futime', 'ftruncate']);
+const FS_REASONS: Record<string, string> = {
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ENOENT: 'does not exist',
+  EEXIST: 'exists already',
+  ENOTDIR: 'a part of the path is a file, not a folder',
+  EISDIR: 'is a folder, not a file',
+  EROFS: 'is on a read-only file system',
+  ENOSPC: 'no space left on the device',
+  EDQUOT: 'disk quota exceeded',
+  ELOOP: 'too many levels of symbolic links',
+  EMFILE: 'too many open files',
+  ENAMETOOLONG: 'the name is too long',
+};
+
 /**
- * Ends a command-line program: the exit code `run` resolves to, or the one its error maps to (a
- * BlindspotError prints its one-line message; anything else is unexpected and prints its stack).
+ * The one place a failure becomes an exit code: a BlindspotError keeps its own; a file-system error
+ * a user can cause (permissions, a missing file, a full disk) becomes an InputError (exit 3) when it
+ * came from reading and an OutputError (exit 4) when it came from writing, naming the path; anything
+ * else is unexpected (exit 1).
+ */
+export function classifyError(err: unknown): BlindspotError | null {
+  if (err instanceof BlindspotError) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e === 'object' && typeof e.code === 'string' && e.code in FS_REASONS) {
+    const file = e.path ?? (e as { dest?: string }).dest ?? '(unknown path)';
+    const reason = FS_REASONS[e.code];
+    const writing = OUTPUT_SYSCALLS.has(e.syscall ?? '') || e.code === 'ENOSPC' || e.code === 'EDQUOT' || e.code === 'EROFS';
+    return writing ? new OutputError(file, `cannot be written: ${reason}`, { cause: err }) : new InputError(file, `cannot be read: ${reason}`, { cause: err });
+  }
+  return null;
+}
+
+/** Whether stack traces are wanted: `--debug` on the command line or BLINDSPOT_DEBUG=1. */
+export function debugWanted(argv: readonly string[] = process.argv): boolean {
+  return argv.includes('--debug') || process.env.BLINDSPOT_DEBUG === '1';
+}
+
+/**
+ * The exit code for `err`, after writing its message to `write` (stderr): one line for anything a
+ * user can cause; the stack only for unexpected errors with `debug`.
+ */
+export function reportFailure(err: unknown, program: string, debug: boolean, write: (text: string) => void = (t) => process.stderr.write(t)): ExitCode {
+  const known = classifyError(err);
+  if (known) {
+    write(`${program}: ${known.message}\n`);
+    if (debug) write(`${(err as Error)?.stack ?? String(err)}\n`);
+    return known.exitCode;
+  }
+  const message = (err as Error)?.message ?? String(err);
+  write(`${program}: unexpected error: ${debug ? ((err as Error)?.stack ?? message) : `${message} (rerun with --debug for the stack trace)`}\n`);
+  return ExitCode.failure;
+}
+
+/**
+ * Ends a command-line program: the exit code `run` resolves to, or the one its error maps to
+ * (classifyError).
  */
 export function exitWithOutcome(run: Promise<number>, program: string): void {
   run.then(
@@ -66,13 +121,7 @@ export function exitWithOutcome(run: Promise<number>, program: string): void {
       process.exitCode = code;
     },
     (err: unknown) => {
-      if (err instanceof BlindspotError) {
-        process.stderr.write(`${program}: ${err.message}\n`);
-        process.exitCode = err.exitCode;
-      } else {
-        process.stderr.write(`${program}: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
-        process.exitCode = ExitCode.failure;
-      }
+      process.exitCode = reportFailure(err, program, debugWanted());
     },
   );
 }

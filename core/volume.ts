@@ -17,6 +17,21 @@ export interface Volume {
   readonly shape: Shape;
   /** The sample type the values were stored as; writers clip and round to it on request. */
   readonly sampleType: SampleType;
+  /** What the file said besides its samples, kept so that an output written in the same format carries it. */
+  readonly metadata?: ImageMetadata;
+}
+
+/** Metadata a reader found and a writer of the same format puts back (storage/index.ts). */
+export interface ImageMetadata {
+  /** FITS: every header card (80 characters) but the structural ones (SIMPLE, BITPIX, NAXISn, BZERO, BSCALE...). */
+  readonly fitsCards?: readonly string[];
+  /** TIFF: resolution tags (RATIONAL as [numerator, denominator]) and the ImageDescription (ImageJ or OME-XML). */
+  readonly tiff?: {
+    readonly xResolution?: readonly [number, number];
+    readonly yResolution?: readonly [number, number];
+    readonly resolutionUnit?: number;
+    readonly description?: string;
+  };
 }
 
 export function voxelCount(shape: readonly number[]): number {

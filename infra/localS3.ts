@@ -194,7 +194,8 @@ export async function startLocalS3(opts: { timeoutMs?: number; buckets?: string[
     for (const kind of ['account', 'container', 'object'] as const) start(`swift-${kind}-server`, [path.join(dir, 'etc', `${kind}-server.conf`)]);
     start('swift-proxy-server', [path.join(dir, 'etc', 'proxy-server.conf')]);
     const endpoint = `http://127.0.0.1:${proxyPort}`;
-    await waitForHealth(`${endpoint}/healthcheck`, opts.timeoutMs ?? 30_000, processes, log);
+    // 90 s: on a loaded 2-core machine Swift's four servers take well over 30 s to come up.
+    await waitForHealth(`${endpoint}/healthcheck`, opts.timeoutMs ?? 90_000, processes, log);
     for (const bucket of opts.buckets ?? []) await createBucket(endpoint, bucket);
     if (opts.exportCredentials) Object.assign(process.env, { AWS_ACCESS_KEY_ID: ACCESS_KEY, AWS_SECRET_ACCESS_KEY: SECRET_KEY, AWS_REGION: 'us-east-1' });
     return {

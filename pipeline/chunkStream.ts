@@ -217,7 +217,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   if (output.info.shape.join() !== shape.join()) {
     throw new OutputError(output.info.url, `has shape [${output.info.shape.join(', ')}], the input [${shape.join(', ')}]`);
   }
-  assertOutputIsNotInput(input.info.url, output.info.url);
+  await assertOutputIsNotInput(input.info.url, output.info.url);
   const dims = shape.length as 2 | 3;
   const memory = planStreamMemory({
     maxMemoryBytes: opts.maxMemoryBytes,

@@ -4,7 +4,6 @@
  * The noise of every input is fitted (noise-level function, noise/nlf.ts) in a worker pool while the
  * network predicts, and recorded beside its output as `<output>.noise.json` (noise/inputNoise.ts).
  */
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
@@ -16,6 +15,8 @@ import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
+import { VERSION } from '../core/version.js';
+import { assertOutputOutsideInputs, assertWritableFolder, mkdirOutput } from '../storage/location.js';
 import { assertSidecarsWritable, inputNoiseRecord, noiseSidecarPath, writeNoiseSidecar } from '../noise/inputNoise.js';
 import { fitNlf, type NlfRecord } from '../noise/nlf.js';
 import { sampleNoise } from '../noise/sample.js';
@@ -74,12 +75,13 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   if (opts.inputs.length === 0) throw new UsageError('denoise needs at least one input image');
   const outputs = opts.inputs.map((f) => outputPathFor(f, opts.outDir, outputType));
   const uncertaintyOutputs = opts.uncertainty ? outputs.map(uncertaintyPathFor) : [];
-  const resolvedInputs = new Set(opts.inputs.map((f) => path.resolve(f)));
-  outputs.forEach((o, i) => {
-    if (resolvedInputs.has(path.resolve(o))) {
-      throw new OutputError(o, `output would overwrite the input ${opts.inputs[i]}; choose another --out`);
-    }
-  });
+  // Real locations, not path strings: a --out that is a link to the inputs' folder is caught too.
+  await assertOutputOutsideInputs(opts.outDir, opts.inputs, { refuseContaining: false, what: '--out' });
+  for (const o of [...outputs, ...uncertaintyOutputs]) {
+    await assertOutputOutsideInputs(o, opts.inputs, { refuseContaining: false, what: 'the output' });
+    await assertOutputOutsideInputs(noiseSidecarPath(o), opts.inputs, { refuseContaining: false, what: 'the noise record' });
+  }
+  await assertWritableFolder(opts.outDir);
   if (new Set(outputs.map((o) => path.resolve(o))).size !== outputs.length) {
     throw new UsageError('two inputs would write the same output file (same base name); denoise them into separate --out folders');
   }
@@ -96,7 +98,7 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   // Fails early (before any work) when the model has no prior.
   denoisingTileModel(model, manifest, mainOutput);
   if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty');
-  await fs.mkdir(opts.outDir, { recursive: true });
+  await mkdirOutput(opts.outDir);
   // The fit is a fixed cost (Adam iterations; 1-4 s whatever the image size) beside a worker's start
   // (well under that), so it runs in one pool worker, overlapping prediction; inline on request, or when
   // the worker task is not compiled (running from source without a build).
@@ -128,7 +130,9 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
       };
       const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput });
       const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
-      await writeImage(outputs[i], denoised, { sampleType, overwrite: opts.overwrite });
+      // The input's metadata (FITS cards, TIFF resolution and description) goes with its output.
+      const history = `blindspot ${VERSION} denoise: ${manifest.method} model ${path.basename(path.resolve(opts.modelDir))}, input ${path.basename(file)}${opts.tta ? ', tta' : ''}`;
+      await writeImage(outputs[i], { ...denoised, metadata: volume.metadata }, { sampleType, overwrite: opts.overwrite, history });
       if (opts.uncertainty) {
         // A second pass: the tile pipeline carries one channel. Always float32: a standard deviation is not an intensity.
         const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty' });

@@ -161,7 +161,7 @@ function levelZeroChunkOfKey(key: string): number[] | null {
  * pyramid (two finishing at the same instant both build it, writing identical bytes).
  */
 export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunkedResult> {
-  assertOutputIsNotInput(opts.input, opts.out);
+  await assertOutputIsNotInput(opts.input, opts.out);
   const job = await prepareDenoise(opts);
   let writer: OmeZarrWriter | null = null;
   let store: ByteStore | null = null;
@@ -204,6 +204,8 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
         },
         window: displayWindow(manifest.normalisation),
         s3: opts.s3,
+        // Marked incomplete until the pyramid is built: a failed or killed run never leaves a result-looking output.
+        markIncomplete: true,
       });
     }
     store = openByteStore(opts.out, opts.s3);
@@ -239,6 +241,10 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       await writer.buildPyramid(opts.pyramidLevels === undefined ? {} : { levels: opts.pyramidLevels });
     }
     return result;
+  } catch (err) {
+    // The marker set at creation stays; this records why, for whoever finds the output.
+    await writer?.markIncomplete((err as Error)?.message ?? String(err));
+    throw err;
   } finally {
     await job.close();
     await writer?.close?.();

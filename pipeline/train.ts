@@ -37,6 +37,7 @@ import type { MaskedPatch } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
 import { trainSteps, type BatchLossFn, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
+import { assertOutputOutsideInputs, assertWritableFolder, describeFsError } from '../storage/location.js';
 import { VERSION } from '../core/version.js';
 import { writeOnnxAfterTraining } from '../models/onnx/export.js';
 import type { TrainOptions } from './trainOptions.js';
@@ -70,6 +71,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const method: Method = getMethod(methodName);
   if (opts.sources && (opts.inputs?.length || opts.volumes)) throw new UsageError('train takes either chunked sources or images, not both');
   validateOptions(method, opts);
+  // The model folder: checked before any input is read or any step trained (real locations, links followed).
+  await assertOutputOutsideInputs(opts.out, [...(opts.inputs ?? []), ...(opts.targets ?? []), ...(opts.sources ?? []).map((s) => s.name)], { refuseContaining: false, what: 'the model folder' });
+  await assertWritableFolder(opts.out);
   const named = opts.sources ? [] : (opts.volumes ?? (await readInputs(opts.inputs ?? [])));
   if (named.length === 0 && !opts.sources?.length) throw new UsageError('train needs at least one input image');
   // Streamed pairs: the same sorted-name rule as files; the caller's source objects are not changed.
@@ -444,8 +448,9 @@ async function inspectOutput(out: string): Promise<OutputState> {
   let entries: string[];
   try {
     entries = await fs.readdir(out);
-  } catch {
-    return 'absent';
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+    throw new OutputError(out, `cannot be used as the model folder: ${describeFsError(err)}`, { cause: err });
   }
   if (entries.includes(CHECKPOINT_DIR)) return 'checkpoint';
   if (entries.includes(MANIFEST_JSON)) return 'finished';

@@ -207,10 +207,15 @@ export async function prepareStreamingData(
   });
   const cacheBytes = settings.cacheBytes ?? (settings.maxMemoryBytes !== undefined ? settings.maxMemoryBytes - buffers : Math.max(256 * 2 ** 20, stepBytes));
   if (cacheBytes < stepBytes) {
-    const budget = settings.maxMemoryBytes !== undefined && settings.cacheBytes === undefined ? ` (${mib(settings.maxMemoryBytes)} memory less ${mib(buffers)} of batches and statistics)` : '';
+    // Never a negative figure: a budget below the buffers alone says so, and how much is needed.
+    const fromBudget = settings.maxMemoryBytes !== undefined && settings.cacheBytes === undefined;
+    const needed = mib(buffers + stepBytes);
     throw new UsageError(
-      `the chunk cache${budget}, ${mib(cacheBytes)}, cannot hold the chunks of one training step (${regionsPerStep} region(s), ${mib(stepBytes)}): ` +
-        'allow more memory, or use smaller regions or more patches per region',
+      fromBudget
+        ? `--max-memory ${mib(settings.maxMemoryBytes!)} is too small: batches and statistics take ${mib(buffers)} and the chunk cache must hold one training step's chunks ` +
+            `(${regionsPerStep} region(s), ${mib(stepBytes)}); allow at least ${needed}, or use smaller regions or more patches per region`
+        : `the chunk cache, ${mib(Math.max(0, cacheBytes))}, cannot hold the chunks of one training step (${regionsPerStep} region(s), ${mib(stepBytes)}): ` +
+            'allow more memory, or use smaller regions or more patches per region',
     );
   }
   const cache = new ChunkCache(cacheBytes);

@@ -121,7 +121,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
   if (!(settleMs >= 0) || !(pollMs > 0)) throw new UsageError('settle and poll times must be positive numbers of milliseconds');
   if (!Number.isInteger(maxQueue) || maxQueue < 1) throw new UsageError(`the queue must hold at least 1 item, got ${maxQueue}`);
   if (marker !== null && (marker === '' || marker.includes('/'))) throw new UsageError(`a marker is a file-name suffix like '.done', got '${marker}'`);
-  assertOutputIsNotInput(opts.input, opts.out);
+  await assertOutputIsNotInput(opts.input, opts.out);
   const emit = (e: WatchEvent): void => opts.onEvent?.(e);
 
   const source = openSource(opts.input, opts.s3);

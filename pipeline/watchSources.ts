@@ -9,7 +9,7 @@ import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { InputError } from '../core/errors.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { isSupportedImage } from '../storage/index.js';
-import { S3Store, createS3Client, isS3Url, parseS3Url, type S3Settings } from '../storage/s3.js';
+import { S3Store, createS3Client, isS3Url, parseS3Url, type S3Settings, s3Endpoint } from '../storage/s3.js';
 import { FileSystemStore } from '../storage/fsStore.js';
 import { type ItemSignature } from './watchState.js';
 
@@ -173,7 +173,7 @@ export class S3Source implements WatchSource {
       try {
         page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: root, ContinuationToken }));
       } catch (err) {
-        throw new InputError(this.url, `cannot be listed: ${(err as Error).message}`, { cause: err });
+        throw new InputError(this.url, `cannot be listed at the endpoint ${s3Endpoint(this.s3) ?? 'AWS S3'}: ${(err as Error).message}`, { cause: err });
       }
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;

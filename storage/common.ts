@@ -9,6 +9,23 @@ import path from 'node:path';
 import { InputError, OutputError } from '../core/errors.js';
 import { sampleTypeRange, voxelCount, type SampleType, type Shape } from '../core/volume.js';
 
+/**
+ * Samples one whole-image read may hold (2^30: 4 GiB as float32). A header claiming more is refused
+ * before anything is allocated; larger images stream (TIFF stacks, Zarr).
+ */
+export const MAX_IMAGE_SAMPLES = 2 ** 30;
+
+/** Refuses (InputError) image dimensions a header gives that are not positive integers or exceed MAX_IMAGE_SAMPLES. */
+export function checkImageSize(file: string, dims: readonly number[], what = 'image'): void {
+  if (dims.some((d) => !Number.isSafeInteger(d) || d < 1)) {
+    throw new InputError(file, `its header gives the ${what} size ${dims.join('x')}: zero or invalid width or height`);
+  }
+  const total = dims.reduce((a, b) => a * b, 1);
+  if (total > MAX_IMAGE_SAMPLES) {
+    throw new InputError(file, `its header gives the ${what} size ${dims.join('x')} (${total.toExponential(2)} samples), more than one in-memory read holds (${MAX_IMAGE_SAMPLES}); a lying header, or stream it (TIFF stack or Zarr)`);
+  }
+}
+
 /** Any typed array a codec decodes samples into. */
 export type SampleArray =
   | Uint8Array

@@ -17,7 +17,15 @@ export interface DecodedFits {
   data: Float32Array;
   shape: Shape;
   sampleType: SampleType;
+  /** Every header card but the structural ones (FITS_STRUCTURAL), in order: the primary HDU's, then the image extension's. */
+  cards: string[];
 }
+
+/**
+ * Cards that describe the data's layout or encoding, or checksums of it: the writer makes its own.
+ * DATAMIN/DATAMAX describe values that denoising changes.
+ */
+const FITS_STRUCTURAL = /^(SIMPLE|BITPIX|NAXIS\d*|EXTEND|BZERO|BSCALE|BLANK|XTENSION|PCOUNT|GCOUNT|END|CHECKSUM|DATASUM|DATAMIN|DATAMAX)$/;
 
 export function isGzip(bytes: Uint8Array): boolean {
   return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
@@ -30,15 +38,17 @@ export function looksLikeFits(bytes: Uint8Array): boolean {
 type CardValue = number | boolean | string;
 
 /** Parses one HDU header starting at `start`; returns its cards and where its data begins. */
-function parseHeader(file: string, bytes: Uint8Array, start: number): { cards: Map<string, CardValue>; dataStart: number } {
+function parseHeader(file: string, bytes: Uint8Array, start: number): { cards: Map<string, CardValue>; dataStart: number; raw: string[] } {
   const cards = new Map<string, CardValue>();
+  const raw: string[] = [];
   for (let pos = start; pos + cardSize <= bytes.length; pos += cardSize) {
     const card = String.fromCharCode(...bytes.subarray(pos, pos + cardSize));
     const keyword = card.slice(0, 8).trimEnd();
     if (keyword === 'END') {
       const headerEnd = pos + cardSize;
-      return { cards, dataStart: Math.ceil((headerEnd - start) / blockSize) * blockSize + start };
+      return { cards, dataStart: Math.ceil((headerEnd - start) / blockSize) * blockSize + start, raw };
     }
+    if (!FITS_STRUCTURAL.test(keyword) && card.trim() !== '') raw.push(card);
     if (card.slice(8, 10) !== '= ' || cards.has(keyword)) continue;
     const value = parseValue(card.slice(10));
     if (value !== undefined) cards.set(keyword, value);
@@ -86,13 +96,16 @@ export function decodeFits(file: string, fileBytes: Uint8Array): DecodedFits {
   }
   if (!looksLikeFits(bytes)) throw new InputError(file, 'is not a FITS file: it does not begin with "SIMPLE  ="');
 
-  let { cards, dataStart } = parseHeader(file, bytes, 0);
+  let { cards, dataStart, raw } = parseHeader(file, bytes, 0);
+  const kept = [...raw];
   if (cards.get('SIMPLE') !== true) throw new InputError(file, 'is not a standard FITS file (SIMPLE is not T)');
   let naxis = numberCard(file, cards, 'NAXIS');
   if (naxis === 0) {
     // Images are often in the first extension with an empty primary HDU.
     if (dataStart >= bytes.length) throw new InputError(file, 'has no image data (NAXIS = 0 and no extension)');
-    ({ cards, dataStart } = parseHeader(file, bytes, dataStart));
+    ({ cards, dataStart, raw } = parseHeader(file, bytes, dataStart));
+    // The primary's cards (telescope, observer...) and the extension's (WCS...), as a reader of both sees them.
+    kept.push(...raw);
     const xtension = cards.get('XTENSION');
     if (xtension === 'BINTABLE' && cards.get('ZIMAGE') === true) {
       throw new InputError(file, 'is a tile-compressed FITS image (fpack); decompress it with funpack first');
@@ -158,7 +171,7 @@ export function decodeFits(file: string, fileBytes: Uint8Array): DecodedFits {
   else if (bitpix === 32 && !scaled) sampleType = 'int32';
   else if (bitpix === -64 || bitpix === 32) sampleType = 'float64';
   else sampleType = 'float32';
-  return { data, shape, sampleType };
+  return { data, shape, sampleType, cards: kept };
 }
 
 function card(keyword: string, value: string, comment = ''): string {
@@ -166,8 +179,20 @@ function card(keyword: string, value: string, comment = ''): string {
   return text.padEnd(cardSize).slice(0, cardSize);
 }
 
-/** Writes a primary-HDU FITS image; uint16 is stored as BITPIX 16 with BZERO 32768 (the standard convention). */
-export function encodeFits(file: string, samples: SampleArray, shape: Shape, sampleType: SampleType, gzip: boolean): Uint8Array {
+/** A HISTORY card (long text split over several cards). */
+export function historyCards(text: string): string[] {
+  const out: string[] = [];
+  const clean = text.replace(/[^\x20-\x7e]/g, ' ');
+  for (let i = 0; i < clean.length || i === 0; i += 72) out.push(`HISTORY ${clean.slice(i, i + 72)}`.padEnd(cardSize));
+  return out;
+}
+
+/**
+ * Writes a primary-HDU FITS image; uint16 is stored as BITPIX 16 with BZERO 32768 (the standard convention).
+ * `keptCards` (an input's non-structural cards: WCS, instrument, dates...) follow the structural ones,
+ * then `history` as HISTORY cards.
+ */
+export function encodeFits(file: string, samples: SampleArray, shape: Shape, sampleType: SampleType, gzip: boolean, keptCards: readonly string[] = [], history?: string): Uint8Array {
   const bitpix = { uint8: 8, uint16: 16, int16: 16, int32: 32, float32: -32, float64: -64 }[sampleType];
   const axes = shape.slice().reverse();
   const cards = [
@@ -177,6 +202,11 @@ export function encodeFits(file: string, samples: SampleArray, shape: Shape, sam
     ...axes.map((a, k) => card(`NAXIS${k + 1}`, String(a))),
   ];
   if (sampleType === 'uint16') cards.push(card('BZERO', '32768', 'unsigned 16-bit data'), card('BSCALE', '1'));
+  for (const kept of keptCards) {
+    const keyword = kept.slice(0, 8).trimEnd();
+    if (!FITS_STRUCTURAL.test(keyword)) cards.push(kept.replace(/[^\x20-\x7e]/g, ' ').padEnd(cardSize).slice(0, cardSize));
+  }
+  if (history) cards.push(...historyCards(history));
   cards.push('END'.padEnd(cardSize));
   const headerBytes = Math.ceil((cards.length * cardSize) / blockSize) * blockSize;
   const sampleBytes = Math.abs(bitpix) / 8;

@@ -72,10 +72,12 @@ export async function readImage(file: string): Promise<Volume> {
     }
     case 'tiff': {
       const tiff = await decodeTiff(file, bytes);
-      return { data: toFloat32(file, tiff.samples, tiff.shape), shape: tiff.shape, sampleType: tiff.sampleType };
+      return { data: toFloat32(file, tiff.samples, tiff.shape), shape: tiff.shape, sampleType: tiff.sampleType, metadata: { tiff: tiff.metadata } };
     }
-    case 'fits':
-      return decodeFits(file, bytes);
+    case 'fits': {
+      const fits = decodeFits(file, bytes);
+      return { data: fits.data, shape: fits.shape, sampleType: fits.sampleType, metadata: { fitsCards: fits.cards } };
+    }
     case 'npy':
       return decodeNpy(file, bytes);
   }
@@ -89,7 +91,11 @@ export async function readImage(file: string): Promise<Volume> {
  * PNG: 2D uint8/uint16. TIFF: 2D or 3D (one page per Z), any sample type. FITS (.fits, .fit,
  * .fits.gz, .fit.gz): 2D or 3D, any type. .npy: 2D or 3D, any type.
  */
-export async function writeImage(file: string, volume: Volume, opts: { sampleType?: SampleType; overwrite?: boolean } = {}): Promise<void> {
+/**
+ * Writes `volume` in the format of `file`'s extension. Its metadata goes back where the format holds it
+ * (FITS header cards, TIFF resolution and description); `history` (what was done) becomes FITS HISTORY.
+ */
+export async function writeImage(file: string, volume: Volume, opts: { sampleType?: SampleType; overwrite?: boolean; history?: string } = {}): Promise<void> {
   const format = formatOf(file);
   if (!format) throw new OutputError(file, `has an unsupported file type; supported extensions are ${supportedExtensions.join(' ')}`);
   const sampleType = opts.sampleType ?? volume.sampleType;
@@ -107,10 +113,10 @@ export async function writeImage(file: string, volume: Volume, opts: { sampleTyp
       bytes = encodePng(file, samples, volume.shape as readonly [number, number], sampleType);
       break;
     case 'tiff':
-      bytes = encodeTiff(file, samples, volume.shape, sampleType);
+      bytes = encodeTiff(file, samples, volume.shape, sampleType, volume.metadata?.tiff);
       break;
     case 'fits':
-      bytes = encodeFits(file, samples, volume.shape, sampleType, file.toLowerCase().endsWith('.gz'));
+      bytes = encodeFits(file, samples, volume.shape, sampleType, file.toLowerCase().endsWith('.gz'), volume.metadata?.fitsCards, opts.history);
       break;
     case 'npy':
       bytes = encodeNpy(samples, volume.shape, sampleType);

@@ -33,6 +33,7 @@ import {
 import { openByteStore } from './openStore.js';
 import { InputError, OutputError } from '../core/errors.js';
 import { voxelCount, type SampleType } from '../core/volume.js';
+import { parseMetadataJson } from './zarrCheck.js';
 import { VERSION } from '../core/version.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -72,14 +73,14 @@ export interface OmeMetadata {
   omero?: { channels?: { window?: OmeroWindow; label?: string }[] } & Record<string, unknown>;
 }
 
-function decodeJson(bytes: Uint8Array | undefined): Record<string, unknown> | undefined {
+function decodeJson(bytes: Uint8Array | undefined, file = 'Zarr metadata'): Record<string, unknown> | undefined {
   if (!bytes) return undefined;
-  return JSON.parse(new TextDecoder().decode(bytes)) as Record<string, unknown>;
+  return parseMetadataJson(bytes, file);
 }
 
 /** The OME metadata of the group at the store root, or null when it has none. */
 export async function readOmeMetadata(store: ByteStore): Promise<OmeMetadata | null> {
-  const v3 = decodeJson(await store.get('/zarr.json'));
+  const v3 = decodeJson(await store.get('/zarr.json'), `${store.url}/zarr.json`);
   if (v3) {
     const attributes = (v3.attributes ?? {}) as Record<string, unknown>;
     const ome = attributes.ome as { version?: string; multiscales?: NgffMultiscale[]; omero?: OmeMetadata['omero'] } | undefined;
@@ -87,7 +88,7 @@ export async function readOmeMetadata(store: ByteStore): Promise<OmeMetadata | n
     if (!multiscales?.length) return null;
     return { ngffVersion: '0.5', multiscale: multiscales[0], attributes, omero: ome?.omero ?? (attributes.omero as OmeMetadata['omero']) };
   }
-  const v2 = decodeJson(await store.get('/.zattrs'));
+  const v2 = decodeJson(await store.get('/.zattrs'), `${store.url}/.zattrs`);
   const multiscales = v2?.multiscales as NgffMultiscale[] | undefined;
   if (!v2 || !multiscales?.length) return null;
   return { ngffVersion: '0.4', multiscale: multiscales[0], attributes: v2, omero: v2.omero as OmeMetadata['omero'] };
@@ -212,6 +213,8 @@ export async function openOmeZarr(store: ByteStore, choice: SliceChoice = {}): P
   const meta = await readOmeMetadata(store);
   if (!meta) return null;
   const { multiscale } = meta;
+  const marker = incompleteMarker(meta.attributes);
+  if (marker) throw new InputError(store.url, `${marker.note}${marker.failure ? ` (the run failed: ${marker.failure})` : ''}`);
   const dataset = multiscale.datasets?.[0];
   if (!dataset?.path) throw new InputError(store.url, 'has OME multiscales metadata without datasets');
   const probe = await openZarrArray(store, { arrayPath: dataset.path });
@@ -245,14 +248,52 @@ export interface CreateOmeZarrOptions {
   /** Upper bound on pyramid levels, level 0 included (default: until a level fits one chunk, at most 12). */
   maxLevels?: number;
   name?: string;
+  /**
+   * Mark the group incomplete (INCOMPLETE_ATTRIBUTE) from its creation until buildPyramid finishes, so
+   * an output left by a failed or killed run never passes for a result.
+   */
+  markIncomplete?: boolean;
+}
+
+/** The group attribute that marks an OME-Zarr whose run has not finished (see markIncomplete). */
+export const INCOMPLETE_ATTRIBUTE = 'blindspot_incomplete';
+
+const INCOMPLETE_NOTE =
+  'this output is incomplete: a blindspot run is writing it, or failed or was stopped before it finished (chunks missing, no pyramid). Run the same command again (with --resume) to finish it, or remove it';
+
+/** The attributes object of a group document (v0.5 zarr.json: its attributes; v0.4: .zattrs itself; .zgroup: none). */
+function groupAttributes(key: string, doc: Record<string, unknown>): Record<string, unknown> | null {
+  if (key.endsWith('/zarr.json')) {
+    if (!doc.attributes || typeof doc.attributes !== 'object') doc.attributes = {};
+    return doc.attributes as Record<string, unknown>;
+  }
+  return key.endsWith('/.zattrs') ? doc : null;
+}
+
+function setIncomplete(key: string, doc: Record<string, unknown>, reason?: string): void {
+  const attributes = groupAttributes(key, doc);
+  if (attributes) attributes[INCOMPLETE_ATTRIBUTE] = { note: INCOMPLETE_NOTE, ...(reason ? { failure: reason } : {}) };
+}
+
+function clearIncomplete(key: string, doc: Record<string, unknown>): void {
+  const attributes = groupAttributes(key, doc);
+  if (attributes) delete attributes[INCOMPLETE_ATTRIBUTE];
+}
+
+/** The incomplete marker of an OME group's attributes, or null. */
+export function incompleteMarker(attributes: Record<string, unknown> | undefined): { note: string; failure?: string } | null {
+  const marker = attributes?.[INCOMPLETE_ATTRIBUTE];
+  return marker && typeof marker === 'object' ? (marker as { note: string; failure?: string }) : null;
 }
 
 export interface OmeZarrWriter extends ChunkedArrayWriter {
   readonly ngffVersion: '0.5' | '0.4';
   /** Shapes of the planned pyramid levels (level 0 first). */
   readonly levelShapes: readonly number[][];
-  /** Chunk-wise, from level 0 up; `levels` counts level 0 (default: all planned). */
+  /** Chunk-wise, from level 0 up; `levels` counts level 0 (default: all planned). Clears the incomplete marker. */
   buildPyramid(opts?: { levels?: number; concurrency?: number }): Promise<void>;
+  /** Marks the group incomplete, recording why the run failed (best effort: a failed write is ignored). */
+  markIncomplete(reason: string): Promise<void>;
 }
 
 export interface PyramidLevel {
@@ -371,6 +412,10 @@ function sameGroupDocument(existing: Record<string, unknown>, planned: Record<st
   const existingLevels = multiscaleOf(existing)?.datasets?.length ?? 0;
   const normalise = (doc: Record<string, unknown>): Record<string, unknown> => {
     const copy = structuredClone(doc);
+    for (const key of ['/zarr.json', '/.zattrs']) {
+      const attributes = key === '/zarr.json' ? (copy.attributes as Record<string, unknown> | undefined) : copy;
+      if (attributes) delete attributes[INCOMPLETE_ATTRIBUTE];
+    }
     if (!windowPlanned) {
       delete copy.omero;
       const attributes = copy.attributes as { ome?: Record<string, unknown> } | undefined;
@@ -413,6 +458,8 @@ class OmeZarrWriterImpl implements OmeZarrWriter {
       await downsampleLevel(below, this.levels[k], concurrency);
     }
     const docs = this.groupDocs.map(({ key, doc }) => ({ key, doc: structuredClone(doc) }));
+    // The run is complete once the pyramid is: the marker goes in the same write as the final metadata.
+    for (const { key, doc } of docs) clearIncomplete(key, doc);
     if (count < this.levels.length) {
       for (const { doc } of docs) {
         const multiscales = ((doc.attributes as { ome?: { multiscales?: NgffMultiscale[] } } | undefined)?.ome?.multiscales ??
@@ -432,6 +479,19 @@ class OmeZarrWriterImpl implements OmeZarrWriter {
     for (const { key, doc } of docs) {
       const existing = decodeJson(await this.store.get(key));
       if (!isDeepStrictEqual(existing, doc)) await this.store.set(key, encodeJson(doc));
+    }
+  }
+
+  async markIncomplete(reason: string): Promise<void> {
+    for (const { key, doc } of this.groupDocs) {
+      if (!groupAttributes(key, structuredClone(doc))) continue;
+      try {
+        const stored = decodeJson(await this.store.get(key)) ?? structuredClone(doc);
+        setIncomplete(key, stored, reason);
+        await this.store.set(key, encodeJson(stored));
+      } catch {
+        // The output may be what failed; the marker set at creation stays in any case.
+      }
     }
   }
 
@@ -602,6 +662,7 @@ export async function createOmeZarr(url: string, opts: CreateOmeZarrOptions & { 
   }
   // Through JSON and back, so comparisons see what a reader of the stored document sees (no undefined).
   const docs = groupDocuments(opts, levels, opts.window).map(({ key, doc }) => ({ key, doc: JSON.parse(JSON.stringify(doc)) as Record<string, unknown> }));
+  if (opts.markIncomplete) for (const { key, doc } of docs) setIncomplete(key, doc);
   for (const { key, doc } of docs) {
     const existing = decodeJson(await store.get(key));
     if (existing === undefined) continue;

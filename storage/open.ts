@@ -14,6 +14,7 @@ import { openTiffStack } from './tiffStack.js';
 import { openFrameFolder } from './frameFolder.js';
 import { InputError } from '../core/errors.js';
 import { openByteStore } from './openStore.js';
+import { parseMetadataJson } from './zarrCheck.js';
 
 export { openByteStore };
 
@@ -39,7 +40,7 @@ async function openZarrSource(url: string, store: ByteStore, opts: OpenSourceOpt
   const ome = await openOmeZarr(store, choice);
   if (ome) return ome;
   if (await store.get('/zarr.json')) {
-    const root = JSON.parse(new TextDecoder().decode(await store.get('/zarr.json'))) as { node_type?: string };
+    const root = parseMetadataJson((await store.get('/zarr.json'))!, `${url}/zarr.json`) as { node_type?: string };
     if (root.node_type === 'group') throw new InputError(url, 'is a Zarr group without OME multiscales metadata; name the array inside it');
   } else if (!(await store.get('/.zarray'))) {
     if (await store.get('/.zgroup')) throw new InputError(url, 'is a Zarr group without OME multiscales metadata; name the array inside it');

@@ -8,7 +8,7 @@
 import zlib from 'node:zlib';
 import { InputError, OutputError } from '../core/errors.js';
 import type { SampleType, Shape2D } from '../core/volume.js';
-import { collapseChannels, type SampleArray } from './common.js';
+import { checkImageSize, collapseChannels, type SampleArray } from './common.js';
 
 export const pngSignature = Uint8Array.of(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a);
 
@@ -100,15 +100,26 @@ export function decodePng(file: string, bytes: Uint8Array): DecodedPng {
   if (idat.length === 0) throw bad('no image data (IDAT)');
   if (colourType === 3 && !palette) throw bad('palette image without a PLTE chunk');
 
-  let raw: Buffer;
-  try {
-    raw = zlib.inflateSync(Buffer.concat(idat));
-  } catch (err) {
-    throw bad(`compressed image data is corrupt (${(err as Error).message})`);
-  }
-
   const channels = channelsOfColourType[colourType];
   const bitsPerPixel = channels * bitDepth;
+  // Checked before anything is allocated: a header claiming 100000x100000 is a lie or too large.
+  checkImageSize(file, [height, width, channels], 'PNG image');
+  // The filtered rows of every pass: what the data must inflate to, at most.
+  let expectedRaw = 0;
+  for (const [x0, y0, dx, dy] of interlace ? adam7 : ([[0, 0, 1, 1]] as const)) {
+    const w = Math.ceil((width - x0) / dx);
+    const h = Math.ceil((height - y0) / dy);
+    if (w > 0 && h > 0) expectedRaw += h * (1 + Math.ceil((w * bitsPerPixel) / 8));
+  }
+  let raw: Buffer;
+  try {
+    raw = zlib.inflateSync(Buffer.concat(idat), { maxOutputLength: Math.max(1, expectedRaw) });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw bad(`image data inflates to more than its ${width}x${height} header allows (corrupt)`);
+    throw bad(`compressed image data is corrupt (${(err as Error).message})`);
+  }
+  if (raw.length < expectedRaw) throw bad(`image data is ${raw.length} bytes, its ${width}x${height} header needs ${expectedRaw} (truncated or corrupt)`);
+
   const filterStride = Math.max(1, bitsPerPixel >> 3);
   const pixelCount = width * height;
   const interleaved: Uint8Array | Uint16Array = bitDepth === 16 ? new Uint16Array(pixelCount * channels) : new Uint8Array(pixelCount * channels);

@@ -17,7 +17,8 @@ import {
   S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { InputError, OutputError } from '../core/errors.js';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { InputError, OutputError, UsageError } from '../core/errors.js';
 import type { ByteStore, RangeQuery } from './byteStore.js';
 
 export interface S3Settings {
@@ -27,8 +28,12 @@ export interface S3Settings {
   region?: string;
   /** Requests in flight per store (default 16). */
   maxConcurrency?: number;
-  /** Attempts per request, first included (default 8). */
+  /** Attempts per request, first included (default 8, or BLINDSPOT_S3_MAX_ATTEMPTS). */
   maxAttempts?: number;
+  /** Milliseconds to open a connection before the attempt fails (default 5000, or BLINDSPOT_S3_CONNECT_TIMEOUT_MS). */
+  connectTimeoutMs?: number;
+  /** Milliseconds a request may stay silent (no byte sent or received) before the attempt fails (default 30000, or BLINDSPOT_S3_REQUEST_TIMEOUT_MS). */
+  requestTimeoutMs?: number;
   /** First backoff ceiling in ms, doubled per attempt (default 100), capped at maxBackoffMs (default 10 s). */
   baseBackoffMs?: number;
   maxBackoffMs?: number;
@@ -54,13 +59,62 @@ export function parseS3Url(url: string): { bucket: string; prefix: string } {
   return { bucket, prefix };
 }
 
-/** A client configured for AWS or, with an endpoint, for an S3-compatible store. */
+/** Every S3 request's bounds, and where they are set (stated in `--help` and docs/errors.md). */
+export const S3_DEFAULTS = { connectTimeoutMs: 5000, requestTimeoutMs: 30_000, maxAttempts: 8 } as const;
+
+function envInteger(name: string, fallback: number, min: number): number {
+  const text = process.env[name];
+  if (text === undefined || text === '') return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`${name} must be an integer >= ${min}, got '${text}'`);
+  return n;
+}
+
+/** The bounds in force: settings, else the environment, else S3_DEFAULTS. */
+export function s3Bounds(settings: S3Settings = {}): { connectTimeoutMs: number; requestTimeoutMs: number; maxAttempts: number } {
+  return {
+    connectTimeoutMs: settings.connectTimeoutMs ?? envInteger('BLINDSPOT_S3_CONNECT_TIMEOUT_MS', S3_DEFAULTS.connectTimeoutMs, 1),
+    requestTimeoutMs: settings.requestTimeoutMs ?? envInteger('BLINDSPOT_S3_REQUEST_TIMEOUT_MS', S3_DEFAULTS.requestTimeoutMs, 1),
+    maxAttempts: settings.maxAttempts ?? envInteger('BLINDSPOT_S3_MAX_ATTEMPTS', S3_DEFAULTS.maxAttempts, 1),
+  };
+}
+
+/**
+ * The endpoint to use (setting, else BLINDSPOT_S3_ENDPOINT, else AWS_ENDPOINT_URL_S3), checked: a
+ * malformed one is a usage error naming where it came from, not a problem with the input.
+ */
+export function s3Endpoint(settings: S3Settings = {}): string | undefined {
+  const [endpoint, origin] =
+    settings.endpoint !== undefined
+      ? [settings.endpoint, '--s3-endpoint']
+      : process.env.BLINDSPOT_S3_ENDPOINT
+        ? [process.env.BLINDSPOT_S3_ENDPOINT, 'BLINDSPOT_S3_ENDPOINT']
+        : [process.env.AWS_ENDPOINT_URL_S3, 'AWS_ENDPOINT_URL_S3'];
+  if (endpoint === undefined || endpoint === '') return undefined;
+  let url: URL | null = null;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    url = null;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname) {
+    throw new UsageError(`${origin} must be an http:// or https:// URL such as http://127.0.0.1:9000, got '${endpoint}'`);
+  }
+  return endpoint;
+}
+
+/** A client configured for AWS or, with an endpoint, for an S3-compatible store; every request bounded in time. */
 export function createS3Client(settings: S3Settings = {}): S3Client {
-  const endpoint = settings.endpoint ?? process.env.BLINDSPOT_S3_ENDPOINT ?? process.env.AWS_ENDPOINT_URL_S3;
+  const endpoint = s3Endpoint(settings);
   const region = settings.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1';
+  const bounds = s3Bounds(settings);
   return new S3Client({
     region,
     maxAttempts: 1, // our loop retries
+    // Without these a store that accepts the connection and never answers holds the request for ever.
+    // socketTimeout is the silence bound: it fires while waiting for the answer and while its body streams
+    // (smithy's requestTimeout would only warn unless told to throw, and bound a whole upload's duration).
+    requestHandler: new NodeHttpHandler({ connectionTimeout: bounds.connectTimeoutMs, socketTimeout: bounds.requestTimeoutMs }),
     ...(endpoint
       ? {
           endpoint,
@@ -105,6 +159,8 @@ export function isRetryableS3Error(err: unknown): boolean {
   const status = e?.$metadata?.httpStatusCode;
   if (status !== undefined && (status >= 500 || status === 429)) return true;
   if (e?.code && RETRYABLE_CODES.has(e.code)) return true;
+  // An HTTP response the client could not parse (a connection cut mid-header, a broken middlebox).
+  if (e?.code && e.code.startsWith('HPE_')) return true;
   if (e?.name && RETRYABLE_CODES.has(e.name)) return true;
   const message = e?.message ?? '';
   return /socket hang up|ECONNRESET|EPIPE|ECONNREFUSED|other side closed|network|aborted|premature close|Unexpected end|Deserialization error/i.test(message);
@@ -151,6 +207,8 @@ export class S3Store implements ByteStore {
   private readonly client: S3Client;
   private readonly limiter: Semaphore;
   private readonly settings: Required<Omit<S3Settings, 'endpoint' | 'region'>>;
+  /** Where requests go, for messages. */
+  private readonly endpoint: string;
 
   constructor(url: string, settings: S3Settings = {}, client?: S3Client) {
     const { bucket, prefix } = parseS3Url(url);
@@ -158,9 +216,12 @@ export class S3Store implements ByteStore {
     this.bucket = bucket;
     this.prefix = prefix;
     this.client = client ?? createS3Client(settings);
+    this.endpoint = s3Endpoint(settings) ?? 'AWS S3';
     this.settings = {
       maxConcurrency: settings.maxConcurrency ?? 16,
-      maxAttempts: settings.maxAttempts ?? 8,
+      maxAttempts: s3Bounds(settings).maxAttempts,
+      connectTimeoutMs: s3Bounds(settings).connectTimeoutMs,
+      requestTimeoutMs: s3Bounds(settings).requestTimeoutMs,
       baseBackoffMs: settings.baseBackoffMs ?? 100,
       maxBackoffMs: settings.maxBackoffMs ?? 10_000,
       multipartThresholdBytes: settings.multipartThresholdBytes ?? 64 * 2 ** 20,
@@ -204,9 +265,9 @@ export class S3Store implements ByteStore {
     } else if (e?.name === 'NoSuchBucket') {
       hint = `; bucket '${this.bucket}' does not exist`;
     } else if (attempts > 1) {
-      hint = `; gave up after ${attempts} attempts`;
+      hint = `; gave up after ${attempts} attempts (each bounded by ${this.settings.connectTimeoutMs} ms to connect and ${this.settings.requestTimeoutMs} ms of silence)`;
     }
-    const message = `${what} failed: ${reason}${hint}`;
+    const message = `${what} at the endpoint ${this.endpoint} failed: ${reason}${hint}`;
     return what.startsWith('reading') ? new InputError(this.url, message, { cause: err }) : new OutputError(this.url, message, { cause: err });
   }
 

@@ -7,14 +7,42 @@
 import path from 'node:path';
 import { fromArrayBuffer, type GeoTIFFImage } from 'geotiff';
 import { InputError, OutputError } from '../core/errors.js';
+import type { ImageMetadata } from '../core/volume.js';
 import type { SampleType, Shape } from '../core/volume.js';
-import { bytesPerSample, collapseChannels, type SampleArray } from './common.js';
+import { bytesPerSample, checkImageSize, collapseChannels, type SampleArray } from './common.js';
 
 export interface DecodedTiff {
   /** Pages concatenated in Z order, each [Y, X]. */
   samples: SampleArray;
   shape: Shape;
   sampleType: SampleType;
+  /** The first page's resolution tags and description, for an output to carry. */
+  metadata: NonNullable<ImageMetadata['tiff']>;
+}
+
+/** A RATIONAL tag as geotiff gives it, as [numerator, denominator]; undefined when absent or unusable. */
+function rationalPair(value: unknown): [number, number] | undefined {
+  const v = value as ArrayLike<number> | number | undefined;
+  if (v === undefined) return undefined;
+  const pair: [number, number] = typeof v === 'number' ? [v, 1] : v.length >= 2 ? [v[0], v[1]] : [v[0], 1];
+  if (!pair.every((n) => Number.isInteger(n) && n >= 0 && n <= 0xffffffff) || pair[1] === 0) return undefined;
+  return pair;
+}
+
+/** The OME type name of a sample type (Pixels Type attribute). */
+const OME_TYPE: Record<SampleType, string> = { uint8: 'uint8', uint16: 'uint16', int16: 'int16', int32: 'int32', float32: 'float', float64: 'double' };
+
+/**
+ * The description an output of `sampleType` carries: an ImageJ one as it was; OME-XML with its Pixels
+ * Type (and byte order) rewritten to what is stored now; other text as it was.
+ */
+export function outputDescription(description: string, sampleType: SampleType): string {
+  // Our own one-line description names the sample type: it follows the output's.
+  if (/^blindspot [a-z0-9]+$/.test(description)) return `blindspot ${sampleType}`;
+  if (!/<OME[\s>]/.test(description)) return description;
+  return description.replace(/<Pixels\b[^>]*>/, (pixels) =>
+    pixels.replace(/\bType="[^"]*"/, `Type="${OME_TYPE[sampleType]}"`).replace(/\bBigEndian="[^"]*"/, 'BigEndian="false"'),
+  );
 }
 
 /** (bits, SampleFormat) -> our sample type; int8 and float16 widen losslessly. */
@@ -63,6 +91,7 @@ export async function decodeTiff(file: string, bytes: Uint8Array): Promise<Decod
     }
     const extraSamples: number[] = Array.from(first.fileDirectory.ExtraSamples ?? []);
     const alphaLast = channels > 1 && extraSamples.length > 0 && (extraSamples[extraSamples.length - 1] === 1 || extraSamples[extraSamples.length - 1] === 2);
+    checkImageSize(file, [used.length, height, width, channels], 'TIFF stack (pages x height x width x channels)');
     const pixelsPerPage = width * height;
     const samples = allocate(sampleType, pixelsPerPage * used.length);
     for (let z = 0; z < used.length; z++) {
@@ -85,7 +114,17 @@ export async function decodeTiff(file: string, bytes: Uint8Array): Promise<Decod
       samples.set(grey, z * pixelsPerPage);
     }
     const shape: Shape = used.length === 1 ? [height, width] : [used.length, height, width];
-    return { samples, shape, sampleType };
+    const directory = first.fileDirectory as Record<string, unknown>;
+    const xResolution = rationalPair(directory.XResolution);
+    const yResolution = rationalPair(directory.YResolution);
+    const description = typeof directory.ImageDescription === 'string' ? directory.ImageDescription.replace(/\0+$/, '') : undefined;
+    const metadata: DecodedTiff['metadata'] = {
+      ...(xResolution ? { xResolution } : {}),
+      ...(yResolution ? { yResolution } : {}),
+      ...(typeof directory.ResolutionUnit === 'number' ? { resolutionUnit: directory.ResolutionUnit } : {}),
+      ...(description ? { description } : {}),
+    };
+    return { samples, shape, sampleType, metadata };
   } catch (err) {
     if (err instanceof InputError) throw err;
     throw new InputError(file, `is not a readable TIFF (corrupt or truncated): ${(err as Error).message}`, { cause: err });
@@ -114,10 +153,12 @@ const sampleFormatCode: Record<SampleType, number> = { uint8: 1, uint16: 1, int1
 const SHORT = 3;
 const LONG = 4;
 const ASCII = 2;
+const RATIONAL = 5;
 
 interface Tag {
   code: number;
-  type: typeof SHORT | typeof LONG | typeof ASCII;
+  /** RATIONAL values are flat [numerator, denominator] pairs. */
+  type: typeof SHORT | typeof LONG | typeof ASCII | typeof RATIONAL;
   values: number[] | string;
 }
 
@@ -126,13 +167,14 @@ interface Tag {
  * Layout [header | all pixel data, page after page, contiguous | IFDs]: contiguous data is
  * what ImageJ expects when the description says images=N.
  */
-export function encodeTiff(file: string, samples: SampleArray, shape: Shape, sampleType: SampleType): Uint8Array[] {
+export function encodeTiff(file: string, samples: SampleArray, shape: Shape, sampleType: SampleType, metadata?: ImageMetadata['tiff']): Uint8Array[] {
   const [pages, height, width] = shape.length === 3 ? shape : [1, shape[0], shape[1]];
   const pageSize = height * width;
   return encodeTiffPages(
     file,
     Array.from({ length: pages }, (_, z) => ({ samples: samples.subarray(z * pageSize, (z + 1) * pageSize) as SampleArray, width, height })),
     sampleType,
+    metadata,
   );
 }
 
@@ -141,6 +183,7 @@ export function encodeTiffPages(
   file: string,
   pages: readonly { samples: SampleArray; width: number; height: number }[],
   sampleType: SampleType,
+  metadata?: ImageMetadata['tiff'],
 ): Uint8Array[] {
   const sampleBytes = bytesPerSample[sampleType];
   const dataStart = 8;
@@ -151,8 +194,17 @@ export function encodeTiffPages(
     pageStarts.push(dataEnd);
     dataEnd += page.samples.length * sampleBytes;
   }
-  const description =
-    pages.length > 1 ? `ImageJ=1.11a\nimages=${pages.length}\nslices=${pages.length}\nloop=false\n\0` : `blindspot ${sampleType}\0`;
+  const description = metadata?.description
+    ? `${outputDescription(metadata.description, sampleType)}\0`
+    : pages.length > 1
+      ? `ImageJ=1.11a\nimages=${pages.length}\nslices=${pages.length}\nloop=false\n\0`
+      : `blindspot ${sampleType}\0`;
+  // Kept from the input: the pixel size (XResolution/YResolution are pixels per ResolutionUnit).
+  const resolution: Tag[] = [
+    ...(metadata?.xResolution ? [{ code: 282, type: RATIONAL, values: [...metadata.xResolution] } as Tag] : []),
+    ...(metadata?.yResolution ? [{ code: 283, type: RATIONAL, values: [...metadata.yResolution] } as Tag] : []),
+    ...(metadata?.resolutionUnit !== undefined ? [{ code: 296, type: SHORT, values: [metadata.resolutionUnit] } as Tag] : []),
+  ];
   const ifds: Uint8Array[] = [];
   const firstIfdOffset = dataEnd + (dataEnd & 1);
   let cursor = firstIfdOffset;
@@ -177,7 +229,9 @@ export function encodeTiffPages(
       { code: 277, type: SHORT, values: [1] },
       { code: 278, type: LONG, values: [rowsPerStrip] },
       { code: 279, type: LONG, values: stripCounts },
+      ...resolution.filter((t) => t.code < 284),
       { code: 284, type: SHORT, values: [1] },
+      ...resolution.filter((t) => t.code > 284),
       { code: 339, type: SHORT, values: [sampleFormatCode[sampleType]] },
     ];
     const ifd = encodeIfd(tags, cursor, z === pages.length - 1);
@@ -199,7 +253,7 @@ export function encodeTiffPages(
 /** One IFD at `offset` with its out-of-line values right after it; links to the next IFD unless `last`. */
 function encodeIfd(tags: Tag[], offset: number, last: boolean): Uint8Array {
   const entriesBytes = 2 + tags.length * 12 + 4;
-  const typeSize = { [SHORT]: 2, [LONG]: 4, [ASCII]: 1 } as const;
+  const typeSize = { [SHORT]: 2, [LONG]: 4, [ASCII]: 1, [RATIONAL]: 4 } as const;
   let extraBytes = 0;
   for (const tag of tags) {
     const size = typeSize[tag.type] * tag.values.length;
@@ -211,8 +265,8 @@ function encodeIfd(tags: Tag[], offset: number, last: boolean): Uint8Array {
   let extra = entriesBytes;
   tags.forEach((tag, i) => {
     const entry = 2 + i * 12;
-    const count = tag.values.length;
-    const size = typeSize[tag.type] * count;
+    const count = tag.type === RATIONAL ? tag.values.length / 2 : tag.values.length;
+    const size = typeSize[tag.type] * tag.values.length;
     view.setUint16(entry, tag.code, true);
     view.setUint16(entry + 2, tag.type, true);
     view.setUint32(entry + 4, count, true);
@@ -222,7 +276,7 @@ function encodeIfd(tags: Tag[], offset: number, last: boolean): Uint8Array {
       at = extra;
       extra += size + (size & 1);
     }
-    for (let k = 0; k < count; k++) {
+    for (let k = 0; k < tag.values.length; k++) {
       const value = tag.values[k];
       if (tag.type === ASCII) out[at + k] = (value as string).charCodeAt(0);
       else if (tag.type === SHORT) view.setUint16(at + 2 * k, value as number, true);

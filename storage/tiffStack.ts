@@ -49,6 +49,9 @@ function stackReader(file: string, tiff: GeoTIFF, all: GeoTIFFImage[], choice: T
   const first = pages[0];
   const width = first.getWidth();
   const height = first.getHeight();
+  if (!(Number.isSafeInteger(width) && width >= 1 && Number.isSafeInteger(height) && height >= 1)) {
+    throw new InputError(file, `its first page is ${width}x${height} pixels: zero or invalid width or height`);
+  }
   const bits = Number(first.getBitsPerSample(0));
   const format = Number(first.getSampleFormat(0) ?? 1);
   const dtype = sampleTypeOf(bits, format);

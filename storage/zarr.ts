@@ -13,7 +13,8 @@ import GZip from 'numcodecs/gzip';
 import { isDeepStrictEqual } from 'node:util';
 import type { ByteStore } from './byteStore.js';
 import type { ArrayInfo, Axis, ChunkedArrayReader, ChunkedArrayWriter } from './chunked.js';
-import { InputError, OutputError } from '../core/errors.js';
+import { BlindspotError, InputError, OutputError } from '../core/errors.js';
+import { checkDecodedChunk, checkZarrArrayMetadata } from './zarrCheck.js';
 import { sampleTypeRange, voxelCount, type SampleType } from '../core/volume.js';
 
 export type ZarrVersion = 2 | 3;
@@ -113,6 +114,8 @@ export async function openZarrArray(
 ): Promise<ZarrArrayReader> {
   const arrayPath = normalisePath(opts.arrayPath ?? '/');
   const url = arrayPath === '/' ? store.url : `${store.url}${arrayPath}`;
+  // Everything the metadata says is checked before zarrita sees it (storage/zarrCheck.ts).
+  const checked = await checkZarrArrayMetadata(store, arrayPath);
   let array: zarr.Array<zarr.DataType, ByteStore>;
   try {
     array = await zarr.open(zarr.root(store).resolve(arrayPath), { kind: 'array' });
@@ -123,6 +126,7 @@ export async function openZarrArray(
   const rank = array.shape.length;
   const axes = opts.axes ? [...opts.axes] : defaultAxes(rank, array.dimensionNames);
   if (axes.length !== rank) throw new InputError(url, `has ${rank} dimensions but ${axes.length} axes`);
+  const chunkVoxels = voxelCount(array.chunks);
   const info: ArrayInfo = {
     url,
     shape: [...array.shape],
@@ -137,8 +141,16 @@ export async function openZarrArray(
     zarrVersion: version,
     array,
     async readChunk(index) {
-      const chunk = await array.getChunk([...index]);
-      return chunkToFloat32(chunk as unknown as { data: ArrayLike<unknown>; shape: number[]; stride: number[] });
+      const key = chunkKey(arrayPath, index, version);
+      let chunk: { data: ArrayLike<unknown>; shape: number[]; stride: number[] };
+      try {
+        chunk = (await array.getChunk([...index])) as unknown as typeof chunk;
+      } catch (cause) {
+        if (cause instanceof BlindspotError) throw cause;
+        throw new InputError(url, `chunk ${key} cannot be decoded (${(cause as Error).message}): the chunk is truncated or corrupt`, { cause });
+      }
+      checkDecodedChunk(url, key, chunk.data.length, chunkVoxels, checked?.dtype ?? String(array.dtype));
+      return chunkToFloat32(chunk);
     },
   };
 }

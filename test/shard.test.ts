@@ -228,8 +228,9 @@ describe('sharded denoise on local disk (separate processes)', () => {
     expect((performance.now() - signalledAt) / 1000).toBeLessThan(20);
     const written = events(run.stdout, 'chunk').length;
     expect(written).toBeLessThan((shape[0] / 32) * (shape[1] / 32));
-    // Every stored chunk decodes (atomic writes), and no temp file is left.
-    const reader = await openChunkedSource(out);
+    // Marked incomplete (a reader refuses it as a result); every stored chunk decodes (atomic writes), and no temp file is left.
+    await expect(openChunkedSource(out)).rejects.toThrow(/incomplete.*--resume/);
+    const reader = await openChunkedSource(out, { arrayPath: '0' });
     const grid = chunkGrid(reader.info);
     for (let y = 0; y < grid[0]; y++) for (let x = 0; x < grid[1]; x++) await reader.readChunk([y, x]);
     await reader.close?.();

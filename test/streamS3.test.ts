@@ -65,6 +65,8 @@ describe.skipIf(!swiftAvailable())('streaming denoise on S3 (local Swift)', () =
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   });
 
+  let local: Float32Array[] = [];
+
   test('S3 source -> S3 sink equals local -> local, also through a proxy failing 10% of requests', async () => {
     const settings = { endpoint: s3.endpoint, region: s3.region };
     const localIn = path.join(tmp, 'in.zarr');
@@ -72,7 +74,7 @@ describe.skipIf(!swiftAvailable())('streaming denoise on S3 (local Swift)', () =
     await writeInput('s3://blindspot/raw/in.zarr', settings);
     const common = { modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [16, 16] };
     await denoiseUrl({ ...common, input: localIn, out: path.join(tmp, 'out.zarr') });
-    const local = await readAll(path.join(tmp, 'out.zarr'));
+    local = await readAll(path.join(tmp, 'out.zarr'));
 
     await expect(denoiseUrl({ ...common, input: 's3://blindspot/raw/in.zarr', out: 's3://blindspot/raw/in.zarr/den.zarr', s3: settings })).rejects.toThrow(/overwrite the input/);
     await denoiseUrl({ ...common, input: 's3://blindspot/raw/in.zarr', out: 's3://blindspot/denoised/out.zarr', s3: settings });
@@ -88,6 +90,26 @@ describe.skipIf(!swiftAvailable())('streaming denoise on S3 (local Swift)', () =
       const viaProxy = await readAll('s3://blindspot/denoised/faulty.zarr', settings);
       viaProxy.forEach((chunk, i) => expect(Buffer.compare(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), Buffer.from(local[i].buffer, local[i].byteOffset, local[i].byteLength))).toBe(0));
       expect(Object.values(proxy.stats.failed).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+    } finally {
+      await proxy.stop();
+    }
+  }, 240_000);
+
+  test('through a proxy that stalls responses and truncates bodies: each stalled request times out, is retried, and the output is identical', async () => {
+    expect(local.length).toBeGreaterThan(0);
+    const proxy = await startFaultProxy(s3.endpoint, { failureRate: 0.12, seed: 11, kinds: ['stall', 'truncate'] });
+    try {
+      // Short bounds so a stall costs half a second; the defaults (5 s, 30 s, 8 attempts) are the same mechanism.
+      const faulty = { endpoint: proxy.endpoint, region: s3.region, maxAttempts: 10, requestTimeoutMs: 500, connectTimeoutMs: 1000, baseBackoffMs: 10 };
+      const common = { modelDir, maxMemoryBytes: parseByteSize('1GiB'), outputChunks: [16, 16] };
+      const t0 = performance.now();
+      await denoiseUrl({ ...common, input: 's3://blindspot/raw/in.zarr', out: 's3://blindspot/denoised/stalled.zarr', s3: faulty });
+      console.log(`stall/truncate proxy: ${JSON.stringify(proxy.stats)} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      expect(proxy.stats.failed.stall).toBeGreaterThan(0);
+      expect(proxy.stats.failed.truncate).toBeGreaterThan(0);
+      const viaProxy = await readAll('s3://blindspot/denoised/stalled.zarr', { endpoint: s3.endpoint, region: s3.region });
+      expect(viaProxy.length).toBe(local.length);
+      viaProxy.forEach((chunk, i) => expect(Buffer.compare(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength), Buffer.from(local[i].buffer, local[i].byteOffset, local[i].byteLength))).toBe(0));
     } finally {
       await proxy.stop();
     }

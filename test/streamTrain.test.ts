@@ -394,7 +394,7 @@ describe('streaming training (trainModel with chunked sources)', () => {
     const tooSmall = options(path.join(tmp, 'stream-small'), { streaming: { maxMemoryBytes: 4 * 2 ** 20 } });
     const err = await trainModel(tooSmall).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UsageError);
-    expect((err as Error).message).toMatch(/4\.0 MiB memory less .* cannot hold the chunks of one training step/);
+    expect((err as Error).message).toMatch(/--max-memory 4\.0 MiB is too small: .* one training step's chunks/);
   }, 240_000);
 });
 

@@ -369,7 +369,7 @@ describe('blindspot watch (processes)', () => {
 
     // Usage errors are refused before anything starts.
     const inside = new Watcher([input, '--model', modelDir, '--out', path.join(input, 'denoised')]);
-    expect((await inside.exited).code).toBe(ExitCode.usage);
+    expect((await inside.exited).code).toBe(ExitCode.output);
     expect(inside.stderr).toMatch(/would overwrite the input/);
     const noModel = new Watcher([input, '--out', out]);
     expect((await noModel.exited).code).toBe(ExitCode.usage);
