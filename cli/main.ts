@@ -23,7 +23,7 @@ import { type Reporter } from './progress.js';
 import { runNoise } from './noise.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
-import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
+import { choice, commonOptions, DEFAULT_GRACE_SECONDS, ENGINE_HELP, engineOptions, engineRequest, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
 
 const HELP: Record<string, string> = {
   main: `blindspot ${VERSION}: self-supervised (Noise2Void family) denoising for microscopy and astronomy images
@@ -137,7 +137,8 @@ Options:
   --uncertainty             models trained with --prior: also write the posterior standard deviation
                             (<name>.std.tif, or <out>.std.zarr when streaming)
   --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
-  --backend B --threads N --json   as for train
+${ENGINE_HELP}
+  --backend B --threads N --json   as for train (--threads: also ONNX Runtime's intra-op threads)
 
 Streaming (any size, bounded memory): one chunked input (.zarr, OME-Zarr, TIFF stack, frame folder, s3://...)
 and a .zarr or s3:// --out, written as OME-Zarr with a pyramid:
@@ -394,10 +395,12 @@ async function runDenoise(args: string[]): Promise<number> {
       'grace-seconds': { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
       'output-chunks': { type: 'string' },
+      ...engineOptions,
     },
     true,
   );
   if (values.help) return printHelp('denoise');
+  const engine = engineRequest(values);
   const shard = resolveShard({ shard: values.shard, shardCount: values['shard-count'] });
   const graceSeconds = numberOption('grace-seconds', values['grace-seconds']) ?? DEFAULT_GRACE_SECONDS;
   if (!(graceSeconds > 0)) throw new UsageError(`--grace-seconds must be positive, got '${values['grace-seconds']}'`);
@@ -425,6 +428,7 @@ async function runDenoise(args: string[]): Promise<number> {
       outputType,
       shard,
       outputChunks: shapeOption('output-chunks', values['output-chunks']),
+      engine,
     };
     if (values['dry-run']) {
       const { plan } = await planDenoise({ ...common, output: values['prior-mean'] ? 'prior-mean' : 'denoised', measure: false, backend: backend.name });
@@ -450,7 +454,7 @@ async function runDenoise(args: string[]): Promise<number> {
         command: recorded,
         signal: interrupt.signal,
         onEvent: (e) => {
-          if (e.type === 'model') reporter.denoise(e);
+          if (e.type === 'model' || e.type === 'engine') reporter.denoise(e);
           else reporter.event(e.type, { ...e });
         },
       });
@@ -502,6 +506,7 @@ async function runDenoise(args: string[]): Promise<number> {
     overwrite: values.overwrite,
     uncertainty: values.uncertainty,
     priorMean: values['prior-mean'],
+    engine,
     onEvent: (e) => reporter.denoise(e),
   });
   reporter.finish();

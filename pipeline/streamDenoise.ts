@@ -46,7 +46,9 @@ import type { Shape } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
 import type { Normalisation } from '../models/normalise.js';
 import { readTiles } from '../operators/readTiles.js';
-import { type TileModel, predictTilePixels } from '../operators/predictTiles.js';
+import { type Predictor, predictTilePixels } from '../operators/predictTiles.js';
+import { type EngineRequest, engineEvent, openModelEngine } from '../engines/modelEngine.js';
+import type { InferenceEngine } from '../engines/engine.js';
 import { stitchWithBlending } from '../operators/stitchWithBlending.js';
 import { type BlockSweep, type TilePlan, type TileSpec, planBlockSweep, planTileGrid, readChunkSpans, sweepBlocks, tileSpecAt } from '../operators/tileGrid.js';
 import { type WrittenChunk, sha256Hex, writeChunks } from '../operators/writeChunks.js';
@@ -409,8 +411,8 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
   input: ChunkedArrayReader;
   /** Output of the same shape; its chunks are the tile cores (multiples of sizeMultiple). */
   output: ChunkedArrayWriter;
-  /** One channel in and out, on normalised values. */
-  model: TileModel;
+  /** One channel in and out, on normalised values: an inference engine (engines/) or a tfjs model. */
+  model: Predictor;
   normalisation: Normalisation;
   /** How model outputs go back to input units; default `normalisation` (a standard deviation: offset 0). */
   outputNormalisation?: Normalisation;
@@ -782,8 +784,10 @@ export interface DenoiseUrlOptions {
   command?: string[];
   /** Compute only this shard's blocks (pipeline/shard.ts); implies resume. */
   shard?: ShardSpec;
+  /** Inference engine and device (engines/select.ts); default auto. */
+  engine?: EngineRequest;
   signal?: AbortSignal;
-  onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | { type: 'pyramid' }) => void;
+  onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | ReturnType<typeof engineEvent> | { type: 'pyramid' }) => void;
 }
 
 /** sha256 of a model folder's files (network, weights, manifest): the model part of the run fingerprint. */
@@ -808,7 +812,8 @@ export interface PreparedDenoise {
   manifest: ModelManifest;
   modelHash: string;
   model: tfl.LayersModel;
-  tileModel: TileModel;
+  /** What predicts: the engine opened for this model and output. */
+  tileModel: InferenceEngine;
   input: ChunkedArrayReader;
   geometry: StreamGeometry;
   modelWeightBytes: number;
@@ -828,7 +833,7 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
     const modelHash = await modelFolderHash(opts.modelDir);
     opts.onEvent?.({ type: 'model', manifest });
     const output = opts.output ?? 'denoised';
-    const tileModel = denoisingTileModel(model, manifest, output);
+    denoisingTileModel(model, manifest, output);
     input = await openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
     const dims = input.info.shape.length;
     if (dims !== manifest.network.dims) {
@@ -848,6 +853,8 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
       tta: opts.tta,
       coreShape: opts.outputChunks,
     });
+    const tileModel = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output });
+    opts.onEvent?.(engineEvent(tileModel));
     const opened = input;
     return {
       manifest,
@@ -862,6 +869,7 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
       output,
       dtype,
       close: async () => {
+        await tileModel.dispose();
         model.dispose();
         await opened.close?.();
       },

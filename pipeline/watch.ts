@@ -72,6 +72,8 @@ import { openByteStore } from '../storage/open.js';
 import { S3Store, createS3Client, isS3Url, parseS3Url, type S3Settings } from '../storage/s3.js';
 import { FileSystemStore } from '../storage/fsStore.js';
 import { readZarrArraySpec } from '../storage/zarr.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { type EngineRequest, engineEvent, openModelEngine } from '../engines/modelEngine.js';
 
 export type WatchItemKind = 'file' | 'zarr' | 'timepoint';
 
@@ -120,6 +122,7 @@ const MAX_LISTING_FAILURES = 10;
 const STAGING_DIR = '.blindspot-watch/staging';
 
 export type WatchEvent =
+  | ReturnType<typeof engineEvent>
   | { type: 'watch-start'; input: string; out: string; settleMs: number; pollMs: number; maxQueue: number; marker: string | null; done: number; failed: number }
   | { type: 'item-seen'; key: string; kind: WatchItemKind }
   | { type: 'item-start'; key: string; kind: WatchItemKind; output: string; waitedSeconds: number; queueLength: number }
@@ -175,6 +178,8 @@ export interface WatchOptions {
   tileShape?: number[];
   /** Memory bound of Zarr items (denoiseUrl; default 2 GiB). */
   maxMemoryBytes?: number;
+  /** Inference engine and device (engines/select.ts); default auto. */
+  engine?: EngineRequest;
   /** Channel of multi-channel OME-Zarr items. */
   channel?: number;
   s3?: S3Settings;
@@ -748,6 +753,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
   const source = openSource(opts.input, opts.s3);
   const sink = openSink(opts.out, opts.s3);
   let model: tfl.LayersModel | null = null;
+  let engine: InferenceEngine | null = null;
   try {
     if (!isS3Url(opts.input)) {
       const stat = await fs.stat(opts.input).catch(() => null);
@@ -762,6 +768,8 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     const loaded = await loadModelFolder(opts.modelDir);
     model = loaded.model;
     const manifest: ModelManifest = loaded.manifest;
+    engine = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output: 'denoised' });
+    emit(engineEvent(engine));
     const modelHash = await modelFolderHash(opts.modelDir);
     const stored = await WatchStateStore.load(sink.store);
     const previous = stored?.state ?? null;
@@ -1011,7 +1019,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         throw new InputError(source.urlOf(item.key), `is ${volume.shape.length}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
       }
       if (!model) throw new Error('no model');
-      const denoised = await denoiseVolume(model, manifest, volume, { tta: opts.tta, tileShape: opts.tileShape, onProgress: checkAbandon });
+      const denoised = await denoiseVolume(model, manifest, volume, { tta: opts.tta, tileShape: opts.tileShape, onProgress: checkAbandon, engine: engine ?? undefined });
       checkAbandon();
       await sink.writeImage(item.output, denoised, outputType === 'input' ? volume.sampleType : 'float32');
       await finish(item, startedAt, t0, volume.data.length, null);
@@ -1031,6 +1039,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         resume: true,
         tta: opts.tta,
         outputType,
+        engine: opts.engine,
         command: ['blindspot', 'watch', opts.input, '--model', opts.modelDir, '--out', opts.out],
         signal: opts.abandon,
         onEvent: (e) => {
@@ -1108,6 +1117,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     emit({ type: 'watch-stopped', ...totals, interrupted });
     return { ...totals, interrupted };
   } finally {
+    await engine?.dispose();
     model?.dispose();
     await source.close();
     await sink.close();
