@@ -22,6 +22,8 @@ import type { NlfRecord } from '../noise/nlf.js';
 export const MODEL_JSON = 'model.json';
 export const WEIGHTS_BIN = 'weights.bin';
 export const MANIFEST_JSON = 'blindspot.json';
+/** The network as ONNX (models/onnx/export.ts), beside the tfjs weights; recorded in the manifest's `onnx`. */
+export const MODEL_ONNX = 'model.onnx';
 
 /** Every training method `blindspot train --method` offers (see pipeline/train.ts). */
 export const METHOD_NAMES = ['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'n2n', 'care'] as const;
@@ -102,6 +104,26 @@ export interface ModelManifest {
   };
   history: TrainingRecord[];
   createdBy: { name: 'blindspot'; version: string; command: string[] };
+  /** The folder's `model.onnx` (absent in folders written before it existed: `blindspot export` adds it). */
+  onnx?: OnnxRecord;
+}
+
+/** A graph input or output of an exported network: NHWC / NDHWC float32, string dimensions dynamic. */
+export interface OnnxTensorInfo {
+  name: string;
+  shape: (number | string)[];
+  /** What it holds (normalised intensity units): the network input, the denoised value, the posterior std, the prior mean. */
+  role: 'input' | 'denoised' | 'uncertainty' | 'prior-mean';
+}
+
+/** What the manifest records of `model.onnx`: its interface and a checksum that ties it to these weights. */
+export interface OnnxRecord {
+  file: string;
+  inputs: OnnxTensorInfo[];
+  outputs: OnnxTensorInfo[];
+  opset: number;
+  /** Hex SHA-256 of the file's bytes. */
+  sha256: string;
 }
 
 /** Serialises a layers model to the tfjs model.json + weights.bin pair, in memory. */

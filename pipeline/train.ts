@@ -87,6 +87,7 @@ import { toBatchLoss, trainSteps, type MaskedLossFn, type StepResult } from '../
 import { stepsOnDemand } from './stepSource.js';
 import { readImage } from '../storage/index.js';
 import { VERSION } from '../core/version.js';
+import { writeOnnxAfterTraining } from '../models/onnx/export.js';
 
 export interface NamedVolume {
   volume: Volume;
@@ -620,6 +621,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   } else {
     await writeFilesAtomically(opts.out, { [MANIFEST_JSON]: JSON.stringify(manifest, null, 2) + '\n' });
   }
+  manifest = await writeOnnxAfterTraining(opts.out, manifest, (message) => opts.onEvent?.({ type: 'warning', message }));
   await fs.rm(checkpointDir, { recursive: true, force: true });
   opts.onEvent?.({ type: 'done', steps: state.stepsDone, bestStep: state.bestStep, bestValLoss: state.bestValLoss, seconds: state.wallSeconds });
   model.dispose();

@@ -50,7 +50,7 @@ describe('blindspot CLI end to end', () => {
     const events = train.stdout.trim().split('\n').map((l) => JSON.parse(l) as { type: string; step?: number });
     expect(events.some((e) => e.type === 'backend')).toBe(true);
     expect(events.filter((e) => e.type === 'step').map((e) => e.step)).toEqual([1, 2, 3, 4, 5, 6]);
-    expect(await listFiles(path.join(tmp, 'model'))).toEqual(['blindspot.json', 'model.json', 'weights.bin']);
+    expect(await listFiles(path.join(tmp, 'model'))).toEqual(['blindspot.json', 'model.json', 'model.onnx', 'weights.bin']);
 
     const denoise = blindspot('denoise', 'model', 'noisy', '--out', 'denoised', '--dtype', 'input', '--json', '--backend', 'wasm');
     expect(denoise.code).toBe(0);
@@ -160,6 +160,6 @@ describe('blindspot CLI end to end', () => {
     const steps = resumed.stdout.trim().split('\n').map((l) => JSON.parse(l) as { type: string; step?: number }).filter((e) => e.type === 'step');
     expect(steps[0].step).toBeGreaterThan(3);
     expect(steps[steps.length - 1].step).toBe(40);
-    expect(await listFiles(path.join(tmp, 'model-int'))).toEqual(['blindspot.json', 'model.json', 'weights.bin']);
+    expect(await listFiles(path.join(tmp, 'model-int'))).toEqual(['blindspot.json', 'model.json', 'model.onnx', 'weights.bin']);
   });
 });
