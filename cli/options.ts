@@ -27,11 +27,16 @@ export const ENGINE_HELP = `  --engine auto|onnx|tfjs   inference engine (defaul
 
 /** The engine request of `--engine`, `--device` and `--threads`. */
 export function engineRequest(values: { engine?: string; device?: string; threads?: string }): EngineRequest {
-  return {
+  const request = {
     engine: choice('engine', values.engine, ENGINE_CHOICES) ?? 'auto',
     device: choice('device', values.device, DEVICE_CHOICES) ?? 'auto',
     threads: intOption('threads', values.threads) || undefined,
   };
+  // Before any model loads: a usage error should cost nothing (engines/select.ts says the same).
+  if (request.engine === 'tfjs' && request.device !== 'auto') {
+    throw new UsageError(`--device ${request.device} picks an ONNX Runtime provider; with --engine tfjs the device is the tfjs --backend (leave --device out, or use --engine onnx)`);
+  }
+  return request;
 }
 
 export function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, allowPositionals: boolean) {

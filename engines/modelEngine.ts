@@ -3,11 +3,11 @@
  * naming no engine. The tfjs side is the folder's network (with a prior network's posterior); the
  * ONNX side is the folder's ONNX graph (models/onnx), which ends with the same output.
  */
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { type DenoiseOutput, denoisingTileModel } from '../models/bayes.js';
 import type { ModelManifest } from '../models/io.js';
+import { onnxForModelFolder } from '../models/onnx/export.js';
+import { normalisedNoise } from '../models/onnx/posterior.js';
 import type { InferenceEngine } from './engine.js';
 import { type EngineRequest, openEngine } from './select.js';
 
@@ -23,13 +23,18 @@ export interface ModelFolderNetwork {
 /** Opens the engine `request` asks for on the network of a model folder (see engines/select.ts). */
 export function openModelEngine(request: EngineRequest, network: ModelFolderNetwork): Promise<InferenceEngine> {
   const { modelDir, model, manifest, output } = network;
+  const role = output === 'uncertainty' ? 'uncertainty' : output === 'prior-mean' ? 'prior-mean' : 'denoised';
   return openEngine(request, {
     tfjs: denoisingTileModel(model, manifest, output),
     onnx: async () => {
-      if (manifest.prior && output !== 'denoised') {
-        throw new Error(`the ONNX graph gives the posterior mean only; ${output === 'uncertainty' ? '--uncertainty' : '--prior-mean'} runs on --engine tfjs`);
+      // A prior whose noise the graph cannot express is exported as the prior mean: not what tfjs gives.
+      if (manifest.prior && normalisedNoise(manifest.prior.noise, manifest.normalisation) === null) {
+        throw new Error(`the ONNX graph of ${modelDir} cannot hold the posterior of its noise model; it runs on --engine tfjs`);
       }
-      return new Uint8Array(await fs.readFile(path.join(modelDir, 'model.onnx')));
+      const { bytes, info } = await onnxForModelFolder(modelDir);
+      const tensor = info.outputs.find((o) => o.role === role);
+      if (!tensor) throw new Error(`the ONNX graph of ${modelDir} has no '${role}' output (it has ${info.outputs.map((o) => o.role).join(', ')})`);
+      return { bytes, outputName: tensor.name };
     },
   });
 }

@@ -61,6 +61,8 @@ export function nvidiaGpuPresent(): boolean {
 export interface OnnxEngineOptions {
   /** The ONNX model (NHWC / NDHWC float32 one channel in and out, normalised units). */
   model: Uint8Array;
+  /** The graph output to fetch (default: the graph's only output). */
+  outputName?: string;
   device?: DeviceChoice;
   /** Intra-op threads (default: all cores). Fixed per run: see docs/onnx-engine.md, determinism. */
   threads?: number;
@@ -135,12 +137,14 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
       throw new EngineUnavailableError(`device ${device}`, `ONNX Runtime could not start its ${device} provider: ${firstLine((err as Error).message)}`, { cause: err });
     }
   }
-  if (session.inputNames.length !== 1 || session.outputNames.length !== 1) {
+  const outputName = opts.outputName ?? (session.outputNames.length === 1 ? session.outputNames[0] : undefined);
+  if (session.inputNames.length !== 1 || outputName === undefined || !session.outputNames.includes(outputName)) {
     await session.release();
-    throw new Error(`the ONNX model has ${session.inputNames.length} inputs and ${session.outputNames.length} outputs; one of each is expected`);
+    throw new Error(
+      `the ONNX model has inputs [${session.inputNames.join(', ')}] and outputs [${session.outputNames.join(', ')}]; one input and ${opts.outputName ? `an output '${opts.outputName}'` : 'one output'} are expected`,
+    );
   }
   const [inputName] = session.inputNames;
-  const [outputName] = session.outputNames;
   const provider = device!;
   return {
     name: 'onnx',
@@ -149,7 +153,7 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
     describe: () => `engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider ${provider}, ${threads} intra-op thread(s))${note ? `; ${note}` : ''}`,
     async predict(batch, shape) {
       const feeds = { [inputName]: new ort.Tensor('float32', batch, [...shape]) };
-      const out = (await session.run(feeds))[outputName] as Ort.Tensor;
+      const out = (await session.run(feeds, [outputName]))[outputName] as Ort.Tensor;
       assertSameShape('onnx engine', shape, out.dims, out.size);
       return out.data as Float32Array;
     },

@@ -25,10 +25,11 @@ export interface EngineModel {
   /** The network on tfjs tensors (one channel in and out, normalised units). */
   tfjs: TileModel;
   /**
-   * The same network as ONNX bytes. Rejects when it has none (a method or output the exporter
-   * does not cover): `--engine onnx` then fails with that message, `auto` runs tfjs.
+   * The same network as ONNX bytes, and the graph output to fetch (default: its only output).
+   * Rejects when it has none (a method or output the exporter does not cover): `--engine onnx`
+   * then fails with that message, `auto` runs tfjs.
    */
-  onnx: () => Promise<Uint8Array>;
+  onnx: () => Promise<{ bytes: Uint8Array; outputName?: string }>;
 }
 
 /** The engine for `model` under `request` (see the file comment). */
@@ -50,12 +51,12 @@ export async function openEngine(request: EngineRequest, model: EngineModel): Pr
     // A GPU device is a request for ONNX Runtime: it fails below rather than run elsewhere.
     if (reason !== null && !wantsGpu) return tfjsEngine(model.tfjs, { note: reason });
   }
-  let bytes: Uint8Array;
+  let graph: { bytes: Uint8Array; outputName?: string };
   try {
-    bytes = await model.onnx();
+    graph = await model.onnx();
   } catch (err) {
     if (engine === 'auto' && !wantsGpu) return tfjsEngine(model.tfjs, { note: `no ONNX graph: ${(err as Error).message}` });
     throw err;
   }
-  return openOnnxEngine({ model: bytes, device, threads: request.threads });
+  return openOnnxEngine({ model: graph.bytes, outputName: graph.outputName, device, threads: request.threads });
 }
