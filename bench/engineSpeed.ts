@@ -14,7 +14,7 @@ import { openOnnxEngine } from '../engines/onnxRuntime.js';
 import { tfjsEngine } from '../engines/tfjs.js';
 import type { ModelManifest } from '../models/io.js';
 import { exportOnnx } from '../models/onnx/export.js';
-import { buildUNet, defaultUNetConfig } from '../models/unet.js';
+import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
 
 export const SHAPE_2D = [512, 512];
 export const SHAPE_3D = [32, 128, 128];
@@ -39,12 +39,15 @@ async function rate(engine: InferenceEngine, shape: number[], runs: number, seed
   return +((runs * voxels) / 1e6 / ((performance.now() - t0) / 1000)).toFixed(4);
 }
 
-/** The reference U-Net of `dims` and the manifest fields the exporter reads. */
+/** The manifest fields the exporter reads, for a bench's freshly built U-Net (no model folder). */
+export function benchManifest(network: UNetConfig): ModelManifest {
+  return { method: 'n2v', network, normalisation: { mode: 'meanstd', offset: 0, scale: 1 } } as unknown as ModelManifest;
+}
+
+/** The reference U-Net of `dims`. */
 function referenceNetwork(dims: 2 | 3) {
   const network = defaultUNetConfig(dims);
-  const model = buildUNet({ ...network, batchNorm: true }, 1);
-  const manifest = { method: 'n2v', network: { ...network, batchNorm: true }, normalisation: { mode: 'meanstd', offset: 0, scale: 1 } } as unknown as ModelManifest;
-  return { model, manifest };
+  return { model: buildUNet(network, 1), manifest: benchManifest(network) };
 }
 
 /** ONNX Runtime (CPU provider) and tfjs (the active backend) on the same networks and inputs. */
