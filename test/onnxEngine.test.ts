@@ -273,3 +273,18 @@ describe('engine and device selection', () => {
     model.dispose();
   });
 });
+
+describe('infra/docker/Dockerfile.onnx-gpu', () => {
+  it('CUDA 12 with cuDNN base, the onnxruntime-node of package.json, its providers fetched by the same command as npm run gpu:install', async () => {
+    const root = path.join(path.dirname(new URL(import.meta.url).pathname), '..');
+    const text = await fs.readFile(path.join(root, 'infra/docker/Dockerfile.onnx-gpu'), 'utf8');
+    const pkg = JSON.parse(await fs.readFile(path.join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; scripts: Record<string, string> };
+    const cudaImage = /^ARG CUDA_IMAGE=(nvidia\/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+)$/m.exec(text);
+    expect(cudaImage, 'a pinned nvidia/cuda cudnn runtime base').not.toBeNull();
+    expect(Number(cudaImage![2])).toBe(12);
+    expect(text).toMatch(/^FROM \$\{CUDA_IMAGE\} AS runtime$/m);
+    expect(text).toContain(`onnxruntime-node ${pkg.dependencies['onnxruntime-node']}`);
+    expect(text).toContain(pkg.scripts['gpu:install']);
+    expect(text).toMatch(/npm ci --omit=dev --omit=optional --ignore-scripts/);
+  });
+});
