@@ -15,6 +15,7 @@ import { resolveShard, shardBlockRange } from '../pipeline/shard.js';
 import { describePlan, PLAN_HELP, runPlan } from './plan.js';
 import { runWatch, WATCH_HELP } from './watch.js';
 import { CALIBRATE_HELP, runCalibrate } from './calibrate.js';
+import { EXPORT_HELP, runExport } from './export.js';
 import { planDenoise } from '../pipeline/plan.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
@@ -38,6 +39,7 @@ Commands:
   eval --clean <dir> --denoised <dir>      PSNR and SSIM against clean images
   noise <inputs...>                        noise level (variance vs intensity) per image; --calibrate a noise model
   calibrate <image> --denoiser median|gaussian|nlm   a classical denoiser's parameter by the J-invariant loss
+  export <model-dir> [--format onnx|bioimageio --out <file>]   the model as ONNX or a bioimage.io package
   demo                                     the whole job on a built-in synthetic 3D sample
 
 Run 'blindspot <command> --help' for its options and examples.
@@ -179,6 +181,7 @@ Example:
   plan: PLAN_HELP,
   watch: WATCH_HELP,
   calibrate: CALIBRATE_HELP,
+  export: EXPORT_HELP,
   demo: `Usage: blindspot demo [--out <dir>] [--steps N] [--backend B] [--threads N] [--json]
 
 Makes a synthetic microscopy-like 3D volume (blobs and filaments) with Poisson-Gaussian noise, trains a
@@ -213,8 +216,10 @@ async function main(argv: string[]): Promise<number> {
       return runCalibrate(rest);
     case 'noise':
       return runNoise(rest);
+    case 'export':
+      return runExport(rest);
     default:
-      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, plan, watch, eval, noise, calibrate, demo (blindspot --help)`);
+      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, plan, watch, eval, noise, calibrate, export, demo (blindspot --help)`);
   }
 }
 

@@ -107,6 +107,25 @@ describe('ONNX export: ONNX Runtime gives what tfjs gives', () => {
     });
   }
 
+  it('a 2-channel network whose noise the graph cannot express exports the prior mean, with a warning', async () => {
+    const network: NetworkConfig = { dims: 2, depth: 1, filters: 3, kernelSize: 3, batchNorm: false, variant: 'n2v', outputChannels: 2 };
+    const model = buildNetwork(network, 2);
+    randomiseWeights(model, 3);
+    const shape = [1, 8, 12, 1];
+    const x = randomInput(shape, 4);
+    const prediction = tf.tidy(() => (model.predict(tf.tensor(x, shape)) as tf.Tensor).dataSync() as Float32Array);
+    const priorMean = prediction.filter((_, i) => i % 2 === 0);
+    const unknownNoise = { kind: 'nlf-table', table: [] } as unknown as NoiseSpec;
+    for (const manifest of [testManifest(network), testManifest(network, { prior: unknownNoise })]) {
+      const { bytes, info } = exportOnnx(model, manifest);
+      expect(info.warnings.join('\n')).toMatch(/prior mean/);
+      expect(info.outputs.map((o) => o.role)).toEqual(['denoised']);
+      const onnx = await runOnnx(bytes, x, shape);
+      expect(errorOverRange(onnx.output.data, priorMean)).toBeLessThan(TOLERANCE);
+    }
+    model.dispose();
+  });
+
   it.skipIf(checkerPython === null)('onnx.checker.check_model(full_check=True) passes on every graph above', () => {
     expect(exportedFiles.length).toBe(cases.length);
     const script = 'import onnx, sys\nfor f in sys.argv[1:]:\n    onnx.checker.check_model(onnx.load(f), full_check=True)\nprint(len(sys.argv) - 1)';

@@ -11,6 +11,11 @@ import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModelFolder, MODEL_ONNX, readManifest } from '../models/io.js';
 import { onnxForModelFolder, sha256Hex, writeOnnxToModelFolder } from '../models/onnx/export.js';
+import { Rng } from '../core/rng.js';
+import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
+import { denoisingTileModel } from '../models/bayes.js';
+import { normalise } from '../models/normalise.js';
+import { trainModel } from '../pipeline/train.js';
 import { saveUntrainedModel } from './fixtures/untrainedModel.js';
 import { errorOverRange, randomInput, runOnnx } from './fixtures/onnxModels.js';
 
@@ -76,5 +81,47 @@ describe('model.onnx in a model folder', () => {
     expect(result.info.warnings.join('\n')).toMatch(/does not match the sha256/);
     expect(result.info.sha256).toBe((await readManifest(dir)).onnx!.sha256);
     expect(await snapshot(dir)).toEqual(before);
+  });
+
+  it('train writes model.onnx at the end: a learned-noise laine19 whose graph gives the posterior mean tfjs gives', async () => {
+    const rng = new Rng(4);
+    const cells = syntheticCells([1, 48, 48], rng);
+    const noisy = { data: addGaussianNoise(cells.data.map((v) => 40 + 100 * v), 12, rng), shape: [48, 48] as const, sampleType: 'float32' as const };
+    const out = path.join(tmp, 'trained');
+    const warnings: string[] = [];
+    const manifest = await trainModel({
+      volumes: [{ volume: noisy, name: 'synthetic' }],
+      out,
+      method: 'laine19',
+      prior: 'learned',
+      steps: 2,
+      batchSize: 2,
+      patchShape: [16, 16],
+      network: { depth: 1, filters: 4 },
+      validateEvery: 2,
+      seed: 1,
+      noiseFits: false,
+      onEvent: (e) => {
+        if (e.type === 'warning') warnings.push(e.message);
+      },
+    });
+    expect(warnings).toEqual([]);
+    expect(manifest.prior?.source).toBe('learned');
+    expect(manifest.onnx?.outputs.map((o) => o.role)).toEqual(['denoised', 'uncertainty', 'prior-mean']);
+    expect(await readManifest(out)).toEqual(manifest);
+    const onnx = await onnxForModelFolder(out);
+    expect(onnx.source).toBe('file');
+
+    const { model } = await loadModelFolder(out);
+    const shape = [1, 48, 48, 1];
+    const x = normalise(noisy.data, manifest.normalisation);
+    const tileModel = denoisingTileModel(model, manifest);
+    const reference = tf.tidy(() => {
+      const input = tf.tensor(x, shape);
+      return (typeof tileModel === 'function' ? tileModel(input) : (tileModel.predict(input) as tf.Tensor)).dataSync() as Float32Array;
+    });
+    model.dispose();
+    const result = await runOnnx(onnx.bytes, x, shape, ['output']);
+    expect(errorOverRange(result.output.data, reference)).toBeLessThan(1e-4);
   });
 });

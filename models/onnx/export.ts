@@ -120,7 +120,7 @@ export function exportOnnx(model: tfl.LayersModel, manifest: ModelManifest, opts
   const readers = new Map<number, number>();
   for (const call of calls) for (const t of call.inputTensors) readers.set(t.id, (readers.get(t.id) ?? 0) + 1);
   const names = new Map<number, string>();
-  const ctx: ConvertContext = { g, dims, foldable: new Map() };
+  const ctx: ConvertContext = { g, dims, foldable: new Map(), sharedWeights: new Map() };
   for (const call of calls) {
     const layer = call.outboundLayer;
     const className = layer.getClassName();
@@ -169,6 +169,7 @@ export function exportOnnx(model: tfl.LayersModel, manifest: ModelManifest, opts
     throw new UnsupportedLayerError(model.name, `${String(channels)} output channels (1, or 2 for a Gaussian prior)`);
   }
 
+  g.fuseCausalConvolutions(outputs.map((o) => o.name));
   const inputs: OnnxTensorInfo[] = [{ name: inputName, shape, role: 'input' }];
   const valueInfo = (t: OnnxTensorInfo): OnnxValueInfo => ({ name: t.name, shape: t.shape, docString: `${t.role}, normalised units, ${dims === 2 ? 'NHWC' : 'NDHWC'}` });
   const n = manifest.normalisation;

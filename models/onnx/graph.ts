@@ -25,6 +25,7 @@ export class GraphBuilder {
   readonly initializers: OnnxTensor[] = [];
   private readonly used = new Set<string>();
   private readonly int64Constants = new Map<string, string>();
+  private readonly int64Values = new Map<string, bigint[]>();
 
   /** A tensor name not used before, derived from `base`. */
   fresh(base: string): string {
@@ -64,6 +65,7 @@ export class GraphBuilder {
     const n = this.fresh(`const_i64_${values.length}`);
     this.initializers.push({ name: n, dims: [values.length], data: BigInt64Array.from(values.map((v) => BigInt(v))) });
     this.int64Constants.set(key, n);
+    this.int64Values.set(n, values.map((v) => BigInt(v)));
     return n;
   }
 
@@ -104,6 +106,53 @@ export class GraphBuilder {
     before[axis] = rows;
     const padded = this.pad(x, before, new Array<number>(rank).fill(0), `${name}_pad`);
     return this.slice(padded, axis, 0, -rows, name);
+  }
+
+  /**
+   * laine19's causal convolution, written as Pad(top r rows) -> Conv('same') -> Slice(drop the last r
+   * rows), becomes one Conv whose row padding is r more before and r less after: the same output
+   * (row i sees input rows i - 2r' .. i), without the padded and the uncropped copies. Only where
+   * the intermediate tensors have no other reader and are not graph outputs.
+   */
+  fuseCausalConvolutions(graphOutputs: readonly string[]): number {
+    const readers = new Map<string, OnnxNode[]>();
+    for (const n of this.nodes) for (const i of n.inputs) readers.set(i, [...(readers.get(i) ?? []), n]);
+    const only = (tensor: string): OnnxNode | null => {
+      const r = readers.get(tensor) ?? [];
+      return r.length === 1 && !graphOutputs.includes(tensor) ? r[0] : null;
+    };
+    const removed = new Set<OnnxNode>();
+    let fused = 0;
+    for (const pad of this.nodes) {
+      if (pad.opType !== 'Pad' || pad.inputs.length !== 2 || pad.attributes?.['mode']?.value !== 'constant') continue;
+      const pads = this.int64Values.get(pad.inputs[1]);
+      if (!pads) continue;
+      const rank = pads.length / 2;
+      const rows = Number(pads[2]);
+      if (rows < 1 || pads.some((v, i) => i !== 2 && v !== 0n)) continue;
+      const conv = only(pad.outputs[0]);
+      if (!conv || conv.opType !== 'Conv' || conv.inputs[0] !== pad.outputs[0]) continue;
+      const slice = only(conv.outputs[0]);
+      if (!slice || slice.opType !== 'Slice' || slice.inputs.length !== 4) continue;
+      const [starts, ends, axes] = slice.inputs.slice(1).map((t) => this.int64Values.get(t));
+      if (!starts || !ends || !axes || axes.length !== 1 || axes[0] !== 2n || starts[0] !== 0n || ends[0] !== BigInt(-rows)) continue;
+      const convPads = conv.attributes?.['pads'];
+      if (convPads?.kind !== 'ints') continue;
+      const spatial = rank - 2;
+      const newPads = [...convPads.value];
+      newPads[0] += rows;
+      newPads[spatial] -= rows;
+      if (newPads[spatial] < 0) continue;
+      conv.attributes = { ...conv.attributes, pads: attr.ints(newPads) };
+      conv.inputs = [pad.inputs[0], ...conv.inputs.slice(1)];
+      conv.outputs = [slice.outputs[0]];
+      removed.add(pad).add(slice);
+      fused++;
+    }
+    const kept = this.nodes.filter((n) => !removed.has(n));
+    this.nodes.length = 0;
+    this.nodes.push(...kept);
+    return fused;
   }
 
   graph(name: string, inputs: OnnxValueInfo[], outputs: OnnxValueInfo[], docString?: string): OnnxGraph {

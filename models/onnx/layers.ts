@@ -32,6 +32,8 @@ export interface ConvertContext {
   dims: 2 | 3;
   /** Outputs of linear convolutions that nothing but the next layer reads, by tensor name. */
   foldable: Map<string, FoldableConv>;
+  /** Initialisers of convolutions called more than once (laine19's shared branch): written once, read by every call. */
+  sharedWeights: Map<tfl.layers.Layer, { w: string; b: string }>;
 }
 
 /** What a converter knows about one call of a layer. */
@@ -95,18 +97,31 @@ function emitConv(
   opts: { kernelSize: number[]; dilation: number[]; padding: string; strides: number[]; activation: unknown; maskCentre?: boolean },
 ): string {
   const name = call.layer.name;
-  const [kernel, bias] = weightsOf(call.layer);
-  const onnxKernel = kernelToOnnx(kernel.shape, kernel.data);
-  const [cout, cin] = onnxKernel.dims;
-  if (opts.strides.some((s) => s !== 1)) throw new UnsupportedLayerError(name, `strides [${opts.strides.join(', ')}] (only 1 is used by our networks)`);
-  if (opts.kernelSize.some((k) => k % 2 === 0) && opts.padding === 'same') throw new UnsupportedLayerError(name, 'an even kernel with same padding');
-  if (opts.maskCentre) {
-    const taps = onnxKernel.data.length / (cout * cin);
-    for (let p = 0; p < cout * cin; p++) onnxKernel.data[p * taps + (taps - 1) / 2] = 0;
+  // A layer called more than once shares its initialisers between the calls, and never takes a
+  // batch norm in (folding would rewrite the weights every other call reads too).
+  const shared = (call.layer as unknown as { inboundNodes: unknown[] }).inboundNodes.length > 1;
+  const known = shared ? ctx.sharedWeights.get(call.layer) : undefined;
+  let w: string;
+  let b: string;
+  let foldable: FoldableConv | null = null;
+  if (known) {
+    ({ w, b } = known);
+  } else {
+    const [kernel, bias] = weightsOf(call.layer);
+    const onnxKernel = kernelToOnnx(kernel.shape, kernel.data);
+    const [cout, cin] = onnxKernel.dims;
+    if (opts.strides.some((s) => s !== 1)) throw new UnsupportedLayerError(name, `strides [${opts.strides.join(', ')}] (only 1 is used by our networks)`);
+    if (opts.kernelSize.some((k) => k % 2 === 0) && opts.padding === 'same') throw new UnsupportedLayerError(name, 'an even kernel with same padding');
+    if (opts.maskCentre) {
+      const taps = onnxKernel.data.length / (cout * cin);
+      for (let p = 0; p < cout * cin; p++) onnxKernel.data[p * taps + (taps - 1) / 2] = 0;
+    }
+    const biasData = bias ? Float32Array.from(bias.data) : new Float32Array(cout);
+    w = ctx.g.floats(`${name}/kernel`, onnxKernel.dims, onnxKernel.data);
+    b = ctx.g.floats(`${name}/bias`, [cout], biasData);
+    if (shared) ctx.sharedWeights.set(call.layer, { w, b });
+    else foldable = { weight: onnxKernel.data, bias: biasData, outChannels: cout };
   }
-  const biasData = bias ? Float32Array.from(bias.data) : new Float32Array(cout);
-  const w = ctx.g.floats(`${name}/kernel`, onnxKernel.dims, onnxKernel.data);
-  const b = ctx.g.floats(`${name}/bias`, [cout], biasData);
   const halo = opts.kernelSize.map((k, i) => (opts.padding === 'same' ? (opts.dilation[i] * (k - 1)) / 2 : 0));
   const y = ctx.g.op('Conv', [call.inputs[0], w, b], name, {
     kernel_shape: attr.ints(opts.kernelSize),
@@ -115,7 +130,7 @@ function emitConv(
     strides: attr.ints(opts.kernelSize.map(() => 1)),
   });
   if (opts.activation === 'linear' || opts.activation === undefined) {
-    ctx.foldable.set(y, { weight: onnxKernel.data, bias: biasData, outChannels: cout });
+    if (foldable) ctx.foldable.set(y, foldable);
     return y;
   }
   return activation(ctx, y, `${name}_act`, opts.activation, name);
