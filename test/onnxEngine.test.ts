@@ -4,13 +4,16 @@
  * the ONNX engine are byte-identical to one run; engine and device selection, and the clear error
  * for a provider that is not installed (no CUDA here).
  */
-import { promises as fs } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ExitCode, UsageError } from '../core/errors.js';
+import { PACKAGE_ROOT } from '../core/version.js';
+import { writeImage } from '../storage/index.js';
 import { Rng } from '../core/rng.js';
 import type { Volume } from '../core/volume.js';
 import { EngineUnavailableError, type InferenceEngine } from '../engines/engine.js';
@@ -271,6 +274,20 @@ describe('engine and device selection', () => {
       }
     }
     model.dispose();
+  });
+});
+
+describe('blindspot denoise --device cuda without CUDA (the built CLI)', () => {
+  it.skipIf(missingProviderLibraries('cuda').length === 0 && nvidiaGpuPresent())('exits 1 with one clear line and writes nothing', async () => {
+    const dir = await saveRandomModel('cli_cuda', { dims: 2, depth: 1, filters: 2, kernelSize: 3, batchNorm: false, variant: 'n2v' });
+    const image = path.join(tmp, 'cli_in.tif');
+    await writeImage(image, randomVolume([16, 16], 1));
+    const out = path.join(tmp, 'cli_out');
+    const run = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'dist', 'cli', 'main.js'), 'denoise', dir, image, '--out', out, '--device', 'cuda', '--backend', 'cpu'], { encoding: 'utf8' });
+    expect(run.status).toBe(ExitCode.failure);
+    expect(run.stderr).toMatch(/^blindspot: device cuda is not available: .*npm run gpu:install/m);
+    expect(run.stderr).not.toMatch(/unexpected error/);
+    expect(existsSync(out)).toBe(false);
   });
 });
 
