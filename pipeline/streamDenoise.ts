@@ -833,6 +833,7 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
     const modelHash = await modelFolderHash(opts.modelDir);
     opts.onEvent?.({ type: 'model', manifest });
     const output = opts.output ?? 'denoised';
+    // Fails early (before the input is opened) for --uncertainty / --prior-mean on a model without a prior.
     denoisingTileModel(model, manifest, output);
     input = await openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
     const dims = input.info.shape.length;
