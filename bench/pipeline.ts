@@ -184,7 +184,7 @@ async function main(): Promise<void> {
   const info = await initBackend({ backend, threads });
   const model = buildUNet(network, 1);
   const engineName = (args.get('engine') ?? 'onnx') as 'onnx' | 'tfjs';
-  const engine = await openEngine({ engine: engineName, device: 'cpu', threads }, { tfjs: model, onnx: async () => ({ bytes: exportOnnx(model, benchManifest(network)).bytes }) });
+  const engine = await openEngine({ engine: engineName, device: engineName === 'onnx' ? 'cpu' : 'auto', threads }, { tfjs: model, onnx: async () => ({ bytes: exportOnnx(model, benchManifest(network)).bytes }) });
   console.log(engine.describe());
   const geometry = unetGeometry(network);
   const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
