@@ -5,6 +5,8 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
+// backend/wasm-threads.ts loads it anyway wherever the wasm backend runs.
+import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { assertSameShape, type InferenceEngine, isInferenceEngine } from './engine.js';
 
 /** A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape. */
@@ -52,8 +54,11 @@ export function tfjsEngine(model: TileModel, opts: TfjsEngineOptions = {}): Infe
 }
 
 function wasmThreads(): number {
-  const backend = tf.backend() as unknown as { getThreadsCount?: () => number };
-  return typeof backend.getThreadsCount === 'function' ? backend.getThreadsCount() : 1;
+  try {
+    return getThreadsCount();
+  } catch {
+    return 1;
+  }
 }
 
 /** What the tiling operators accept: an engine, or a tfjs model that they run through tfjsEngine. */
