@@ -6,7 +6,8 @@
  *
  * Options: --size N (side of the 2D throughput volume, default 3072), --filters N (default 8),
  * --depth N (default 2), --max-memory SIZE (default 1GiB), --rss-sides a,b,c,d (default
- * 5793,11585,16384,23170: 128 MiB to 2 GiB of float32), --backend wasm|cpu (default wasm), --skip-rss, --skip-s3.
+ * 5793,11585,16384,23170: 128 MiB to 2 GiB of float32), --backend wasm|cpu (default wasm), --skip-rss, --skip-s3,
+ * --engine onnx|tfjs (default onnx, the default engine: ONNX Runtime on the CPU), --threads N (default all cores).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -16,7 +17,6 @@ import { lastValueFrom, of } from 'rxjs';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { PACKAGE_ROOT } from '../core/version.js';
 import { voxelCount } from '../core/volume.js';
-import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { buildUNet, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { normalise, type Normalisation } from '../models/normalise.js';
 import { predictTilePixels } from '../operators/predictTiles.js';
@@ -33,6 +33,10 @@ import { isS3Url, type S3Settings } from '../storage/s3.js';
 import { SWIFT_MISSING_MESSAGE, startLocalS3, swiftAvailable } from '../infra/localS3.js';
 import { SyntheticVolume } from '../test/fixtures/stream-arrays.js';
 import { benchArgs, writeResult } from './common.js';
+import { benchManifest } from './engineSpeed.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { openEngine } from '../engines/select.js';
+import { exportOnnx } from '../models/onnx/export.js';
 
 const MiB = 2 ** 20;
 const normalisation: Normalisation = { mode: 'meanstd', offset: 100, scale: 30 };
@@ -96,7 +100,8 @@ function runRssChild(script: string, args: Record<string, unknown>): Promise<{ p
 }
 
 interface ThroughputSetup {
-  model: LayersModel;
+  /** The engine both runs use (the tfjs model sizes the tiles). */
+  model: InferenceEngine;
   network: UNetConfig;
   shape: number[];
   inputChunks: number[];
@@ -175,19 +180,24 @@ async function main(): Promise<void> {
   const maxMemoryBytes = parseByteSize(args.get('max-memory') ?? '1GiB');
   const backend = (args.get('backend') ?? 'wasm') as BackendChoice;
   const network: UNetConfig = { dims: 2, depth: Number(args.get('depth') ?? 2), filters: Number(args.get('filters') ?? 8), kernelSize: 3, batchNorm: true, variant: 'n2v' };
-  const info = await initBackend({ backend });
+  const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
+  const info = await initBackend({ backend, threads });
   const model = buildUNet(network, 1);
+  const engineName = (args.get('engine') ?? 'onnx') as 'onnx' | 'tfjs';
+  const engine = await openEngine({ engine: engineName, device: engineName === 'onnx' ? 'cpu' : 'auto', threads }, { tfjs: model, onnx: async () => ({ bytes: exportOnnx(model, benchManifest(network)).bytes }) });
+  console.log(engine.describe());
   const geometry = unetGeometry(network);
   const modelWeightBytes = model.getWeights().reduce((n, w) => n + w.size * 4, 0);
   const bytesPerVoxel = estimateBytesPerVoxel(model, 2, geometry.sizeMultiple);
   const shape = [side, side];
   const inputChunks = [256, 256];
   const memory = planStreamMemory({ maxMemoryBytes, shape, inputChunks, ...geometry, bytesPerVoxel, modelWeightBytes });
-  const setup: ThroughputSetup = { model, network, shape, inputChunks, maxMemoryBytes, modelWeightBytes, bytesPerVoxel, memory };
+  const setup: ThroughputSetup = { model: engine, network, shape, inputChunks, maxMemoryBytes, modelWeightBytes, bytesPerVoxel, memory };
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-bench-pipeline-'));
   const results: Record<string, unknown> = {
     loadAverageAtStart,
     backend: info,
+    engine: { name: engine.name, provider: engine.provider, threads: engine.threads, detail: engine.describe() },
     throughputModel: { ...network, parameters: modelWeightBytes / 4, note: 'small U-Net so the bench fits in minutes on 2 cores' },
     throughputVolume: { shape, dtype: 'float32', MiB: (voxelCount(shape) * 4) / MiB, inputChunks, content: 'synthetic (test/fixtures/stream-arrays.ts SyntheticVolume)' },
     maxMemoryMiB: maxMemoryBytes / MiB,
@@ -247,6 +257,7 @@ async function main(): Promise<void> {
     const file = await writeResult('pipeline', results);
     console.log(`results: ${file}`);
   } finally {
+    await engine.dispose();
     model.dispose();
     await fs.rm(root, { recursive: true, force: true });
   }

@@ -10,7 +10,8 @@
  *
  * Options: --size N (side of the 2D input, default 2048), --chunks N (output chunk side, default 256),
  * --filters N (U-Net filters, default 32), --shards N (default 2), --backend wasm|cpu (default wasm),
- * --price-per-hour USD (price of one machine like this for the 1 TB table, default 0.10; an assumption).
+ * --price-per-hour USD (price of one machine like this for the 1 TB table, default 0.10; an assumption),
+ * --engine auto|onnx|tfjs (inference engine of every run, default auto: ONNX Runtime).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -75,6 +76,7 @@ async function main(): Promise<void> {
   const filters = Number(args.get('filters') ?? 32);
   const shards = Number(args.get('shards') ?? 2);
   const backend = args.get('backend') ?? 'wasm';
+  const engine = args.get('engine') ?? 'auto';
   const pricePerHour = Number(args.get('price-per-hour') ?? 0.1);
   const threads = os.availableParallelism();
   await tf.setBackend('cpu');
@@ -96,12 +98,12 @@ async function main(): Promise<void> {
     const grid = chunkGrid(writer.info);
     for (let y = 0; y < grid[0]; y++) for (let x = 0; x < grid[1]; x++) await writer.writeChunk([y, x], Float32Array.from({ length: chunk * chunk }, () => 100 + 30 * rng.normal()));
     const blocks = grid[0] * grid[1];
-    const common = ['--output-chunks', `${chunk}x${chunk}`, '--backend', backend];
-    console.log(`input ${side}x${side} uint16 (${blocks} blocks of ${chunk}x${chunk}), U-Net ${filters} filters, backend ${backend}`);
+    const common = ['--output-chunks', `${chunk}x${chunk}`, '--backend', backend, '--engine', engine];
+    console.log(`input ${side}x${side} uint16 (${blocks} blocks of ${chunk}x${chunk}), U-Net ${filters} filters, backend ${backend}, engine ${engine}`);
 
     const plan = await runCli(['plan', input, '--model', modelDir, ...common, '--threads', String(threads), '--sample-blocks', '8', '--target', '1h'], tmp);
-    const cost = (plan.events.find((e) => e.type === 'plan') as { cost: { secondsPerBlock: number; megavoxelsPerSecond: number } }).cost;
-    console.log(`plan: ${cost.secondsPerBlock.toFixed(3)} s per block (${cost.megavoxelsPerSecond.toFixed(2)} Mvoxel/s) on ${threads} thread(s)`);
+    const cost = (plan.events.find((e) => e.type === 'plan') as { cost: { secondsPerBlock: number; megavoxelsPerSecond: number; engine: string } }).cost;
+    console.log(`plan: ${cost.secondsPerBlock.toFixed(3)} s per block (${cost.megavoxelsPerSecond.toFixed(2)} Mvoxel/s) on ${threads} thread(s), engine ${cost.engine}`);
 
     await fs.mkdir(path.join(tmp, 'one'));
     const one = await runCli(['denoise', modelDir, input, '--out', 'out.zarr', ...common, '--threads', String(threads)], path.join(tmp, 'one'));
@@ -136,6 +138,8 @@ async function main(): Promise<void> {
       input: { shape: [side, side], dtype: 'uint16', blockShape: [chunk, chunk], blocks },
       model: { network: 'U-Net', depth: 2, filters },
       backend,
+      engine,
+      loadAverage: os.loadavg(),
       plan: cost,
       oneProcess: { threads, wallSeconds: one.wallSeconds, streamSeconds: one.streamSeconds, secondsToFirstBlock: one.secondsToFirstBlock, secondsPerBlock: onePerBlock },
       sharded: {
@@ -149,7 +153,7 @@ async function main(): Promise<void> {
       /** Extra machine-seconds per block that sharding costs here (positive: slower). */
       perBlockOverheadSeconds: shardedPerBlock - onePerBlock,
       oneTerabyte: {
-        assumption: `uint16 input, blocks of ${chunk}x${chunk}, per-block cost as measured by plan on this machine (${backend}, ${threads} threads), each machine pays the measured start-up once, $${pricePerHour}/machine-hour (assumed)`,
+        assumption: `uint16 input, blocks of ${chunk}x${chunk}, per-block cost as measured by plan on this machine (engine ${cost.engine}, backend ${backend}, ${threads} threads), each machine pays the measured start-up once, $${pricePerHour}/machine-hour (assumed)`,
         blocks: blocksPerTB,
         machineHours: machineHoursPerTB,
         estimate,

@@ -1,13 +1,18 @@
 /**
  * Speed of the reference U-Net (2D, depth 2, 32 filters, 3x3, batch norm, 64x64x1 patches,
- * batch 16, Adam): training steps/s and megapixels/s, inference megapixels/s on a 512x512 image,
- * peak RSS; each thread count in its own process (the wasm thread pool is per process).
+ * batch 16, Adam): training steps/s and megapixels/s, peak RSS; inference of the model alone on
+ * each engine (bench/engineSpeed.ts: ONNX Runtime CPU and tfjs, 2D 512x512 and 3D 32x128x128) and,
+ * where Debian's python3-torch is installed, PyTorch CPU on the same networks in the same run
+ * (bench/torch_infer.py), as ratios; each thread count in its own process (the wasm thread pool is
+ * per process). `inferMpxPerS` is the default engine's (ONNX Runtime) 2D rate at the most threads.
  *
  *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
+ *   npm run bench:speed -- --no-train --no-3d   # inference only; 2D only
+ *   npm run bench:speed -- --infer-runs 3 --infer-runs-3d 1   # timed runs per engine (after a warm-up)
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  *
  * --profile wraps every kernel of the active backend during the timed steps and adds up, per
@@ -16,18 +21,19 @@
  * steps/s of a profiled run are slightly low; compare kernels within one run.
  */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
-import { buildUNet, defaultUNetConfig, unetGeometry } from '../models/unet.js';
+import { buildUNet, defaultUNetConfig } from '../models/unet.js';
 import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
-import { predictVolume } from '../pipeline/predict.js';
+import { type EngineRates, measureEngines, measureTorch } from './engineSpeed.js';
 import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
 import { benchArgs, writeResult } from './common.js';
 
@@ -45,9 +51,11 @@ interface SpeedResult {
   backend: string;
   optimizer: OptimizerChoice;
   threads: number;
-  trainStepsPerS: number;
-  trainMpxPerS: number;
+  trainStepsPerS: number | null;
+  trainMpxPerS: number | null;
+  /** The default engine's (ONNX Runtime) inference rate, 2D 512x512. */
   inferMpxPerS: number;
+  engines: EngineRates[];
   peakRssMiB: number;
   trainSteps: number;
   inferRuns: number;
@@ -103,7 +111,13 @@ function profileKernels(backendName: string): { table: (steps: number) => Kernel
 const BATCH = 16;
 const PATCH = 64;
 
-async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
+interface InferenceRuns {
+  runs2d: number;
+  runs3d: number;
+  with3d: boolean;
+}
+
+async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
   const cfg = defaultUNetConfig(2);
   const model = buildUNet(cfg, 1);
@@ -123,36 +137,33 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
     }
     return { step, shape: [BATCH, PATCH, PATCH, 1], inputs, targets, masks };
   };
-  const warmup = 3;
-  const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
-  await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
-  const profiler = profile ? profileKernels(tf.getBackend()) : null;
-  const t0 = performance.now();
-  await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
-  const trainSeconds = (performance.now() - t0) / 1000;
-  const kernelTimes = profiler?.table(steps);
-  profiler?.restore();
-
-  const geometry = unetGeometry(cfg);
-  const image = Float32Array.from({ length: 512 * 512 }, () => rng.normal());
-  const predictOpts = { sizeMultiple: geometry.sizeMultiple, receptiveRadius: geometry.receptiveRadius };
-  await predictVolume(model, image, [512, 512], predictOpts);
-  const t1 = performance.now();
-  for (let i = 0; i < inferRuns; i++) await predictVolume(model, image, [512, 512], predictOpts);
-  const inferSeconds = (performance.now() - t1) / 1000;
+  let stepsPerS: number | null = null;
+  let kernelTimes: KernelTime[] | undefined;
+  if (steps > 0) {
+    const warmup = 3;
+    const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
+    await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
+    const profiler = profile ? profileKernels(tf.getBackend()) : null;
+    const t0 = performance.now();
+    await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
+    stepsPerS = steps / ((performance.now() - t0) / 1000);
+    kernelTimes = profiler?.table(steps);
+    profiler?.restore();
+  }
   model.dispose();
   optimizer.dispose();
-  const stepsPerS = steps / trainSeconds;
+  const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d);
   return {
     backend: backend.name,
     optimizer: optimizerChoice,
     threads: backend.threads,
-    trainStepsPerS: +stepsPerS.toFixed(3),
-    trainMpxPerS: +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
-    inferMpxPerS: +((inferRuns * 512 * 512) / 1e6 / inferSeconds).toFixed(3),
+    trainStepsPerS: stepsPerS === null ? null : +stepsPerS.toFixed(3),
+    trainMpxPerS: stepsPerS === null ? null : +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
+    inferMpxPerS: engines.find((e) => e.engine === 'onnx')!.mpx2d,
+    engines,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     trainSteps: steps,
-    inferRuns,
+    inferRuns: infer.runs2d,
     ...(kernelTimes === undefined ? {} : { profile: kernelTimes }),
   };
 }
@@ -160,15 +171,15 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
 async function main(): Promise<void> {
   const args = benchArgs(process.argv.slice(2));
   const backend = (args.get('backend') ?? 'auto') as BackendChoice;
-  const steps = Number(args.get('steps') ?? 20);
-  const inferRuns = Number(args.get('infer-runs') ?? 3);
+  const steps = args.has('no-train') ? 0 : Number(args.get('steps') ?? 20);
+  const infer: InferenceRuns = { runs2d: Number(args.get('infer-runs') ?? 3), runs3d: Number(args.get('infer-runs-3d') ?? 1), with3d: !args.has('no-3d') };
   const optimizerChoice = (args.get('optimizer') ?? 'fused') as OptimizerChoice;
   if (optimizerChoice !== 'fused' && optimizerChoice !== 'tfjs') throw new Error(`--optimizer must be fused or tfjs, got ${optimizerChoice}`);
   const bnHelper = args.get('bn-helper') ?? 'on';
   if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
   setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('child')) {
-    const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice, args.has('profile'));
+    const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
     const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
     if (r.profile !== undefined) {
       process.stderr.write(`per training step, ${r.threads} thread(s) (outermost kernel calls):\n`);
@@ -179,30 +190,63 @@ async function main(): Promise<void> {
   }
   const threadCounts = args.has('threads') ? [Number(args.get('threads'))] : [...new Set([1, Math.min(2, os.availableParallelism())])];
   const runs: SpeedResult[] = [];
+  const torch: EngineRates[] = [];
+  const loads: string[] = [];
   for (const t of threadCounts) {
-    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : [])], {
+    loads.push(readLoad());
+    const childArgs = ['--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(infer.runs2d), '--infer-runs-3d', String(infer.runs3d)];
+    if (!infer.with3d) childArgs.push('--no-3d');
+    if (steps === 0) childArgs.push('--no-train');
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), ...childArgs, '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : [])], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 24,
     });
     const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
-    console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), infer ${r.inferMpxPerS} Mpx/s (512x512), peak RSS ${r.peakRssMiB} MiB`);
+    const train = r.trainStepsPerS === null ? 'no training' : `train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s)`;
+    console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: ${train}, peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
+    // PyTorch right after, same thread count: same-run ratios are what mean anything on a shared machine.
+    const pt = measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d);
+    if (pt) torch.push(pt);
+    for (const e of [...r.engines, ...(pt ? [pt] : [])]) {
+      console.log(`  infer ${e.engine.padEnd(5)} ${t} thread(s): 2D ${e.mpx2d} Mpx/s${e.mvox3d === null ? '' : `, 3D ${e.mvox3d} Mvoxel/s`}`);
+    }
   }
+  if (torch.length === 0) console.log('PyTorch not measured: /usr/bin/python3 cannot import torch (apt-get install python3-torch)');
   const best = runs[runs.length - 1];
-  // Reference: PyTorch 1.13 CPU on this machine, 2 threads (../shared/docs/tfjs-wasm-notes.md).
-  const pytorch = { trainStepsPerS: 3.05, inferMpxPerS: 0.397 };
+  const ratio = (a: number | null, b: number | null | undefined): number | null => (a === null || !b ? null : +(a / b).toFixed(3));
+  const ratios = runs.map((r) => {
+    const rate = (name: string) => [...r.engines, ...torch].find((e) => e.engine === name && e.threads === r.threads);
+    const [onnx, tfjs, pt] = [rate('onnx')!, rate('tfjs')!, rate('torch')];
+    return {
+      threads: r.threads,
+      onnxVsTfjs: { d2: ratio(onnx.mpx2d, tfjs.mpx2d), d3: ratio(onnx.mvox3d, tfjs.mvox3d) },
+      ...(pt ? { onnxVsTorch: { d2: ratio(onnx.mpx2d, pt.mpx2d), d3: ratio(onnx.mvox3d, pt.mvox3d) }, tfjsVsTorch: { d2: ratio(tfjs.mpx2d, pt.mpx2d), d3: ratio(tfjs.mvox3d, pt.mvox3d) } } : {}),
+    };
+  });
+  for (const q of ratios) console.log(`ratios ${q.threads} thread(s): ${JSON.stringify(q)}`);
+  loads.push(readLoad());
   const summary = {
     ...best,
     runs,
-    vsPyTorch2Threads: {
-      train: +(best.trainStepsPerS / pytorch.trainStepsPerS).toFixed(3),
-      infer: +(best.inferMpxPerS / pytorch.inferMpxPerS).toFixed(3),
-    },
+    torch,
+    ratios,
+    defaultEngine: 'onnx',
+    // /proc/loadavg before each thread count's run and at the end: the machine is shared.
+    load: loads,
   };
   const file = await writeResult('speed', summary);
   console.log(`written ${file}`);
   console.log(JSON.stringify(summary));
+}
+
+function readLoad(): string {
+  try {
+    return readFileSync('/proc/loadavg', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
 }
 
 main().then(

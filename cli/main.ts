@@ -29,7 +29,7 @@ import { assertReportWritable } from '../report/index.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec } from '../models/bayes.js';
 import type { DenoiseOutput } from '../methods/denoiser.js';
-import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
+import { choice, commonOptions, DEFAULT_GRACE_SECONDS, ENGINE_HELP, engineOptions, engineRequest, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
 
 /** The methods part of `train --help`: each registered method's name and summary, in registry order. */
 function methodHelp(): string {
@@ -142,7 +142,8 @@ Options:
   --uncertainty             models trained with --prior: also write the posterior standard deviation
                             (<name>.std.tif, or <out>.std.zarr when streaming)
   --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
-  --backend B --threads N --json   as for train
+${ENGINE_HELP}
+  --backend B --threads N --json   as for train (--threads: also ONNX Runtime's intra-op threads)
   --report <file.html>      afterwards, write the HTML report: before/after tiles, noise, loss, provenance
                             (streamed: also throughput per chunk; a shard writes it once all shards are done)
 
@@ -415,10 +416,12 @@ async function runDenoise(args: string[]): Promise<number> {
       'dry-run': { type: 'boolean', default: false },
       'output-chunks': { type: 'string' },
       report: { type: 'string' },
+      ...engineOptions,
     },
     true,
   );
   if (values.help) return printHelp('denoise');
+  const engine = engineRequest(values);
   const shard = resolveShard({ shard: values.shard, shardCount: values['shard-count'] });
   const graceSeconds = numberOption('grace-seconds', values['grace-seconds']) ?? DEFAULT_GRACE_SECONDS;
   if (!(graceSeconds > 0)) throw new UsageError(`--grace-seconds must be positive, got '${values['grace-seconds']}'`);
@@ -447,6 +450,7 @@ async function runDenoise(args: string[]): Promise<number> {
       outputType,
       shard,
       outputChunks: shapeOption('output-chunks', values['output-chunks']),
+      engine,
     };
     if (values['dry-run']) {
       const { plan } = await planDenoise({ ...common, output: values['prior-mean'] ? 'prior-mean' : 'denoised', measure: false, backend: backend.name });
@@ -473,7 +477,7 @@ async function runDenoise(args: string[]): Promise<number> {
         history: { backend: backend.name },
         signal: interrupt.signal,
         onEvent: (e) => {
-          if (e.type === 'model') reporter.denoise(e);
+          if (e.type === 'model' || e.type === 'engine') reporter.denoise(e);
           else reporter.event(e.type, { ...e });
         },
       });
@@ -528,6 +532,7 @@ async function runDenoise(args: string[]): Promise<number> {
     overwrite: values.overwrite,
     uncertainty: values.uncertainty,
     priorMean: values['prior-mean'],
+    engine,
     onEvent: (e) => reporter.denoise(e),
   });
   reporter.finish();

@@ -3,6 +3,8 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ExitCode, UsageError } from '../core/errors.js';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { createReporter, type Reporter } from './progress.js';
+import { DEVICE_CHOICES, ENGINE_CHOICES } from '../engines/engine.js';
+import type { EngineRequest } from '../engines/select.js';
 
 export const BACKENDS: BackendChoice[] = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
 
@@ -12,6 +14,30 @@ export const commonOptions = {
   json: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const satisfies ParseArgsConfig['options'];
+
+/** The inference engine options of denoise, watch and plan (engines/select.ts). */
+export const engineOptions = {
+  engine: { type: 'string', default: 'auto' },
+  device: { type: 'string', default: 'auto' },
+} as const satisfies ParseArgsConfig['options'];
+
+export const ENGINE_HELP = `  --engine auto|onnx|tfjs   inference engine (default auto: ONNX Runtime where it loads, else TensorFlow.js)
+  --device auto|cpu|cuda|tensorrt   ONNX Runtime execution provider (default auto: CUDA where its provider
+                            libraries and a GPU are present, else CPU); a device that cannot start is an error`;
+
+/** The engine request of `--engine`, `--device` and `--threads`. */
+export function engineRequest(values: { engine?: string; device?: string; threads?: string }): EngineRequest {
+  const request = {
+    engine: choice('engine', values.engine, ENGINE_CHOICES) ?? 'auto',
+    device: choice('device', values.device, DEVICE_CHOICES) ?? 'auto',
+    threads: intOption('threads', values.threads) || undefined,
+  };
+  // Before any model loads: a usage error should cost nothing (engines/select.ts says the same).
+  if (request.engine === 'tfjs' && request.device !== 'auto') {
+    throw new UsageError(`--device ${request.device} picks an ONNX Runtime provider; with --engine tfjs the device is the tfjs --backend (leave --device out, or use --engine onnx)`);
+  }
+  return request;
+}
 
 export function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, allowPositionals: boolean) {
   try {
@@ -95,7 +121,8 @@ export function interruptController(reporter: Reporter, graceSeconds = DEFAULT_G
 
 
 /** Options that say how a run goes, not what it makes: a resumed or sharded run records the same command. */
-const RUN_OPTIONS_WITH_VALUE = new Set(['--shard', '--shard-count', '--grace-seconds', '--threads', '--report']);
+// --engine / --device: the same network on another engine or device (equal within float rounding, docs/onnx-engine.md).
+const RUN_OPTIONS_WITH_VALUE = new Set(['--shard', '--shard-count', '--grace-seconds', '--threads', '--report', '--engine', '--device']);
 const RUN_FLAGS = new Set(['--resume', '--json', '--dry-run']);
 
 /** `args` without the run options (see above), for provenance that must be identical between runs of one output. */

@@ -3,7 +3,7 @@ import { UsageError, ExitCode } from '../core/errors.js';
 import { type BlockCost, type DenoisePlan, planDenoise } from '../pipeline/plan.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
 import { resolveShard } from '../pipeline/shard.js';
-import { commonOptions, intOption, parse, setUp, shapeOption } from './options.js';
+import { commonOptions, engineOptions, engineRequest, intOption, parse, setUp, shapeOption } from './options.js';
 
 export const PLAN_HELP = `Usage: blindspot plan <input> --model <model-dir> [options]
 
@@ -20,9 +20,10 @@ Options:
   --sample-blocks N        blocks to time, one contiguous run from the middle (default 8)
   --no-measure             the plan only, no timing
   --s3-endpoint URL --channel N --time N --tta   as for denoise
+  --engine auto|onnx|tfjs --device auto|cpu|cuda|tensorrt   as for denoise: the blocks are timed on this engine
   --backend B --threads N --json
 
-The cost is for this machine's backend; run plan on the machine type the shards will use.
+The cost is for this machine and engine; run plan on the machine type the shards will use.
 
 Example:
   blindspot plan s3://lab/raw/vol.zarr --model models/vol --max-memory 8GiB --target 2h --json`;
@@ -63,7 +64,7 @@ export function describePlan(plan: DenoisePlan, cost?: BlockCost): string {
   ];
   if (plan.shard) lines.push(`  shard ${plan.shard.index}/${plan.shard.count}: blocks ${plan.shard.blockStart}..${plan.shard.blockEnd - 1}`);
   if (cost) {
-    lines.push(`  measured on ${cost.backend}: ${cost.secondsPerBlock.toFixed(2)} s per block (${cost.megavoxelsPerSecond.toFixed(2)} Mvoxel/s, ${cost.sampledBlocks} block(s) timed)`);
+    lines.push(`  measured with engine ${cost.engine}: ${cost.secondsPerBlock.toFixed(2)} s per block (${cost.megavoxelsPerSecond.toFixed(2)} Mvoxel/s, ${cost.sampledBlocks} block(s) timed)`);
     lines.push(`  one process: ${formatSeconds(cost.totalSeconds)}`);
     if (cost.suggestedShards !== undefined && cost.targetSeconds !== undefined) {
       lines.push(`  for ${formatSeconds(cost.targetSeconds)}: --shard-count ${cost.suggestedShards} (about ${formatSeconds(cost.totalSeconds / cost.suggestedShards)} each)`);
@@ -89,6 +90,7 @@ export async function runPlan(args: string[]): Promise<number> {
       shard: { type: 'string' },
       'shard-count': { type: 'string' },
       'output-chunks': { type: 'string' },
+      ...engineOptions,
     },
     true,
   );
@@ -111,9 +113,13 @@ export async function runPlan(args: string[]): Promise<number> {
     shard: resolveShard({ shard: values.shard, shardCount: values['shard-count'] }),
     outputChunks: shapeOption('output-chunks', values['output-chunks']),
     measure: values.measure,
+    engine: engineRequest(values),
     backend: `${backend.name} (${backend.threads} thread(s))`,
     sampleBlocks: intOption('sample-blocks', values['sample-blocks']),
     targetSeconds,
+    onEvent: (e) => {
+      if (e.type === 'engine') reporter.denoise(e);
+    },
   });
   reporter.event('plan', { ...plan, ...(cost ? { cost } : {}) });
   if (!reporter.json) process.stdout.write(describePlan(plan, cost) + '\n');

@@ -108,6 +108,9 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
           if (!t.finished) say(`warning: this model comes from an unfinished run (step ${t.stepsDone} of ${t.steps}); resume its training with --resume`);
           break;
         }
+        case 'engine':
+          say(e.detail);
+          break;
         case 'image-start':
           draw(`denoise [${e.index + 1}/${e.count}] ${e.file} (${e.shape.join('x')})`, true);
           break;

@@ -4,7 +4,7 @@ import type { OutputType } from '../pipeline/denoise.js';
 import { assertOutputIsNotInput, parseByteSize } from '../pipeline/streamDenoise.js';
 import { startWatch, type WatchEvent } from '../pipeline/watch.js';
 import { formatSeconds, createReporter, type Reporter } from './progress.js';
-import { DEFAULT_GRACE_SECONDS, choice, commonOptions, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
+import { DEFAULT_GRACE_SECONDS, ENGINE_HELP, choice, commonOptions, engineOptions, engineRequest, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
 
 export const WATCH_HELP = `Usage: blindspot watch <folder | s3://bucket/prefix> --model <model-dir> --out <folder | s3://bucket/prefix> [options]
 
@@ -54,6 +54,7 @@ Options:
   --channel N               channel of multi-channel OME-Zarr items
   --s3-endpoint URL         S3-compatible endpoint (else BLINDSPOT_S3_ENDPOINT / AWS_ENDPOINT_URL_S3); request
                             bounds and retries as for denoise (5 s connect, 30 s silence, 8 attempts)
+${ENGINE_HELP}
   --backend B --threads N   as for train
   --json                    JSON lines (default when stderr is not a terminal): watch-start, shutdown, item-seen,
                             item-start, item-done {seconds, latencySeconds (arrival to stored output),
@@ -70,6 +71,8 @@ Examples:
 
 function describe(e: WatchEvent): string | null {
   switch (e.type) {
+    case 'engine':
+      return e.detail;
     case 'watch-start':
       return `watching ${e.input} -> ${e.out} (${e.done} done before, settle ${e.settleMs} ms${e.marker ? `, marker ${e.marker}` : ''}, queue ${e.maxQueue})`;
     case 'item-done':
@@ -120,6 +123,7 @@ export async function runWatch(args: string[]): Promise<number> {
       'max-memory': { type: 'string' },
       channel: { type: 'string' },
       's3-endpoint': { type: 'string' },
+      ...engineOptions,
     },
     true,
   );
@@ -161,6 +165,7 @@ export async function runWatch(args: string[]): Promise<number> {
     tta: values.tta,
     tileShape: shapeOption('tile', values.tile),
     maxMemoryBytes,
+    engine: engineRequest(values),
     channel: intOption('channel', values.channel),
     s3: values['s3-endpoint'] ? { endpoint: values['s3-endpoint'] } : undefined,
     signal: stop.signal,

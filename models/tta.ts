@@ -88,3 +88,89 @@ export function predictDihedralMean(predict: (x: tf.Tensor) => tf.Tensor, x: tf.
   sum!.dispose();
   return mean;
 }
+
+/**
+ * One dihedral transform on a typed-array batch of one-channel images [N, Y, X, 1] or
+ * [N, Z, Y, X, 1] (C order): every YX plane flipped (optionally) and then transposed
+ * (optionally), as DihedralTransform.forward does on tensors. Returns the data and its shape.
+ */
+export function dihedralForwardArray(
+  data: Float32Array,
+  shape: readonly number[],
+  t: Pick<DihedralTransform, 'flipY' | 'flipX' | 'transpose'>,
+): { data: Float32Array; shape: number[] } {
+  const { planes, ny, nx, yAxis } = planeLayout(shape);
+  const out = new Float32Array(data.length);
+  const plane = ny * nx;
+  for (let p = 0; p < planes; p++) {
+    const base = p * plane;
+    if (!t.transpose) {
+      for (let y = 0; y < ny; y++) {
+        const src = base + (t.flipY ? ny - 1 - y : y) * nx;
+        const dst = base + y * nx;
+        if (t.flipX) for (let x = 0; x < nx; x++) out[dst + x] = data[src + nx - 1 - x];
+        else out.set(data.subarray(src, src + nx), dst);
+      }
+    } else {
+      // out[a, b] (shape [nx, ny]) = flipped[b, a]
+      for (let a = 0; a < nx; a++) {
+        const sx = t.flipX ? nx - 1 - a : a;
+        const dst = base + a * ny;
+        for (let b = 0; b < ny; b++) out[dst + b] = data[base + (t.flipY ? ny - 1 - b : b) * nx + sx];
+      }
+    }
+  }
+  const outShape = [...shape];
+  if (t.transpose) [outShape[yAxis], outShape[yAxis + 1]] = [shape[yAxis + 1], shape[yAxis]];
+  return { data: out, shape: outShape };
+}
+
+/**
+ * Adds the inverse of transform `t` of `predicted` (in the transformed shape) to `sum` (in the
+ * original shape `shape`): out[y, x] = transpose ? predicted[fx(x), fy(y)] : predicted[fy(y), fx(x)].
+ */
+function addDihedralInverse(sum: Float32Array, predicted: Float32Array, shape: readonly number[], t: Pick<DihedralTransform, 'flipY' | 'flipX' | 'transpose'>): void {
+  const { planes, ny, nx } = planeLayout(shape);
+  const plane = ny * nx;
+  for (let p = 0; p < planes; p++) {
+    const base = p * plane;
+    for (let y = 0; y < ny; y++) {
+      const fy = t.flipY ? ny - 1 - y : y;
+      const row = base + y * nx;
+      for (let x = 0; x < nx; x++) {
+        const fx = t.flipX ? nx - 1 - x : x;
+        sum[row + x] += predicted[t.transpose ? base + fx * ny + fy : base + fy * nx + fx];
+      }
+    }
+  }
+}
+
+function planeLayout(shape: readonly number[]): { planes: number; ny: number; nx: number; yAxis: number } {
+  if ((shape.length !== 4 && shape.length !== 5) || shape[shape.length - 1] !== 1) {
+    throw new Error(`dihedral transforms need [N, Y, X, 1] or [N, Z, Y, X, 1] one-channel batches, got [${shape.join(', ')}]`);
+  }
+  const yAxis = shape.length - 3;
+  const planes = shape.slice(0, yAxis).reduce((a, b) => a * b, 1);
+  return { planes, ny: shape[yAxis], nx: shape[yAxis + 1], yAxis };
+}
+
+/**
+ * predictDihedralMean on typed arrays, for any engine: the mean over the 8 dihedral transforms of
+ * inverse(predict(forward(x))), summed in float32 in the same order as the tensor version. One
+ * transform's prediction is alive at a time besides the sum.
+ */
+export async function predictDihedralMeanArray(
+  predict: (batch: Float32Array, shape: readonly number[]) => Promise<Float32Array>,
+  data: Float32Array,
+  shape: readonly number[],
+): Promise<Float32Array> {
+  const sum = new Float32Array(data.length);
+  const transforms = dihedralTransforms();
+  for (const t of transforms) {
+    const input = t.flipY || t.flipX || t.transpose ? dihedralForwardArray(data, shape, t) : { data, shape: [...shape] };
+    const predicted = await predict(input.data, input.shape);
+    addDihedralInverse(sum, predicted, shape, t);
+  }
+  for (let i = 0; i < sum.length; i++) sum[i] /= transforms.length;
+  return sum;
+}

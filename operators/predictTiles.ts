@@ -1,12 +1,11 @@
-import * as tf from '@tensorflow/tfjs-core';
-import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { type OperatorFunction, bufferCount, concatMap, mergeMap, pipe } from 'rxjs';
 import { voxelCount } from '../core/volume.js';
-import { predictDihedralMean } from '../models/tta.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { asEngine, type Predictor } from '../engines/tfjs.js';
+import { predictDihedralMeanArray } from '../models/tta.js';
 import type { TileSpec } from './tileGrid.js';
 
-/** A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape. */
-export type TileModel = LayersModel | ((x: tf.Tensor) => tf.Tensor);
+export { applyModel, type Predictor, type TileModel } from '../engines/tfjs.js';
 
 /** Prediction of one tile, cropped to its kept region (C order, shape `spec.kept.shape`). */
 export interface PredictedTile {
@@ -15,7 +14,8 @@ export interface PredictedTile {
 }
 
 export interface PredictTilesOptions {
-  model: TileModel;
+  /** The inference engine (engines/), or a tfjs model run through the tfjs engine. */
+  model: Predictor;
   /** Pixels of `spec.read` (YX or ZYX, C order, float32) from wherever the image lives; may be async. */
   readRegion: (spec: TileSpec) => Float32Array | Promise<Float32Array>;
   /** Tiles per model call (tiles of one plan all have the same shape); default 1. */
@@ -33,19 +33,12 @@ export interface TilePixels {
 }
 
 export interface PredictTilePixelsOptions {
-  model: TileModel;
+  /** The inference engine (engines/), or a tfjs model run through the tfjs engine. */
+  model: Predictor;
   /** Tiles per model call, in arrival order (the caller fixes the order for reproducible batches); default 1. */
   batchSize?: number;
   /** Average the 8 in-plane (YX) flips/rotations of every tile. */
   tta?: boolean;
-}
-
-/** Runs `model` in inference mode (batch norm uses its moving statistics). */
-export function applyModel(model: TileModel, x: tf.Tensor): tf.Tensor {
-  if (typeof model === 'function') return model(x);
-  const y = model.predict(x);
-  if (Array.isArray(y)) throw new Error(`predictTiles: the model has ${y.length} outputs; one is expected`);
-  return y;
 }
 
 /**
@@ -58,11 +51,12 @@ export function predictTiles(opts: PredictTilesOptions): OperatorFunction<TileSp
   const concurrency = opts.concurrency ?? 1;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`predictTiles: batchSize must be a positive integer, got ${batchSize}`);
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError(`predictTiles: concurrency must be a positive integer, got ${concurrency}`);
+  const engine = asEngine(opts.model);
   return pipe(
     bufferCount<TileSpec>(batchSize),
     // A buffer may mix plans (several images in one stream); a model call needs one tile shape.
     mergeMap((specs) => groupByReadShape(specs, (spec) => spec)),
-    mergeMap((specs) => predictBatch(specs, opts), concurrency),
+    mergeMap((specs) => predictBatch(specs, opts, engine), concurrency),
     mergeMap((tiles) => tiles),
   );
 }
@@ -76,10 +70,11 @@ export function predictTiles(opts: PredictTilesOptions): OperatorFunction<TileSp
 export function predictTilePixels(opts: PredictTilePixelsOptions): OperatorFunction<TilePixels, PredictedTile> {
   const batchSize = opts.batchSize ?? 1;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`predictTilePixels: batchSize must be a positive integer, got ${batchSize}`);
+  const engine = asEngine(opts.model);
   return pipe(
     bufferCount<TilePixels>(batchSize),
     mergeMap((tiles) => groupByReadShape(tiles, (t) => t.spec)),
-    concatMap((tiles) => predictPixels(tiles.map((t) => t.spec), tiles.map((t) => t.data), opts)),
+    concatMap((tiles) => predictPixels(tiles.map((t) => t.spec), tiles.map((t) => t.data), engine, opts.tta === true)),
     mergeMap((tiles) => tiles),
   );
 }
@@ -95,12 +90,12 @@ function groupByReadShape<T>(items: T[], specOf: (item: T) => TileSpec): T[][] {
   return [...groups.values()];
 }
 
-async function predictBatch(specs: TileSpec[], opts: PredictTilesOptions): Promise<PredictedTile[]> {
+async function predictBatch(specs: TileSpec[], opts: PredictTilesOptions, engine: InferenceEngine): Promise<PredictedTile[]> {
   const pixels = await Promise.all(specs.map((spec) => opts.readRegion(spec)));
-  return predictPixels(specs, pixels, opts);
+  return predictPixels(specs, pixels, engine, opts.tta === true);
 }
 
-async function predictPixels(specs: TileSpec[], pixels: Float32Array[], opts: PredictTilePixelsOptions): Promise<PredictedTile[]> {
+async function predictPixels(specs: TileSpec[], pixels: Float32Array[], engine: InferenceEngine, tta: boolean): Promise<PredictedTile[]> {
   const readShape = specs[0].read.shape;
   const tileVoxels = voxelCount(readShape);
   const batch = new Float32Array(specs.length * tileVoxels);
@@ -110,23 +105,9 @@ async function predictPixels(specs: TileSpec[], pixels: Float32Array[], opts: Pr
     }
     batch.set(tile, i * tileVoxels);
   });
-  const expectedShape = [specs.length, ...readShape, 1];
-  const predicted = tf.tidy(() => {
-    const x = tf.tensor(batch, expectedShape, 'float32');
-    const run = (input: tf.Tensor): tf.Tensor => applyModel(opts.model, input);
-    return opts.tta ? predictDihedralMean(run, x) : run(x);
-  });
-  let values: Float32Array;
-  try {
-    if (predicted.shape.join() !== expectedShape.join()) {
-      throw new Error(
-        `predictTiles: the model maps [${expectedShape.join(', ')}] to [${predicted.shape.join(', ')}]; a fully convolutional one-channel model keeps the shape`,
-      );
-    }
-    values = (await predicted.data()) as Float32Array;
-  } finally {
-    predicted.dispose();
-  }
+  const batchShape = [specs.length, ...readShape, 1];
+  // TTA on typed arrays: the same 8 transforms for every engine (models/tta.ts).
+  const values = tta ? await predictDihedralMeanArray((b, s) => engine.predict(b, s), batch, batchShape) : await engine.predict(batch, batchShape);
   return specs.map((spec, i) => ({
     spec,
     data: cropKept(values.subarray(i * tileVoxels, (i + 1) * tileVoxels), spec),

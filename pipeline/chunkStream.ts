@@ -42,7 +42,7 @@ import type { Shape } from '../core/volume.js';
 import { voxelCount } from '../core/volume.js';
 import type { Normalisation } from '../models/normalise.js';
 import { readTiles } from '../operators/readTiles.js';
-import { type TileModel, predictTilePixels } from '../operators/predictTiles.js';
+import { type Predictor, predictTilePixels } from '../operators/predictTiles.js';
 import { stitchWithBlending } from '../operators/stitchWithBlending.js';
 import { type BlockSweep, type TilePlan, type TileSpec, planBlockSweep, planTileGrid, readChunkSpans, sweepBlocks, tileSpecAt } from '../operators/tileGrid.js';
 import { sha256Hex, writeChunks } from '../operators/writeChunks.js';
@@ -96,8 +96,8 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
   input: ChunkedArrayReader;
   /** Output of the same shape; its chunks are the tile cores (multiples of sizeMultiple). */
   output: ChunkedArrayWriter;
-  /** One channel in and out, on normalised values. */
-  model: TileModel;
+  /** One channel in and out, on normalised values: an inference engine (engines/) or a tfjs model. */
+  model: Predictor;
   normalisation: Normalisation;
   /** How model outputs go back to input units; default `normalisation` (a standard deviation: offset 0). */
   outputNormalisation?: Normalisation;

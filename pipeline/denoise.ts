@@ -13,6 +13,8 @@ import { networkGeometry } from '../models/network.js';
 import { denoisingTileModel, type DenoiseOutput } from '../methods/denoiser.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { type EngineRequest, engineEvent, openModelEngine } from '../engines/modelEngine.js';
 import { readImage, writeImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
 import { VERSION } from '../core/version.js';
@@ -45,11 +47,14 @@ export interface DenoiseOptions {
    * fits on this thread (no worker start-up; blocks prediction meanwhile).
    */
   noise?: boolean | 'inline';
+  /** Inference engine and device (engines/select.ts); default auto: ONNX Runtime where it loads. */
+  engine?: EngineRequest;
   onEvent?: (event: DenoiseEvent) => void;
 }
 
 export type DenoiseEvent =
   | { type: 'model'; manifest: ModelManifest }
+  | ReturnType<typeof engineEvent>
   | { type: 'image-start'; file: string; index: number; count: number; shape: readonly number[] }
   | { type: 'tiles'; file: string; done: number; total: number }
   | { type: 'image-done'; file: string; output: string; seconds: number; megapixelsPerSecond: number }
@@ -98,6 +103,17 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   // Fails early (before any work) when the model has no prior.
   denoisingTileModel(model, manifest, mainOutput);
   if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty');
+  const engines: InferenceEngine[] = [];
+  try {
+    for (const output of opts.uncertainty ? [mainOutput, 'uncertainty' as const] : [mainOutput]) {
+      engines.push(await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output }));
+    }
+  } catch (err) {
+    await Promise.all(engines.map((e) => e.dispose()));
+    model.dispose();
+    throw err;
+  }
+  opts.onEvent?.(engineEvent(engines[0]));
   await mkdirOutput(opts.outDir);
   // The fit is a fixed cost (Adam iterations; 1-4 s whatever the image size) beside a worker's start
   // (well under that), so it runs in one pool worker, overlapping prediction; inline on request, or when
@@ -128,14 +144,14 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
         tileShape: opts.tileShape,
         onProgress: (done: number, total: number) => opts.onEvent?.({ type: 'tiles', file, done, total }),
       };
-      const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput });
+      const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput, engine: engines[0] });
       const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
       // The input's metadata (FITS cards, TIFF resolution and description) goes with its output.
       const history = `blindspot ${VERSION} denoise: ${manifest.method} model ${path.basename(path.resolve(opts.modelDir))}, input ${path.basename(file)}${opts.tta ? ', tta' : ''}`;
       await writeImage(outputs[i], { ...denoised, metadata: volume.metadata }, { sampleType, overwrite: opts.overwrite, history });
       if (opts.uncertainty) {
         // A second pass: the tile pipeline carries one channel. Always float32: a standard deviation is not an intensity.
-        const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty' });
+        const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty', engine: engines[1] });
         await writeImage(uncertaintyOutputs[i], std, { sampleType: 'float32', overwrite: opts.overwrite });
       }
       const seconds = (performance.now() - t0) / 1000;
@@ -153,6 +169,7 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
     }
     await Promise.all(sidecars);
   } finally {
+    await Promise.all(engines.map((e) => e.dispose()));
     model.dispose();
     await Promise.allSettled(sidecars);
     await pool?.close();
@@ -160,20 +177,26 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   return outputs;
 }
 
-/** Denoises one in-memory volume with a loaded model: the library entry point beneath `denoiseFiles`. */
+/**
+ * Denoises one in-memory volume with a loaded model: the library entry point beneath `denoiseFiles`.
+ * `engine` (opened for this model and `output`, engines/modelEngine.ts) runs the network; without
+ * it the tfjs model does. Tiles are sized from the tfjs model either way, so both engines see the
+ * same tiles.
+ */
 export async function denoiseVolume(
   model: tfl.LayersModel,
   manifest: ModelManifest,
   volume: Volume,
-  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput } = {},
+  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput; engine?: InferenceEngine } = {},
 ): Promise<Volume> {
   const geometry = networkGeometry(manifest.network);
   const input = normalise(volume.data, manifest.normalisation);
+  const { engine, ...tiling } = opts;
   const output = opts.output ?? 'denoised';
-  const predicted = await predictVolume(denoisingTileModel(model, manifest, output), input, volume.shape, {
+  const predicted = await predictVolume(engine ?? denoisingTileModel(model, manifest, output), input, volume.shape, {
     sizeMultiple: geometry.sizeMultiple,
     receptiveRadius: geometry.receptiveRadius,
-    ...opts,
+    ...tiling,
     // Sized from the network itself: a posterior wraps it in a function, which cannot be measured.
     maxTileVoxels: opts.maxTileVoxels ?? maxTileVoxelsFor(model, manifest.network.dims, geometry.sizeMultiple),
   });

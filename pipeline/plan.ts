@@ -34,6 +34,8 @@ export interface DenoisePlan {
 
 export interface BlockCost {
   backend: string;
+  /** The inference engine the blocks were timed with (the one the run will use): name, provider, threads. */
+  engine: string;
   /** Blocks timed, one contiguous run (after one warm-up block). */
   sampledBlocks: number;
   secondsPerBlock: number;
@@ -68,7 +70,10 @@ export function describeDenoisePlan(job: PreparedDenoise, inputUrl: string, shar
 
 
 /** Measures the per-block cost of denoising `job`'s input on the current backend (see the module comment). */
-export async function measureBlockCost(job: PreparedDenoise, opts: { backend: string; sampleBlocks?: number; targetSeconds?: number; maxMemoryBytes: number }): Promise<BlockCost> {
+export async function measureBlockCost(
+  job: PreparedDenoise,
+  opts: { backend: string; sampleBlocks?: number; targetSeconds?: number; maxMemoryBytes: number; tta?: boolean },
+): Promise<BlockCost> {
   const plan = describeDenoisePlan(job, '');
   const scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-plan-'));
   try {
@@ -92,6 +97,7 @@ export async function measureBlockCost(job: PreparedDenoise, opts: { backend: st
         maxMemoryBytes: opts.maxMemoryBytes,
         modelWeightBytes: job.modelWeightBytes,
         bytesPerVoxel: job.bytesPerVoxel,
+        tta: opts.tta,
         shard,
       });
       return (performance.now() - t0) / 1000;
@@ -104,8 +110,10 @@ export async function measureBlockCost(job: PreparedDenoise, opts: { backend: st
     const sampledBlocks = range.end - range.start;
     const secondsPerBlock = (await denoiseRun(timed)) / sampledBlocks;
     const totalSeconds = secondsPerBlock * plan.blocks;
+    const engine = job.tileModel;
     return {
       backend: opts.backend,
+      engine: `${engine.name} (${engine.provider}, ${engine.threads} thread(s))`,
       sampledBlocks,
       secondsPerBlock,
       megavoxelsPerSecond: voxelCount(plan.blockShape) / 1e6 / secondsPerBlock,
@@ -127,7 +135,13 @@ export async function planDenoise(
   try {
     const plan = describeDenoisePlan(job, opts.input, opts.shard);
     if (!opts.measure) return { plan };
-    const cost = await measureBlockCost(job, { backend: opts.backend, sampleBlocks: opts.sampleBlocks, targetSeconds: opts.targetSeconds, maxMemoryBytes: opts.maxMemoryBytes });
+    const cost = await measureBlockCost(job, {
+      backend: opts.backend,
+      sampleBlocks: opts.sampleBlocks,
+      targetSeconds: opts.targetSeconds,
+      maxMemoryBytes: opts.maxMemoryBytes,
+      tta: opts.tta,
+    });
     return { plan, cost };
   } finally {
     await job.close();

@@ -4,7 +4,9 @@ import { lastValueFrom, of, tap } from 'rxjs';
 import { InputError, UsageError } from '../core/errors.js';
 import type { Shape } from '../core/volume.js';
 import { reflectIndex, voxelCount } from '../core/volume.js';
-import { type TileModel, predictTiles } from '../operators/predictTiles.js';
+import { predictTiles } from '../operators/predictTiles.js';
+import { isInferenceEngine } from '../engines/engine.js';
+import type { Predictor } from '../engines/tfjs.js';
 import { type OutputBlock, stitchWithBlending } from '../operators/stitchWithBlending.js';
 import {
   DEFAULT_MAX_TILE_VOXELS,
@@ -54,12 +56,13 @@ export function planTiles(shape: Shape, opts: PredictOptions): TilePlan {
  * axis. Measured with it: default (32-filter, depth-2) U-Nets 2.2-3.0 KiB per voxel (2D n2v 2984 B,
  * 3D n2v 2416 B); the cpu backend's actual peak for the 2D one is 881 B. The blind-spot
  * architectures need more: laine19 2D 12.4 KiB (depth 3, 16 filters) to 37 KiB (the paper's depth 5,
- * 48 filters), 3D 16.7 KiB; D-BSN 2D 7.2 KiB (32 filters, 5 blocks). Plain functions cannot be
- * introspected: they get the default, a round 4 KiB per voxel.
+ * 48 filters), 3D 16.7 KiB; D-BSN 2D 7.2 KiB (32 filters, 5 blocks). Plain functions and
+ * engines cannot be introspected: they get the default, a round 4 KiB per voxel (callers with the
+ * tfjs model at hand measure it instead, whatever engine runs it).
  */
-export function estimateBytesPerVoxel(model: TileModel, dims: 2 | 3, sizeMultiple: number): number {
+export function estimateBytesPerVoxel(model: Predictor, dims: 2 | 3, sizeMultiple: number): number {
   const fallback = TILE_BUDGET_BYTES / DEFAULT_MAX_TILE_VOXELS;
-  if (typeof model === 'function') return fallback;
+  if (typeof model === 'function' || isInferenceEngine(model)) return fallback;
   try {
     // Every node's outputs, not layer.output: a layer shared by several branches (laine19's rotated
     // branches) has one output per call, and each is a separate activation.
@@ -92,7 +95,7 @@ export function estimateBytesPerVoxel(model: TileModel, dims: 2 | 3, sizeMultipl
 }
 
 /** The default tile bound for `model`: TILE_BUDGET_BYTES for `batchSize` padded tiles at the estimated bytes per voxel. */
-export function maxTileVoxelsFor(model: TileModel, dims: 2 | 3, sizeMultiple: number, batchSize = 1): number {
+export function maxTileVoxelsFor(model: Predictor, dims: 2 | 3, sizeMultiple: number, batchSize = 1): number {
   return Math.max(1, Math.floor(TILE_BUDGET_BYTES / batchSize / estimateBytesPerVoxel(model, dims, sizeMultiple)));
 }
 
@@ -132,13 +135,14 @@ function writeBlock(out: Float32Array, shape: Shape, block: OutputBlock): void {
 }
 
 /**
- * Predicts a whole image or volume (normalised float32, shape [Y,X] or [Z,Y,X]) with `model`
- * (tfjs LayersModel, run in inference mode, or any function on NHWC/NDHWC). The whole image in one
+ * Predicts a whole image or volume (normalised float32, shape [Y,X] or [Z,Y,X]) with `model`: an
+ * inference engine (engines/), or a tfjs LayersModel (run in inference mode) or any function on
+ * NHWC/NDHWC, run through the tfjs engine. The whole image in one
  * call when its padded form fits maxTileVoxels, else overlapping tiles blended; either way the
  * result is the model applied to the reflect-padded image (see operators/tileGrid.ts). Returns
  * float32 of the same shape.
  */
-export async function predictVolume(model: TileModel, data: Float32Array, shape: Shape, opts: PredictOptions): Promise<Float32Array> {
+export async function predictVolume(model: Predictor, data: Float32Array, shape: Shape, opts: PredictOptions): Promise<Float32Array> {
   if (shape.length !== 2 && shape.length !== 3) throw new InputError('<in-memory image>', `shape must be [Y, X] or [Z, Y, X], got [${(shape as readonly number[]).join(', ')}]`);
   if (data.length !== voxelCount(shape)) {
     throw new InputError('<in-memory image>', `has ${data.length} values but shape [${shape.join(', ')}] needs ${voxelCount(shape)}`);

@@ -8,7 +8,8 @@
  */
 import { InputError, OutputError } from '../core/errors.js';
 import type { Normalisation } from '../models/normalise.js';
-import { type TileModel } from '../operators/predictTiles.js';
+import { type EngineRequest, engineEvent, openModelEngine } from '../engines/modelEngine.js';
+import type { InferenceEngine } from '../engines/engine.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { fitChunkedInputNoise, inputNoiseRecord } from '../noise/inputNoise.js';
 import { type ArrayInfo, type ChunkedArrayReader } from '../storage/chunked.js';
@@ -61,13 +62,15 @@ export interface DenoiseUrlOptions {
   command?: string[];
   /** Compute only this shard's blocks (pipeline/shard.ts); implies resume. */
   shard?: ShardSpec;
+  /** Inference engine and device (engines/select.ts); default auto. */
+  engine?: EngineRequest;
   /**
    * Record per-chunk throughput, ETA, fetches and memory in the output (pipeline/runHistory.ts), for
    * `blindspot report`; the CLI always does. Named by the backend, when given.
    */
   history?: { backend?: string };
   signal?: AbortSignal;
-  onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | { type: 'pyramid' }) => void;
+  onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | ReturnType<typeof engineEvent> | { type: 'pyramid' }) => void;
 }
 
 /** A display window for the output known before any voxel is denoised: the model's normalisation range. */
@@ -82,7 +85,8 @@ export interface PreparedDenoise {
   manifest: ModelManifest;
   modelHash: string;
   model: tfl.LayersModel;
-  tileModel: TileModel;
+  /** What predicts: the engine opened for this model and output. */
+  tileModel: InferenceEngine;
   input: ChunkedArrayReader;
   geometry: StreamGeometry;
   modelWeightBytes: number;
@@ -102,7 +106,8 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
     const modelHash = await modelFolderHash(opts.modelDir);
     opts.onEvent?.({ type: 'model', manifest });
     const output = opts.output ?? 'denoised';
-    const tileModel = denoisingTileModel(model, manifest, output);
+    // Fails early (before the input is opened) for --uncertainty / --prior-mean on a model without a prior.
+    denoisingTileModel(model, manifest, output);
     input = await openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
     const dims = input.info.shape.length;
     if (dims !== manifest.network.dims) {
@@ -122,6 +127,8 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
       tta: opts.tta,
       coreShape: opts.outputChunks,
     });
+    const tileModel = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output });
+    opts.onEvent?.(engineEvent(tileModel));
     const opened = input;
     return {
       manifest,
@@ -136,6 +143,7 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
       output,
       dtype,
       close: async () => {
+        await tileModel.dispose();
         model.dispose();
         await opened.close?.();
       },

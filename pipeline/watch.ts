@@ -69,6 +69,8 @@ import { type ItemSignature, type WatchItemKind, type WatchStateItem, WatchState
 import { type Scan, type WatchSource, openSource } from './watchSources.js';
 import { openSink } from './watchSinks.js';
 import type { WatchEvent, WatchHandle, WatchOptions, WatchResult } from './watchOptions.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { engineEvent, openModelEngine } from '../engines/modelEngine.js';
 import { type Tracked, type WatchItem, TIMEPOINT_SIGNATURE, timeExtent, timepointKey, watchOutputFor, zarrExists } from './watchItems.js';
 
 export { WATCH_STATE_KEY, readWatchState } from './watchState.js';
@@ -127,6 +129,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
   const source = openSource(opts.input, opts.s3);
   const sink = openSink(opts.out, opts.s3);
   let model: tfl.LayersModel | null = null;
+  let engine: InferenceEngine | null = null;
   try {
     if (!isS3Url(opts.input)) {
       const stat = await fs.stat(opts.input).catch(() => null);
@@ -141,6 +144,8 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     const loaded = await loadModelFolder(opts.modelDir);
     model = loaded.model;
     const manifest: ModelManifest = loaded.manifest;
+    engine = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output: 'denoised' });
+    emit(engineEvent(engine));
     const modelHash = await modelFolderHash(opts.modelDir);
     const stored = await WatchStateStore.load(sink.store);
     const previous = stored?.state ?? null;
@@ -390,7 +395,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         throw new InputError(source.urlOf(item.key), `is ${volume.shape.length}D but the model ${opts.modelDir} was trained on ${manifest.network.dims}D data`);
       }
       if (!model) throw new Error('no model');
-      const denoised = await denoiseVolume(model, manifest, volume, { tta: opts.tta, tileShape: opts.tileShape, onProgress: checkAbandon });
+      const denoised = await denoiseVolume(model, manifest, volume, { tta: opts.tta, tileShape: opts.tileShape, onProgress: checkAbandon, engine: engine ?? undefined });
       checkAbandon();
       await sink.writeImage(item.output, denoised, outputType === 'input' ? volume.sampleType : 'float32');
       await finish(item, startedAt, t0, volume.data.length, null);
@@ -410,6 +415,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         resume: true,
         tta: opts.tta,
         outputType,
+        engine: opts.engine,
         command: ['blindspot', 'watch', opts.input, '--model', opts.modelDir, '--out', opts.out],
         signal: opts.abandon,
         onEvent: (e) => {
@@ -487,6 +493,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     emit({ type: 'watch-stopped', ...totals, interrupted });
     return { ...totals, interrupted };
   } finally {
+    await engine?.dispose();
     model?.dispose();
     await source.close();
     await sink.close();

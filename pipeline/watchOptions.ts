@@ -2,8 +2,10 @@
 import { type OutputType } from './denoise.js';
 import { type S3Settings } from '../storage/s3.js';
 import { type WatchItemKind } from './watchState.js';
+import type { EngineRequest, engineEvent } from '../engines/modelEngine.js';
 
 export type WatchEvent =
+  | ReturnType<typeof engineEvent>
   | { type: 'watch-start'; input: string; out: string; settleMs: number; pollMs: number; maxQueue: number; marker: string | null; done: number; failed: number }
   | { type: 'item-seen'; key: string; kind: WatchItemKind }
   | { type: 'item-start'; key: string; kind: WatchItemKind; output: string; waitedSeconds: number; queueLength: number }
@@ -59,6 +61,8 @@ export interface WatchOptions {
   tileShape?: number[];
   /** Memory bound of Zarr items (denoiseUrl; default 2 GiB). */
   maxMemoryBytes?: number;
+  /** Inference engine and device (engines/select.ts); default auto. */
+  engine?: EngineRequest;
   /** Channel of multi-channel OME-Zarr items. */
   channel?: number;
   s3?: S3Settings;

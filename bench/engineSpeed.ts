@@ -1,0 +1,91 @@
+/**
+ * Inference speed of the reference U-Net (depth 2, 32 filters, batch norm) on each engine, the
+ * model alone (one engine.predict on the whole image, as PyTorch is timed by bench/torch_infer.py):
+ * 2D 512x512 and 3D 32x128x128, in Mpx/s (Mvoxel/s). Called by bench/speed.ts in each thread
+ * count's child process, where the tfjs backend already runs with that many threads.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { Rng } from '../core/rng.js';
+import { PACKAGE_ROOT } from '../core/version.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { openOnnxEngine } from '../engines/onnxRuntime.js';
+import { tfjsEngine } from '../engines/tfjs.js';
+import type { ModelManifest } from '../models/io.js';
+import { exportOnnx } from '../models/onnx/export.js';
+import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
+
+export const SHAPE_2D = [512, 512];
+export const SHAPE_3D = [32, 128, 128];
+
+export interface EngineRates {
+  engine: 'onnx' | 'tfjs' | 'torch';
+  threads: number;
+  /** 2D 512x512, megapixels per second. */
+  mpx2d: number;
+  /** 3D 32x128x128, megavoxels per second (null: not measured). */
+  mvox3d: number | null;
+}
+
+async function rate(engine: InferenceEngine, shape: number[], runs: number, seed: number): Promise<number> {
+  const voxels = shape.reduce((a, b) => a * b, 1);
+  const rng = new Rng(seed);
+  const x = Float32Array.from({ length: voxels }, () => rng.normal());
+  const batchShape = [1, ...shape, 1];
+  await engine.predict(x, batchShape); // warm-up: kernels chosen, buffers allocated
+  const t0 = performance.now();
+  for (let i = 0; i < runs; i++) await engine.predict(x, batchShape);
+  return +((runs * voxels) / 1e6 / ((performance.now() - t0) / 1000)).toFixed(4);
+}
+
+/** The manifest fields the exporter reads, for a bench's freshly built U-Net (no model folder). */
+export function benchManifest(network: UNetConfig): ModelManifest {
+  return { method: 'n2v', network, normalisation: { mode: 'meanstd', offset: 0, scale: 1 } } as unknown as ModelManifest;
+}
+
+/** The reference U-Net of `dims`. */
+function referenceNetwork(dims: 2 | 3) {
+  const network = defaultUNetConfig(dims);
+  return { model: buildUNet(network, 1), manifest: benchManifest(network) };
+}
+
+/** ONNX Runtime (CPU provider) and tfjs (the active backend) on the same networks and inputs. */
+export async function measureEngines(threads: number, runs2d: number, runs3d: number, with3d: boolean): Promise<EngineRates[]> {
+  const out: EngineRates[] = [];
+  const rates = { onnx: { mpx2d: 0, mvox3d: null as number | null }, tfjs: { mpx2d: 0, mvox3d: null as number | null } };
+  for (const dims of with3d ? ([2, 3] as const) : ([2] as const)) {
+    const { model, manifest } = referenceNetwork(dims);
+    const onnx = await openOnnxEngine({ model: exportOnnx(model, manifest).bytes, device: 'cpu', threads });
+    const tfjs = tfjsEngine(model);
+    const shape = dims === 2 ? SHAPE_2D : SHAPE_3D;
+    const runs = dims === 2 ? runs2d : runs3d;
+    for (const [name, engine] of [['onnx', onnx], ['tfjs', tfjs]] as const) {
+      const r = await rate(engine, shape, runs, dims);
+      if (dims === 2) rates[name].mpx2d = r;
+      else rates[name].mvox3d = r;
+    }
+    await onnx.dispose();
+    model.dispose();
+  }
+  for (const name of ['onnx', 'tfjs'] as const) out.push({ engine: name, threads, ...rates[name] });
+  return out;
+}
+
+/** PyTorch CPU (Debian python3-torch, /usr/bin/python3) on the same networks; null when it is not installed. */
+export function measureTorch(threads: number, runs2d: number, runs3d: number, with3d: boolean): EngineRates | null {
+  const python = '/usr/bin/python3';
+  if (!existsSync(python)) return null;
+  try {
+    execFileSync(python, ['-c', 'import torch'], { stdio: 'ignore' });
+  } catch {
+    return null;
+  }
+  const script = path.join(PACKAGE_ROOT, 'bench', 'torch_infer.py');
+  const line = execFileSync(python, [script, '--threads', String(threads), '--runs2d', String(runs2d), '--runs3d', String(with3d ? runs3d : 0)], {
+    encoding: 'utf8',
+    env: { ...process.env, OMP_NUM_THREADS: String(threads) },
+  });
+  const r = JSON.parse(line.trim().split('\n').pop()!) as { mpx2d: number; mvox3d: number | null };
+  return { engine: 'torch', threads, mpx2d: r.mpx2d, mvox3d: with3d ? r.mvox3d : null };
+}

@@ -1,0 +1,60 @@
+/**
+ * The inference engine: what runs a trained network on batches of normalised tiles. Chosen once
+ * per run (engines/select.ts) and handed to the tiling and streaming operators, which name no
+ * engine: ONNX Runtime (engines/onnxRuntime.ts) or TensorFlow.js (engines/tfjs.ts).
+ */
+import { BlindspotError, ExitCode } from '../core/errors.js';
+
+export type EngineName = 'onnx' | 'tfjs';
+export type EngineChoice = 'auto' | EngineName;
+export const ENGINE_CHOICES: readonly EngineChoice[] = ['auto', 'onnx', 'tfjs'];
+
+/** ONNX Runtime execution providers we select (the tfjs engine runs on the process's tfjs backend). */
+export type DeviceName = 'cpu' | 'cuda' | 'tensorrt';
+export type DeviceChoice = 'auto' | DeviceName;
+export const DEVICE_CHOICES: readonly DeviceChoice[] = ['auto', 'cpu', 'cuda', 'tensorrt'];
+
+export interface InferenceEngine {
+  readonly name: EngineName;
+  /** Where it computes: the ONNX Runtime execution provider ('cpu', 'cuda', 'tensorrt') or the tfjs backend ('wasm', 'cpu', 'tensorflow'). */
+  readonly provider: string;
+  /** CPU threads it computes with (ONNX Runtime: intra-op threads). */
+  readonly threads: number;
+  /** One line for the log: engine, provider, threads, versions, and why a fallback happened. */
+  describe(): string;
+  /**
+   * Runs the network on `batch` (float32, C order) of shape [N, Y, X, 1] or [N, Z, Y, X, 1]
+   * (normalised units) and returns the one-channel output of the same shape. The input is not
+   * modified; the output is a fresh array the caller owns.
+   */
+  predict(batch: Float32Array, shape: readonly number[]): Promise<Float32Array>;
+  /** Frees the session or model; the engine is unusable afterwards. */
+  dispose(): Promise<void>;
+}
+
+/** Tells an engine from a bare tfjs model or function (both also have a `predict`). */
+export function isInferenceEngine(x: unknown): x is InferenceEngine {
+  return typeof x === 'object' && x !== null && typeof (x as InferenceEngine).describe === 'function' && typeof (x as InferenceEngine).predict === 'function';
+}
+
+/** An explicitly requested engine or device that cannot be loaded here (exit 1, never a silent fallback). */
+export class EngineUnavailableError extends BlindspotError {
+  readonly requested: string;
+  /** Why, starting with the package or library concerned. */
+  readonly reason: string;
+  constructor(requested: string, reason: string, options?: { cause?: unknown }) {
+    super(`${requested} is not available: ${reason}`, ExitCode.failure, options);
+    this.requested = requested;
+    this.reason = reason;
+  }
+}
+
+/** Checks an engine's output against the shape it was given (a fully convolutional one-channel network keeps it). */
+export function assertSameShape(engine: string, inShape: readonly number[], outShape: readonly number[], outLength: number): void {
+  const expected = inShape.reduce((a, b) => a * b, 1);
+  if (outShape.join() !== inShape.join() || outLength !== expected) {
+    throw new Error(
+      `${engine}: the model maps [${inShape.join(', ')}] to [${outShape.join(', ')}]; a fully convolutional one-channel model keeps the shape`,
+    );
+  }
+}
