@@ -1,0 +1,260 @@
+/**
+ * Distillation (pipeline/distill.ts, `blindspot distill`) on tiny problems, wasm backend: a quickly
+ * trained laine19 teacher (posterior mean) distilled into a plain U-Net reaches the teacher's PSNR
+ * within 0.5 dB and predicts the same tile faster (measured here only as a relative comparison, same
+ * tile, same backend, same process); the manifest records the teacher; chunked inputs stream through
+ * a temporary Zarr that is removed afterwards; --clean pairs are noised by the teacher's noise model;
+ * bad calls are refused with typed errors before anything is written.
+ */
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../backend/select.js';
+import { InputError, OutputError, UsageError } from '../core/errors.js';
+import { psnr } from '../core/metrics.js';
+import { Rng } from '../core/rng.js';
+import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
+import type { Volume } from '../core/volume.js';
+import { denoisingTileModel } from '../models/bayes.js';
+import { loadModelFolder, readManifest, type ModelManifest } from '../models/io.js';
+import { normalise } from '../models/normalise.js';
+import { denoiseVolume } from '../pipeline/denoise.js';
+import { distillModel, noiseLike, teacherNoise, teacherTargetsDir } from '../pipeline/distill.js';
+import { trainModel } from '../pipeline/train.js';
+import { PACKAGE_ROOT } from '../core/version.js';
+import { writeImage } from '../storage/index.js';
+import { runDistill } from '../cli/distill.js';
+import { createOmeZarr } from '../storage/ome.js';
+
+const CLI = path.join(PACKAGE_ROOT, 'dist', 'cli', 'main.js');
+const range = 100;
+let tmp: string;
+let teacherDir: string;
+let noisyFile: string;
+let clean: Float32Array;
+let noisy: Volume;
+
+/** Blobs and filaments scaled to [5, 100], Gaussian noise sigma 20 (about 14 dB). */
+function problem(side: number, seed: number): { clean: Float32Array; noisy: Volume } {
+  const rng = new Rng(seed);
+  const cells = syntheticCells([1, side, side], rng, { blobs: Math.round((side * side) / 50), filaments: 4 });
+  const c = cells.data.map((v) => v * 100);
+  return { clean: c, noisy: { data: addGaussianNoise(c, 20, rng), shape: [side, side], sampleType: 'float32' } };
+}
+
+async function denoisedPsnr(dir: string, volume: Volume): Promise<number> {
+  const { model, manifest } = await loadModelFolder(dir);
+  try {
+    return psnr(clean, (await denoiseVolume(model, manifest, volume)).data, range);
+  } finally {
+    model.dispose();
+  }
+}
+
+/** Median wall time (ms) of one prediction of the same normalised 64x64 tile, after a warm-up. */
+async function tileMilliseconds(dir: string, tile: Float32Array): Promise<number> {
+  const { model, manifest } = await loadModelFolder(dir);
+  const predict = denoisingTileModel(model, manifest, 'denoised');
+  const run = (): number => {
+    const t0 = performance.now();
+    tf.tidy(() => {
+      const x = tf.tensor(normalise(tile, manifest.normalisation), [1, 64, 64, 1]);
+      const y = typeof predict === 'function' ? predict(x) : (predict.predict(x) as tf.Tensor);
+      y.dataSync();
+    });
+    return performance.now() - t0;
+  };
+  run();
+  const times = Array.from({ length: 7 }, run).sort((a, b) => a - b);
+  model.dispose();
+  return times[3];
+}
+
+beforeAll(async () => {
+  await initBackend({ backend: 'wasm' });
+  tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-distill-'));
+  ({ clean, noisy } = problem(64, 3));
+  noisyFile = path.join(tmp, 'data', 'noisy.tif');
+  await fs.mkdir(path.dirname(noisyFile));
+  await writeImage(noisyFile, noisy);
+  // The teacher: laine19 (four rotated branch U-Nets) with a learned Gaussian noise level, so its
+  // output is the posterior mean and its manifest has a noise model.
+  teacherDir = path.join(tmp, 'teacher');
+  await trainModel({
+    volumes: [{ volume: noisy, name: noisyFile }],
+    out: teacherDir,
+    method: 'laine19',
+    prior: 'learned',
+    network: { depth: 2, filters: 8 },
+    steps: 40,
+    batchSize: 4,
+    patchShape: [32, 32],
+    learningRate: 4e-3,
+    validateEvery: 20,
+    valPatches: 4,
+    seed: 5,
+    noiseFits: false,
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+const studentOptions = {
+  steps: 60,
+  batchSize: 4,
+  patchShape: [32, 32],
+  learningRate: 4e-3,
+  validateEvery: 20,
+  valPatches: 4,
+  seed: 7,
+  network: { depth: 2, filters: 16, batchNorm: false },
+};
+
+describe('distill: a U-Net student of a laine19 teacher', () => {
+  it('reaches the teacher PSNR within 0.5 dB, predicts a tile faster, and records the teacher', async () => {
+    const out = path.join(tmp, 'student');
+    const t0 = performance.now();
+    const manifest = await distillModel({ teacher: teacherDir, inputs: [noisyFile], out, ...studentOptions });
+    const seconds = (performance.now() - t0) / 1000;
+    const teacherPsnr = await denoisedPsnr(teacherDir, noisy);
+    const studentPsnr = await denoisedPsnr(out, noisy);
+    const tile = noisy.data;
+    const teacherMs = await tileMilliseconds(teacherDir, tile);
+    const studentMs = await tileMilliseconds(out, tile);
+    console.log(
+      `distill: noisy ${psnr(clean, noisy.data, range).toFixed(2)} dB, teacher ${teacherPsnr.toFixed(2)} dB, student ${studentPsnr.toFixed(2)} dB ` +
+        `(${seconds.toFixed(1)} s for ${studentOptions.steps} steps); 64x64 tile: teacher ${teacherMs.toFixed(1)} ms, student ${studentMs.toFixed(1)} ms`,
+    );
+    expect(studentPsnr).toBeGreaterThan(teacherPsnr - 0.5);
+    expect(studentMs).toBeLessThan(teacherMs);
+
+    // An ordinary model folder: a U-Net trained on pairs, the teacher recorded.
+    const saved = await readManifest(out);
+    expect(saved).toEqual(manifest);
+    expect(saved.method).toBe('care');
+    expect(saved.network.kind ?? 'unet').toBe('unet');
+    const weights = await fs.readFile(path.join(teacherDir, 'weights.bin'));
+    expect(saved.distillation?.teacher).toEqual({
+      path: path.resolve(teacherDir),
+      method: 'laine19',
+      network: expect.stringContaining('laine19'),
+      weightsSha256: createHash('sha256').update(weights).digest('hex'),
+    });
+    expect(saved.methodSettings?.targets).toEqual([`${noisyFile} (teacher output)`]);
+  }, 90_000);
+
+  it('streams a Zarr input through a temporary Zarr of teacher outputs, removed afterwards', async () => {
+    const input = path.join(tmp, 'data', 'noisy.zarr');
+    const axes = ['y', 'x'].map((name) => ({ name, type: 'space' as const, unit: 'micrometer' }));
+    const writer = await createOmeZarr(input, { shape: [64, 64], chunks: [32, 32], dtype: 'float32', axes, placement: { scale: [1, 1], translation: [0, 0] } });
+    for (const [y, x] of [[0, 0], [0, 1], [1, 0], [1, 1]]) {
+      const block = new Float32Array(32 * 32);
+      for (let r = 0; r < 32; r++) block.set(noisy.data.subarray((y * 32 + r) * 64 + x * 32, (y * 32 + r) * 64 + x * 32 + 32), r * 32);
+      await writer.writeChunk([y, x], block);
+    }
+    const out = path.join(tmp, 'student-streamed');
+    const inputFiles = await fs.readdir(input, { recursive: true });
+    const seen: string[] = [];
+    const manifest = await distillModel({
+      teacher: teacherDir,
+      inputs: [input],
+      out,
+      streaming: { maxMemoryBytes: 2 ** 30 },
+      ...studentOptions,
+      steps: 10,
+      onEvent: (e) => {
+        if (e.type === 'teacher-image') seen.push(e.input);
+      },
+    });
+    expect(seen).toEqual([input]);
+    expect(manifest.distillation?.teacher.method).toBe('laine19');
+    expect(manifest.training.stepsDone).toBe(10);
+    expect(manifest.training.inputs).toEqual([input]);
+    await expect(fs.access(teacherTargetsDir(out))).rejects.toThrow();
+    // Nothing was written into the input.
+    expect((await fs.readdir(input, { recursive: true })).sort()).toEqual(inputFiles.sort());
+    expect(await denoisedPsnr(out, noisy)).toBeGreaterThan(psnr(clean, noisy.data, range));
+  }, 60_000);
+
+  it('--clean: clean images noised by the teacher noise model, recorded in the manifest', async () => {
+    const other = problem(64, 11);
+    const cleanFile = path.join(tmp, 'clean', 'clean.tif');
+    await fs.mkdir(path.dirname(cleanFile));
+    await writeImage(cleanFile, { data: other.clean, shape: [64, 64], sampleType: 'float32' });
+    const teacherManifest = await readManifest(teacherDir);
+    const notes: string[] = [];
+    const manifest = await distillModel({
+      teacher: teacherDir,
+      inputs: [noisyFile],
+      clean: [cleanFile],
+      out: path.join(tmp, 'student-clean'),
+      ...studentOptions,
+      steps: 6,
+      validateEvery: 3,
+      onEvent: (e) => {
+        if (e.type === 'note') notes.push(e.message);
+      },
+    });
+    expect(manifest.distillation?.clean).toEqual([cleanFile]);
+    expect(manifest.distillation?.cleanNoise).toEqual(teacherManifest.prior?.noise);
+    // One input, one clean image: nothing to spare for validation, so both train.
+    expect(notes.join()).toMatch(/too few to hold one out/);
+    expect(manifest.training.inputs).toHaveLength(2);
+    expect(manifest.methodSettings?.targets).toContain(cleanFile);
+  }, 60_000);
+
+  it('noiseLike draws the variance of the noise model: Poisson-Gaussian var = a x + b', () => {
+    const x = new Float32Array(200_000).fill(50);
+    const y = noiseLike(x, { kind: 'poisson-gaussian', a: 2, b: 9 }, new Rng(1));
+    let mean = 0;
+    for (const v of y) mean += v / y.length;
+    let variance = 0;
+    for (const v of y) variance += (v - mean) ** 2 / y.length;
+    expect(Math.abs(mean - 50)).toBeLessThan(0.1);
+    expect(Math.abs(variance - 109) / 109).toBeLessThan(0.02);
+    const manifest = { noise: [{ a: 1, b: 4 }, { a: 3, b: 8 }] } as unknown as ModelManifest;
+    expect(teacherNoise(manifest, 't')).toEqual({ kind: 'poisson-gaussian', a: 2, b: 6 });
+    expect(() => teacherNoise({} as ModelManifest, 'models/t')).toThrow(UsageError);
+  });
+});
+
+describe('distill refuses bad calls before writing anything', () => {
+  it('a missing teacher, an output inside an input or the teacher, --clean with streamed inputs', async () => {
+    const out = path.join(tmp, 'refused');
+    await expect(distillModel({ teacher: path.join(tmp, 'no-such-model'), inputs: [noisyFile], out })).rejects.toThrow(InputError);
+    await expect(distillModel({ teacher: teacherDir, inputs: [path.join(tmp, 'data')], out: path.join(tmp, 'data', 'student') })).rejects.toThrow(UsageError);
+    await expect(distillModel({ teacher: teacherDir, inputs: [noisyFile], out: teacherDir })).rejects.toThrow(/would overwrite the teacher/);
+    await expect(distillModel({ teacher: teacherDir, inputs: [noisyFile], out: path.join(teacherDir, 'student') })).rejects.toThrow(/would overwrite the teacher/);
+    await expect(
+      distillModel({ teacher: teacherDir, inputs: [path.join(tmp, 'data', 'noisy.zarr')], clean: [noisyFile], streaming: {}, out }),
+    ).rejects.toThrow(/--clean/);
+    await expect(distillModel({ teacher: teacherDir, inputs: [], out })).rejects.toThrow(UsageError);
+    // An existing student is not replaced without overwrite.
+    await expect(distillModel({ teacher: teacherDir, inputs: [noisyFile], out: path.join(tmp, 'student'), ...studentOptions })).rejects.toThrow(OutputError);
+    await expect(fs.access(out)).rejects.toThrow();
+  });
+
+  it('the CLI: help with examples, usage errors for bad options, exit 3 for a missing teacher', async () => {
+    // Option errors in-process (they are thrown before any backend or file is touched) ...
+    await expect(runDistill([teacherDir, noisyFile])).rejects.toThrow(/--out/);
+    await expect(runDistill([teacherDir])).rejects.toThrow(UsageError);
+    await expect(runDistill([teacherDir, noisyFile, '--out', 's', '--steps', 'many'])).rejects.toThrow(/--steps/);
+    await expect(runDistill([teacherDir, noisyFile, '--out', 's', '--loss', 'l3'])).rejects.toThrow(/--loss/);
+    await expect(runDistill([teacherDir, noisyFile, '--out', 's', '--channel', '1'])).rejects.toThrow(/--channel applies only to streamed/);
+    await expect(runDistill([teacherDir, noisyFile, '--out', 's', '--no-such-option'])).rejects.toThrow(UsageError);
+    // ... and the exit codes from the command itself.
+    const cli = (...args: string[]) => spawnSync(process.execPath, [CLI, 'distill', ...args], { cwd: tmp, encoding: 'utf8', timeout: 60_000 });
+    const help = cli('--help');
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/Examples:[\s\S]*blindspot distill models\//);
+    const missing = cli(path.join(tmp, 'nope'), noisyFile, '--out', 's', '--backend', 'cpu');
+    expect(missing.status).toBe(3);
+    expect(missing.stderr).toMatch(/nope/);
+  }, 60_000);
+});
