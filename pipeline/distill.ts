@@ -72,7 +72,9 @@ export interface DistillOptions extends StudentTrainOptions {
   /** The teacher's model folder. */
   teacher: string;
   /** Image files (already expanded), or chunked inputs (.zarr, s3://, TIFF stacks) with `streaming`. */
-  inputs: string[];
+  inputs?: string[];
+  /** Or in-memory images (library callers, benchmarks): the teacher denoises each; a given `target` is ignored. */
+  volumes?: NamedVolume[];
   /** Stream the inputs (they are chunked arrays); absent: the inputs are image files read whole. */
   streaming?: DistillStreaming;
   /** Clean image files to noise with the teacher's noise model and add as (noisy, clean) pairs. Image-file inputs only. */
@@ -99,13 +101,16 @@ export function teacherTargetsDir(out: string): string {
 
 /** Trains the student and returns its manifest (with the `distillation` record). */
 export async function distillModel(opts: DistillOptions): Promise<ModelManifest> {
-  if (opts.inputs.length === 0) throw new UsageError('distill needs at least one input (the data the teacher denoises)');
+  const inputs = opts.inputs ?? [];
+  if (inputs.length > 0 && opts.volumes) throw new UsageError('distill takes either input files or in-memory volumes, not both');
+  if (inputs.length === 0 && !opts.volumes?.length) throw new UsageError('distill needs at least one input (the data the teacher denoises)');
+  if (opts.volumes && opts.streaming) throw new UsageError('in-memory volumes are not streamed: leave out streaming');
   if (opts.clean?.length && opts.streaming) {
     throw new UsageError('--clean pairs are made in memory: they go with image-file inputs, not streamed (.zarr, s3://, --stream) ones');
   }
   // The student's folder (and the teacher's temporary outputs beside it) must not touch an input or the teacher.
   const scratch = teacherTargetsDir(opts.out);
-  for (const input of [...opts.inputs, ...(opts.clean ?? [])]) {
+  for (const input of [...inputs, ...(opts.clean ?? [])]) {
     assertOutputIsNotInput(input, opts.out);
     if (opts.streaming) assertOutputIsNotInput(input, scratch);
   }
@@ -139,7 +144,7 @@ export async function distillModel(opts: DistillOptions): Promise<ModelManifest>
 
   let manifest: ModelManifest;
   if (opts.streaming) {
-    manifest = await distillStreamed(opts, opts.streaming, scratch, common);
+    manifest = await distillStreamed(inputs, opts, opts.streaming, scratch, common);
   } else {
     const teacher = await teacherPairs(opts, teacherManifest);
     const clean = opts.clean?.length ? await cleanPairs(opts.clean, cleanNoise!, opts.seed ?? 1, opts.onEvent) : [];
@@ -155,15 +160,18 @@ export async function distillModel(opts: DistillOptions): Promise<ModelManifest>
 async function teacherPairs(opts: DistillOptions, manifest: ModelManifest): Promise<NamedVolume[]> {
   const { model } = await loadModelFolder(opts.teacher);
   const pairs: NamedVolume[] = [];
+  const given = opts.volumes ?? [];
+  const names = opts.volumes ? given.map((v) => v.name) : (opts.inputs ?? []);
   try {
-    for (const [index, input] of opts.inputs.entries()) {
-      const volume = await readImage(input);
+    for (const [index, input] of names.entries()) {
+      // One image at a time from files: only the inputs and their targets stay in memory.
+      const volume = opts.volumes ? given[index].volume : await readImage(input);
       if (volume.shape.length !== manifest.network.dims) {
         throw new InputError(input, `is ${volume.shape.length}D but the teacher ${opts.teacher} was trained on ${manifest.network.dims}D data`);
       }
       const t0 = performance.now();
       const target = await denoiseVolume(model, manifest, volume, { tta: opts.tta });
-      opts.onEvent?.({ type: 'teacher-image', input, index, count: opts.inputs.length, seconds: (performance.now() - t0) / 1000 });
+      opts.onEvent?.({ type: 'teacher-image', input, index, count: names.length, seconds: (performance.now() - t0) / 1000 });
       pairs.push({ volume, name: input, target: { ...target, sampleType: 'float32' }, targetName: `${input} (teacher output)` });
     }
   } finally {
@@ -178,6 +186,7 @@ async function teacherPairs(opts: DistillOptions, manifest: ModelManifest): Prom
  * at the end, kept when interrupted (for `resume`).
  */
 async function distillStreamed(
+  inputs: string[],
   opts: DistillOptions,
   streaming: DistillStreaming,
   scratch: string,
@@ -191,7 +200,7 @@ async function distillStreamed(
   const sources: NamedSource[] = [];
   let keepScratch = false;
   try {
-    for (const [index, input] of opts.inputs.entries()) {
+    for (const [index, input] of inputs.entries()) {
       const targetUrl = path.join(scratch, `${index}.zarr`);
       const t0 = performance.now();
       const resume = await exists(targetUrl);
@@ -213,7 +222,7 @@ async function distillStreamed(
         keepScratch = true;
         throw new TrainingInterrupted(opts.out, 0);
       }
-      opts.onEvent?.({ type: 'teacher-image', input, index, count: opts.inputs.length, seconds: (performance.now() - t0) / 1000 });
+      opts.onEvent?.({ type: 'teacher-image', input, index, count: inputs.length, seconds: (performance.now() - t0) / 1000 });
       sources.push({
         reader: await openChunkedSource(input, open),
         name: input,
