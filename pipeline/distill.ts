@@ -117,6 +117,7 @@ export async function distillModel(opts: DistillOptions): Promise<ModelManifest>
   if (samePath(opts.teacher, opts.out) || within(opts.out, opts.teacher) || within(opts.teacher, opts.out)) {
     throw new UsageError(`the student's folder ${opts.out} would overwrite the teacher ${opts.teacher}; choose another --out`);
   }
+  await assertStudentFolderUsable(opts.out, opts);
   const teacherManifest = await readManifest(opts.teacher);
   const weightsSha256 = await sha256File(path.join(opts.teacher, WEIGHTS_BIN), opts.teacher);
   opts.onEvent?.({ type: 'teacher', manifest: teacherManifest, weightsSha256 });
@@ -334,6 +335,26 @@ function pickStudentOptions(opts: DistillOptions): StudentTrainOptions {
   const out: Record<string, unknown> = {};
   for (const k of keys) if (opts[k] !== undefined) out[k] = opts[k];
   return out as StudentTrainOptions;
+}
+
+/**
+ * train's own check of --out (a finished model needs overwrite, an interrupted one resume, anything
+ * else is refused), made before the teacher's pass, which can take longer than the training.
+ */
+async function assertStudentFolderUsable(out: string, opts: Pick<DistillOptions, 'overwrite' | 'resume'>): Promise<void> {
+  let entries: string[];
+  try {
+    entries = await fs.readdir(out);
+  } catch {
+    return;
+  }
+  if (entries.includes('checkpoint')) {
+    if (!opts.resume) throw new OutputError(out, 'holds an interrupted training run: pass --resume to continue it, or choose another --out');
+  } else if (entries.includes(MANIFEST_JSON)) {
+    if (!opts.overwrite) throw new OutputError(out, 'already holds a trained model: choose another --out, or pass --overwrite');
+  } else if (entries.length > 0) {
+    throw new OutputError(out, 'exists and is not a blindspot model folder: choose another --out');
+  }
 }
 
 async function sha256File(file: string, teacherDir: string): Promise<string> {
