@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,7 +24,7 @@ import { loadModelFolder, readManifest, type ModelManifest } from '../models/io.
 import { normalise } from '../models/normalise.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { distillModel, noiseLike, teacherNoise, teacherTargetsDir } from '../pipeline/distill.js';
-import { trainModel } from '../pipeline/train.js';
+import { trainModel, TrainingInterrupted } from '../pipeline/train.js';
 import { PACKAGE_ROOT } from '../core/version.js';
 import { writeImage } from '../storage/index.js';
 import { runDistill } from '../cli/distill.js';
@@ -209,6 +209,32 @@ describe('distill: a U-Net student of a laine19 teacher', () => {
     expect(manifest.methodSettings?.targets).toContain(cleanFile);
   }, 60_000);
 
+  it('an interrupted distillation resumes to the end with the teacher recorded', async () => {
+    const out = path.join(tmp, 'student-resumed');
+    const controller = new AbortController();
+    const run = (resume: boolean) =>
+      distillModel({
+        teacher: teacherDir,
+        inputs: [noisyFile],
+        out,
+        ...studentOptions,
+        steps: 8,
+        validateEvery: 4,
+        resume,
+        // The resumed run gets no signal: the first one's stays aborted.
+        signal: resume ? undefined : controller.signal,
+        onEvent: (e) => {
+          if (e.type === 'train' && e.event.type === 'step' && e.event.step === 2 && !resume) controller.abort();
+        },
+      });
+    await expect(run(false)).rejects.toThrow(TrainingInterrupted);
+    await fs.access(path.join(out, 'checkpoint'));
+    const manifest = await run(true);
+    expect(manifest.training.stepsDone).toBe(8);
+    expect(manifest.distillation?.teacher.method).toBe('laine19');
+    await expect(fs.access(path.join(out, 'checkpoint'))).rejects.toThrow();
+  }, 60_000);
+
   it('noiseLike draws the variance of the noise model: Poisson-Gaussian var = a x + b', () => {
     const x = new Float32Array(200_000).fill(50);
     const y = noiseLike(x, { kind: 'poisson-gaussian', a: 2, b: 9 }, new Rng(1));
@@ -253,6 +279,12 @@ describe('distill refuses bad calls before writing anything', () => {
     const help = cli('--help');
     expect(help.status).toBe(0);
     expect(help.stdout).toMatch(/Examples:[\s\S]*blindspot distill models\//);
+    const ok = cli(teacherDir, noisyFile, '--out', 'cli-student', '--steps', '2', '--batch-size', '2', '--patch', '32x32', '--depth', '1', '--filters', '8', '--backend', 'wasm', '--json');
+    expect(ok.status, ok.stderr).toBe(0);
+    const written = JSON.parse(readFileSync(path.join(tmp, 'cli-student', 'blindspot.json'), 'utf8')) as ModelManifest;
+    expect(written.distillation?.teacher.path).toBe(path.resolve(teacherDir));
+    expect(written.createdBy.command.slice(0, 3)).toEqual(['blindspot', 'distill', teacherDir]);
+    expect(written.network).toMatchObject({ depth: 1, filters: 8 });
     const missing = cli(path.join(tmp, 'nope'), noisyFile, '--out', 's', '--backend', 'cpu');
     expect(missing.status).toBe(3);
     expect(missing.stderr).toMatch(/nope/);
