@@ -31,7 +31,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
-import { psnr, ssim } from '../core/metrics.js';
 import { PACKAGE_ROOT, SHARED_DIR } from '../core/version.js';
 import { addGaussianNoise, addPoissonGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import type { Shape3D, Volume } from '../core/volume.js';
@@ -49,8 +48,8 @@ import { denoiseVolume } from '../pipeline/denoise.js';
 import { applyClassicalDenoiser, calibrateDenoiser, CLASSICAL_DENOISERS, type ClassicalDenoiser } from '../pipeline/calibrate.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult } from './common.js';
+import { loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 
-const SIGMA = 25;
 /** Published BSD68 sigma = 25 PSNRs (dB) the issue asks to show beside ours. */
 const ANCHORS: Record<string, number> = {
   N2V: 27.71,
@@ -63,23 +62,6 @@ const ANCHORS: Record<string, number> = {
   DBSN: 29.38,
 };
 const ANCHOR_OF: Partial<Record<MethodName, string>> = { n2v: 'N2V', noise2info: 'Noise2Info', noise2self: 'Noise2Self', laine19: 'Laine19', dbsn: 'D-BSN' };
-
-interface TestImage {
-  name: string;
-  clean: Volume;
-  noisy: Volume;
-  range: number;
-}
-
-interface Score {
-  psnr: number;
-  ssim: number;
-  images: number;
-  /** Mean of output - clean over each image, averaged (grey levels): an image-wide offset. */
-  offset: number;
-  /** PSNR with each image's own mean offset removed: what the offset costs. */
-  psnrWithoutOffset: number;
-}
 
 interface MethodRow {
   method: MethodName;
@@ -113,37 +95,6 @@ function log(message: string): void {
 
 function list(value: string | undefined, fallback: readonly string[]): string[] {
   return value === undefined ? [...fallback] : value.split(',').map((s) => s.trim()).filter((s) => s !== '');
-}
-
-async function loadTestSet(dir: string, limit: number, seed: number): Promise<TestImage[]> {
-  const files = (await expandInputs([dir])).slice(0, limit);
-  const rng = new Rng(seed);
-  const out: TestImage[] = [];
-  for (const f of files) {
-    const clean = await readImage(f);
-    out.push({ name: path.basename(f), clean, noisy: { data: addGaussianNoise(clean.data, SIGMA, rng), shape: clean.shape, sampleType: 'float32' }, range: 255 });
-  }
-  return out;
-}
-
-function score(images: readonly TestImage[], outputs: readonly Volume[]): Score {
-  let p = 0;
-  let s = 0;
-  let o = 0;
-  let q = 0;
-  images.forEach((img, i) => {
-    const clean = img.clean.data;
-    const out = outputs[i].data;
-    p += psnr(clean, out, img.range);
-    s += ssim(clean, out, img.clean.shape, img.range);
-    let offset = 0;
-    for (let j = 0; j < clean.length; j++) offset += out[j] - clean[j];
-    offset /= clean.length;
-    o += offset;
-    q += psnr(clean, out.map((v) => v - offset), img.range);
-  });
-  const n = images.length;
-  return { psnr: +(p / n).toFixed(3), ssim: +(s / n).toFixed(4), images: n, offset: +(o / n).toFixed(2), psnrWithoutOffset: +(q / n).toFixed(3) };
 }
 
 async function main(): Promise<void> {

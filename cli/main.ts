@@ -18,6 +18,7 @@ import { describePlan, PLAN_HELP, runPlan } from './plan.js';
 import { runWatch, WATCH_HELP } from './watch.js';
 import { CALIBRATE_HELP, runCalibrate } from './calibrate.js';
 import { EXPORT_HELP, runExport } from './export.js';
+import { DISTILL_HELP, runDistill } from './distill.js';
 import { planDenoise } from '../pipeline/plan.js';
 import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
@@ -44,6 +45,7 @@ Usage: blindspot <command> [options]
 Commands:
   train <inputs...> --out <model-dir>      learn a denoiser from noisy images alone
   denoise <model-dir> <inputs...> --out <dir>  denoise images with a trained model
+  distill <teacher> <inputs...> --out <dir>  train a fast U-Net to reproduce a slow model's output
   plan <input> --model <model-dir>         blocks, bytes and measured cost of a streaming denoise; shards for a target time
   watch <dir|s3://prefix> --model <m> --out <dest>   denoise each new acquisition as it lands
   eval --clean <dir> --denoised <dir>      PSNR and SSIM against clean images
@@ -190,6 +192,7 @@ Example:
   watch: WATCH_HELP,
   calibrate: CALIBRATE_HELP,
   export: EXPORT_HELP,
+  distill: DISTILL_HELP,
   demo: `Usage: blindspot demo [--out <dir>] [--steps N] [--backend B] [--threads N] [--json]
 
 Makes a synthetic microscopy-like 3D volume (blobs and filaments) with Poisson-Gaussian noise, trains a
@@ -230,8 +233,10 @@ async function main(argv: string[]): Promise<number> {
       return runReport(rest);
     case 'export':
       return runExport(rest);
+    case 'distill':
+      return runDistill(rest);
     default:
-      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, plan, watch, eval, noise, calibrate, report, export, demo (blindspot --help)`);
+      throw new UsageError(`unknown command '${command}'. Commands: train, denoise, distill, plan, watch, eval, noise, calibrate, report, export, demo (blindspot --help)`);
   }
 }
 

@@ -54,6 +54,24 @@ export interface MethodSettings {
   targets?: string[];
 }
 
+/** A distilled student's teacher (pipeline/distill.ts): which model it learned from, and on what. */
+export interface DistillationRecord {
+  teacher: {
+    /** The teacher's model folder (absolute path at distillation time). */
+    path: string;
+    method: MethodName;
+    /** One line: models/network.ts describeNetwork. */
+    network: string;
+    /** sha256 of the teacher's weights.bin. */
+    weightsSha256: string;
+  };
+  /** What the student's targets on the inputs were. */
+  targets: string;
+  /** --clean: the clean images, and the noise model (input units) that noised them. */
+  clean?: string[];
+  cleanNoise?: NoiseSpec;
+}
+
 /** What `blindspot.json` holds: everything needed to use the model, and how it came to be. */
 export interface ModelManifest {
   format: 'blindspot-model';
@@ -85,6 +103,8 @@ export interface ModelManifest {
    * training and already taken out of the output layer's bias (absent: not corrected; prior models).
    */
   outputOffsetRemoved?: number;
+  /** Distilled students (`blindspot distill`, method care on the teacher's outputs): the teacher. */
+  distillation?: DistillationRecord;
   training: {
     steps: number;
     stepsDone: number;

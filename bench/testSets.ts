@@ -1,0 +1,62 @@
+/**
+ * The test sets of the 2D benchmarks (bench:methods, bench:distill): BSD68 / Set12 images with
+ * seeded Gaussian noise (sigma 25, as float, not clipped: the N2V paper's protocol), and their
+ * scores (PSNR with peak 255 per image then averaged, SSIM, image-wide offset).
+ */
+import path from 'node:path';
+import { Rng } from '../core/rng.js';
+import { psnr, ssim } from '../core/metrics.js';
+import { addGaussianNoise } from '../core/synthetic.js';
+import type { Volume } from '../core/volume.js';
+import { expandInputs, readImage } from '../storage/index.js';
+
+export const SIGMA = 25;
+
+export interface TestImage {
+  name: string;
+  clean: Volume;
+  noisy: Volume;
+  range: number;
+}
+
+export interface Score {
+  psnr: number;
+  ssim: number;
+  images: number;
+  /** Mean of output - clean over each image, averaged (grey levels): an image-wide offset. */
+  offset: number;
+  /** PSNR with each image's own mean offset removed: what the offset costs. */
+  psnrWithoutOffset: number;
+}
+
+/** The first `limit` images of `dir` (sorted), each with its own seeded noise draw (the same for every run with `seed`). */
+export async function loadTestSet(dir: string, limit: number, seed: number): Promise<TestImage[]> {
+  const files = (await expandInputs([dir])).slice(0, limit);
+  const rng = new Rng(seed);
+  const out: TestImage[] = [];
+  for (const f of files) {
+    const clean = await readImage(f);
+    out.push({ name: path.basename(f), clean, noisy: { data: addGaussianNoise(clean.data, SIGMA, rng), shape: clean.shape, sampleType: 'float32' }, range: 255 });
+  }
+  return out;
+}
+
+export function score(images: readonly TestImage[], outputs: readonly Volume[]): Score {
+  let p = 0;
+  let s = 0;
+  let o = 0;
+  let q = 0;
+  images.forEach((img, i) => {
+    const clean = img.clean.data;
+    const out = outputs[i].data;
+    p += psnr(clean, out, img.range);
+    s += ssim(clean, out, img.clean.shape, img.range);
+    let offset = 0;
+    for (let j = 0; j < clean.length; j++) offset += out[j] - clean[j];
+    offset /= clean.length;
+    o += offset;
+    q += psnr(clean, out.map((v) => v - offset), img.range);
+  });
+  const n = images.length;
+  return { psnr: +(p / n).toFixed(3), ssim: +(s / n).toFixed(4), images: n, offset: +(o / n).toFixed(2), psnrWithoutOffset: +(q / n).toFixed(3) };
+}
