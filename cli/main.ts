@@ -105,6 +105,8 @@ Options:
   --network-size paper|small   override the backend's choice of the laine19 / dbsn defaults
   --normalisation meanstd|percentile   (default meanstd)
   --no-augment              no flips/rotations
+  --no-classical-check      one image or stack: skip the closing comparison with a calibrated non-local means
+                            (both scored by the J-invariant loss on the held-out slab; a warning when the filter wins)
   --val-fraction F          data held out for validation (default 0.1)
   --validate-every N        steps between validations and checkpoints (default steps/20)
   --resume                  continue an interrupted run in --out
@@ -272,6 +274,7 @@ async function runTrain(args: string[]): Promise<number> {
       'batch-norm': { type: 'boolean' },
       normalisation: { type: 'string' },
       augment: { type: 'boolean', default: true },
+      'classical-check': { type: 'boolean', default: true },
       'val-fraction': { type: 'string' },
       'validate-every': { type: 'string' },
       prior: { type: 'string' },
@@ -371,6 +374,7 @@ async function runTrain(args: string[]): Promise<number> {
       network,
       normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
       augment: values.augment,
+      classicalCheck: values['classical-check'],
       valFraction: numberOption('val-fraction', values['val-fraction']),
       validateEvery: intOption('validate-every', values['validate-every']),
       resume: values.resume,

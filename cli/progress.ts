@@ -5,6 +5,7 @@
 import type { TrainEvent } from '../pipeline/train.js';
 import type { DenoiseEvent } from '../pipeline/denoise.js';
 import { describeNetwork } from '../models/network.js';
+import { classicalComparisonLines } from '../pipeline/classicalComparison.js';
 
 export interface Reporter {
   readonly json: boolean;
@@ -83,6 +84,9 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
           break;
         case 'warning':
           say(`warning: ${e.message}`);
+          break;
+        case 'classical-comparison':
+          for (const line of classicalComparisonLines(e)) say(line);
           break;
         case 'done':
           say(`done: ${e.steps} steps in ${formatSeconds(e.seconds)}, best validation loss ${e.bestValLoss?.toFixed(5) ?? '-'} at step ${e.bestStep}`);

@@ -8,6 +8,9 @@
  * (pipeline/calibrate.ts), i.e. the filter a user gets from `blindspot calibrate`.
  */
 import type { Shape, Volume } from '../core/volume.js';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
+import type { ModelManifest } from '../models/io.js';
+import { denoiseVolume } from './denoise.js';
 import {
   type ClassicalDenoiser,
   type CalibrationResult,
@@ -78,4 +81,48 @@ export function classicalComparisonLines(c: ClassicalComparison): string[] {
     lines.push(`warning: the calibrated ${c.classical.denoiser} filter denoises these pixels better than the network: train longer, or use \`blindspot calibrate --denoiser ${c.classical.denoiser}\``);
   }
   return lines;
+}
+
+/**
+ * Voxels of the held-out region scored at the end of training: the network runs once per grid phase
+ * (16 in 2D, 27 in 3D), so the region is cropped (centred) to keep the check to seconds on a CPU.
+ */
+export const CLASSICAL_CHECK_VOXELS = { 2: 2 ** 17, 3: 2 ** 15 } as const;
+
+/** The centred crop of `volume` with at most `maxVoxels` voxels (the longest axes shrink first). */
+export function centredCrop(volume: Volume, maxVoxels: number): Volume {
+  const shape = [...volume.shape];
+  const size = (): number => shape.reduce((a, b) => a * b, 1);
+  while (size() > maxVoxels) {
+    const axis = shape.indexOf(Math.max(...shape));
+    shape[axis] = Math.max(1, Math.floor(shape[axis] * Math.min(0.9, (maxVoxels / size()) ** (1 / shape.length))));
+  }
+  if (shape.every((n, axis) => n === volume.shape[axis])) return volume;
+  const start = shape.map((n, axis) => Math.floor((volume.shape[axis] - n) / 2));
+  const full = volume.shape.length === 3 ? volume.shape : [1, ...volume.shape];
+  const cut = shape.length === 3 ? shape : [1, ...shape];
+  const origin = start.length === 3 ? start : [0, ...start];
+  const data = new Float32Array(size());
+  let o = 0;
+  for (let z = 0; z < cut[0]; z++) {
+    for (let y = 0; y < cut[1]; y++) {
+      const row = ((origin[0] + z) * full[1] + origin[1] + y) * full[2] + origin[2];
+      data.set(volume.data.subarray(row, row + cut[2]), o);
+      o += cut[2];
+    }
+  }
+  return { data, shape: shape as unknown as Shape, sampleType: volume.sampleType };
+}
+
+/**
+ * What `blindspot train` reports after a run on one image or stack: the trained model (as
+ * `blindspot denoise` runs it) and the calibrated classical filter on the held-out region (its
+ * validation slab, cropped to CLASSICAL_CHECK_VOXELS).
+ */
+export async function compareTrainedWithClassical(model: LayersModel, manifest: ModelManifest, heldOut: { volume: Volume; name: string }): Promise<ClassicalComparison> {
+  const dims = heldOut.volume.shape.length as 2 | 3;
+  const volume = centredCrop(heldOut.volume, CLASSICAL_CHECK_VOXELS[dims]);
+  const network: ImageDenoiser = async (data, shape) => (await denoiseVolume(model, manifest, { data, shape, sampleType: 'float32' })).data;
+  const region = volume === heldOut.volume ? heldOut.name : `${heldOut.name}, centre ${volume.shape.join('x')}`;
+  return compareWithClassical(network, volume, { region });
 }

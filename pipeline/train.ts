@@ -17,7 +17,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
-import type { Shape } from '../core/volume.js';
+import type { Shape, Volume } from '../core/volume.js';
 import { buildNetwork, describeNetwork, networkGeometry } from '../models/network.js';
 import { computeNormalisation, type Normalisation } from '../models/normalise.js';
 import { defaultMaskOptions, type MaskOptions } from '../models/masking.js';
@@ -43,6 +43,7 @@ import { writeOnnxAfterTraining } from '../models/onnx/export.js';
 import type { TrainOptions } from './trainOptions.js';
 import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairSources, prepareStreamingData, preparePatch, readInputs, splitForValidation, validatePatchShape, type TrainingData } from './trainData.js';
 import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
+import { compareTrainedWithClassical } from './classicalComparison.js';
 
 export type { NamedSource, NamedVolume, StreamingTrainSettings, TrainEvent, TrainOptions } from './trainOptions.js';
 export { pairByName, splitForValidation, splitSourcesForValidation, streamingTrainBufferBytes } from './trainData.js';
@@ -142,6 +143,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   if (existing === 'other') throw new OutputError(opts.out, 'exists and is not a blindspot model folder: choose another --out');
 
   let data: TrainingData;
+  // One in-memory image or stack: its held-out slab, scored against a classical filter at the end.
+  let heldOutForCheck: { volume: Volume; name: string } | null = null;
   if (sources) {
     data = await prepareStreamingData(sources, {
       patchShape,
@@ -157,6 +160,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     });
   } else {
     const { train, validation } = splitForValidation(named, patchShape, valFraction);
+    if (named.length === 1 && validation.length === 1 && opts.classicalCheck !== false) heldOutForCheck = validation[0];
     const normalisation: Normalisation = computeNormalisation(
       train.map((t) => t.volume),
       opts.normalisation ?? 'meanstd',
@@ -399,6 +403,14 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
   manifest = await writeOnnxAfterTraining(opts.out, manifest, (message) => opts.onEvent?.({ type: 'warning', message }));
   await fs.rm(checkpointDir, { recursive: true, force: true });
+  if (heldOutForCheck) {
+    const best = (await loadModelFolder(opts.out)).model;
+    try {
+      opts.onEvent?.({ type: 'classical-comparison', ...(await compareTrainedWithClassical(best, manifest, heldOutForCheck)) });
+    } finally {
+      best.dispose();
+    }
+  }
   opts.onEvent?.({ type: 'done', steps: state.stepsDone, bestStep: state.bestStep, bestValLoss: state.bestValLoss, seconds: state.wallSeconds });
   model.dispose();
   optimizer.dispose();

@@ -2,6 +2,7 @@
  * What train takes and reports: its inputs (images, volumes or streamed chunked sources, with their
  * targets for paired methods), options and events. pipeline/train.ts re-exports them.
  */
+import type { ClassicalComparison } from './classicalComparison.js';
 import type { Volume } from '../core/volume.js';
 import { type ReplacementStrategy } from '../models/masking.js';
 import { type NoiseSpec } from '../models/bayes.js';
@@ -114,6 +115,12 @@ export interface TrainOptions {
    * them in the model (default true for in-memory images; streamed sources are not fitted).
    */
   noiseFits?: boolean;
+  /**
+   * After a run on one in-memory image or stack, score the trained model and the calibrated
+   * classical filter (nlm) by the J-invariant loss on the held-out slab (pipeline/classicalComparison.ts)
+   * and report it ('classical-comparison'); default true. Streamed sources are not checked.
+   */
+  classicalCheck?: boolean;
   /** Network shape overrides; which apply depends on the method's network (U-Net, laine19, D-BSN). */
   network?: NetworkOverrides;
   /**
@@ -169,4 +176,5 @@ export type TrainEvent =
   | { type: 'warning'; message: string }
   | MethodEvent
   | { type: 'interrupted'; step: number }
+  | ({ type: 'classical-comparison' } & ClassicalComparison)
   | { type: 'done'; steps: number; bestStep: number; bestValLoss: number | null; seconds: number };
