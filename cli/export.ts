@@ -11,6 +11,7 @@ import { loadModelFolder, MODEL_ONNX, readManifest, writeFilesAtomically, type M
 import { onnxForModelFolder, writeOnnxToModelFolder } from '../models/onnx/export.js';
 import { readImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
+import { assertOutputOutsideInputs } from '../storage/location.js';
 import { choice, commonOptions, parse, setUp } from './options.js';
 
 export const EXPORT_HELP = `Usage: blindspot export <model-dir> [--format onnx|bioimageio --out <file>] [options]
@@ -72,9 +73,8 @@ async function firstTrainingImage(manifest: ModelManifest): Promise<(Volume & { 
   return null;
 }
 
-async function writeOut(file: string, bytes: Uint8Array, overwrite: boolean, modelDir: string): Promise<void> {
+async function writeOut(file: string, bytes: Uint8Array, overwrite: boolean): Promise<void> {
   const resolved = path.resolve(file);
-  if (path.dirname(resolved) === path.resolve(modelDir)) throw new OutputError(file, 'is inside the model folder, which export only reads; choose another --out (or omit --out to add model.onnx there)');
   if (!overwrite && (await exists(resolved))) throw new OutputError(file, 'exists already; pass --overwrite to replace it');
   await writeFilesAtomically(path.dirname(resolved), { [path.basename(resolved)]: bytes });
 }
@@ -109,6 +109,11 @@ export async function runExport(args: string[]): Promise<number> {
   const authors = (values.author ?? []).map(parseAuthor);
   if (format === 'bioimageio' && authors.length === 0) throw new UsageError('--format bioimageio needs at least one --author "Name[;affiliation[;orcid]]"');
   const manifest = await readManifest(modelDir);
+  // The model folder and the sample are only read: --out is compared with them by real location
+  // (links followed), before anything is computed. Without --out, model.onnx is written there on purpose.
+  if (out !== undefined) {
+    await assertOutputOutsideInputs(out, [modelDir, ...(values.sample !== undefined ? [values.sample] : [])], { what: '--out', refuseContaining: false });
+  }
   const { reporter } = await setUp(values);
 
   if (format === 'onnx' && out === undefined) {
@@ -121,7 +126,7 @@ export async function runExport(args: string[]): Promise<number> {
   if (format === 'onnx') {
     const onnx = await onnxForModelFolder(modelDir);
     for (const w of onnx.info.warnings) reporter.log(`warning: ${w}`);
-    await writeOut(out!, onnx.bytes, values.overwrite === true, modelDir);
+    await writeOut(out!, onnx.bytes, values.overwrite === true);
     reporter.event('exported', { format, file: out, source: onnx.source, ...onnx.info });
     reporter.log(`wrote ${out} (${onnx.source === 'file' ? `the folder's ${MODEL_ONNX}` : 'exported from the tfjs weights'}, ${(onnx.bytes.length / 2 ** 20).toFixed(2)} MiB)`);
     return ExitCode.ok;
@@ -137,7 +142,7 @@ export async function runExport(args: string[]): Promise<number> {
   try {
     const pkg = await bioimageioPackage(model, manifest, { authors, license: values.license, name: values.name, sample });
     for (const w of pkg.warnings) reporter.log(`warning: ${w}`);
-    await writeOut(out!, pkg.zip, values.overwrite === true, modelDir);
+    await writeOut(out!, pkg.zip, values.overwrite === true);
     reporter.event('exported', { format, file: out, files: Object.keys(pkg.files), warnings: pkg.warnings });
     reporter.log(`wrote ${out}: bioimage.io ${String(pkg.rdf['format_version'])} package (${Object.keys(pkg.files).join(', ')})`);
   } finally {
