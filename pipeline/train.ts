@@ -195,7 +195,8 @@ export interface TrainOptions {
   network?: NetworkOverrides;
   /**
    * Size of the default laine19 / D-BSN network: 'paper' (the published one) or 'small' (one that
-   * trains at a useful pace on a CPU); default 'paper' on tensorflow-gpu, else 'small'.
+   * trains at a useful pace on a CPU); default 'paper' on a GPU (tensorflow-gpu, webgpu on a hardware
+   * adapter), else 'small'.
    */
   networkSize?: 'paper' | 'small';
   normalisation?: 'meanstd' | 'percentile';
@@ -208,7 +209,7 @@ export interface TrainOptions {
   patience?: number;
   resume?: boolean;
   overwrite?: boolean;
-  backend?: { name: string; threads: number };
+  backend?: { name: string; threads: number; gpu?: boolean };
   /** Interrupt: the run stops after the current step with a checkpoint, resumable with `resume`. */
   signal?: AbortSignal;
   onEvent?: (event: TrainEvent) => void;
@@ -447,7 +448,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
       // The sigma trained together with the weights the folder holds (those of the best validation).
-      const logSigma = state.bestLearnedLogSigma ?? learnedLogSigma.dataSync()[0];
+      const logSigma = state.bestLearnedLogSigma ?? state.learnedLogSigma ?? Math.log(initialLearnedSigma(valBatches));
       return { noise: { kind: 'gaussian', sigma: Math.exp(logSigma) * normalisation.scale }, source: 'learned' };
     }
     return priorNoise !== undefined ? { noise: priorNoise, source: priorMode ?? 'given' } : undefined;
@@ -528,13 +529,13 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     }
     const record: TrainingRecord = { step: state.stepsDone, loss: result.loss, learningRate: state.learningRate, seconds: state.wallSeconds };
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
-    if (learnedLogSigma !== null) state.learnedLogSigma = learnedLogSigma.dataSync()[0];
+    if (learnedLogSigma !== null) state.learnedLogSigma = (await learnedLogSigma.data())[0];
     if (isValidationStep) {
-      const valLoss = evaluateValidation(model, valBatches, batchLoss);
+      const valLoss = await evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
       if (state.noise2info) {
         // Algorithm 2's per-epoch update, once per validation, on the fixed validation patches.
-        const estimate = estimateNoise2InfoSigmaOn(model, valBatches, new Rng(mixSeed(seed, state.stepsDone, 0x6e32)));
+        const estimate = await estimateNoise2InfoSigmaOn(model, valBatches, new Rng(mixSeed(seed, state.stepsDone, 0x6e32)));
         const sigma = updateNoise2InfoSigma(state.noise2info.sigma, estimate);
         state.noise2info = { sigma, estimates: [...state.noise2info.estimates, { step: state.stepsDone, estimate, sigma }] };
         record.noise2infoSigma = sigma;
@@ -613,7 +614,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   let manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
   if (priorMode === null) {
     const best = (await loadModelFolder(opts.out)).model;
-    const offset = removeOutputOffset(best, valBatches, isPairedMethod(method) ? 'inputs' : 'targets');
+    const offset = await removeOutputOffset(best, valBatches, isPairedMethod(method) ? 'inputs' : 'targets');
     manifest = { ...manifest, outputOffsetRemoved: offset * normalisation.scale };
     await saveModelFolder(opts.out, best, manifest);
     best.dispose();
@@ -674,7 +675,7 @@ export const minBatchSizeForBatchNorm = 16;
 /** The method's network: its kind's default (paper or small size), the user's overrides, dims and outputs. */
 function methodNetwork(method: MethodName, dims: 2 | 3, opts: TrainOptions, batchSize: number, twoChannels: boolean): NetworkConfig {
   const kind = networkKindFor(method);
-  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
+  const size = opts.networkSize ?? (opts.backend?.gpu === true || opts.backend?.name === 'tensorflow-gpu' ? 'paper' : 'small');
   const overrides = opts.network ?? {};
   for (const [key, value] of Object.entries(overrides)) {
     if (value === undefined) continue;
@@ -749,16 +750,18 @@ function pooledNoiseSpec(fits: readonly NlfRecord[]): NoiseSpec {
  * Noise2Info's sigma upper bound (models/noise2info.ts) on the validation patches: F(X) on each
  * unmasked patch (the target), l_ex from F(X_J^c) on its grid-masked copy.
  */
-function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: ValidationBatch[], rng: Rng): number {
+async function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: ValidationBatch[], rng: Rng): Promise<number> {
   const noisy: Float32Array[] = [];
   const predicted: Float32Array[] = [];
   const maskedPredicted: Float32Array[] = [];
   const masks: Float32Array[] = [];
   for (const b of batches) {
-    const [full, masked] = tf.tidy(() => [
-      (model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
-      (model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
+    const outputs = tf.tidy(() => [
+      model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor,
+      model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor,
     ]);
+    const [full, masked] = (await Promise.all(outputs.map((t) => t.data()))) as Float32Array[];
+    tf.dispose(outputs);
     const per = b.targets.length / b.shape[0];
     for (let i = 0; i < b.shape[0]; i++) {
       noisy.push(b.targets.subarray(i * per, (i + 1) * per));
@@ -1100,12 +1103,14 @@ function makeValidationBatches(
   return batches;
 }
 
-function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): number {
+async function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): Promise<number> {
   let sum = 0;
   let weight = 0;
   const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: false }) as tf.Tensor;
   for (const b of batches) {
-    const value = tf.tidy(() => lossFn(apply, tf.tensor(b.inputs, b.shape), tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)).dataSync()[0]);
+    const loss = tf.tidy(() => lossFn(apply, tf.tensor(b.inputs, b.shape), tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)));
+    const value = (await loss.data())[0];
+    loss.dispose();
     sum += value * b.shape[0];
     weight += b.shape[0];
   }
@@ -1121,14 +1126,16 @@ function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], 
  * about the same on Set12: mostly the network's, not the image's). Measured after it: -1.9 to -1.1;
  * the patches stand for an image only to within 1-3 grey levels (16 patches of 64x64 there).
  */
-function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): number {
+async function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): Promise<number> {
   let sum = 0;
   let count = 0;
   for (const b of batches) {
-    sum += tf.tidy(() => {
+    const batchSum = tf.tidy(() => {
       const prediction = model.predict(tf.tensor(b[from], b.shape)) as tf.Tensor;
-      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape))).dataSync()[0];
+      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape)));
     });
+    sum += (await batchSum.data())[0];
+    batchSum.dispose();
     count += b.targets.length;
   }
   const offset = count > 0 ? sum / count : 0;
