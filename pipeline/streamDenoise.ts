@@ -55,7 +55,7 @@ import { fitChunkedInputNoise, inputNoiseRecord } from '../noise/inputNoise.js';
 import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
 import { type ArrayInfo, type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
 import type * as tfl from '@tensorflow/tfjs-layers';
-import { estimateBytesPerVoxel } from './predict.js';
+import { assertTileFitsDevice, estimateBytesPerVoxel } from './predict.js';
 import { VERSION } from '../core/version.js';
 import { MANIFEST_JSON, MODEL_JSON, WEIGHTS_BIN, type ModelManifest, loadModelFolder } from '../models/io.js';
 import { denoisingTileModel, type DenoiseOutput } from '../models/bayes.js';
@@ -557,6 +557,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   if (plan.grid.join() !== grid.join()) {
     throw new Error(`denoiseChunked: tile grid [${plan.grid.join(', ')}] does not match the output chunk grid [${grid.join(', ')}]`);
   }
+  assertTileFitsDevice(opts.model, opts.sizeMultiple, plan.readShape, 1, 'choose smaller --output-chunks');
   const blocksAll = plan.tileCount;
   const blocks = opts.shard ? shardBlockRange(blocksAll, opts.shard) : { start: 0, end: blocksAll };
   const sweep = blockSweepFor(plan, input.info.chunks, memory, opts.order ?? 'sweep');

@@ -16,6 +16,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { InputError, OutputError, UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import type { Shape, Volume } from '../core/volume.js';
+import { assertTileFitsDevice } from './predict.js';
 import { buildNetwork, defaultNetwork, describeNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
 import { computeNormalisation, normalise, type Normalisation } from '../models/normalise.js';
 import { defaultMaskOptions, type MaskOptions, type ReplacementStrategy } from '../models/masking.js';
@@ -424,6 +425,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   } else {
     model = buildNetwork(network, seed);
   }
+  // A GPU binds each tensor as one buffer: a batch of patches must fit the widest layer's.
+  assertTileFitsDevice(model, geometry.sizeMultiple, patchShape, batchSize, 'use a smaller --patch or --batch-size');
   setLearningRate(optimizer, state.learningRate);
   // A variable created after the restore: Adam matches its moments by position, the network's weights first.
   // A fresh run (or a checkpoint without it) starts sigma at the validation patches' noise level; the likelihood refines it.
