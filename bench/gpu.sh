@@ -14,7 +14,8 @@
 # commit. Carry bench/.gpu-kit to the GPU machine with the working tree and run there:
 #   bash bench/gpu.sh [--steps N] [--infer-runs N] [--allow-software]
 # It uses the Node, node_modules and dist/ already there when they are usable, else the kit's.
-# --allow-software accepts a software adapter (llvmpipe): to test this flow on a CPU-only machine.
+# --allow-software accepts a software adapter (llvmpipe): to test this flow on a CPU-only machine;
+# GPU_KIT_ONLY=1 ignores the system's Node (as if there were none), to test the kit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=bench/.gpu-kit
@@ -50,7 +51,7 @@ unpack() { # unpack <archive.tar.gz> <dir> (tar and gzip only: the machine may h
 }
 
 NODE=""
-if command -v node >/dev/null && node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
+if [ "${GPU_KIT_ONLY:-}" != 1 ] && command -v node >/dev/null && node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then
   NODE=$(command -v node)
 elif [ -x "$KIT/node/bin/node" ]; then
   NODE="$KIT/node/bin/node"

@@ -4,10 +4,11 @@
  * and inference on webgpu (and on wasm with every core, the CPU baseline on the same machine),
  * reports whether ONNX Runtime's CUDA provider could run, and writes everything as JSON to --out.
  *
- *   node dist/bench/gpuCheck.js --out DIR [--steps N] [--infer-runs N] [--allow-software]
+ *   node dist/bench/gpuCheck.js --out DIR [--steps N] [--infer-runs N] [--allow-software] [--tiny]
  *
  * --allow-software accepts a software adapter (llvmpipe: for testing this flow on a CPU-only
- * machine); without it the check fails when Dawn finds no hardware adapter.
+ * machine); without it the check fails when Dawn finds no hardware adapter. --tiny runs
+ * bench:speed at its --tiny sizes (the flow on a slow adapter; no speed claim).
  */
 import { execFileSync } from 'node:child_process';
 import { type Dirent, existsSync, promises as fs, readdirSync, readFileSync } from 'node:fs';
@@ -15,6 +16,8 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
+// tfjs-layers registers the gradients when the app imports it; this check uses tf.grads directly.
+import '@tensorflow/tfjs-core/dist/register_all_gradients.js';
 import { initBackend } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { PACKAGE_ROOT } from '../core/version.js';
@@ -29,7 +32,7 @@ interface Step {
 }
 
 function commit(): string {
-  const fromGit = gitCommit();
+  const fromGit = existsSync(path.join(PACKAGE_ROOT, '.git')) ? gitCommit() : 'unknown';
   if (fromGit !== 'unknown') return fromGit;
   // A machine without git: the commit the kit was prepared from (bench/gpu.sh --prepare).
   const recorded = path.join(PACKAGE_ROOT, 'bench', '.gpu-kit', 'commit');
@@ -79,9 +82,9 @@ async function convCheck(): Promise<{ maxRelativeDiff: number }> {
 }
 
 /** bench:speed's measurement in a child process (one backend per process). */
-function speed(backend: string, threads: number, steps: number, inferRuns: number): unknown {
+function speed(backend: string, threads: number, steps: number, inferRuns: number, tiny: boolean): unknown {
   const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'speed.js');
-  const out = execFileSync(process.execPath, [script, '--child', '--backend', backend, '--threads', String(threads), '--steps', String(steps), '--infer-runs', String(inferRuns)], {
+  const out = execFileSync(process.execPath, [script, '--child', '--backend', backend, '--threads', String(threads), '--steps', String(steps), '--infer-runs', String(inferRuns), ...(tiny ? ['--tiny'] : [])], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 1 << 24,
@@ -140,12 +143,14 @@ async function main(): Promise<void> {
   const steps = Number(args.get('steps') ?? 20);
   const inferRuns = Number(args.get('infer-runs') ?? 3);
   const allowSoftware = args.has('allow-software');
+  const tiny = args.has('tiny');
   const started = new Date().toISOString();
   const report: Record<string, unknown> = {
     benchmark: 'gpu-check',
     date: started,
     command: ['node', ...process.argv.slice(1).map((a) => path.relative(PACKAGE_ROOT, a) || a)].join(' '),
     commit: commit(),
+    ...(tiny ? { note: '--tiny: a flow test at toy sizes, not a speed measurement' } : {}),
     machine: { ...machineInfo(), nvidiaSmi: nvidiaSmi() },
   };
   const info = await initBackend({ backend: 'webgpu' });
@@ -156,8 +161,8 @@ async function main(): Promise<void> {
     results.push({ name: 'adapter', ok: false, seconds: 0, error: 'Dawn found only a software adapter (no Vulkan driver for the GPU?)' });
   } else {
     await timed('conv2d and its gradients vs cpu', results, convCheck);
-    await timed('bench:speed on webgpu', results, () => speed('webgpu', 1, steps, inferRuns));
-    await timed('bench:speed on wasm, all cores (the CPU baseline here)', results, () => speed('wasm', Math.min(8, machineInfo()['logicalCores'] as number), Math.max(2, Math.round(steps / 4)), 1));
+    await timed('bench:speed on webgpu', results, () => speed('webgpu', 1, steps, inferRuns, tiny));
+    await timed('bench:speed on wasm, all cores (the CPU baseline here)', results, () => speed('wasm', Math.min(8, machineInfo()['logicalCores'] as number), Math.max(2, Math.round(steps / 4)), 1, tiny));
   }
   report['onnxRuntimeCuda'] = onnxCuda();
   report['steps'] = results;

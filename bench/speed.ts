@@ -8,6 +8,7 @@
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
+ *   npm run bench:speed -- --tiny        # batch 2 of 32x32, a 64x64 image: tests the flow on a slow backend (no speed claim)
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  *
  * --profile wraps every kernel of the active backend during the timed steps and adds up, per
@@ -100,8 +101,10 @@ function profileKernels(backendName: string): { table: (steps: number) => Kernel
   };
 }
 
-const BATCH = 16;
-const PATCH = 64;
+/** The reference sizes, or --tiny's. */
+let BATCH = 16;
+let PATCH = 64;
+let IMAGE = 512;
 
 async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, inferRuns: number, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
@@ -134,11 +137,11 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
   profiler?.restore();
 
   const geometry = unetGeometry(cfg);
-  const image = Float32Array.from({ length: 512 * 512 }, () => rng.normal());
+  const image = Float32Array.from({ length: IMAGE * IMAGE }, () => rng.normal());
   const predictOpts = { sizeMultiple: geometry.sizeMultiple, receptiveRadius: geometry.receptiveRadius };
-  await predictVolume(model, image, [512, 512], predictOpts);
+  await predictVolume(model, image, [IMAGE, IMAGE], predictOpts);
   const t1 = performance.now();
-  for (let i = 0; i < inferRuns; i++) await predictVolume(model, image, [512, 512], predictOpts);
+  for (let i = 0; i < inferRuns; i++) await predictVolume(model, image, [IMAGE, IMAGE], predictOpts);
   const inferSeconds = (performance.now() - t1) / 1000;
   model.dispose();
   optimizer.dispose();
@@ -149,7 +152,7 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
     threads: backend.threads,
     trainStepsPerS: +stepsPerS.toFixed(3),
     trainMpxPerS: +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
-    inferMpxPerS: +((inferRuns * 512 * 512) / 1e6 / inferSeconds).toFixed(3),
+    inferMpxPerS: +((inferRuns * IMAGE * IMAGE) / 1e6 / inferSeconds).toFixed(3),
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     trainSteps: steps,
     inferRuns,
@@ -167,6 +170,7 @@ async function main(): Promise<void> {
   const bnHelper = args.get('bn-helper') ?? 'on';
   if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
   setBatchNormHelperThread(bnHelper === 'on');
+  if (args.has('tiny')) [BATCH, PATCH, IMAGE] = [2, 32, 64];
   if (args.has('child')) {
     const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, inferRuns, optimizerChoice, args.has('profile'));
     const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
@@ -180,7 +184,7 @@ async function main(): Promise<void> {
   const threadCounts = args.has('threads') ? [Number(args.get('threads'))] : [...new Set([1, Math.min(2, os.availableParallelism())])];
   const runs: SpeedResult[] = [];
   for (const t of threadCounts) {
-    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : [])], {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(inferRuns), '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : []), ...(args.has('tiny') ? ['--tiny'] : [])], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 24,
@@ -200,6 +204,11 @@ async function main(): Promise<void> {
       infer: +(best.inferMpxPerS / pytorch.inferMpxPerS).toFixed(3),
     },
   };
+  if (args.has('tiny')) {
+    // Toy sizes test the flow; they are no result to keep.
+    console.log(JSON.stringify(summary));
+    return;
+  }
   const file = await writeResult('speed', summary);
   console.log(`written ${file}`);
   console.log(JSON.stringify(summary));
