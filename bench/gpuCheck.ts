@@ -16,8 +16,8 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
-// tfjs-layers registers the gradients when the app imports it; this check uses tf.grads directly.
-import '@tensorflow/tfjs-core/dist/register_all_gradients.js';
+// Importing tfjs-layers registers tfjs-core's gradients (as in the app); this check uses tf.grads directly.
+import '@tensorflow/tfjs-layers';
 import { initBackend } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { PACKAGE_ROOT } from '../core/version.js';
