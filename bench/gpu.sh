@@ -32,10 +32,13 @@ if [ "${1:-}" = "--prepare" ]; then
     mv "$KIT/node.tar.gz.part" "$KIT/node.tar.gz"
     rm -rf "$tmp"
   fi
-  node dist/bench/gpuKit.js dist/bench/gpuCheck.js dist/bench/speed.js +webgpu +@tensorflow/tfjs-backend-webgpu > "$KIT/packages.txt"
+  # onnxruntime-node: bench:speed also times ONNX Runtime (CPU) inference; engines/onnxRuntime.ts loads it by a computed name.
+  node dist/bench/gpuKit.js dist/bench/gpuCheck.js dist/bench/speed.js +webgpu +@tensorflow/tfjs-backend-webgpu +onnxruntime-node > "$KIT/packages.txt"
   # shellcheck disable=SC2046
   tar -cf - --exclude='node_modules/webgpu/dist/darwin-*' --exclude='node_modules/webgpu/dist/win32-*' \
     --exclude='node_modules/webgpu/dist/linux-arm64' --exclude='*.map' --exclude='*.d.ts' \
+    --exclude='node_modules/onnxruntime-node/bin/napi-v*/darwin' --exclude='node_modules/onnxruntime-node/bin/napi-v*/win32' \
+    --exclude='node_modules/onnxruntime-node/bin/napi-v*/linux/arm64' \
     --exclude='node_modules/@tensorflow/*/dist/*.min.js' --exclude='node_modules/@tensorflow/*/dist/*.es2017.js' \
     --exclude='node_modules/@tensorflow/*/dist/*.fesm.js' --exclude='node_modules/@tensorflow/*/dist/*.esm.js' \
     $(cat "$KIT/packages.txt") | gzip -9 > "$KIT/node_modules.tar.gz"

@@ -47,12 +47,10 @@ function withDependencies(roots: Set<string>, from: string): string[] {
   const queue = [...roots].map((name) => ({ name, base: requireHere }));
   while (queue.length > 0) {
     const { name, base } = queue.pop()!;
-    let manifestPath: string;
-    try {
-      manifestPath = base.resolve(`${name}/package.json`);
-    } catch {
-      continue; // not installed (an optional dependency on another platform)
-    }
+    // Looked up along the node_modules folders, not with require.resolve: a package whose `exports`
+    // omit ./package.json (onnxruntime-common) cannot be resolved that way.
+    const manifestPath = (base.resolve.paths(name) ?? []).map((dir) => path.join(dir, name, 'package.json')).find((p) => existsSync(p));
+    if (manifestPath === undefined) continue; // not installed (an optional dependency on another platform)
     const dir = path.dirname(manifestPath);
     if (found.has(dir)) continue;
     found.set(dir, name);
