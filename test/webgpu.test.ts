@@ -246,6 +246,10 @@ describe.skipIf(info === null)(suite, () => {
       noiseFits: false,
     });
     expect(manifest.training.backend).toBe('webgpu');
+    // The ONNX export at the end of training reads the weights synchronously: it works because a freshly
+    // loaded model's weights are still on the CPU (webgpu uploads a tensor when a kernel first uses it).
+    expect(manifest.onnx?.file).toBe('model.onnx');
+    await fs.access(path.join(out, 'model.onnx'));
     const denoise = async (): Promise<Float32Array> => {
       const { model, manifest: m } = await loadModelFolder(out);
       const result = await denoiseVolume(model, m, noisy);
