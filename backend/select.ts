@@ -1,8 +1,11 @@
 /**
  * Chooses, loads and activates the TensorFlow.js backend for the whole process.
  *
- * Order for 'auto': @tensorflow/tfjs-node-gpu when it loads and TensorFlow sees a GPU, then
- * @tensorflow/tfjs-node, then wasm (threaded, all cores), then the plain JS cpu backend.
+ * Order for 'auto': @tensorflow/tfjs-node-gpu when it loads and TensorFlow sees a GPU, then webgpu
+ * when Dawn finds a hardware adapter (backend/webgpu.ts; a software adapter such as llvmpipe only
+ * on an explicit 'webgpu'), then @tensorflow/tfjs-node, then wasm (threaded, all cores), then the
+ * plain JS cpu backend. What 'auto' skipped and why is in BackendInfo.skipped (the CLI prints it
+ * at --verbose only: a missing optional package is the normal case, not a warning).
  *
  * GPU rule: tfjs-node-gpu's native binding lists TensorFlow's devices when it starts
  * (TF_DeviceList) and runs ops on the first device of type "GPU" if there is one, else on the
@@ -10,8 +13,8 @@
  * only when the active 'tensorflow' backend has `isGPUPackage === true` and
  * `isUsingGpuDevice === true`. When tfjs-node-gpu loads but sees no GPU (no NVIDIA device, or
  * CUDA/cuDNN libraries missing), its CPU TensorFlow is what tfjs-node would give, so 'auto'
- * keeps it and reports it as 'tensorflow' (loading tfjs-node too would register a second
- * 'tensorflow' backend over it).
+ * keeps it (after webgpu) and reports it as 'tensorflow' (loading tfjs-node too would register a
+ * second 'tensorflow' backend over it).
  */
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -20,14 +23,24 @@ import '@tensorflow/tfjs-backend-cpu';
 import { BlindspotError, ExitCode, UsageError } from '../core/errors.js';
 import { registerWasmTrainingKernels } from './kernels/index.js';
 import { startWasmBackend } from './wasm-threads.js';
+import { describeAdapter, startWebgpuBackend, webgpuPackageVersions, WebgpuUnavailable } from './webgpu.js';
 
-export type BackendChoice = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
-export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+export type BackendChoice = 'auto' | 'tensorflow-gpu' | 'webgpu' | 'tensorflow' | 'wasm' | 'cpu';
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', 'tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'];
 
 export interface BackendInfo {
-  name: 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
-  /** The tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu'. */
+  name: 'tensorflow-gpu' | 'webgpu' | 'tensorflow' | 'wasm' | 'cpu';
+  /** The tfjs backend name now active: 'tensorflow', 'webgpu', 'wasm' or 'cpu'. */
   tfBackend: string;
+  /** Whether it computes on a hardware GPU (false for webgpu on a software adapter). */
+  gpu: boolean;
+  /**
+   * The largest tensor the device holds, bytes (webgpu: the adapter's maxStorageBufferBindingSize,
+   * since a kernel binds each tensor as one storage buffer); absent where only host memory bounds it.
+   */
+  maxTensorBytes?: number;
+  /** What 'auto' tried before this one and why each was skipped (for --verbose). */
+  skipped?: string[];
   /** Threads the backend computes with (for TensorFlow: the cores its own pool can use). */
   threads: number;
   /** Whether wasm SIMD is in use (false for the native and cpu backends). */
@@ -58,6 +71,16 @@ interface Request {
 }
 
 let started: { request: Request; info: Promise<BackendInfo> } | null = null;
+let active: BackendInfo | null = null;
+
+/**
+ * The largest tensor, in bytes, the active backend's device can hold (webgpu: one storage buffer
+ * binding), or null where only host memory bounds it. Tile and batch sizes are checked against it.
+ */
+export function maxTensorBytes(): number | null {
+  if (active === null || active.maxTensorBytes === undefined || tf.getBackend() !== active.tfBackend) return null;
+  return active.maxTensorBytes;
+}
 
 /**
  * Loads and activates a backend. Idempotent per process: later calls get the first call's
@@ -84,7 +107,8 @@ export async function initBackend(opts: { backend?: BackendChoice; threads?: num
   const attempt = { request, info: choose(request) };
   started = attempt;
   try {
-    return await attempt.info;
+    active = await attempt.info;
+    return active;
   } catch (error) {
     // A failed explicit request leaves the process free to ask for another backend.
     if (started === attempt) started = null;
@@ -112,23 +136,62 @@ async function choose(request: Request): Promise<BackendInfo> {
       return loadWasm(threads);
     case 'cpu':
       return loadCpu('as requested');
+    case 'webgpu':
+      return loadWebgpu(true);
     case 'auto': {
       const skipped: string[] = [];
-      for (const [pkg, choice] of [[TF_NODE_GPU, 'tensorflow-gpu'], [TF_NODE, 'tensorflow']] as const) {
+      const reason = (error: unknown): string => (error instanceof BackendUnavailableError ? error.reason : String(error));
+      // tfjs-node-gpu without a visible GPU registers its CPU TensorFlow: kept as the 'tensorflow' choice below.
+      let tensorflowOnCpu: BackendInfo | null = null;
+      try {
+        const info = await loadTensorflow(TF_NODE_GPU, 'tensorflow-gpu');
+        if (info.name === 'tensorflow-gpu') return info;
+        tensorflowOnCpu = info;
+        skipped.push(`${TF_NODE_GPU}: TensorFlow sees no GPU`);
+      } catch (error) {
+        skipped.push(reason(error));
+      }
+      try {
+        return { ...(await loadWebgpu(false)), skipped: [...skipped] };
+      } catch (error) {
+        skipped.push(reason(error));
+      }
+      if (tensorflowOnCpu !== null && (await tf.setBackend('tensorflow'))) return { ...tensorflowOnCpu, skipped };
+      if (tensorflowOnCpu === null) {
         try {
-          return await loadTensorflow(pkg, choice);
+          return { ...(await loadTensorflow(TF_NODE, 'tensorflow')), skipped: [...skipped] };
         } catch (error) {
-          skipped.push(error instanceof BackendUnavailableError ? error.reason : `${pkg}: ${String(error)}`);
+          skipped.push(reason(error));
         }
       }
       try {
         const wasm = await loadWasm(threads);
-        return { ...wasm, detail: `${wasm.detail} (auto; ${skipped.join('; ')})` };
+        return { ...wasm, detail: `${wasm.detail} (auto)`, skipped };
       } catch (error) {
-        skipped.push(error instanceof BackendUnavailableError ? error.reason : String(error));
+        skipped.push(reason(error));
       }
-      return loadCpu(`auto; ${skipped.join('; ')}`);
+      return { ...(await loadCpu('auto')), skipped };
     }
+  }
+}
+
+async function loadWebgpu(allowSoftware: boolean): Promise<BackendInfo> {
+  try {
+    const adapter = await startWebgpuBackend({ allowSoftware });
+    const versions = webgpuPackageVersions();
+    return {
+      name: 'webgpu',
+      tfBackend: 'webgpu',
+      gpu: !adapter.software,
+      maxTensorBytes: Math.min(adapter.maxBufferSize, adapter.maxStorageBufferBindingSize),
+      // The JS thread drives the device; the adapter's own parallelism is not ours to count.
+      threads: 1,
+      simd: false,
+      detail: `${describeAdapter(adapter)}; webgpu@${versions.dawn}, @tensorflow/tfjs-backend-webgpu@${versions.tfjs}`,
+    };
+  } catch (error) {
+    if (error instanceof WebgpuUnavailable) throw new BackendUnavailableError('webgpu', error.message, { cause: error });
+    throw new BackendUnavailableError('webgpu', `failed to start: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
   }
 }
 
@@ -160,10 +223,10 @@ async function loadTensorflow(pkg: typeof TF_NODE | typeof TF_NODE_GPU, choice: 
   const onGpu = backend.isGPUPackage === true && backend.isUsingGpuDevice === true;
   const cores = os.availableParallelism();
   if (onGpu) {
-    return { name: 'tensorflow-gpu', tfBackend: 'tensorflow', threads: cores, simd: false, detail: `${pkg}@${version}, TensorFlow on a CUDA GPU` };
+    return { name: 'tensorflow-gpu', tfBackend: 'tensorflow', gpu: true, threads: cores, simd: false, detail: `${pkg}@${version}, TensorFlow on a CUDA GPU` };
   }
   const where = pkg === TF_NODE_GPU ? 'without a visible GPU: TensorFlow on the CPU' : 'TensorFlow on the CPU';
-  return { name: 'tensorflow', tfBackend: 'tensorflow', threads: cores, simd: false, detail: `${pkg}@${version}, ${where} (it sizes its own thread pool)` };
+  return { name: 'tensorflow', tfBackend: 'tensorflow', gpu: false, threads: cores, simd: false, detail: `${pkg}@${version}, ${where} (it sizes its own thread pool)` };
 }
 
 async function loadWasm(threads: number): Promise<BackendInfo> {
@@ -177,7 +240,7 @@ async function loadWasm(threads: number): Promise<BackendInfo> {
     const message = typeof error === 'object' && error !== null && 'message' in error ? String(error.message) : String(error);
     throw new BackendUnavailableError('wasm', `@tensorflow/tfjs-backend-wasm failed to start: ${message}`, { cause: error });
   }
-  return { name: 'wasm', tfBackend: 'wasm', threads: wasm.threads, simd: wasm.simd, detail: wasm.detail };
+  return { name: 'wasm', tfBackend: 'wasm', gpu: false, threads: wasm.threads, simd: wasm.simd, detail: wasm.detail };
 }
 
 async function loadCpu(why: string): Promise<BackendInfo> {
@@ -186,7 +249,7 @@ async function loadCpu(why: string): Promise<BackendInfo> {
   // already says so, and the CLI owns the output.
   const cpuBackend = tf.backend() as unknown as { firstUse?: unknown };
   if (typeof cpuBackend.firstUse === 'boolean') cpuBackend.firstUse = false;
-  return { name: 'cpu', tfBackend: 'cpu', threads: 1, simd: false, detail: `@tensorflow/tfjs-backend-cpu ${tf.version_core} (plain JavaScript, very slow for training; ${why})` };
+  return { name: 'cpu', tfBackend: 'cpu', gpu: false, threads: 1, simd: false, detail: `@tensorflow/tfjs-backend-cpu ${tf.version_core} (plain JavaScript, very slow for training; ${why})` };
 }
 
 function installedVersion(pkg: string): string | null {

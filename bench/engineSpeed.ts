@@ -19,6 +19,12 @@ import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js
 export const SHAPE_2D = [512, 512];
 export const SHAPE_3D = [32, 128, 128];
 
+/** The 2D and 3D input shapes an inference rate is measured on (ZYX; bench:speed --tiny passes toy ones). */
+export interface BenchShapes {
+  d2: number[];
+  d3: number[];
+}
+
 export interface EngineRates {
   engine: 'onnx' | 'tfjs' | 'torch';
   threads: number;
@@ -51,14 +57,14 @@ function referenceNetwork(dims: 2 | 3) {
 }
 
 /** ONNX Runtime (CPU provider) and tfjs (the active backend) on the same networks and inputs. */
-export async function measureEngines(threads: number, runs2d: number, runs3d: number, with3d: boolean): Promise<EngineRates[]> {
+export async function measureEngines(threads: number, runs2d: number, runs3d: number, with3d: boolean, shapes: BenchShapes = { d2: SHAPE_2D, d3: SHAPE_3D }): Promise<EngineRates[]> {
   const out: EngineRates[] = [];
   const rates = { onnx: { mpx2d: 0, mvox3d: null as number | null }, tfjs: { mpx2d: 0, mvox3d: null as number | null } };
   for (const dims of with3d ? ([2, 3] as const) : ([2] as const)) {
     const { model, manifest } = referenceNetwork(dims);
     const onnx = await openOnnxEngine({ model: exportOnnx(model, manifest).bytes, device: 'cpu', threads });
     const tfjs = tfjsEngine(model);
-    const shape = dims === 2 ? SHAPE_2D : SHAPE_3D;
+    const shape = dims === 2 ? shapes.d2 : shapes.d3;
     const runs = dims === 2 ? runs2d : runs3d;
     for (const [name, engine] of [['onnx', onnx], ['tfjs', tfjs]] as const) {
       const r = await rate(engine, shape, runs, dims);

@@ -13,6 +13,7 @@
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
  *   npm run bench:speed -- --no-train --no-3d   # inference only; 2D only
  *   npm run bench:speed -- --infer-runs 3 --infer-runs-3d 1   # timed runs per engine (after a warm-up)
+ *   npm run bench:speed -- --tiny        # batch 2 of 32x32, inference on 64x64 (3D 8x32x32): tests the flow on a slow backend (no speed claim)
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  *
  * --profile wraps every kernel of the active backend during the timed steps and adds up, per
@@ -33,7 +34,7 @@ import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
-import { type EngineRates, measureEngines, measureTorch } from './engineSpeed.js';
+import { type BenchShapes, type EngineRates, SHAPE_2D, SHAPE_3D, measureEngines, measureTorch } from './engineSpeed.js';
 import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
 import { benchArgs, writeResult } from './common.js';
 
@@ -108,8 +109,10 @@ function profileKernels(backendName: string): { table: (steps: number) => Kernel
   };
 }
 
-const BATCH = 16;
-const PATCH = 64;
+/** The reference sizes, or --tiny's (training batch and patch; inference shapes of each engine). */
+let BATCH = 16;
+let PATCH = 64;
+let INFER_SHAPES: BenchShapes = { d2: SHAPE_2D, d3: SHAPE_3D };
 
 interface InferenceRuns {
   runs2d: number;
@@ -152,7 +155,7 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
   }
   model.dispose();
   optimizer.dispose();
-  const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d);
+  const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d, INFER_SHAPES);
   return {
     backend: backend.name,
     optimizer: optimizerChoice,
@@ -178,6 +181,7 @@ async function main(): Promise<void> {
   const bnHelper = args.get('bn-helper') ?? 'on';
   if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
   setBatchNormHelperThread(bnHelper === 'on');
+  if (args.has('tiny')) [BATCH, PATCH, INFER_SHAPES] = [2, 32, { d2: [64, 64], d3: [8, 32, 32] }];
   if (args.has('child')) {
     const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
     const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
@@ -197,7 +201,7 @@ async function main(): Promise<void> {
     const childArgs = ['--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(infer.runs2d), '--infer-runs-3d', String(infer.runs3d)];
     if (!infer.with3d) childArgs.push('--no-3d');
     if (steps === 0) childArgs.push('--no-train');
-    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), ...childArgs, '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : [])], {
+    const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), ...childArgs, '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : []), ...(args.has('tiny') ? ['--tiny'] : [])], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 1 << 24,
@@ -207,7 +211,8 @@ async function main(): Promise<void> {
     console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: ${train}, peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
     // PyTorch right after, same thread count: same-run ratios are what mean anything on a shared machine.
-    const pt = measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d);
+    // --tiny measures nothing worth a ratio (and torch_infer.py knows only the reference shapes).
+    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d);
     if (pt) torch.push(pt);
     for (const e of [...r.engines, ...(pt ? [pt] : [])]) {
       console.log(`  infer ${e.engine.padEnd(5)} ${t} thread(s): 2D ${e.mpx2d} Mpx/s${e.mvox3d === null ? '' : `, 3D ${e.mvox3d} Mvoxel/s`}`);
@@ -236,6 +241,11 @@ async function main(): Promise<void> {
     // /proc/loadavg before each thread count's run and at the end: the machine is shared.
     load: loads,
   };
+  if (args.has('tiny')) {
+    // Toy sizes test the flow; they are no result to keep.
+    console.log(JSON.stringify(summary));
+    return;
+  }
   const file = await writeResult('speed', summary);
   console.log(`written ${file}`);
   console.log(JSON.stringify(summary));

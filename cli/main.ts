@@ -98,9 +98,9 @@ Options:
                             U-Net batch norm (default: on from batch size 16; below it, statistics of a
                             few patches bias the output at inference)
   --depth N --filters N     laine19 branch U-Net: default depth 3 (3D: 1), 16 filters on CPU backends (wasm, cpu,
-                            tensorflow), the paper's depth 5, 48 filters (3D: 3, 32) on tensorflow-gpu
+                            tensorflow), the paper's depth 5, 48 filters (3D: 3, 32) on a GPU
   --filters N --blocks N    dbsn: default 32 filters, 5 blocks (3D: 4) on CPU backends, the paper's
-                            64, 9 (3D: 32, 4) on tensorflow-gpu. On wasm (batch 4, 64x64) a step takes
+                            64, 9 (3D: 32, 4) on a GPU. On wasm (batch 4, 64x64) a step takes
                             about 2 s for these laine19 / dbsn defaults, 8-14 s at paper size, 0.7 s for the U-Net
   --network-size paper|small   override the backend's choice of the laine19 / dbsn defaults
   --normalisation meanstd|percentile   (default meanstd)
@@ -119,7 +119,11 @@ TIFF stacks and frame folders): patches from random chunk-aligned regions throug
   --max-memory SIZE         bound on the sampler's cache and queues (default 2GiB; the model is extra)
   --background T            skip patches whose mean is below T (raw intensity units)
   --s3-endpoint URL --channel N --time N   as for denoise
-  --backend B               auto|tensorflow-gpu|tensorflow|wasm|cpu (default auto)
+  --backend B               auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu (default auto). auto takes the
+                            first that works: tensorflow-gpu, webgpu on a hardware GPU (Dawn; Vulkan on
+                            Linux), tensorflow, wasm, cpu. tensorflow(-gpu) need the optional packages
+                            @tensorflow/tfjs-node(-gpu), whose install downloads libtensorflow (see docs/webgpu.md)
+  --verbose                 also log which backends auto skipped and why
   --threads N               CPU threads for wasm (default: all cores)
   --json                    JSON lines instead of a progress bar
 
@@ -147,7 +151,7 @@ Options:
                             (<name>.std.tif, or <out>.std.zarr when streaming)
   --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
 ${ENGINE_HELP}
-  --backend B --threads N --json   as for train (--threads: also ONNX Runtime's intra-op threads)
+  --backend B --threads N --verbose --json   as for train (--threads: also ONNX Runtime's intra-op threads)
   --report <file.html>      afterwards, write the HTML report: before/after tiles, noise, loss, provenance
                             (streamed: also throughput per chunk; a shard writes it once all shards are done)
 

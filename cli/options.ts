@@ -1,17 +1,18 @@
 /** Option parsing shared by every `blindspot` command (each command lives in its own cli/ file or in main.ts). */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ExitCode, UsageError } from '../core/errors.js';
-import { initBackend, type BackendChoice } from '../backend/select.js';
+import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/select.js';
 import { createReporter, type Reporter } from './progress.js';
 import { DEVICE_CHOICES, ENGINE_CHOICES } from '../engines/engine.js';
 import type { EngineRequest } from '../engines/select.js';
 
-export const BACKENDS: BackendChoice[] = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+export const BACKENDS: readonly BackendChoice[] = BACKEND_CHOICES;
 
 export const commonOptions = {
   backend: { type: 'string', default: 'auto' },
   threads: { type: 'string' },
   json: { type: 'boolean', default: false },
+  verbose: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -76,13 +77,20 @@ export function choice<T extends string>(name: string, value: string | undefined
   return value as T;
 }
 
-export async function setUp(values: { backend?: string; threads?: string; json?: boolean }): Promise<{ reporter: Reporter; backend: { name: string; threads: number } }> {
+export async function setUp(values: {
+  backend?: string;
+  threads?: string;
+  json?: boolean;
+  verbose?: boolean;
+}): Promise<{ reporter: Reporter; backend: { name: string; threads: number; gpu: boolean } }> {
   const reporter = createReporter({ json: values.json === true || !process.stderr.isTTY });
   const backend = choice('backend', values.backend, BACKENDS) ?? 'auto';
   const info = await initBackend({ backend, threads: intOption('threads', values.threads) });
   reporter.log(`backend ${info.name} (${info.detail}), ${info.threads} thread(s)`);
+  // A missing optional backend is the normal case: said only when asked.
+  if (values.verbose === true) for (const reason of info.skipped ?? []) reporter.log(`  auto skipped: ${reason}`);
   reporter.event('backend', { ...info });
-  return { reporter, backend: { name: info.name, threads: info.threads } };
+  return { reporter, backend: { name: info.name, threads: info.threads, gpu: info.gpu } };
 }
 
 /** How long after SIGTERM/SIGINT a run may take to stop cleanly (Kubernetes' default grace period is 30 s). */
@@ -123,7 +131,7 @@ export function interruptController(reporter: Reporter, graceSeconds = DEFAULT_G
 /** Options that say how a run goes, not what it makes: a resumed or sharded run records the same command. */
 // --engine / --device: the same network on another engine or device (equal within float rounding, docs/onnx-engine.md).
 const RUN_OPTIONS_WITH_VALUE = new Set(['--shard', '--shard-count', '--grace-seconds', '--threads', '--report', '--engine', '--device']);
-const RUN_FLAGS = new Set(['--resume', '--json', '--dry-run']);
+const RUN_FLAGS = new Set(['--resume', '--json', '--dry-run', '--verbose']);
 
 /** `args` without the run options (see above), for provenance that must be identical between runs of one output. */
 export function withoutRunOptions(args: readonly string[]): string[] {

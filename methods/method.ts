@@ -127,8 +127,11 @@ export interface TrainingContext {
 /** The per-run part of a method: its loss over a batch and its hooks, with any state they keep. */
 export interface MethodTraining {
   batchLoss: BatchLossFn;
-  /** After each validation loss is computed: updates the method's state; fields for the history record, events. */
-  onValidation?(v: { model: tfl.LayersModel; batches: readonly ValidationBatch[]; step: number }): { record?: Partial<TrainingRecord>; events?: MethodEvent[] };
+  /**
+   * After each validation loss is computed: updates the method's state; fields for the history
+   * record, events. Asynchronous because it reads tensors (webgpu has no synchronous read in Node).
+   */
+  onValidation?(v: { model: tfl.LayersModel; batches: readonly ValidationBatch[]; step: number }): Promise<{ record?: Partial<TrainingRecord>; events?: MethodEvent[] }>;
   /** What the manifest's methodSettings records of the run's state (merged with the method's settings). */
   settings?(): MethodSettings;
   /** Saved in the checkpoint's state file (keys of their own), read back through TrainingContext.saved. */
@@ -167,9 +170,9 @@ export interface Method {
   training(context: TrainingContext): MethodTraining;
   /**
    * Point-estimate models after training: corrects the best model in place and returns the output
-   * offset taken out (normalised units). Not called for Gaussian-prior models.
+   * offset taken out (normalised units). Not called for Gaussian-prior models. Asynchronous: it reads tensors.
    */
-  afterTraining?(model: tfl.LayersModel, batches: readonly ValidationBatch[]): number;
+  afterTraining?(model: tfl.LayersModel, batches: readonly ValidationBatch[]): Promise<number>;
   /** The one-channel function denoise runs on normalised tiles for a model of this method. */
   denoiser(model: tfl.LayersModel, manifest: ModelManifest, output: DenoiseOutput): tfl.LayersModel | ((x: tf.Tensor) => tf.Tensor);
 }

@@ -25,16 +25,19 @@ type Noise2InfoState = NonNullable<MethodSettings['noise2info']>;
  * Noise2Info's sigma upper bound (models/noise2info.ts) on the validation patches: F(X) on each
  * unmasked patch (the target), l_ex from F(X_J^c) on its grid-masked copy.
  */
-function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: readonly ValidationBatch[], rng: Rng): number {
+async function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: readonly ValidationBatch[], rng: Rng): Promise<number> {
   const noisy: Float32Array[] = [];
   const predicted: Float32Array[] = [];
   const maskedPredicted: Float32Array[] = [];
   const masks: Float32Array[] = [];
   for (const b of batches) {
-    const [full, masked] = tf.tidy(() => [
-      (model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
-      (model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor).dataSync() as Float32Array,
+    // Read asynchronously: webgpu cannot read a tensor synchronously in Node (the values are the same).
+    const outputs = tf.tidy(() => [
+      model.apply(tf.tensor(b.targets, b.shape), { training: false }) as tf.Tensor,
+      model.apply(tf.tensor(b.inputs, b.shape), { training: false }) as tf.Tensor,
     ]);
+    const [full, masked] = (await Promise.all(outputs.map((t) => t.data()))) as Float32Array[];
+    tf.dispose(outputs);
     const per = b.targets.length / b.shape[0];
     for (let i = 0; i < b.shape[0]; i++) {
       noisy.push(b.targets.subarray(i * per, (i + 1) * per));
@@ -80,9 +83,9 @@ export const noise2info: Method = {
     return {
       // F(X) on the unmasked patch (the target) and F(X_J^c) on the masked input.
       batchLoss: (apply, inputs, targets, masks) => noise2InfoLoss(apply(targets), apply(inputs), targets, masks, state.sigma),
-      onValidation({ model, batches, step }) {
+      async onValidation({ model, batches, step }) {
         // Algorithm 2's per-epoch update, once per validation, on the fixed validation patches.
-        const estimate = estimateNoise2InfoSigmaOn(model, batches, new Rng(mixSeed(context.seed, step, 0x6e32)));
+        const estimate = await estimateNoise2InfoSigmaOn(model, batches, new Rng(mixSeed(context.seed, step, 0x6e32)));
         const sigma = updateNoise2InfoSigma(state.sigma, estimate);
         state = { sigma, estimates: [...state.estimates, { step, estimate, sigma }] };
         return { record: { noise2infoSigma: sigma }, events: [{ type: 'noise2info-sigma', step, estimate, sigma }] };

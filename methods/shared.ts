@@ -136,14 +136,17 @@ function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Pa
  * about the same on Set12: mostly the network's, not the image's). Measured after it: -1.9 to -1.1;
  * the patches stand for an image only to within 1-3 grey levels (16 patches of 64x64 there).
  */
-export function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): number {
+export async function removeOutputOffset(model: tfl.LayersModel, batches: readonly ValidationBatch[], from: 'inputs' | 'targets'): Promise<number> {
   let sum = 0;
   let count = 0;
   for (const b of batches) {
-    sum += tf.tidy(() => {
+    const batchSum = tf.tidy(() => {
       const prediction = model.predict(tf.tensor(b[from], b.shape)) as tf.Tensor;
-      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape))).dataSync()[0];
+      return tf.sum(tf.sub(prediction, tf.tensor(b.targets, b.shape)));
     });
+    // Read asynchronously: webgpu cannot read a tensor synchronously in Node.
+    sum += (await batchSum.data())[0];
+    batchSum.dispose();
     count += b.targets.length;
   }
   const offset = count > 0 ? sum / count : 0;

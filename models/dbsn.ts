@@ -124,14 +124,15 @@ export const initialLogPredictionVariance = Math.log(0.01);
  * gradient by Sigma_mu + Sigma_n ~ 10 and held the mean back for most of a short run.
  */
 function startWithSmallPredictionVariance(output: tfl.layers.Layer): void {
+  // Tensor ops, not a read-modify-write of the values: webgpu cannot read synchronously in Node.
   tf.tidy(() => {
     const [kernel, bias] = output.getWeights();
     const channels = kernel.shape[kernel.shape.length - 1];
-    const kernelValues = kernel.dataSync().slice();
-    for (let i = 1; i < kernelValues.length; i += channels) kernelValues[i] = 0;
-    const biasValues = bias.dataSync().slice();
-    biasValues[1] = initialLogPredictionVariance;
-    output.setWeights([tf.tensor(kernelValues, kernel.shape), tf.tensor(biasValues, bias.shape)]);
+    const isVariance = Array.from({ length: channels }, (_, c) => (c === 1 ? 1 : 0));
+    const keep = tf.tensor1d(isVariance.map((v) => 1 - v));
+    const kernelStart = tf.mul(kernel, keep);
+    const biasStart = tf.add(tf.mul(bias, keep), tf.tensor1d(isVariance.map((v) => v * initialLogPredictionVariance)));
+    output.setWeights([kernelStart, biasStart]);
   });
 }
 

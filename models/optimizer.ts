@@ -170,6 +170,7 @@ function zerosVariableLike(value: tf.Tensor): tf.Variable {
 /** Gives `moment` a buffer of its own if anything else holds its current one. */
 function ensureUnshared(moment: tf.Variable): void {
   if (tf.engine().backend.refCount(moment.dataId) <= 1) return;
+  // Only on the fused path (cpu, wasm), whose buffers live in host memory: a synchronous read is safe there.
   const copy = tf.tensor(moment.dataSync().slice(), moment.shape, moment.dtype);
   moment.assign(copy);
   copy.dispose();

@@ -43,13 +43,14 @@ import { voxelCount } from '../core/volume.js';
 import type { Normalisation } from '../models/normalise.js';
 import { readTiles } from '../operators/readTiles.js';
 import { type Predictor, predictTilePixels } from '../operators/predictTiles.js';
+import type { TileModel } from '../engines/tfjs.js';
 import { stitchWithBlending } from '../operators/stitchWithBlending.js';
 import { type BlockSweep, type TilePlan, type TileSpec, planBlockSweep, planTileGrid, readChunkSpans, sweepBlocks, tileSpecAt } from '../operators/tileGrid.js';
 import { sha256Hex, writeChunks } from '../operators/writeChunks.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { ChunkCache, type ChunkCacheStats, readRegionReflected } from '../storage/chunkCache.js';
 import { type ChunkedArrayReader, type ChunkedArrayWriter, chunkGrid } from '../storage/chunked.js';
-import { estimateBytesPerVoxel } from './predict.js';
+import { assertTileFitsDevice, estimateBytesPerVoxel } from './predict.js';
 import { type ShardSpec, shardBlockRange, shardJournalPrefix } from './shard.js';
 import { type StreamGeometry, type StreamMemoryPlan, MiB, planStreamMemory } from './streamMemory.js';
 import { RunJournal, JOURNAL_PREFIX } from './runJournal.js';
@@ -106,6 +107,12 @@ export interface DenoiseChunkedOptions extends StreamGeometry {
   modelWeightBytes?: number;
   /** Activation bytes per padded-tile voxel; default estimated from the model (pipeline/predict.ts). */
   bytesPerVoxel?: number;
+  /**
+   * The tfjs model `model` runs, when `model` is the tfjs engine around it: what the device check
+   * measures (a GPU binds each tensor as one buffer; pipeline/predict.ts assertTileFitsDevice). An
+   * engine alone cannot be measured, and ONNX Runtime does not run on the tfjs backend.
+   */
+  tfjsModel?: TileModel;
   tta?: boolean;
   /** Where the run record and chunk journal go (normally the output's own store); without it nothing can be resumed. */
   journal?: { store: ByteStore; prefix?: string; fingerprint: string };
@@ -242,6 +249,7 @@ export async function denoiseChunked(opts: DenoiseChunkedOptions): Promise<Denoi
   if (plan.grid.join() !== grid.join()) {
     throw new Error(`denoiseChunked: tile grid [${plan.grid.join(', ')}] does not match the output chunk grid [${grid.join(', ')}]`);
   }
+  assertTileFitsDevice(opts.tfjsModel ?? opts.model, opts.sizeMultiple, plan.readShape, 1, 'choose smaller --output-chunks');
   const blocksAll = plan.tileCount;
   const blocks = opts.shard ? shardBlockRange(blocksAll, opts.shard) : { start: 0, end: blocksAll };
   const sweep = blockSweepFor(plan, input.info.chunks, memory, opts.order ?? 'sweep');

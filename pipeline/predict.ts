@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import * as tfl from '@tensorflow/tfjs-layers';
 import { lastValueFrom, of, tap } from 'rxjs';
+import { maxTensorBytes } from '../backend/select.js';
 import { InputError, UsageError } from '../core/errors.js';
 import type { Shape } from '../core/volume.js';
 import { reflectIndex, voxelCount } from '../core/volume.js';
@@ -61,8 +62,21 @@ export function planTiles(shape: Shape, opts: PredictOptions): TilePlan {
  * tfjs model at hand measure it instead, whatever engine runs it).
  */
 export function estimateBytesPerVoxel(model: Predictor, dims: 2 | 3, sizeMultiple: number): number {
-  const fallback = TILE_BUDGET_BYTES / DEFAULT_MAX_TILE_VOXELS;
-  if (typeof model === 'function' || isInferenceEngine(model)) return fallback;
+  return probeActivations(model, dims, sizeMultiple)?.totalBytesPerVoxel ?? TILE_BUDGET_BYTES / DEFAULT_MAX_TILE_VOXELS;
+}
+
+/**
+ * Bytes per input voxel of the largest single activation of `model` (its widest layer output at
+ * full resolution, e.g. a U-Net's first skip concatenation): what one tensor of a batch of tiles
+ * needs, to check against a device's largest buffer. Plain functions and engines: 4 KiB per voxel.
+ */
+export function estimateLargestTensorBytesPerVoxel(model: Predictor, dims: 2 | 3, sizeMultiple: number): number {
+  return probeActivations(model, dims, sizeMultiple)?.largestBytesPerVoxel ?? TILE_BUDGET_BYTES / DEFAULT_MAX_TILE_VOXELS;
+}
+
+/** Every layer output's floats per input voxel, summed and the largest; null if the model cannot be probed (functions, engines). */
+function probeActivations(model: Predictor, dims: 2 | 3, sizeMultiple: number): { totalBytesPerVoxel: number; largestBytesPerVoxel: number } | null {
+  if (typeof model === 'function' || isInferenceEngine(model)) return null;
   try {
     // Every node's outputs, not layer.output: a layer shared by several branches (laine19's rotated
     // branches) has one output per call, and each is a separate activation.
@@ -84,13 +98,42 @@ export function estimateBytesPerVoxel(model: Predictor, dims: 2 | 3, sizeMultipl
     return tf.tidy(() => {
       const x = tf.zeros([1, ...new Array<number>(dims).fill(side), 1]);
       const outputs = probe.predict(x);
-      const list = Array.isArray(outputs) ? outputs : [outputs];
-      const floatsPerVoxel = list.reduce((sum, t) => sum + t.size / inputVoxels, 0);
-      return 4 * floatsPerVoxel;
+      const floats = (Array.isArray(outputs) ? outputs : [outputs]).map((t) => t.size / inputVoxels);
+      return { totalBytesPerVoxel: 4 * floats.reduce((sum, f) => sum + f, 0), largestBytesPerVoxel: 4 * Math.max(...floats) };
     });
   } catch {
     // A model that cannot be probed (e.g. nested models): the default.
-    return fallback;
+    return null;
+  }
+}
+
+/**
+ * Voxels a tile may have so that `batchSize` of them fit the active device's largest tensor
+ * (backend/select.ts maxTensorBytes: a GPU's storage-buffer binding limit), or Infinity where the
+ * backend has no such bound. An engine (ONNX Runtime) does not run on the tfjs backend: its limit
+ * does not bind it.
+ */
+export function deviceTileVoxelCap(model: Predictor, dims: 2 | 3, sizeMultiple: number, batchSize = 1): number {
+  const limit = isInferenceEngine(model) ? null : maxTensorBytes();
+  if (limit === null) return Number.POSITIVE_INFINITY;
+  return Math.max(1, Math.floor(limit / batchSize / estimateLargestTensorBytesPerVoxel(model, dims, sizeMultiple)));
+}
+
+/**
+ * Throws a UsageError when `batchSize` tiles (or training patches) of `tileShape` would need a
+ * tensor larger than the device holds; `remedy` says what to change (e.g. "use a smaller --patch").
+ */
+export function assertTileFitsDevice(model: Predictor, sizeMultiple: number, tileShape: readonly number[], batchSize: number, remedy: string): void {
+  const limit = isInferenceEngine(model) ? null : maxTensorBytes();
+  if (limit === null) return;
+  const dims = tileShape.length as 2 | 3;
+  const bytes = voxelCount(tileShape as Shape) * batchSize * estimateLargestTensorBytesPerVoxel(model, dims, sizeMultiple);
+  if (bytes > limit) {
+    const mib = (b: number): string => `${(b / 2 ** 20).toFixed(0)} MiB`;
+    throw new UsageError(
+      `${batchSize} x [${tileShape.join(', ')}] voxels need a ${mib(bytes)} tensor in this network's widest layer, ` +
+        `more than the device's largest buffer (${mib(limit)}); ${remedy}`,
+    );
   }
 }
 
@@ -150,9 +193,13 @@ export async function predictVolume(model: Predictor, data: Float32Array, shape:
   const batchSize = opts.batchSize ?? 1;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batchSize must be a positive integer, got ${batchSize}`);
   const dims = shape.length;
-  const maxTileVoxels = opts.maxTileVoxels ?? maxTileVoxelsFor(model, dims, opts.sizeMultiple, batchSize);
-  const tiling: TilingOptions = { ...opts, maxTileVoxels, maxTileOverrun: opts.maxTileOverrun ?? TILE_OVERRUN_FACTOR };
+  // A GPU binds each tensor as one buffer: tiles stay under its limit too (Infinity elsewhere).
+  const deviceCap = deviceTileVoxelCap(model, dims, opts.sizeMultiple, batchSize);
+  const maxTileVoxels = Math.min(opts.maxTileVoxels ?? maxTileVoxelsFor(model, dims, opts.sizeMultiple, batchSize), deviceCap);
+  const overrun = Math.max(1, Math.min(opts.maxTileOverrun ?? TILE_OVERRUN_FACTOR, deviceCap / maxTileVoxels));
+  const tiling: TilingOptions = { ...opts, maxTileVoxels, maxTileOverrun: overrun };
   const plan = planTiles(shape, tiling);
+  assertTileFitsDevice(model, opts.sizeMultiple, plan.readShape, batchSize, `train a shallower network (--depth) or predict with a smaller batch`);
   // The smallest exact tile is the receptive field: a deep blind-spot network in 3D can need more
   // than any heap holds (wasm's is 4 GiB). Say so before allocating, instead of aborting inside it.
   if (plan.tileVoxels > TILE_OVERRUN_FACTOR * maxTileVoxels) {

@@ -235,6 +235,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
       maxMemoryBytes: opts.maxMemoryBytes,
       modelWeightBytes: job.modelWeightBytes,
       bytesPerVoxel: job.bytesPerVoxel,
+      ...(job.tileModel.name === 'tfjs' ? { tfjsModel: job.model } : {}),
       tta: opts.tta,
       journal: { store, fingerprint },
       resume: opts.resume,

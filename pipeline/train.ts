@@ -40,6 +40,7 @@ import { stepsOnDemand } from './stepSource.js';
 import { assertOutputOutsideInputs, assertWritableFolder, describeFsError } from '../storage/location.js';
 import { VERSION } from '../core/version.js';
 import { writeOnnxAfterTraining } from '../models/onnx/export.js';
+import { assertTileFitsDevice } from './predict.js';
 import type { TrainOptions } from './trainOptions.js';
 import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairSources, prepareStreamingData, preparePatch, readInputs, splitForValidation, validatePatchShape, type TrainingData } from './trainData.js';
 import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
@@ -97,7 +98,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const structMask = method.patchSettings?.(opts, dims).structMask;
   const grid = opts.grid ?? defaultGridSide;
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
-  const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
+  const size = opts.networkSize ?? (opts.backend?.gpu === true || opts.backend?.name === 'tensorflow-gpu' ? 'paper' : 'small');
   let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null });
   const geometry = networkGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
@@ -218,6 +219,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   } else {
     model = buildNetwork(network, seed);
   }
+  // A GPU binds each tensor as one buffer: a batch of patches must fit the widest layer's.
+  assertTileFitsDevice(model, geometry.sizeMultiple, patchShape, batchSize, 'use a smaller --patch or --batch-size');
   setLearningRate(optimizer, state.learningRate);
   // A variable created after the restore: Adam matches its moments by position, the network's weights first.
   // A fresh run (or a checkpoint without it) starts sigma at the validation patches' noise level; the likelihood refines it.
@@ -236,7 +239,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
       // The sigma trained together with the weights the folder holds (those of the best validation).
-      const logSigma = state.bestLearnedLogSigma ?? learnedLogSigma.dataSync()[0];
+      // No read of the variable here (webgpu has no synchronous read in Node): state.learnedLogSigma is
+      // its value after every step; before the first it holds the value it was created with.
+      const logSigma = state.bestLearnedLogSigma ?? state.learnedLogSigma ?? Math.log(initialLearnedSigma(valBatches));
       return { noise: { kind: 'gaussian', sigma: Math.exp(logSigma) * normalisation.scale }, source: 'learned' };
     }
     return priorNoise !== undefined ? { noise: priorNoise, source: priorMode ?? 'given' } : undefined;
@@ -314,11 +319,11 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     }
     const record: TrainingRecord = { step: state.stepsDone, loss: result.loss, learningRate: state.learningRate, seconds: state.wallSeconds };
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
-    if (learnedLogSigma !== null) state.learnedLogSigma = learnedLogSigma.dataSync()[0];
+    if (learnedLogSigma !== null) state.learnedLogSigma = (await learnedLogSigma.data())[0];
     if (isValidationStep) {
-      const valLoss = evaluateValidation(model, valBatches, batchLoss);
+      const valLoss = await evaluateValidation(model, valBatches, batchLoss);
       record.valLoss = valLoss;
-      const hook = methodRun.onValidation?.({ model, batches: valBatches, step: state.stepsDone });
+      const hook = await methodRun.onValidation?.({ model, batches: valBatches, step: state.stepsDone });
       if (hook?.record) Object.assign(record, hook.record);
       for (const event of hook?.events ?? []) opts.onEvent?.(event);
       lastValLoss = valLoss;
@@ -394,7 +399,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   let manifest: ModelManifest = { ...manifestFor(true), ...(noise ? { noise } : {}) };
   if (priorMode === null && method.afterTraining) {
     const best = (await loadModelFolder(opts.out)).model;
-    const offset = method.afterTraining(best, valBatches);
+    const offset = await method.afterTraining(best, valBatches);
     manifest = { ...manifest, outputOffsetRemoved: offset * normalisation.scale };
     await saveModelFolder(opts.out, best, manifest);
     best.dispose();
@@ -437,12 +442,15 @@ function validateOptions(method: Method, opts: TrainOptions): void {
   if (opts.targetSources && opts.sources?.some((s) => s.target)) throw new UsageError('give the targets either as targetSources or on the sources, not both');
 }
 
-function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): number {
+async function evaluateValidation(model: tfl.LayersModel, batches: ValidationBatch[], lossFn: BatchLossFn): Promise<number> {
   let sum = 0;
   let weight = 0;
   const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: false }) as tf.Tensor;
   for (const b of batches) {
-    const value = tf.tidy(() => lossFn(apply, tf.tensor(b.inputs, b.shape), tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)).dataSync()[0]);
+    const loss = tf.tidy(() => lossFn(apply, tf.tensor(b.inputs, b.shape), tf.tensor(b.targets, b.shape), tf.tensor(b.masks, b.shape)));
+    // Read asynchronously: webgpu cannot read a tensor synchronously in Node.
+    const value = (await loss.data())[0];
+    loss.dispose();
     sum += value * b.shape[0];
     weight += b.shape[0];
   }

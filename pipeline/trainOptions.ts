@@ -125,7 +125,8 @@ export interface TrainOptions {
   network?: NetworkOverrides;
   /**
    * Size of the default laine19 / D-BSN network: 'paper' (the published one) or 'small' (one that
-   * trains at a useful pace on a CPU); default 'paper' on tensorflow-gpu, else 'small'.
+   * trains at a useful pace on a CPU); default 'paper' on a GPU (tensorflow-gpu, webgpu on a hardware
+   * adapter), else 'small'.
    */
   networkSize?: 'paper' | 'small';
   normalisation?: 'meanstd' | 'percentile';
@@ -138,7 +139,7 @@ export interface TrainOptions {
   patience?: number;
   resume?: boolean;
   overwrite?: boolean;
-  backend?: { name: string; threads: number };
+  backend?: { name: string; threads: number; gpu?: boolean };
   /** Interrupt: the run stops after the current step with a checkpoint, resumable with `resume`. */
   signal?: AbortSignal;
   onEvent?: (event: TrainEvent) => void;

@@ -167,10 +167,17 @@ describe('wasm threads in child processes', () => {
 
   it("'auto' picks wasm with all cores when tfjs-node is not installed", async () => {
     const auto = await runChild('auto', 0);
-    if (tfNodeInstalled || tfNodeGpuInstalled) {
+    if (auto.report.info.name === 'webgpu') {
+      // A machine with a GPU Dawn can drive: auto never takes a software adapter.
+      expect(auto.report.info.gpu).toBe(true);
+    } else if (tfNodeInstalled || tfNodeGpuInstalled) {
       expect(auto.report.info.name).toMatch(/^tensorflow/);
     } else {
-      expect(auto.report.info).toMatchObject({ name: 'wasm', threads: Math.min(os.availableParallelism(), 8) });
+      expect(auto.report.info).toMatchObject({ name: 'wasm', gpu: false, threads: Math.min(os.availableParallelism(), 8) });
+      // The missing optional packages are listed for --verbose, not in the one-line detail.
+      expect(auto.report.info.detail).not.toMatch(/not installed/);
+      expect(auto.report.info.skipped?.join('\n')).toMatch(/@tensorflow\/tfjs-node-gpu is not installed/);
+      expect(auto.report.info.skipped?.some((reason) => /webgpu|Dawn|adapter|Vulkan/.test(reason))).toBe(true);
     }
   });
 });
