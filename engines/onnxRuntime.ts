@@ -176,7 +176,7 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
     name: 'onnx',
     provider,
     threads,
-    describe: () => `engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider ${provider}, ${threads} intra-op thread(s)${inWorker ? ' in a worker thread' : ''})${note ? `; ${note}` : ''}`,
+    describe: () => `engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider ${provider}, ${threads} intra-op thread(s))${note ? `; ${note}` : ''}${inWorker ? '; session in a worker thread' : ''}`,
     async predict(batch, shape) {
       const out = await session.run(batch, shape, outputName);
       assertSameShape('onnx engine', shape, out.dims, out.data.length);
