@@ -6,10 +6,11 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type * as Ort from 'onnxruntime-node';
 import { createSession, loadOnnxRuntime } from './onnxRuntime.js';
-import type { OnnxWorkerData, OnnxWorkerReply, OnnxWorkerRequest } from './onnxWorkerSession.js';
+import { BUSY, type OnnxWorkerData, type OnnxWorkerReply, type OnnxWorkerRequest, STOP } from './onnxWorkerSession.js';
 
 const port = parentPort!;
-const { model, device, threads } = workerData as OnnxWorkerData;
+const { model, device, threads, flags: sharedFlags } = workerData as OnnxWorkerData;
+const flags = new Int32Array(sharedFlags ?? new SharedArrayBuffer(8));
 
 function reply(message: OnnxWorkerReply, transfer: ArrayBuffer[] = []): void {
   try {
@@ -38,9 +39,24 @@ port.on('message', async (request: OnnxWorkerRequest) => {
     port.close();
     return;
   }
+  // BUSY before STOP is read (see waitOutOfNative in onnxWorkerSession.ts): the process is exiting,
+  // so no answer is needed; starting a native run now could abort the process.
+  Atomics.store(flags, BUSY, 1);
+  if (Atomics.load(flags, STOP) === 1) {
+    Atomics.store(flags, BUSY, 0);
+    Atomics.notify(flags, BUSY);
+    return;
+  }
   try {
     const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', request.batch, request.shape) };
-    const out = (await session.run(feeds, [request.outputName]))[request.outputName] as Ort.Tensor;
+    let result: Ort.InferenceSession.OnnxValueMapType;
+    try {
+      result = await session.run(feeds, [request.outputName]);
+    } finally {
+      Atomics.store(flags, BUSY, 0);
+      Atomics.notify(flags, BUSY);
+    }
+    const out = result[request.outputName] as Ort.Tensor;
     const data = out.data as Float32Array;
     reply({ type: 'result', id: request.id, data, dims: [...out.dims] }, [data.buffer as ArrayBuffer]);
   } catch (err) {

@@ -18,6 +18,30 @@ export interface OnnxWorkerData {
   model: Uint8Array;
   device: DeviceName;
   threads: number;
+  /**
+   * Two Int32 flags shared with the main thread: [BUSY] is 1 while the worker is inside a native
+   * run, [STOP] set by the main thread forbids starting another (see onProcessExit).
+   */
+  flags?: SharedArrayBuffer;
+}
+
+/** Indices into OnnxWorkerData.flags. */
+export const BUSY = 0;
+export const STOP = 1;
+/** How long process exit waits for a worker to leave the batch it is in. */
+const EXIT_WAIT_MS = 10_000;
+
+const liveRunners = new Set<WorkerRunner>();
+let exitHookInstalled = false;
+
+/**
+ * process.exit() stops worker threads, and stopping one inside a native ONNX Runtime run aborts the
+ * whole process (onnxruntime-node throws a C++ Napi::Error into a terminating thread: exit code 134
+ * instead of the one asked for). So on exit each live worker is told to start no new batch, and
+ * the exiting thread blocks (bounded) until the batch in progress, if any, returns.
+ */
+function onProcessExit(): void {
+  for (const runner of liveRunners) runner.waitOutOfNative(EXIT_WAIT_MS);
 }
 
 export type OnnxWorkerRequest =
@@ -81,16 +105,25 @@ export class WorkerRunner implements OrtRunner {
   private readonly runMs: number;
   private readonly closeMs: number;
 
-  private constructor(worker: Worker, timeouts: WorkerTimeouts) {
+  private readonly flags: Int32Array;
+
+  private constructor(worker: Worker, timeouts: WorkerTimeouts, flags: Int32Array) {
     this.worker = worker;
+    this.flags = flags;
     this.runMs = timeouts.runMs ?? 30 * 60_000;
     this.closeMs = timeouts.closeMs ?? 30_000;
   }
 
   /** Starts the worker and opens the session there; rejects with ONNX Runtime's message when it cannot. */
   static async open(data: OnnxWorkerData, timeouts: WorkerTimeouts = {}): Promise<WorkerRunner> {
-    const worker = new Worker(onnxWorkerFile(), { workerData: data });
-    const runner = new WorkerRunner(worker, timeouts);
+    const flags = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT);
+    const worker = new Worker(onnxWorkerFile(), { workerData: { ...data, flags } });
+    const runner = new WorkerRunner(worker, timeouts, new Int32Array(flags));
+    if (!exitHookInstalled) {
+      process.on('exit', onProcessExit);
+      exitHookInstalled = true;
+    }
+    liveRunners.add(runner);
     const openMs = timeouts.openMs ?? 15 * 60_000;
     try {
       await new Promise<void>((resolve, reject) => {
@@ -116,6 +149,7 @@ export class WorkerRunner implements OrtRunner {
         worker.on('exit', onExit);
       });
     } catch (err) {
+      liveRunners.delete(runner);
       await boundedTerminate(worker, runner.closeMs);
       throw err;
     }
@@ -123,6 +157,7 @@ export class WorkerRunner implements OrtRunner {
     worker.on('error', (err: Error) => runner.fail(new Error(`the ONNX Runtime worker crashed: ${err.message}`, { cause: err })));
     worker.on('exit', (code: number) => {
       runner.exited = true;
+      liveRunners.delete(runner);
       runner.fail(new Error(runner.closing ? 'the ONNX Runtime engine was disposed' : `the ONNX Runtime worker exited unexpectedly (code ${code})`));
     });
     // An idle worker does not keep the process alive; one with calls pending does.
@@ -169,6 +204,15 @@ export class WorkerRunner implements OrtRunner {
     const clean = await exited;
     clearTimeout(timer);
     if (!clean) await boundedTerminate(this.worker, this.closeMs);
+  }
+
+  /** Forbids new batches and blocks this thread until the worker is out of its native run (at most `ms`). */
+  waitOutOfNative(ms: number): void {
+    Atomics.store(this.flags, STOP, 1);
+    // Sequentially consistent: the worker sets BUSY before it reads STOP, so either it sees STOP
+    // and starts nothing, or this sees BUSY and waits for the run to return.
+    const deadline = Date.now() + ms;
+    while (Atomics.load(this.flags, BUSY) === 1 && Date.now() < deadline) Atomics.wait(this.flags, BUSY, 1, deadline - Date.now());
   }
 
   private onReply(reply: OnnxWorkerReply): void {

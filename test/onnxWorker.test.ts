@@ -4,12 +4,18 @@
  * main thread stays free while a batch runs, a worker that dies rejects every pending batch with a
  * clear error, and dispose stops the thread.
  */
+import { spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Rng } from '../core/rng.js';
+import { PACKAGE_ROOT } from '../core/version.js';
 import { openOnnxEngine } from '../engines/onnxRuntime.js';
-import { WorkerRunner } from '../engines/onnxWorkerSession.js';
+import { onnxWorkerFile, WorkerRunner } from '../engines/onnxWorkerSession.js';
 import { buildNetwork, type NetworkConfig } from '../models/network.js';
 import { exportOnnx } from '../models/onnx/export.js';
 import { randomiseWeights, testManifest } from './fixtures/onnxModels.js';
@@ -122,5 +128,30 @@ describe('the worker thread', () => {
     await exited;
     expect(runner.worker.threadId).toBe(-1);
     await expect(WorkerRunner.open({ model: new Uint8Array([1, 2, 3, 4]), device: 'cpu', threads: 1 })).rejects.toThrow(/protobuf|parse|model/i);
+  });
+
+  it('process.exit() while a batch runs exits with the code asked for (no abort from the native run)', async () => {
+    const dir = await fs.mkdtemp(path.join(tmpdir(), 'blindspot-onnx-worker-'));
+    try {
+      const modelFile = path.join(dir, 'model.onnx');
+      await fs.writeFile(modelFile, model);
+      // The compiled session module beside the compiled worker (dist/), as the CLI runs it.
+      const session = pathToFileURL(path.join(path.dirname(onnxWorkerFile().pathname), 'onnxWorkerSession.js')).href;
+      const script = `
+        import { readFileSync } from 'node:fs';
+        const { WorkerRunner } = await import(${JSON.stringify(session)});
+        const runner = await WorkerRunner.open({ model: readFileSync(${JSON.stringify(modelFile)}), device: 'cpu', threads: 1 });
+        const shape = [16, 256, 256, 1];
+        void runner.run(new Float32Array(16 * 256 * 256), shape, runner.outputNames[0]).catch(() => undefined);
+        setTimeout(() => process.exit(130), 150);`;
+      const scriptFile = path.join(dir, 'exit-mid-run.mjs');
+      await fs.writeFile(scriptFile, script);
+      const child = spawnSync(process.execPath, [scriptFile], { cwd: PACKAGE_ROOT, encoding: 'utf8', timeout: 30_000 });
+      expect(child.stderr).not.toMatch(/terminate called/);
+      expect(child.stderr).toBe('');
+      expect(child.status).toBe(130);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
