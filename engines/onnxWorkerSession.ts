@@ -150,6 +150,8 @@ export class WorkerRunner implements OrtRunner {
       });
     } catch (err) {
       liveRunners.delete(runner);
+      // Idle after a failed open; after an open timeout it may be inside native session creation,
+      // where terminate() can abort the process: the lesser evil than a run that never starts.
       await boundedTerminate(worker, runner.closeMs);
       throw err;
     }
@@ -188,7 +190,8 @@ export class WorkerRunner implements OrtRunner {
 
   /**
    * Releases the session and ends the thread: the worker finishes the batch it is in, releases the
-   * session and exits. Bounded: a worker still there after the close time limit is terminated.
+   * session and exits. Bounded: returns after the close time limit even if the worker is still in
+   * its batch (it ends after it).
    */
   async release(): Promise<void> {
     if (this.closing) return;
@@ -203,7 +206,9 @@ export class WorkerRunner implements OrtRunner {
     this.worker.postMessage({ type: 'release' } satisfies OnnxWorkerRequest);
     const clean = await exited;
     clearTimeout(timer);
-    if (!clean) await boundedTerminate(this.worker, this.closeMs);
+    // Still inside a long batch: terminating it now would abort the process (see onProcessExit).
+    // It ends by itself after that batch; unreferenced, it does not keep the process alive.
+    if (!clean) this.worker.unref();
   }
 
   /** Forbids new batches and blocks this thread until the worker is out of its native run (at most `ms`). */
