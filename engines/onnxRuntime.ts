@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { assertSameShape, type DeviceChoice, type DeviceName, EngineUnavailableError, type InferenceEngine } from './engine.js';
+import { type OrtRunner, WorkerRunner } from './onnxWorkerSession.js';
 
 const ORT = 'onnxruntime-node';
 
@@ -66,6 +67,12 @@ export interface OnnxEngineOptions {
   device?: DeviceChoice;
   /** Intra-op threads (default: all cores). Fixed per run: see docs/onnx-engine.md, determinism. */
   threads?: number;
+  /**
+   * Runs the session in its own worker thread (default true): `session.run` blocks the thread that
+   * calls it, so in the main thread nothing else (reading, decoding, writing) runs meanwhile. False
+   * keeps it in this thread (the tests compare the two byte for byte).
+   */
+  inWorker?: boolean;
 }
 
 function providerList(device: DeviceName): Ort.InferenceSession.ExecutionProviderConfig[] {
@@ -75,7 +82,7 @@ function providerList(device: DeviceName): Ort.InferenceSession.ExecutionProvide
   return ['cpu'];
 }
 
-async function createSession(ort: OrtModule, model: Uint8Array, device: DeviceName, threads: number): Promise<Ort.InferenceSession> {
+export async function createSession(ort: OrtModule, model: Uint8Array, device: DeviceName, threads: number): Promise<Ort.InferenceSession> {
   return ort.InferenceSession.create(model, {
     executionProviders: providerList(device),
     graphOptimizationLevel: 'all',
@@ -85,6 +92,25 @@ async function createSession(ort: OrtModule, model: Uint8Array, device: DeviceNa
     // Errors only: a GPU session warns about every node it leaves on the CPU.
     logSeverityLevel: 3,
   });
+}
+
+/** The session as a runner in this thread. */
+function inThreadRunner(ort: OrtModule, session: Ort.InferenceSession): OrtRunner {
+  return {
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    async run(batch, shape, outputName) {
+      const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', batch, [...shape]) };
+      const out = (await session.run(feeds, [outputName]))[outputName] as Ort.Tensor;
+      return { data: out.data as Float32Array, dims: out.dims };
+    },
+    release: () => session.release(),
+  };
+}
+
+async function openRunner(ort: OrtModule, model: Uint8Array, device: DeviceName, threads: number, inWorker: boolean): Promise<OrtRunner> {
+  if (inWorker) return WorkerRunner.open({ model, device, threads });
+  return inThreadRunner(ort, await createSession(ort, model, device, threads));
 }
 
 /**
@@ -101,13 +127,14 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
     throw new EngineUnavailableError('engine onnx', `${ORT} does not load here (${(err as Error).message})`, { cause: err });
   }
   let device: DeviceName;
-  let session: Ort.InferenceSession;
+  const inWorker = opts.inWorker ?? true;
+  let session: OrtRunner;
   let note = '';
   if (requested === 'auto') {
     const missing = missingProviderLibraries('cuda');
     if (missing.length > 0) note = 'cuda: provider libraries not installed';
     else if (!nvidiaGpuPresent()) note = 'cuda: no NVIDIA GPU visible';
-    session = await (note ? Promise.reject(new Error(note)) : createSession(ort, opts.model, 'cuda', threads)).then(
+    session = await (note ? Promise.reject(new Error(note)) : openRunner(ort, opts.model, 'cuda', threads, inWorker)).then(
       (s) => {
         device = 'cuda';
         return s;
@@ -115,7 +142,7 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
       async (err: Error) => {
         note ||= `cuda did not start (${firstLine(err.message)})`;
         device = 'cpu';
-        return createSession(ort, opts.model, 'cpu', threads);
+        return openRunner(ort, opts.model, 'cpu', threads, inWorker);
       },
     );
   } else {
@@ -132,7 +159,7 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
       if (!nvidiaGpuPresent()) throw new EngineUnavailableError(`device ${device}`, 'no NVIDIA GPU is visible to this process (no /dev/nvidia*); use --device cpu');
     }
     try {
-      session = await createSession(ort, opts.model, device, threads);
+      session = await openRunner(ort, opts.model, device, threads, inWorker);
     } catch (err) {
       throw new EngineUnavailableError(`device ${device}`, `ONNX Runtime could not start its ${device} provider: ${firstLine((err as Error).message)}`, { cause: err });
     }
@@ -144,18 +171,16 @@ export async function openOnnxEngine(opts: OnnxEngineOptions): Promise<Inference
       `the ONNX model has inputs [${session.inputNames.join(', ')}] and outputs [${session.outputNames.join(', ')}]; one input and ${opts.outputName ? `an output '${opts.outputName}'` : 'one output'} are expected`,
     );
   }
-  const [inputName] = session.inputNames;
   const provider = device!;
   return {
     name: 'onnx',
     provider,
     threads,
-    describe: () => `engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider ${provider}, ${threads} intra-op thread(s))${note ? `; ${note}` : ''}`,
+    describe: () => `engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider ${provider}, ${threads} intra-op thread(s))${note ? `; ${note}` : ''}${inWorker ? '; session in a worker thread' : ''}`,
     async predict(batch, shape) {
-      const feeds = { [inputName]: new ort.Tensor('float32', batch, [...shape]) };
-      const out = (await session.run(feeds, [outputName]))[outputName] as Ort.Tensor;
-      assertSameShape('onnx engine', shape, out.dims, out.size);
-      return out.data as Float32Array;
+      const out = await session.run(batch, shape, outputName);
+      assertSameShape('onnx engine', shape, out.dims, out.data.length);
+      return out.data;
     },
     async dispose() {
       await session.release();
