@@ -264,7 +264,8 @@ async function createBucket(endpoint: string, name: string): Promise<void> {
     credentials: { accessKeyId: ACCESS_KEY, secretAccessKey: SECRET_KEY },
   });
   try {
-    // A freshly started Swift may answer 503 ("reduce your request rate") while its rings warm up.
+    // A freshly started Swift may answer 503 ("reduce your request rate") while its rings warm up, for
+    // tens of seconds on a loaded machine: retry for about a minute.
     for (let attempt = 0; ; attempt++) {
       try {
         await client.send(new CreateBucketCommand({ Bucket: name }));
@@ -272,7 +273,7 @@ async function createBucket(endpoint: string, name: string): Promise<void> {
       } catch (err) {
         const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
         if (e.name === 'BucketAlreadyOwnedByYou' || e.name === 'BucketAlreadyExists') return;
-        if ((e.$metadata?.httpStatusCode ?? 0) < 500 || attempt >= 10) throw err;
+        if ((e.$metadata?.httpStatusCode ?? 0) < 500 || attempt >= 25) throw err;
         await new Promise((r) => setTimeout(r, 100 * 2 ** Math.min(attempt, 5)));
       }
     }

@@ -31,7 +31,8 @@ import { openChunkedSource } from '../storage/open.js';
 import { readImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
 import { denoiseVolume } from './denoise.js';
-import { assertOutputIsNotInput, denoiseUrl } from './streamDenoise.js';
+import { denoiseUrl } from './streamDenoise.js';
+import { assertOutputOutsideInputs } from '../storage/location.js';
 import { trainModel, TrainingInterrupted, type NamedSource, type NamedVolume, type TrainEvent, type TrainOptions } from './train.js';
 
 /** The train options a distillation passes through to the student's training unchanged. */
@@ -110,13 +111,11 @@ export async function distillModel(opts: DistillOptions): Promise<ModelManifest>
   }
   // The student's folder (and the teacher's temporary outputs beside it) must not touch an input or the teacher.
   const scratch = teacherTargetsDir(opts.out);
-  for (const input of [...inputs, ...(opts.clean ?? [])]) {
-    assertOutputIsNotInput(input, opts.out);
-    if (opts.streaming) assertOutputIsNotInput(input, scratch);
-  }
-  if (samePath(opts.teacher, opts.out) || within(opts.out, opts.teacher) || within(opts.teacher, opts.out)) {
-    throw new UsageError(`the student's folder ${opts.out} would overwrite the teacher ${opts.teacher}; choose another --out`);
-  }
+  // By real location (links followed; S3 by bucket and prefix), before the teacher runs.
+  const readOnly = [...inputs, ...(opts.clean ?? [])];
+  await assertOutputOutsideInputs(opts.out, readOnly, { what: '--out' });
+  if (opts.streaming) await assertOutputOutsideInputs(scratch, readOnly, { what: "the teacher outputs' folder" });
+  await assertOutputOutsideInputs(opts.out, [opts.teacher], { what: "the student's folder (it would overwrite the teacher)" });
   await assertStudentFolderUsable(opts.out, opts);
   const teacherManifest = await readManifest(opts.teacher);
   const weightsSha256 = await sha256File(path.join(opts.teacher, WEIGHTS_BIN), opts.teacher);
@@ -365,11 +364,3 @@ async function sha256File(file: string, teacherDir: string): Promise<string> {
   }
 }
 
-function samePath(a: string, b: string): boolean {
-  return path.resolve(a) === path.resolve(b);
-}
-
-/** `inner` lies inside the folder `outer`. */
-function within(inner: string, outer: string): boolean {
-  return path.resolve(inner).startsWith(path.resolve(outer) + path.sep);
-}

@@ -250,7 +250,7 @@ describe('distill refuses bad calls before writing anything', () => {
   it('a missing teacher, an output inside an input or the teacher, --clean with streamed inputs', async () => {
     const out = path.join(tmp, 'refused');
     await expect(distillModel({ teacher: path.join(tmp, 'no-such-model'), inputs: [noisyFile], out })).rejects.toThrow(InputError);
-    await expect(distillModel({ teacher: teacherDir, inputs: [path.join(tmp, 'data')], out: path.join(tmp, 'data', 'student') })).rejects.toThrow(UsageError);
+    await expect(distillModel({ teacher: teacherDir, inputs: [path.join(tmp, 'data')], out: path.join(tmp, 'data', 'student') })).rejects.toThrow(OutputError);
     await expect(distillModel({ teacher: teacherDir, inputs: [noisyFile], out: teacherDir })).rejects.toThrow(/would overwrite the teacher/);
     await expect(distillModel({ teacher: teacherDir, inputs: [noisyFile], out: path.join(teacherDir, 'student') })).rejects.toThrow(/would overwrite the teacher/);
     await expect(
