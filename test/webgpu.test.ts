@@ -8,7 +8,7 @@
  *   webgpu against the cpu backend on seeded random inputs, 2D and 3D;
  * - the fused Adam's fallback (tfjs ops on webgpu) against its fused kernel on cpu;
  * - a tiny 2D and 3D training on webgpu lowers the loss, and a rerun with the seed repeats it;
- * - a model trained on webgpu denoises on wasm to the webgpu output;
+ * - a model trained on webgpu denoises on wasm and on the ONNX engine to the webgpu output;
  * - a batch that exceeds the device's buffer limit is refused with a clear message.
  * llvmpipe compiles every shader on the CPU, so shapes are tiny; one file, one process, so the
  * compiled shaders are shared between tests. Nothing reads a webgpu tensor synchronously
@@ -24,6 +24,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { initBackend, maxTensorBytes, type BackendInfo } from '../backend/select.js';
 import { registerWasmTrainingKernels } from '../backend/kernels/index.js';
 import { startWasmBackend } from '../backend/wasm-threads.js';
+import { openModelEngine } from '../engines/modelEngine.js';
 import { UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
 import { CentreMaskedConv, CropBottom, DilatedConv, Orient, PadTop, ShiftDown } from '../models/blindspotLayers.js';
@@ -225,7 +226,7 @@ describe.skipIf(info === null)(suite, () => {
     expect(second).toEqual(first);
   });
 
-  it('a model trained on webgpu denoises on wasm to the webgpu output (within 1e-4 of the data range)', async (context) => {
+  it('a model trained on webgpu denoises on wasm and on ONNX Runtime to the webgpu output (within 1e-4 of the data range)', async (context) => {
     const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-webgpu-'));
     tmpDirs.push(tmp);
     const rng = new Rng(3);
@@ -268,6 +269,21 @@ describe.skipIf(info === null)(suite, () => {
     for (let i = 0; i < onWasm.length; i++) diff = Math.max(diff, Math.abs(onGpu[i] - onWasm[i]));
     context.annotate(`webgpu vs wasm: max |diff| ${diff.toExponential(2)} on outputs up to ${range.toFixed(1)}`);
     expect(diff / range).toBeLessThan(1e-4);
+    // And on ONNX Runtime, from the model.onnx that training on webgpu wrote.
+    const { model, manifest: m } = await loadModelFolder(out);
+    const engine = await openModelEngine({ engine: 'onnx', threads: 1 }, { modelDir: out, model, manifest: m, output: 'denoised' });
+    let onOnnx: Float32Array;
+    try {
+      expect(engine.name).toBe('onnx');
+      onOnnx = (await denoiseVolume(model, m, noisy, { engine })).data;
+    } finally {
+      await engine.dispose();
+      model.dispose();
+    }
+    let onnxDiff = 0;
+    for (let i = 0; i < onWasm.length; i++) onnxDiff = Math.max(onnxDiff, Math.abs(onGpu[i] - onOnnx[i]));
+    context.annotate(`webgpu vs ONNX Runtime: max |diff| ${onnxDiff.toExponential(2)}`);
+    expect(onnxDiff / range).toBeLessThan(1e-4);
   });
 
   it('a batch whose widest activation exceeds the device buffer limit is refused, naming the limit', () => {
