@@ -8,7 +8,7 @@ import { expandInputs } from '../storage/index.js';
 import { distillModel } from '../pipeline/distill.js';
 import { TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
-import { choice, commonOptions, interruptController, intOption, numberOption, parse, setUp, shapeOption } from './options.js';
+import { choice, commonOptions, interruptController, intOption, networkOverridesOption, numberOption, parse, setUp, shapeOption, trainingRunOptions } from './options.js';
 
 export const DISTILL_HELP = `Usage: blindspot distill <teacher-model> <inputs...> --out <student-model> [options]
 
@@ -58,31 +58,9 @@ export async function runDistill(args: string[]): Promise<number> {
     args,
     {
       ...commonOptions,
-      out: { type: 'string' },
+      ...trainingRunOptions,
       clean: { type: 'string', multiple: true },
       tta: { type: 'boolean', default: false },
-      steps: { type: 'string' },
-      'batch-size': { type: 'string' },
-      patch: { type: 'string' },
-      seed: { type: 'string' },
-      'learning-rate': { type: 'string' },
-      loss: { type: 'string' },
-      depth: { type: 'string' },
-      filters: { type: 'string' },
-      'kernel-size': { type: 'string' },
-      'batch-norm': { type: 'boolean' },
-      normalisation: { type: 'string' },
-      augment: { type: 'boolean', default: true },
-      'val-fraction': { type: 'string' },
-      'validate-every': { type: 'string' },
-      stream: { type: 'boolean', default: false },
-      'max-memory': { type: 'string' },
-      's3-endpoint': { type: 'string' },
-      channel: { type: 'string' },
-      time: { type: 'string' },
-      background: { type: 'string' },
-      resume: { type: 'boolean', default: false },
-      overwrite: { type: 'boolean', default: false },
     },
     true,
   );
@@ -100,14 +78,7 @@ export async function runDistill(args: string[]): Promise<number> {
     }
   }
   const background = numberOption('background', values.background);
-  const network: NetworkOverrides = {};
-  const depth = intOption('depth', values.depth);
-  const filters = intOption('filters', values.filters);
-  const kernelSize = intOption('kernel-size', values['kernel-size']);
-  if (depth !== undefined) network.depth = depth;
-  if (filters !== undefined) network.filters = filters;
-  if (kernelSize !== undefined) network.kernelSize = kernelSize;
-  if (values['batch-norm'] !== undefined) network.batchNorm = values['batch-norm'];
+  const network: NetworkOverrides = networkOverridesOption(values);
   const options = {
     steps: intOption('steps', values.steps),
     batchSize: intOption('batch-size', values['batch-size']),

@@ -30,7 +30,7 @@ import { assertReportWritable } from '../report/index.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec } from '../models/bayes.js';
 import type { DenoiseOutput } from '../methods/denoiser.js';
-import { choice, commonOptions, DEFAULT_GRACE_SECONDS, ENGINE_HELP, engineOptions, engineRequest, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
+import { choice, commonOptions, DEFAULT_GRACE_SECONDS, ENGINE_HELP, engineOptions, engineRequest, interruptController, intOption, networkOverridesOption, numberOption, parse, setUp, shapeOption, trainingRunOptions, withoutRunOptions } from './options.js';
 
 /** The methods part of `train --help`: each registered method's name and summary, in registry order. */
 function methodHelp(): string {
@@ -256,40 +256,18 @@ async function runTrain(args: string[]): Promise<number> {
     args,
     {
       ...commonOptions,
-      out: { type: 'string' },
+      ...trainingRunOptions,
       method: { type: 'string' },
       targets: { type: 'string', multiple: true },
       'struct-mask': { type: 'string' },
       grid: { type: 'string' },
       blocks: { type: 'string' },
       'network-size': { type: 'string' },
-      steps: { type: 'string' },
-      'batch-size': { type: 'string' },
-      patch: { type: 'string' },
-      seed: { type: 'string' },
-      'learning-rate': { type: 'string' },
       'mask-fraction': { type: 'string' },
       strategy: { type: 'string' },
       'mask-radius': { type: 'string' },
-      loss: { type: 'string' },
-      depth: { type: 'string' },
-      filters: { type: 'string' },
-      'kernel-size': { type: 'string' },
-      'batch-norm': { type: 'boolean' },
-      normalisation: { type: 'string' },
-      augment: { type: 'boolean', default: true },
       'classical-check': { type: 'boolean', default: true },
-      'val-fraction': { type: 'string' },
-      'validate-every': { type: 'string' },
       prior: { type: 'string' },
-      stream: { type: 'boolean', default: false },
-      'max-memory': { type: 'string' },
-      's3-endpoint': { type: 'string' },
-      channel: { type: 'string' },
-      time: { type: 'string' },
-      background: { type: 'string' },
-      resume: { type: 'boolean', default: false },
-      overwrite: { type: 'boolean', default: false },
       report: { type: 'string' },
     },
     true,
@@ -335,17 +313,10 @@ async function runTrain(args: string[]): Promise<number> {
       : undefined;
   const inputs = streaming ? undefined : await expandInputs(positionals);
   const background = numberOption('background', values.background);
-  const network: NetworkOverrides = {};
+  const network: NetworkOverrides = networkOverridesOption(values);
   const blocks = intOption('blocks', values.blocks);
   if (blocks !== undefined) network.blocks = blocks;
   const targets = values.targets && !streaming ? await expandInputs(values.targets) : undefined;
-  const depth = intOption('depth', values.depth);
-  const filters = intOption('filters', values.filters);
-  const kernelSize = intOption('kernel-size', values['kernel-size']);
-  if (depth !== undefined) network.depth = depth;
-  if (filters !== undefined) network.filters = filters;
-  if (kernelSize !== undefined) network.kernelSize = kernelSize;
-  if (values['batch-norm'] !== undefined) network.batchNorm = values['batch-norm'];
   const { reporter, backend } = await setUp(values);
   const interrupt = interruptController(reporter);
   try {

@@ -16,6 +16,54 @@ export const commonOptions = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
+/**
+ * The options of a training run, shared by train and distill (which trains a student): the schedule,
+ * the U-Net overrides, and where streamed inputs come from.
+ */
+export const trainingRunOptions = {
+  out: { type: 'string' },
+  steps: { type: 'string' },
+  'batch-size': { type: 'string' },
+  patch: { type: 'string' },
+  seed: { type: 'string' },
+  'learning-rate': { type: 'string' },
+  loss: { type: 'string' },
+  depth: { type: 'string' },
+  filters: { type: 'string' },
+  'kernel-size': { type: 'string' },
+  'batch-norm': { type: 'boolean' },
+  normalisation: { type: 'string' },
+  augment: { type: 'boolean', default: true },
+  'val-fraction': { type: 'string' },
+  'validate-every': { type: 'string' },
+  stream: { type: 'boolean', default: false },
+  'max-memory': { type: 'string' },
+  's3-endpoint': { type: 'string' },
+  channel: { type: 'string' },
+  time: { type: 'string' },
+  background: { type: 'string' },
+  resume: { type: 'boolean', default: false },
+  overwrite: { type: 'boolean', default: false },
+} as const satisfies ParseArgsConfig['options'];
+
+/** The U-Net overrides of trainingRunOptions (--depth, --filters, --kernel-size, --batch-norm). */
+export function networkOverridesOption(values: { depth?: string; filters?: string; 'kernel-size'?: string; 'batch-norm'?: boolean }): {
+  depth?: number;
+  filters?: number;
+  kernelSize?: number;
+  batchNorm?: boolean;
+} {
+  const network: { depth?: number; filters?: number; kernelSize?: number; batchNorm?: boolean } = {};
+  const depth = intOption('depth', values.depth);
+  const filters = intOption('filters', values.filters);
+  const kernelSize = intOption('kernel-size', values['kernel-size']);
+  if (depth !== undefined) network.depth = depth;
+  if (filters !== undefined) network.filters = filters;
+  if (kernelSize !== undefined) network.kernelSize = kernelSize;
+  if (values['batch-norm'] !== undefined) network.batchNorm = values['batch-norm'];
+  return network;
+}
+
 /** The inference engine options of denoise, watch and plan (engines/select.ts). */
 export const engineOptions = {
   engine: { type: 'string', default: 'auto' },

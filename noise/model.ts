@@ -7,9 +7,10 @@
  */
 import { promises as fsp } from 'node:fs';
 import { InputError, OutputError } from '../core/errors.js';
-import { sampleTypeRange, type SampleType } from '../core/volume.js';
+import type { SampleType } from '../core/volume.js';
 import { fitPoissonGaussian, nlfVariance, type NlfBin, type NlfRecord } from './nlf.js';
 import { gmmModelProblem, gmmVariance, type GmmNoiseModel } from './gmm.js';
+import { frameMeans } from './pairs.js';
 
 /** One signal bin of a calibration: the observations of pixels whose pseudo-clean signal falls in it. */
 export interface CalibrationBin {
@@ -104,37 +105,11 @@ export interface CalibrateOptions {
  * type's limits (clipped) or non-finite are left out, and so is every pixel with one of them.
  */
 export function calibrateNoise(source: string, stack: Float32Array, shape: readonly number[], opts: CalibrateOptions = {}): CalibratedNoiseModel {
-  if (shape.length !== 3) throw new InputError(source, `calibration needs a stack of frames [N, Y, X], got shape [${shape.join(', ')}]`);
-  const [N, Y, X] = shape;
-  if (N < 10) throw new InputError(source, `calibration needs repeated acquisitions (about 100 frames), got ${N}`);
-  const P = Y * X;
-  const [typeMin, typeMax] = sampleTypeRange(opts.sampleType ?? 'float32');
-  let clipped = 0;
-  let nonFinite = 0;
+  const { frames: N, pixelsPerFrame: P, usable, mean, excluded } = frameMeans(source, stack, shape, opts.sampleType ?? 'float32');
+  const { clipped, nonFinite } = excluded;
   const signal = new Float64Array(P);
-  const usable = new Uint8Array(P);
-  for (let p = 0; p < P; p++) {
-    let sum = 0;
-    let ok = true;
-    for (let f = 0; f < N; f++) {
-      const v = stack[f * P + p];
-      if (!Number.isFinite(v)) {
-        nonFinite++;
-        ok = false;
-      } else if (v <= typeMin || v >= typeMax) {
-        clipped++;
-        ok = false;
-      }
-      sum += v;
-    }
-    if (ok) {
-      usable[p] = 1;
-      signal[p] = sum / N;
-    }
-  }
-  const pixels: number[] = [];
-  for (let p = 0; p < P; p++) if (usable[p]) pixels.push(p);
-  if (pixels.length < 16) throw new InputError(source, `too few pixels without clipped or NaN values (${pixels.length}) to calibrate`);
+  usable.forEach((p, i) => (signal[p] = mean[i]));
+  const pixels = [...usable];
   pixels.sort((p, q) => signal[p] - signal[q]);
   const binCount = Math.max(1, Math.min(opts.signalBins ?? 32, Math.floor(pixels.length / 4)));
   const correction = N / (N - 1);
@@ -171,7 +146,7 @@ export function calibrateNoise(source: string, stack: Float32Array, shape: reado
     kind: 'calibrated',
     source,
     frames: N,
-    frameShape: [Y, X],
+    frameShape: [shape[1], shape[2]],
     a,
     b,
     bins,

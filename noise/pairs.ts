@@ -17,13 +17,23 @@ export interface NoisePairs {
   excluded: { clipped: number; nonFinite: number };
 }
 
+/** A stack of repeated frames reduced to its usable pixels and their means over frames. */
+export interface FrameMeans {
+  /** Frames N and pixels per frame P. */
+  frames: number;
+  pixelsPerFrame: number;
+  /** Pixels (indices into a frame) none of whose observations is clipped or non-finite, ascending. */
+  usable: number[];
+  /** Mean over frames of each pixel in `usable`, in the same order. */
+  mean: number[];
+  excluded: { clipped: number; nonFinite: number };
+}
+
 /**
- * Pairs of a stack [N, Y, X] of repeated frames: (mean over frames of pixel p, frame f at p) for
- * every pixel none of whose observations is clipped or non-finite (as calibrateNoise does). A frame
- * is part of its own mean, so y - mean has variance (N - 1) / N times the noise's; the observation
- * is given as mean + (y - mean) sqrt(N / (N - 1)), the correction calibrateNoise applies to variances.
+ * The per-pixel means of a stack [N, Y, X] of the same static scene (the pseudo-clean signal of
+ * calibration), leaving out every pixel with an observation at the sample type's limits or non-finite.
  */
-export function calibrationPairs(source: string, stack: Float32Array, shape: readonly number[], sampleType: SampleType = 'float32'): NoisePairs {
+export function frameMeans(source: string, stack: Float32Array, shape: readonly number[], sampleType: SampleType = 'float32'): FrameMeans {
   if (shape.length !== 3) throw new InputError(source, `calibration needs a stack of frames [N, Y, X], got shape [${shape.join(', ')}]`);
   const [N, Y, X] = shape;
   if (N < 10) throw new InputError(source, `calibration needs repeated acquisitions (about 100 frames), got ${N}`);
@@ -53,6 +63,17 @@ export function calibrationPairs(source: string, stack: Float32Array, shape: rea
     }
   }
   if (usable.length < 16) throw new InputError(source, `too few pixels without clipped or NaN values (${usable.length}) to calibrate`);
+  return { frames: N, pixelsPerFrame: P, usable, mean, excluded: { clipped, nonFinite } };
+}
+
+/**
+ * Pairs of a stack [N, Y, X] of repeated frames: (mean over frames of pixel p, frame f at p) for
+ * every pixel none of whose observations is clipped or non-finite (as calibrateNoise does). A frame
+ * is part of its own mean, so y - mean has variance (N - 1) / N times the noise's; the observation
+ * is given as mean + (y - mean) sqrt(N / (N - 1)), the correction calibrateNoise applies to variances.
+ */
+export function calibrationPairs(source: string, stack: Float32Array, shape: readonly number[], sampleType: SampleType = 'float32'): NoisePairs {
+  const { frames: N, pixelsPerFrame: P, usable, mean, excluded } = frameMeans(source, stack, shape, sampleType);
   const U = usable.length;
   const correction = Math.sqrt(N / (N - 1));
   return {
@@ -62,7 +83,7 @@ export function calibrationPairs(source: string, stack: Float32Array, shape: rea
       const s = mean[i % U];
       return s + (stack[Math.floor(i / U) * P + usable[i % U]] - s) * correction;
     },
-    excluded: { clipped, nonFinite },
+    excluded,
   };
 }
 
