@@ -24,6 +24,9 @@ Denoisers and their parameter:
   gaussian   standard deviation sigma in pixels; default candidates 0.5,0.75,1,1.25,1.5,2,2.5,3
   nlm        non-local means filter strength h in image units; default candidates 0.4..1.6 x a
              robust noise estimate (patch radius 1, search radius 5 in 2D / 2 in 3D)
+While the lowest loss sits at an end of the default candidates, the range grows past that end
+(radius + 1, or x1.5 / /1.5) up to 8 times, so the choice is interior; a choice still at an end
+(or at an end of --candidates) is reported with a warning.
 
 Options:
   --denoiser <name>        median, gaussian or nlm (required)
@@ -125,5 +128,8 @@ export function calibrationTable(file: string, result: CalibrationResult): strin
     lines.push(`  ${String(parameter).padStart(10)}  ${loss.toPrecision(6).padStart(14)}${parameter === result.best ? '  <- chosen' : ''}`);
   }
   lines.push(`chosen ${name} = ${result.best} (${result.seconds.toFixed(2)} s)`);
+  if (result.edge) {
+    lines.push(`warning: the chosen ${name} is the ${result.edge === 'upper' ? 'largest' : 'smallest'} one searched; the best ${name} may lie beyond it (try --candidates past ${result.best})`);
+  }
   return lines.join('\n') + '\n';
 }

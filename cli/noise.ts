@@ -1,20 +1,28 @@
 /**
  * `blindspot noise <inputs...>`: per image, the noise-level function (variance against intensity),
  * its Poisson-Gaussian summary and a plot; `blindspot noise --calibrate <stack> --out model.json`:
- * a calibrated noise model from repeated acquisitions of a static sample.
+ * a calibrated noise model (histograms, or a Gaussian mixture) from repeated acquisitions of a static
+ * sample; `blindspot noise --bootstrap <model-dir> <inputs...> --out model.json`: either of them
+ * fitted to a trained model's output as pseudo-clean signal.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { ExitCode, InputError, OutputError, UsageError } from '../core/errors.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { nlfVariance, type NlfRecord } from '../noise/nlf.js';
-import { calibrateNoise, saveNoiseModel } from '../noise/model.js';
+import { calibrateNoise, saveNoiseModel, type CalibratedNoiseModel, type GmmNoiseModel } from '../noise/model.js';
+import { calibrationPairs } from '../noise/pairs.js';
+import { fitGmmNoiseModel, GMM_DEFAULTS, GMM_MAX_COMPONENTS, GMM_MAX_DEGREE } from '../noise/gmmFit.js';
+import { bootstrapNoiseModel } from '../noise/bootstrap.js';
+import { loadModelFolder } from '../models/io.js';
+import { denoiseVolume } from '../pipeline/denoise.js';
 import { NoisePool } from '../workers/noisePool.js';
-import { intOption, parse } from './options.js';
+import { choice, intOption, parse, setUp } from './options.js';
 import { createReporter } from './progress.js';
 
 export const noiseHelp = `Usage: blindspot noise <inputs...> [--plot-dir <dir>] [--json]
-       blindspot noise --calibrate <stack> --out <noise-model.json>
+       blindspot noise --calibrate <stack> --out <noise-model.json> [--model histogram|gmm]
+       blindspot noise --bootstrap <model-dir> <inputs...> --out <noise-model.json>
 
 Estimates the noise of each image: a noise-level function (variance against intensity, a small
 per-pixel network fitted to blind-spot residuals, CNN_est style) and its Poisson-Gaussian summary
@@ -31,7 +39,16 @@ Options:
   --seed <n>             sampling and fitting seed (default 1)
   --calibrate <stack>    a multi-page TIFF / 3D .npy of ~100 frames of a static sample: fits a
                          calibrated noise model (per-signal histograms and Poisson-Gaussian fit)
-  --out <file>           where --calibrate writes the model (for blindspot train --prior <file>)
+  --bootstrap <model-dir>  no calibration frames: denoise the inputs with this trained model and fit
+                         the model (--model) to (denoised, noisy) pairs (the DivNoising bootstrap;
+                         the denoiser's own error counts as noise, so use a well-trained model)
+  --out <file>           where --calibrate / --bootstrap write the model (for blindspot train --prior <file>)
+  --model <kind>         histogram (per-signal histograms and a Poisson-Gaussian fit; the default
+                         for --calibrate) or gmm (the PN2V/DivNoising Gaussian mixture; the
+                         default for --bootstrap)
+  --gmm-components <K>   Gaussians in the mixture, 1-${GMM_MAX_COMPONENTS} (default ${GMM_DEFAULTS.components})
+  --gmm-degree <D>       degree of the polynomials in the signal, 0-${GMM_MAX_DEGREE} (default ${GMM_DEFAULTS.degree})
+  --backend B --threads N  for --bootstrap's denoiser, as for denoise
   -h, --help`;
 
 export async function runNoise(args: string[]): Promise<number> {
@@ -44,7 +61,13 @@ export async function runNoise(args: string[]): Promise<number> {
       'max-samples': { type: 'string' },
       seed: { type: 'string' },
       calibrate: { type: 'string' },
+      bootstrap: { type: 'string' },
       out: { type: 'string' },
+      model: { type: 'string' },
+      'gmm-components': { type: 'string' },
+      'gmm-degree': { type: 'string' },
+      backend: { type: 'string' },
+      threads: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     true,
@@ -56,15 +79,63 @@ export async function runNoise(args: string[]): Promise<number> {
   const reporter = createReporter({ json: values.json === true || !process.stderr.isTTY });
   const seed = intOption('seed', values.seed) ?? 1;
 
-  if (values.calibrate !== undefined) {
-    if (positionals.length > 0) throw new UsageError('--calibrate takes one stack and no other inputs');
-    if (!values.out) throw new UsageError('--calibrate needs --out <noise-model.json>');
-    const stack = await readImage(values.calibrate);
-    if (stack.shape.length !== 3) throw new InputError(values.calibrate, 'is a single 2D image; calibration needs a stack of repeated frames (multi-page TIFF or 3D .npy)');
-    const model = calibrateNoise(values.calibrate, stack.data, stack.shape, { sampleType: stack.sampleType });
+  const fitsModel = values.calibrate !== undefined || values.bootstrap !== undefined;
+  if (values.calibrate !== undefined && values.bootstrap !== undefined) throw new UsageError('--calibrate and --bootstrap do not go together: calibrate when you have repeated frames, bootstrap when you do not');
+  if (!fitsModel) {
+    for (const option of ['out', 'model', 'gmm-components', 'gmm-degree', 'backend', 'threads'] as const) {
+      if (values[option] !== undefined) throw new UsageError(`--${option} applies only to --calibrate or --bootstrap`);
+    }
+  }
+  if (fitsModel) {
+    const kind = choice('model', values.model, ['histogram', 'gmm'] as const) ?? (values.bootstrap !== undefined ? 'gmm' : 'histogram');
+    if (kind !== 'gmm' && (values['gmm-components'] !== undefined || values['gmm-degree'] !== undefined)) throw new UsageError('--gmm-components and --gmm-degree need --model gmm');
+    const components = boundedInt('gmm-components', values['gmm-components'], 1, GMM_MAX_COMPONENTS);
+    const degree = boundedInt('gmm-degree', values['gmm-degree'], 0, GMM_MAX_DEGREE);
+    const mode = values.calibrate !== undefined ? '--calibrate' : '--bootstrap';
+    if (!values.out) throw new UsageError(`${mode} needs --out <noise-model.json>`);
+    if (values.calibrate !== undefined && positionals.length > 0) throw new UsageError('--calibrate takes one stack and no other inputs');
+    if (values.bootstrap !== undefined && positionals.length === 0) throw new UsageError('--bootstrap needs <model-dir> and the noisy images to denoise: blindspot noise --bootstrap <model-dir> <inputs...> --out <file>');
+    const inputs = values.calibrate !== undefined ? [values.calibrate] : await expandInputs(positionals);
+    if (inputs.some((input) => path.resolve(input) === path.resolve(values.out!))) throw new OutputError(values.out, 'would overwrite an input; choose another --out');
+    const gmmOptions = { components, degree, seed, onProgress: (iteration: number, nll: number) => reporter.event('gmm-fit', { iteration, negLogLikelihood: nll }) };
+    let model: CalibratedNoiseModel | GmmNoiseModel;
+    if (values.calibrate !== undefined) {
+      const stack = await readImage(values.calibrate);
+      if (stack.shape.length !== 3) throw new InputError(values.calibrate, 'is a single 2D image; calibration needs a stack of repeated frames (multi-page TIFF or 3D .npy)');
+      model =
+        kind === 'gmm'
+          ? await fitGmmNoiseModel(values.calibrate, calibrationPairs(values.calibrate, stack.data, stack.shape, stack.sampleType), { ...gmmOptions, signalFrom: 'frame-mean' })
+          : calibrateNoise(values.calibrate, stack.data, stack.shape, { sampleType: stack.sampleType });
+    } else {
+      const modelDir = values.bootstrap!;
+      await setUp(values);
+      const { model: network, manifest } = await loadModelFolder(modelDir);
+      try {
+        model = await bootstrapNoiseModel(
+          inputs.map((file) => ({
+            name: file,
+            read: async () => {
+              const volume = await readImage(file);
+              if (volume.shape.length !== manifest.network.dims) throw new InputError(file, `is ${volume.shape.length}D but the model ${modelDir} was trained on ${manifest.network.dims}D data`);
+              return volume;
+            },
+          })),
+          (volume) => denoiseVolume(network, manifest, volume),
+          { ...gmmOptions, model: kind, onImage: (file, index, count) => reporter.log(`denoising ${file} (${index + 1}/${count}) as pseudo-clean signal`) },
+        );
+      } finally {
+        network.dispose();
+      }
+    }
     await saveNoiseModel(values.out, model);
-    reporter.log(`${values.calibrate}: ${model.frames} frames, var = ${fmt(model.a)} x + ${fmt(model.b)}; noise model written to ${values.out}`);
-    reporter.event('calibration', { file: values.calibrate, out: values.out, frames: model.frames, a: model.a, b: model.b, bins: model.bins.length });
+    const what =
+      model.kind === 'gmm'
+        ? `${model.components}-component Gaussian mixture (degree ${model.degree}), mean -log p ${fmt(model.fit.negLogLikelihood)}`
+        : model.kind === 'calibrated' && model.frames > 0
+          ? `${model.frames} frames, histograms`
+          : 'histograms of denoised against noisy';
+    reporter.log(`${inputs.join(', ')}: ${what}; var ~ ${fmt(model.a)} x + ${fmt(model.b)}; noise model written to ${values.out}`);
+    reporter.event(values.calibrate !== undefined ? 'calibration' : 'bootstrap', { file: inputs.join(', '), out: values.out, model: kind, a: model.a, b: model.b, ...(model.kind === 'gmm' ? { components: model.components, degree: model.degree, negLogLikelihood: model.fit.negLogLikelihood } : {}), ...(model.kind === 'calibrated' ? { frames: model.frames, bins: model.bins.length } : {}) });
     return ExitCode.ok;
   }
 
@@ -101,6 +172,12 @@ export async function runNoise(args: string[]): Promise<number> {
     await pool.close();
   }
   return ExitCode.ok;
+}
+
+function boundedInt(name: string, value: string | undefined, lo: number, hi: number): number | undefined {
+  const n = intOption(name, value);
+  if (n !== undefined && (n < lo || n > hi)) throw new UsageError(`--${name} must be from ${lo} to ${hi}, got '${value}'`);
+  return n;
 }
 
 function fmt(v: number): string {

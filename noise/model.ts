@@ -1,14 +1,15 @@
 /**
  * Noise models for train/denoise `--noise-model`: a calibrated model from repeated acquisitions of a
  * static sample (seed 004's recipe: ~100 frames, their mean as pseudo ground truth, the 2D
- * histogram of signal against observation), or an NLF record fitted to an image. Both give
- * sigma_n^2(x) in input units and a Poisson-Gaussian summary var = a x + b.
+ * histogram of signal against observation), the Gaussian mixture model of PN2V / DivNoising
+ * (noise/gmm.ts) fitted to the same pairs or bootstrapped from a denoiser, or an NLF record fitted
+ * to an image. All give sigma_n^2(x) in input units and a Poisson-Gaussian summary var = a x + b.
  */
 import { promises as fsp } from 'node:fs';
 import { InputError, OutputError } from '../core/errors.js';
 import { sampleTypeRange, type SampleType } from '../core/volume.js';
 import { fitPoissonGaussian, nlfVariance, type NlfBin, type NlfRecord } from './nlf.js';
-import { quantileOfSorted } from './sample.js';
+import { gmmModelProblem, gmmVariance, type GmmNoiseModel } from './gmm.js';
 
 /** One signal bin of a calibration: the observations of pixels whose pseudo-clean signal falls in it. */
 export interface CalibrationBin {
@@ -27,8 +28,14 @@ export interface CalibratedNoiseModel {
   version: 1;
   kind: 'calibrated';
   source: string;
+  /**
+   * Where the pseudo-clean signal came from: the mean of repeated frames (absent in files written
+   * before bootstrapping existed), or a trained denoiser's output (noise/histogramFit.ts).
+   */
+  signalFrom?: 'frame-mean' | 'denoised';
+  /** Frames averaged; 0 for a bootstrapped model. */
   frames: number;
-  /** Frame shape [Y, X]. */
+  /** Frame shape [Y, X]; empty for a bootstrapped model. */
   frameShape: number[];
   /** Poisson-Gaussian fit var = a s + b to the bins (weighted least squares). */
   a: number;
@@ -47,15 +54,21 @@ export interface NlfNoiseModel {
   nlf: NlfRecord;
 }
 
-export type NoiseModel = CalibratedNoiseModel | NlfNoiseModel;
+export type { GmmNoiseModel } from './gmm.js';
+export type NoiseModel = CalibratedNoiseModel | NlfNoiseModel | GmmNoiseModel;
 
 /** sigma_n^2(x), input units, for any noise model (or a bare NLF record). */
 export function noiseVarianceFunction(model: NoiseModel | NlfRecord): (x: number) => number {
   if ('format' in model && model.format === 'blindspot-nlf') return (x) => nlfVariance(model, x);
   const m = model as NoiseModel;
   if (m.kind === 'nlf') return (x) => nlfVariance(m.nlf, x);
-  const bins = m.bins;
   const pg = (x: number): number => Math.max(0, m.a * x + m.b);
+  if (m.kind === 'gmm') {
+    // Outside the fitted signal range, the Poisson-Gaussian summary extrapolates (as for calibrated bins).
+    const [lo, hi] = m.signalRange;
+    return (x) => (x < lo || x > hi ? pg(x) : gmmVariance(m, x));
+  }
+  const bins = m.bins;
   if (bins.length === 0) return pg;
   return (x) => {
     // Outside the calibrated signal range, the Poisson-Gaussian fit extrapolates.
@@ -74,7 +87,7 @@ export function noiseVarianceFunction(model: NoiseModel | NlfRecord): (x: number
 
 /** The Poisson-Gaussian summary of a model, as models/bayes.ts NoiseSpec. */
 export function noiseSpecOf(model: NoiseModel | NlfRecord): { kind: 'poisson-gaussian'; a: number; b: number } {
-  const m = 'format' in model && model.format === 'blindspot-nlf' ? model : (model as NoiseModel).kind === 'nlf' ? (model as NlfNoiseModel).nlf : (model as CalibratedNoiseModel);
+  const m = 'format' in model && model.format === 'blindspot-nlf' ? model : (model as NoiseModel).kind === 'nlf' ? (model as NlfNoiseModel).nlf : (model as CalibratedNoiseModel | GmmNoiseModel);
   return { kind: 'poisson-gaussian', a: m.a, b: m.b };
 }
 
@@ -186,8 +199,8 @@ export async function loadNoiseModel(file: string): Promise<NoiseModel> {
   }
   const obj = parsed as Partial<NoiseModel> & Partial<NlfRecord>;
   if (obj && obj.format === 'blindspot-nlf') return { format: 'blindspot-noise-model', version: 1, kind: 'nlf', nlf: obj as NlfRecord };
-  if (!obj || obj.format !== 'blindspot-noise-model' || (obj.kind !== 'calibrated' && obj.kind !== 'nlf')) {
-    throw new InputError(file, 'is not a blindspot noise model (expected format "blindspot-noise-model", kind "calibrated" or "nlf")');
+  if (!obj || obj.format !== 'blindspot-noise-model' || (obj.kind !== 'calibrated' && obj.kind !== 'nlf' && obj.kind !== 'gmm')) {
+    throw new InputError(file, 'is not a blindspot noise model (expected format "blindspot-noise-model", kind "calibrated", "gmm" or "nlf")');
   }
   const m = obj as NoiseModel;
   const a = m.kind === 'nlf' ? m.nlf?.a : m.a;
@@ -195,6 +208,10 @@ export async function loadNoiseModel(file: string): Promise<NoiseModel> {
   if (!Number.isFinite(a) || !Number.isFinite(b) || (a as number) < 0) throw new InputError(file, `has an invalid Poisson-Gaussian summary a=${a} b=${b}`);
   if (m.kind === 'calibrated' && (!Array.isArray(m.bins) || m.bins.some((bin) => !Number.isFinite(bin.signal) || !(bin.variance >= 0)))) {
     throw new InputError(file, 'has invalid calibration bins');
+  }
+  if (m.kind === 'gmm') {
+    const problem = gmmModelProblem(m);
+    if (problem) throw new InputError(file, `is a GMM noise model that ${problem}`);
   }
   return m;
 }

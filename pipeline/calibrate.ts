@@ -65,6 +65,11 @@ export interface CalibrationResult {
   denoiser: ClassicalDenoiser;
   /** The candidate with the smallest J-invariant loss. */
   best: number;
+  /**
+   * Set when `best` is the smallest or largest parameter searched, so the optimum may lie beyond:
+   * after the default range was widened MAX_WIDENINGS times, or with explicit candidates.
+   */
+  edge?: 'lower' | 'upper';
   losses: CandidateLoss[];
   grid: number;
   phases: number;
@@ -112,7 +117,10 @@ function quantileOf(values: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-/** Default candidates: median radii 1..4, Gaussian sigmas 0.5..3 px, nlm h as 0.4..1.6 x the noise estimate. */
+/**
+ * Default candidates: median radii 1..4, Gaussian sigmas 0.5..3 px, nlm h as 0.4..1.6 x the noise
+ * estimate. calibrateDenoiser widens them while the minimum sits at an end.
+ */
 export function defaultCandidates(denoiser: ClassicalDenoiser, noiseSigmaEstimate: number): number[] {
   switch (denoiser) {
     case 'median':
@@ -185,8 +193,47 @@ export function applyClassicalDenoiser(volume: Volume, denoiser: ClassicalDenois
   return { data, shape: volume.shape, sampleType: 'float32' };
 }
 
-function defaultGrid(shape: Shape): number {
+export function defaultGrid(shape: Shape): number {
   return shape.length === 3 ? 3 : 4;
+}
+
+/** One grid phase of a J-invariant evaluation: the donut-interpolated input and the masked pixels. */
+export interface JInvariantPhase {
+  readonly input: Float32Array;
+  /** C-order indices of the phase's pixels (the ones to read from the denoiser's output). */
+  readonly indices: Int32Array;
+}
+
+/** The k^dims grid phases of `volume` that hold pixels, each with its masked input. */
+export function* jInvariantPhases(volume: Volume, grid: number): Generator<JInvariantPhase> {
+  const phases = gridPhaseCount(grid, volume.shape.length as 2 | 3);
+  for (let phase = 0; phase < phases; phase++) {
+    const { input, mask, count } = gridMaskPatch(volume.data, volume.shape, grid, phase);
+    if (count === 0) continue; // a phase beyond a tiny image's extent
+    const indices = new Int32Array(count);
+    for (let i = 0, n = 0; i < mask.length; i++) if (mask[i] !== 0) indices[n++] = i;
+    yield { input, indices };
+  }
+}
+
+/** Accumulates the J-invariant output and squared error over phases (each pixel scored once). */
+class JInvariantScore {
+  readonly output: Float32Array;
+  private sumSquares = 0;
+  constructor(private readonly noisy: Float32Array) {
+    this.output = new Float32Array(noisy.length);
+  }
+  add(indices: Int32Array, values: Float32Array): void {
+    for (let n = 0; n < indices.length; n++) {
+      const i = indices[n];
+      this.output[i] = values[n];
+      const d = values[n] - this.noisy[i];
+      this.sumSquares += d * d;
+    }
+  }
+  result(): { loss: number; output: Float32Array } {
+    return { loss: this.sumSquares / this.noisy.length, output: this.output };
+  }
 }
 
 /**
@@ -196,24 +243,20 @@ function defaultGrid(shape: Shape): number {
  * from the phase that masked it).
  */
 export function jInvariantLoss(volume: Volume, denoise: DenoiseAt, grid: number): { loss: number; output: Float32Array } {
-  const dims = volume.shape.length as 2 | 3;
-  const phases = gridPhaseCount(grid, dims);
-  const output = new Float32Array(volume.data.length);
-  let sumSquares = 0;
-  for (let phase = 0; phase < phases; phase++) {
-    const { input, mask, count } = gridMaskPatch(volume.data, volume.shape, grid, phase);
-    if (count === 0) continue; // a phase beyond a tiny image's extent
-    const indices = new Int32Array(count);
-    for (let i = 0, n = 0; i < mask.length; i++) if (mask[i] !== 0) indices[n++] = i;
-    const values = denoise(input, volume.shape, indices);
-    for (let n = 0; n < count; n++) {
-      const i = indices[n];
-      output[i] = values[n];
-      const d = values[n] - volume.data[i];
-      sumSquares += d * d;
-    }
-  }
-  return { loss: sumSquares / volume.data.length, output };
+  const score = new JInvariantScore(volume.data);
+  for (const { input, indices } of jInvariantPhases(volume, grid)) score.add(indices, denoise(input, volume.shape, indices));
+  return score.result();
+}
+
+/** jInvariantLoss for a denoiser that answers asynchronously (a network run over the whole image). */
+export async function jInvariantLossAsync(
+  volume: Volume,
+  denoise: (input: Float32Array, shape: Shape, indices: Int32Array) => Promise<Float32Array>,
+  grid: number,
+): Promise<{ loss: number; output: Float32Array }> {
+  const score = new JInvariantScore(volume.data);
+  for (const { input, indices } of jInvariantPhases(volume, grid)) score.add(indices, await denoise(input, volume.shape, indices));
+  return score.result();
 }
 
 /** Picks the denoiser's parameter by the J-invariant loss (no clean image needed). */
@@ -230,12 +273,16 @@ export function calibrateDenoiser(volume: Volume, opts: CalibrateOptions): Calib
   if (candidates.length === 0) throw new RangeError('calibration needs at least one candidate parameter');
   for (const c of candidates) checkParameter(opts.denoiser, c);
   const geometry = opts.denoiser === 'nlm' ? nlmGeometry(volume.shape, opts) : undefined;
-  const losses = candidates.map((parameter) => ({ parameter, loss: jInvariantLoss(volume, classicalDenoiserAt(opts.denoiser, parameter, geometry), grid).loss }));
-  let best = losses[0];
-  for (const l of losses) if (l.loss < best.loss) best = l;
+  const lossAt = (parameter: number): CandidateLoss => ({ parameter, loss: jInvariantLoss(volume, classicalDenoiserAt(opts.denoiser, parameter, geometry), grid).loss });
+  const losses = candidates.map(lossAt);
+  // Default candidates scale from a noise estimate that reads low on spatially correlated noise, so
+  // the optimum can lie outside them: widen the default range until the minimum is interior.
+  if (opts.candidates === undefined) widenUntilInterior(losses, opts.denoiser, lossAt);
+  const best = argminLoss(losses);
   return {
     denoiser: opts.denoiser,
     best: best.parameter,
+    ...edgeOf(losses, best, opts.denoiser),
     losses,
     grid,
     phases: gridPhaseCount(grid, dims),
@@ -243,6 +290,53 @@ export function calibrateDenoiser(volume: Volume, opts: CalibrateOptions): Calib
     noiseSigmaEstimate,
     seconds: (performance.now() - t0) / 1000,
   };
+}
+
+/** How many steps the default range may grow past either end before the search gives up. */
+export const MAX_WIDENINGS = 8;
+/** Geometric step of a widening for continuous parameters (Gaussian sigma, nlm h). */
+const WIDENING_FACTOR = 1.5;
+/** Smallest continuous parameter tried: below it every filter is the identity to float precision. */
+const MIN_CONTINUOUS_PARAMETER = 0.05;
+
+function argminLoss(losses: readonly CandidateLoss[]): CandidateLoss {
+  let best = losses[0];
+  for (const l of losses) if (l.loss < best.loss) best = l;
+  return best;
+}
+
+/** The next parameter past the range's end, or undefined where the parameter cannot go further. */
+function beyond(denoiser: ClassicalDenoiser, end: number, direction: 'lower' | 'upper'): number | undefined {
+  if (denoiser === 'median') return direction === 'upper' ? end + 1 : end > 1 ? end - 1 : undefined;
+  const next = direction === 'upper' ? end * WIDENING_FACTOR : end / WIDENING_FACTOR;
+  return next < MIN_CONTINUOUS_PARAMETER ? undefined : +next.toPrecision(4);
+}
+
+/** Adds candidates past whichever end holds the minimum until a larger loss lies beyond it (in place, kept sorted). */
+function widenUntilInterior(losses: CandidateLoss[], denoiser: ClassicalDenoiser, lossAt: (parameter: number) => CandidateLoss): void {
+  losses.sort((a, b) => a.parameter - b.parameter);
+  for (let step = 0; step < MAX_WIDENINGS; step++) {
+    const best = argminLoss(losses);
+    const direction = best === losses[losses.length - 1] ? 'upper' : best === losses[0] ? 'lower' : undefined;
+    if (direction === undefined) return;
+    const next = beyond(denoiser, best.parameter, direction);
+    if (next === undefined) return;
+    const added = lossAt(next);
+    if (direction === 'upper') losses.push(added);
+    else losses.unshift(added);
+  }
+}
+
+/**
+ * Whether the chosen parameter sits at an end of the searched range, where the true optimum may lie
+ * beyond it (a median radius of 1 is the smallest there is, so it is no edge).
+ */
+function edgeOf(losses: readonly CandidateLoss[], best: CandidateLoss, denoiser: ClassicalDenoiser): { edge?: 'lower' | 'upper' } {
+  if (losses.length < 2) return {};
+  const parameters = losses.map((l) => l.parameter);
+  if (best.parameter === Math.max(...parameters)) return { edge: 'upper' };
+  if (best.parameter === Math.min(...parameters) && beyond(denoiser, best.parameter, 'lower') !== undefined) return { edge: 'lower' };
+  return {};
 }
 
 // ---------------------------------------------------------------------------------------------

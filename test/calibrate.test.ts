@@ -13,12 +13,14 @@ import {
   applyClassicalDenoiser,
   calibrateDenoiser,
   classicalDenoiserAt,
+  defaultCandidates,
   estimateNoiseSigma,
   jInvariantLoss,
+  MAX_WIDENINGS,
   type ClassicalDenoiser,
 } from '../pipeline/calibrate.js';
 import { readImage, writeImage } from '../storage/index.js';
-import { runCalibrate } from '../cli/calibrate.js';
+import { calibrationTable, runCalibrate } from '../cli/calibrate.js';
 
 /** Allowed PSNR shortfall of the self-supervised choice against the clean-image oracle. */
 const MARGIN_DB = 0.3;
@@ -210,5 +212,51 @@ describe.skipIf(!haveShared)('real data: BSD68 test003, sigma 25', () => {
     expect(c.chosenPsnr).toBeGreaterThan(c.oraclePsnr - MARGIN_DB);
     expect(Math.abs(c.lossArgmin - c.oracleIndex)).toBeLessThanOrEqual(1);
     expect(c.chosenPsnr).toBeGreaterThan(psnr(clean.data, noisy.data, 255) + 1);
+  });
+});
+
+describe('the default search widens until the optimum is interior', () => {
+  it('correlated noise: the minimum at the end of the default range is searched past, and the choice is interior', () => {
+    // Noise correlated over 3x3 pixels pulls the J-invariant optimum of the Gaussian down to the
+    // smallest default sigma; the search must look below it before calling the choice.
+    const { clean } = syntheticPair([96, 96], 20, 11);
+    const rng = new Rng(5);
+    const [ny, nx] = clean.shape as [number, number];
+    const white = Float32Array.from({ length: ny * nx }, () => rng.normal() * 30);
+    const noisy = new Float32Array(white.length);
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++) {
+        let sum = 0;
+        for (let dy = -1; dy <= 1; dy++) for (let dx = -1; dx <= 1; dx++) sum += white[Math.min(ny - 1, Math.max(0, y + dy)) * nx + Math.min(nx - 1, Math.max(0, x + dx))];
+        noisy[y * nx + x] = clean.data[y * nx + x] + sum / 3;
+      }
+    }
+    const result = calibrateDenoiser({ data: noisy, shape: clean.shape, sampleType: 'float32' }, { denoiser: 'gaussian' });
+    const defaults = defaultCandidates('gaussian', result.noiseSigmaEstimate);
+    const parameters = result.losses.map((l) => l.parameter);
+    expect(Math.min(...parameters)).toBeLessThan(Math.min(...defaults));
+    expect(result.edge).toBeUndefined();
+    expect(result.best).toBeGreaterThan(Math.min(...parameters));
+    expect(result.best).toBeLessThan(Math.max(...parameters));
+  });
+
+  it('pure noise on a flat image: the range grows MAX_WIDENINGS times, and a choice still at the end is flagged', () => {
+    const rng = new Rng(6);
+    const flat: Volume = { data: Float32Array.from({ length: 48 * 48 }, () => 100 + 10 * rng.normal()), shape: [48, 48], sampleType: 'float32' };
+    const result = calibrateDenoiser(flat, { denoiser: 'gaussian' });
+    const defaults = defaultCandidates('gaussian', result.noiseSigmaEstimate);
+    expect(result.losses).toHaveLength(defaults.length + MAX_WIDENINGS);
+    expect(result.best).toBeGreaterThan(Math.max(...defaults) * 1.5 ** (MAX_WIDENINGS - 1));
+    expect(result.edge).toBe('upper');
+    expect(calibrationTable('flat.tif', result)).toMatch(/warning: the chosen sigma is the largest one searched/);
+  });
+
+  it('explicit candidates are not widened; a choice at their end is flagged', () => {
+    const { noisy } = syntheticPair([64, 64], 20, 12);
+    const result = calibrateDenoiser(noisy, { denoiser: 'gaussian', candidates: [0.1, 0.2] });
+    expect(result.losses.map((l) => l.parameter)).toEqual([0.1, 0.2]);
+    expect(result.edge).toBe('upper');
+    const interior = calibrateDenoiser(noisy, { denoiser: 'median' });
+    expect(interior.edge).toBeUndefined();
   });
 });

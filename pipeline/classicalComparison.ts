@@ -1,0 +1,81 @@
+/**
+ * Is the trained network better than a classical filter that needs no training? Both are scored by
+ * the same J-invariant loss (Noise2Self) on the same pixels: each grid phase is donut-interpolated,
+ * the denoiser runs on the masked image and its output on the phase is compared with the noisy
+ * values. For noise independent across pixels that loss is the loss against the clean image plus
+ * the noise variance, so the smaller one is the better denoiser, with no clean image. The
+ * classical opponent is non-local means with its strength calibrated by the same loss
+ * (pipeline/calibrate.ts), i.e. the filter a user gets from `blindspot calibrate`.
+ */
+import type { Shape, Volume } from '../core/volume.js';
+import {
+  type ClassicalDenoiser,
+  type CalibrationResult,
+  calibrateDenoiser,
+  defaultGrid,
+  jInvariantLossAsync,
+} from './calibrate.js';
+
+/** The network as `blindspot denoise` runs it: noisy image in, denoised image out, input units. */
+export type ImageDenoiser = (data: Float32Array, shape: Shape) => Promise<Float32Array>;
+
+export interface ClassicalComparison {
+  /** What was scored (the held-out pixels' name, e.g. the validation slab). */
+  region: string;
+  /** Pixels scored (every pixel of the region, once). */
+  pixels: number;
+  /** Grid side of the J-invariant masking. */
+  grid: number;
+  /** The network's J-invariant loss (mean squared difference to the noisy values, input units^2). */
+  networkLoss: number;
+  classical: { denoiser: ClassicalDenoiser; parameter: number; loss: number; edge?: 'lower' | 'upper' };
+  /** The classical filter's loss is the lower one. */
+  classicalBetter: boolean;
+  seconds: number;
+}
+
+export interface ClassicalComparisonOptions {
+  /** Name of the region, for the report. */
+  region: string;
+  /** Grid side (default 4 in 2D, 3 in 3D, as calibrate). */
+  grid?: number;
+  /** The opponent (default nlm). */
+  denoiser?: ClassicalDenoiser;
+}
+
+/** Scores `network` and the calibrated classical denoiser on `volume` by the same J-invariant loss. */
+export async function compareWithClassical(network: ImageDenoiser, volume: Volume, opts: ClassicalComparisonOptions): Promise<ClassicalComparison> {
+  const t0 = performance.now();
+  const grid = opts.grid ?? defaultGrid(volume.shape);
+  const calibration: CalibrationResult = calibrateDenoiser(volume, { denoiser: opts.denoiser ?? 'nlm', grid, name: opts.region });
+  const classicalLoss = calibration.losses.find((l) => l.parameter === calibration.best)!.loss;
+  const { loss: networkLoss } = await jInvariantLossAsync(
+    volume,
+    async (input, shape, indices) => {
+      const out = await network(input, shape);
+      return Float32Array.from(indices, (i) => out[i]);
+    },
+    grid,
+  );
+  return {
+    region: opts.region,
+    pixels: volume.data.length,
+    grid,
+    networkLoss,
+    classical: { denoiser: calibration.denoiser, parameter: calibration.best, loss: classicalLoss, ...(calibration.edge ? { edge: calibration.edge } : {}) },
+    classicalBetter: classicalLoss < networkLoss,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** The lines `blindspot train` prints: both losses, and the advice when the filter wins. */
+export function classicalComparisonLines(c: ClassicalComparison): string[] {
+  const lines = [
+    `J-invariant loss on ${c.region} (${c.pixels} pixels, lower is better): network ${c.networkLoss.toPrecision(5)}, ` +
+      `calibrated ${c.classical.denoiser} (strength ${c.classical.parameter}) ${c.classical.loss.toPrecision(5)}`,
+  ];
+  if (c.classicalBetter) {
+    lines.push(`warning: the calibrated ${c.classical.denoiser} filter denoises these pixels better than the network: train longer, or use \`blindspot calibrate --denoiser ${c.classical.denoiser}\``);
+  }
+  return lines;
+}
