@@ -13,6 +13,7 @@ import { n2v } from './n2v.js';
 import { n2v2 } from './n2v2.js';
 import { noise2info } from './noise2info.js';
 import { noise2self } from './noise2self.js';
+import { pn2v } from './pn2v.js';
 import { structn2v } from './structn2v.js';
 
 export const methods = new Map<string, Method>();
@@ -25,6 +26,7 @@ methods.set(dbsn.name, dbsn);
 methods.set(noise2info.name, noise2info);
 methods.set(n2n.name, n2n);
 methods.set(care.name, care);
+methods.set(pn2v.name, pn2v);
 
 /** The method `train` uses when none is given. */
 export const defaultMethodName = n2v.name;

@@ -119,8 +119,11 @@ export function priorTileModel(model: LayersModel, noiseVariance: (mu: tf.Tensor
     });
 }
 
-/** What `blindspot denoise` writes: the denoised image, its uncertainty, or (prior models) the prior mean alone. */
-export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean';
+/**
+ * What `blindspot denoise` writes: the denoised image, its uncertainty, (prior models) the prior mean
+ * alone, or (sampling methods) one posterior sample.
+ */
+export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean' | 'sample';
 
 /**
  * The one-channel network `denoise` runs on normalised tiles for a loaded model: the model itself
@@ -129,6 +132,7 @@ export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean';
  * or the prior mean.
  */
 export function denoisingTileModel(model: LayersModel, manifest: ModelManifest, output: DenoiseOutput = 'denoised'): LayersModel | ((x: tf.Tensor) => tf.Tensor) {
+  if (output === 'sample') throw new UsageError(`--write-samples needs a model of a sampling method; this one is ${manifest.method}`);
   if (!manifest.prior) {
     if (output !== 'denoised') {
       throw new UsageError(`${output === 'uncertainty' ? '--uncertainty' : '--prior-mean'} needs a model trained with a Gaussian prior (blindspot train --prior ...); this one is plain ${manifest.method}`);

@@ -5,8 +5,11 @@ import { voxelCount } from '../core/volume.js';
 import { predictDihedralMean } from '../models/tta.js';
 import type { TileSpec } from './tileGrid.js';
 
-/** A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape. */
-export type TileModel = LayersModel | ((x: tf.Tensor) => tf.Tensor);
+/**
+ * A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape;
+ * a function also gets the batch's tiles (a sampling denoiser seeds each from its position).
+ */
+export type TileModel = LayersModel | ((x: tf.Tensor, tiles?: readonly TileSpec[]) => tf.Tensor);
 
 /** Prediction of one tile, cropped to its kept region (C order, shape `spec.kept.shape`). */
 export interface PredictedTile {
@@ -41,8 +44,8 @@ export interface PredictTilePixelsOptions {
 }
 
 /** Runs `model` in inference mode (batch norm uses its moving statistics). */
-export function applyModel(model: TileModel, x: tf.Tensor): tf.Tensor {
-  if (typeof model === 'function') return model(x);
+export function applyModel(model: TileModel, x: tf.Tensor, tiles?: readonly TileSpec[]): tf.Tensor {
+  if (typeof model === 'function') return model(x, tiles);
   const y = model.predict(x);
   if (Array.isArray(y)) throw new Error(`predictTiles: the model has ${y.length} outputs; one is expected`);
   return y;
@@ -113,7 +116,7 @@ async function predictPixels(specs: TileSpec[], pixels: Float32Array[], opts: Pr
   const expectedShape = [specs.length, ...readShape, 1];
   const predicted = tf.tidy(() => {
     const x = tf.tensor(batch, expectedShape, 'float32');
-    const run = (input: tf.Tensor): tf.Tensor => applyModel(opts.model, input);
+    const run = (input: tf.Tensor): tf.Tensor => applyModel(opts.model, input, specs);
     return opts.tta ? predictDihedralMean(run, x) : run(x);
   });
   let values: Float32Array;

@@ -12,6 +12,7 @@ import type { SampleType, Volume } from '../core/volume.js';
 import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { networkGeometry } from '../models/network.js';
 import { denoisingTileModel, type DenoiseOutput } from '../methods/denoiser.js';
+import type { SamplingOptions } from '../methods/method.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import { readImage, writeImage } from '../storage/index.js';
@@ -39,6 +40,12 @@ export interface DenoiseOptions {
   uncertainty?: boolean;
   /** Gaussian-prior models: write the prior mean (a plain blind-spot estimate) instead of the posterior mean. */
   priorMean?: boolean;
+  /** Sampling methods (divnoising): posterior samples averaged for the MMSE and --uncertainty (default 100). */
+  samples?: number;
+  /** Sampling methods: also write the first K samples, `<name>.sample<k>.tif`. */
+  writeSamples?: number;
+  /** Sampling methods: the base seed of the samples (default 1). */
+  sampleSeed?: number;
   /**
    * Fit each input's noise and write `<output>.noise.json` beside the output (default true). 'inline'
    * fits on this thread (no worker start-up; blocks prediction meanwhile).
@@ -63,6 +70,14 @@ export function outputPathFor(input: string, outDir: string, outputType: OutputT
   return path.join(outDir, base);
 }
 
+/** Where posterior sample k of `output` goes: `<name>.sample<k>.tif`. */
+export function samplePathFor(output: string, k: number): string {
+  return `${output.replace(/\.(tiff?|png|fits|npy)$/i, '')}.sample${k}.tif`;
+}
+
+/** The in-memory default of SamplingOptions.samples (streaming's is smaller: pipeline/streamDenoise.ts). */
+export const DEFAULT_SAMPLES = 100;
+
 /** Where the posterior standard deviation of `output` goes: `<name>.std.tif`. */
 export function uncertaintyPathFor(output: string): string {
   const base = output.replace(/\.(tiff?|png|fits|npy)$/i, '');
@@ -74,6 +89,11 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   if (opts.inputs.length === 0) throw new UsageError('denoise needs at least one input image');
   const outputs = opts.inputs.map((f) => outputPathFor(f, opts.outDir, outputType));
   const uncertaintyOutputs = opts.uncertainty ? outputs.map(uncertaintyPathFor) : [];
+  const writeSamples = opts.writeSamples ?? 0;
+  const sampling: SamplingOptions = { samples: opts.samples ?? DEFAULT_SAMPLES, seed: opts.sampleSeed ?? 1 };
+  if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new UsageError(`--samples must be a positive integer, got ${sampling.samples}`);
+  if (!(Number.isInteger(writeSamples) && writeSamples >= 0)) throw new UsageError(`--write-samples must be a non-negative integer, got ${writeSamples}`);
+  const sampleOutputs = outputs.map((o) => Array.from({ length: writeSamples }, (_, k) => samplePathFor(o, k)));
   const resolvedInputs = new Set(opts.inputs.map((f) => path.resolve(f)));
   outputs.forEach((o, i) => {
     if (resolvedInputs.has(path.resolve(o))) {
@@ -84,7 +104,7 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
     throw new UsageError('two inputs would write the same output file (same base name); denoise them into separate --out folders');
   }
   if (!opts.overwrite) {
-    for (const o of [...outputs, ...uncertaintyOutputs]) {
+    for (const o of [...outputs, ...uncertaintyOutputs, ...sampleOutputs.flat()]) {
       if (await exists(o)) throw new OutputError(o, 'exists already; pass --overwrite to replace it');
     }
   }
@@ -94,8 +114,9 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   opts.onEvent?.({ type: 'model', manifest });
   const mainOutput: DenoiseOutput = opts.priorMean ? 'prior-mean' : 'denoised';
   // Fails early (before any work) when the model has no prior.
-  denoisingTileModel(model, manifest, mainOutput);
-  if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty');
+  denoisingTileModel(model, manifest, mainOutput, sampling);
+  if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty', sampling);
+  if (writeSamples > 0) denoisingTileModel(model, manifest, 'sample', { ...sampling, sampleIndex: 0 });
   await fs.mkdir(opts.outDir, { recursive: true });
   // The fit is a fixed cost (Adam iterations; 1-4 s whatever the image size) beside a worker's start
   // (well under that), so it runs in one pool worker, overlapping prediction; inline on request, or when
@@ -125,6 +146,7 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
         tta: opts.tta,
         tileShape: opts.tileShape,
         onProgress: (done: number, total: number) => opts.onEvent?.({ type: 'tiles', file, done, total }),
+        sampling,
       };
       const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput });
       const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
@@ -133,6 +155,10 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
         // A second pass: the tile pipeline carries one channel. Always float32: a standard deviation is not an intensity.
         const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty' });
         await writeImage(uncertaintyOutputs[i], std, { sampleType: 'float32', overwrite: opts.overwrite });
+      }
+      for (let k = 0; k < writeSamples; k++) {
+        const sample = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'sample', sampling: { ...sampling, sampleIndex: k } });
+        await writeImage(sampleOutputs[i][k], sample, { sampleType, overwrite: opts.overwrite });
       }
       const seconds = (performance.now() - t0) / 1000;
       opts.onEvent?.({ type: 'image-done', file, output: outputs[i], seconds, megapixelsPerSecond: volume.data.length / 1e6 / seconds });
@@ -161,15 +187,16 @@ export async function denoiseVolume(
   model: tfl.LayersModel,
   manifest: ModelManifest,
   volume: Volume,
-  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput } = {},
+  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput; sampling?: SamplingOptions } = {},
 ): Promise<Volume> {
   const geometry = networkGeometry(manifest.network);
   const input = normalise(volume.data, manifest.normalisation);
   const output = opts.output ?? 'denoised';
-  const predicted = await predictVolume(denoisingTileModel(model, manifest, output), input, volume.shape, {
+  const { sampling, ...tiling } = opts;
+  const predicted = await predictVolume(denoisingTileModel(model, manifest, output, sampling ?? { samples: DEFAULT_SAMPLES, seed: 1 }), input, volume.shape, {
     sizeMultiple: geometry.sizeMultiple,
     receptiveRadius: geometry.receptiveRadius,
-    ...opts,
+    ...tiling,
     // Sized from the network itself: a posterior wraps it in a function, which cannot be measured.
     maxTileVoxels: opts.maxTileVoxels ?? maxTileVoxelsFor(model, manifest.network.dims, geometry.sizeMultiple),
   });

@@ -26,6 +26,8 @@ import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, valid
 import { createAdam } from '../models/optimizer.js';
 import type { StructuringElement } from '../models/structMask.js';
 import { augmentMethodPatch } from '../models/augment.js';
+import { normalisedNoiseLikelihood, type LikelihoodNoise } from '../noise/likelihood.js';
+import type { GmmNoiseModel } from '../noise/gmm.js';
 import type { Method, MethodEvent, MethodPatch, NetworkOverrides, PatchPreparation, PreparedPatch, ValidationBatch } from '../methods/method.js';
 import { defaultMethodName, getMethod } from '../methods/registry.js';
 import { validateMethodOptions } from '../methods/options.js';
@@ -169,6 +171,12 @@ export interface TrainOptions {
    */
   prior?: NoiseSpec | 'learned' | 'nlf';
   /**
+   * The Gaussian mixture noise model (noise/gmm.ts) behind a --prior file, for the methods whose loss
+   * is the noise likelihood (Method.likelihood: pn2v, divnoising), which use it whole; `prior` then
+   * holds its Poisson-Gaussian summary. Other methods use the summary only.
+   */
+  noiseModel?: GmmNoiseModel;
+  /**
    * Fit each training image's noise-level function in worker threads while training runs and store
    * them in the model (default true for in-memory images; streamed sources are not fitted).
    */
@@ -278,7 +286,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const grid = opts.grid ?? defaultGridSide;
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
   const size = opts.networkSize ?? ((opts.backend?.name ?? '') === 'tensorflow-gpu' ? 'paper' : 'small');
-  let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null });
+  let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null && !method.likelihood });
   const geometry = networkGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
   validatePatchShape(patchShape, dims, geometry.sizeMultiple);
@@ -406,8 +414,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
   const maskedLossFn: MaskedLossFn =
     noiseVariance !== undefined ? gaussianPriorLoss(noiseVariance) : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
+  // Likelihood methods weigh clean-signal candidates by the noise model itself (the GMM whole, when given).
+  const likelihoodNoise: LikelihoodNoise | undefined =
+    method.likelihood && priorNoise !== undefined ? { spec: priorNoise, ...(opts.noiseModel ? { gmm: opts.noiseModel } : {}) } : undefined;
+  const noiseLikelihood = likelihoodNoise ? normalisedNoiseLikelihood(likelihoodNoise, normalisation) : undefined;
   // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
-  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, saved: savedState });
+  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
@@ -448,6 +460,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     ...(method.masking === 'stratified' ? { masking } : {}),
     loss: method.ownLoss?.name ?? (priorMode !== null ? 'prior-nll' : lossKind),
     ...(priorMode !== null ? { prior: priorRecord() } : {}),
+    ...(likelihoodNoise ? { noiseModel: likelihoodNoise } : {}),
     ...(methodSettings() ? { methodSettings: methodSettings() } : {}),
     training: {
       steps,
