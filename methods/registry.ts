@@ -6,6 +6,7 @@
 import { UsageError } from '../core/errors.js';
 import { care } from './care.js';
 import { dbsn } from './dbsn.js';
+import { divnoising } from './divnoising.js';
 import { laine19 } from './laine19.js';
 import type { Method, MethodOption } from './method.js';
 import { n2n } from './n2n.js';
@@ -27,6 +28,7 @@ methods.set(noise2info.name, noise2info);
 methods.set(n2n.name, n2n);
 methods.set(care.name, care);
 methods.set(pn2v.name, pn2v);
+methods.set(divnoising.name, divnoising);
 
 /** The method `train` uses when none is given. */
 export const defaultMethodName = n2v.name;
