@@ -22,7 +22,8 @@ import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
 import { runNoise } from './noise.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
-import { parseNoiseSpec, type DenoiseOutput } from '../models/bayes.js';
+import { parseNoiseSpec } from '../models/bayes.js';
+import type { DenoiseOutput } from '../methods/denoiser.js';
 import { choice, commonOptions, DEFAULT_GRACE_SECONDS, interruptController, intOption, numberOption, parse, setUp, shapeOption, withoutRunOptions } from './options.js';
 
 /** The methods part of `train --help`: each registered method's name and summary, in registry order. */

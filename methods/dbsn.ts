@@ -7,7 +7,7 @@
 import { dbsnLoss } from '../models/dbsn.js';
 import { toBatchLoss } from '../operators/trainSteps.js';
 import type { Method } from './method.js';
-import { dbsnNetwork, priorOrPlainDenoiser, removeOffsetOnNoisy, wholePatch } from './shared.js';
+import { dbsnNetwork, priorOrPlainDenoiser, wholePatch } from './shared.js';
 
 export const dbsn: Method = {
   name: 'dbsn',
@@ -31,7 +31,6 @@ export const dbsn: Method = {
     if (!context.noiseVariance) throw new Error('dbsn trains with a noise model (the trainer gives one by default)');
     return { batchLoss: toBatchLoss(dbsnLoss(context.noiseVariance)) };
   },
-  // Always a Gaussian-prior model: the trainer never removes an offset from it.
-  afterTraining: removeOffsetOnNoisy,
+  // No afterTraining: always a Gaussian-prior model, whose posterior brings the pixel back in.
   denoiser: priorOrPlainDenoiser,
 };

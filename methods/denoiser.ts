@@ -4,9 +4,8 @@
  * this and names no method.
  */
 import type { LayersModel } from '@tensorflow/tfjs-layers';
-import type { DenoiseOutput } from '../models/bayes.js';
 import type { ModelManifest } from '../models/io.js';
-import type { SamplingOptions, TileFunction } from './method.js';
+import type { DenoiseOutput, SamplingOptions, TileFunction } from './method.js';
 import { methods } from './registry.js';
 import { priorOrPlainDenoiser } from './shared.js';
 

@@ -21,7 +21,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import type { Rng } from '../core/rng.js';
 import type { Shape } from '../core/volume.js';
-import type { DenoiseOutput, NoiseSpec } from '../models/bayes.js';
+import type { NoiseSpec } from '../models/bayes.js';
 import type { MethodSettings, ModelManifest, PriorSource, TrainingRecord } from '../models/io.js';
 import type { MaskOptions, ReplacementStrategy } from '../models/masking.js';
 import type { NetworkConfig, NetworkKind } from '../models/network.js';
@@ -29,6 +29,12 @@ import type { StructuringElement } from '../models/structMask.js';
 import type { NoiseLikelihood } from '../noise/likelihood.js';
 import type { TileSpec } from '../operators/tileGrid.js';
 import type { BatchLossFn, MaskedLossFn } from '../operators/trainSteps.js';
+
+/**
+ * What `blindspot denoise` writes: the denoised image, its uncertainty, (prior models) the prior mean
+ * alone, or (sampling methods) one posterior sample.
+ */
+export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean' | 'sample';
 
 /** Where a method comes from: for the README's table, `blindspot train --help` and model exports. */
 export interface MethodPaper {

@@ -13,8 +13,8 @@ function listed(names: readonly string[]): string {
 }
 
 /**
- * Checks the method-specific options before anything is read. `targets`: some target was given
- * (files or streamed); `targetsOptional`: in-memory volumes, which carry their own targets.
+ * Checks the method-specific options before anything is read. `targets.given`: some target was
+ * given (files or streamed); `targets.optional`: in-memory volumes, which carry their own targets.
  */
 export function validateMethodOptions(method: Method, opts: MethodOptions, targets: { given: boolean; optional: boolean }): void {
   const name = method.name;

@@ -6,13 +6,15 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
+import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { UsageError } from '../core/errors.js';
-import { denoisingTileModel } from '../models/bayes.js';
+import { normalisedNoiseVariance, priorTileModel, type PriorOutput } from '../models/bayes.js';
+import type { ModelManifest } from '../models/io.js';
 import { gridMaskPatch, gridPhaseForStep } from '../models/gridMask.js';
 import { maskPatch } from '../models/masking.js';
 import { defaultNetwork, type NetworkConfig, type NetworkKind, type UNetNetwork } from '../models/network.js';
 import { toBatchLoss } from '../operators/trainSteps.js';
-import type { Method, MethodPatch, MethodTraining, NetworkOverrides, NetworkRequest, PatchPreparation, PreparedPatch, TrainingContext, ValidationBatch } from './method.js';
+import type { DenoiseOutput, Method, MethodPatch, MethodTraining, NetworkOverrides, NetworkRequest, PatchPreparation, PreparedPatch, TrainingContext, ValidationBatch } from './method.js';
 
 /** Grid side of the grid-masking methods when --grid is not given: 16 phases in 2D, 64 in 3D. */
 export const defaultGridSide = 4;
@@ -44,6 +46,25 @@ export function pairedPatch(p: MethodPatch, prep: PatchPreparation): PreparedPat
 /** The default training: one masked loss (the trainer's MSE / MAE / prior NLL) on one prediction per batch. */
 export function plainTraining(context: TrainingContext): MethodTraining {
   return { batchLoss: toBatchLoss(context.maskedLoss) };
+}
+
+/**
+ * The one-channel network `denoise` runs on normalised tiles for a loaded model: the model itself
+ * for plain blind-spot models; for Gaussian-prior models the posterior mean, the posterior standard
+ * deviation ('uncertainty', normalised units: multiply by the normalisation scale, add no offset)
+ * or the prior mean.
+ */
+function denoisingTileModel(model: LayersModel, manifest: ModelManifest, output: DenoiseOutput = 'denoised'): LayersModel | ((x: tf.Tensor) => tf.Tensor) {
+  if (output === 'sample') throw new UsageError(`--write-samples needs a model of a sampling method (divnoising); this one is ${manifest.method}`);
+  if (!manifest.prior) {
+    if (output !== 'denoised') {
+      throw new UsageError(`${output === 'uncertainty' ? '--uncertainty' : '--prior-mean'} needs a model trained with a Gaussian prior (blindspot train --prior ...); this one is plain ${manifest.method}`);
+    }
+    return model;
+  }
+  const noiseVariance = normalisedNoiseVariance(manifest.prior.noise, manifest.normalisation);
+  const which: PriorOutput = output === 'denoised' ? 'posterior-mean' : output === 'uncertainty' ? 'posterior-std' : 'prior-mean';
+  return priorTileModel(model, noiseVariance, which);
 }
 
 /** The default denoiser: the network itself, or a Gaussian prior's posterior (models/bayes.ts). */

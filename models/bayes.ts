@@ -10,7 +10,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { UsageError } from '../core/errors.js';
-import type { ModelManifest } from './io.js';
 import type { Normalisation } from './normalise.js';
 
 /** The noise of the data, in raw (input) intensity units. */
@@ -117,31 +116,6 @@ export function priorTileModel(model: LayersModel, noiseVariance: (mu: tf.Tensor
       const p = posterior(prediction, x, noiseVariance);
       return output === 'posterior-mean' ? p.mean : p.std;
     });
-}
-
-/**
- * What `blindspot denoise` writes: the denoised image, its uncertainty, (prior models) the prior mean
- * alone, or (sampling methods) one posterior sample.
- */
-export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean' | 'sample';
-
-/**
- * The one-channel network `denoise` runs on normalised tiles for a loaded model: the model itself
- * for plain blind-spot models; for Gaussian-prior models the posterior mean, the posterior standard
- * deviation ('uncertainty', normalised units: multiply by the normalisation scale, add no offset)
- * or the prior mean.
- */
-export function denoisingTileModel(model: LayersModel, manifest: ModelManifest, output: DenoiseOutput = 'denoised'): LayersModel | ((x: tf.Tensor) => tf.Tensor) {
-  if (output === 'sample') throw new UsageError(`--write-samples needs a model of a sampling method; this one is ${manifest.method}`);
-  if (!manifest.prior) {
-    if (output !== 'denoised') {
-      throw new UsageError(`${output === 'uncertainty' ? '--uncertainty' : '--prior-mean'} needs a model trained with a Gaussian prior (blindspot train --prior ...); this one is plain ${manifest.method}`);
-    }
-    return model;
-  }
-  const noiseVariance = normalisedNoiseVariance(manifest.prior.noise, manifest.normalisation);
-  const which: PriorOutput = output === 'denoised' ? 'posterior-mean' : output === 'uncertainty' ? 'posterior-std' : 'prior-mean';
-  return priorTileModel(model, noiseVariance, which);
 }
 
 /** Parses `gaussian:SIGMA` or `poisson-gaussian:A,B` (raw intensity units), as the CLI's --prior takes it. */

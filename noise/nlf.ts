@@ -11,34 +11,13 @@
  * var = a x + b is fitted by weighted least squares to binned trimmed variances.
  */
 import { Rng } from '../core/rng.js';
-import { PAIR_STRIDE, quantileOfSorted, type NoiseSample, type ResidualFilter } from './sample.js';
+import { PAIR_STRIDE, quantileOfSorted, truncatedNormalVariance, type NoiseSample, type ResidualFilter } from './sample.js';
+
+// The truncation factor lives with the samples it corrects (noise/sample.ts); re-exported for the fit's users.
+export { truncatedNormalVariance };
 
 /** Half-width of the kept residuals, in noise standard deviations. */
 const TRIM_C = 2.5;
-
-/** Var of N(0,1) truncated to [-c, c]: 1 - 2 c phi(c) / (2 Phi(c) - 1). */
-export function truncatedNormalVariance(c: number): number {
-  const phi = Math.exp(-0.5 * c * c) / Math.sqrt(2 * Math.PI);
-  const twoPhiMinus1 = erf(c / Math.SQRT2);
-  return 1 - (2 * c * phi) / twoPhiMinus1;
-}
-
-/** Abramowitz-Stegun 7.1.26 is too coarse for a 1% factor; use a series/continued-fraction-free high-accuracy form. */
-function erf(x: number): number {
-  // W. J. Cody's rational approximation via erfc for |x| up to 6 is overkill; a 30-term Taylor series is exact to 1e-12 for |x| <= 3.
-  const sign = x < 0 ? -1 : 1;
-  const ax = Math.abs(x);
-  if (ax > 3.5) return sign;
-  let term = ax;
-  let sum = ax;
-  for (let n = 1; n < 80; n++) {
-    term *= (-ax * ax) / n;
-    const add = term / (2 * n + 1);
-    sum += add;
-    if (Math.abs(add) < 1e-16) break;
-  }
-  return (sign * 2 * sum) / Math.sqrt(Math.PI);
-}
 
 /** The fitted network, with its input and output scalings; all that is needed to evaluate v(x). */
 export interface NlfNetwork {

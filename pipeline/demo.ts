@@ -15,13 +15,22 @@ import { trainModel } from './train.js';
 import { denoiseVolume } from './denoise.js';
 import { writeImage } from '../storage/index.js';
 import { writeLossCurve, writeMontage } from './figures.js';
-import type { Reporter } from '../cli/progress.js';
+import type { TrainEvent } from './trainOptions.js';
+
+/** Where the demo reports progress (the CLI's reporter is one; the library does not know the CLI). */
+export interface DemoReporter {
+  readonly json: boolean;
+  event(kind: string, fields: Record<string, unknown>): void;
+  log(message: string): void;
+  train(e: TrainEvent): void;
+  finish(): void;
+}
 
 export interface DemoOptions {
   outDir: string;
   steps?: number;
   backend: { name: string; threads: number };
-  reporter: Reporter;
+  reporter: DemoReporter;
   /** Smaller volume for tests. */
   shape?: Shape3D;
 }

@@ -30,7 +30,7 @@ import {
   type ZarrCodec,
   type ZarrVersion,
 } from './zarr.js';
-import { openByteStore } from './open.js';
+import { openByteStore } from './openStore.js';
 import { InputError, OutputError } from '../core/errors.js';
 import { voxelCount, type SampleType } from '../core/volume.js';
 import { VERSION } from '../core/version.js';

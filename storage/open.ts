@@ -7,19 +7,15 @@ import path from 'node:path';
 import type { ByteStore } from './byteStore.js';
 import type { ChunkedArrayReader } from './chunked.js';
 import { FileSystemStore } from './fsStore.js';
-import { S3Store, isS3Url, type S3Settings } from './s3.js';
+import { isS3Url, type S3Settings } from './s3.js';
 import { openZarrArray } from './zarr.js';
 import { openOmeZarr, spatialView } from './ome.js';
 import { openTiffStack } from './tiffStack.js';
 import { openFrameFolder } from './frameFolder.js';
 import { InputError } from '../core/errors.js';
+import { openByteStore } from './openStore.js';
 
-/** The byte store at `url`: S3 for s3:// URLs, else the local folder (file:// accepted). */
-export function openByteStore(url: string, s3?: S3Settings): ByteStore {
-  if (isS3Url(url)) return new S3Store(url, s3);
-  const local = url.startsWith('file://') ? new URL(url).pathname : url;
-  return new FileSystemStore(local);
-}
+export { openByteStore };
 
 export interface OpenSourceOptions {
   channel?: number;
