@@ -12,6 +12,7 @@
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
  *     [--quick] [--backend auto] [--threads N] [--no-3d | --no-2d] [--seed 1] [--results-name methods]
+ *     [--samples 20]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -23,6 +24,9 @@
  * noise of the data stays the same, so runs with different seeds show the run-to-run spread.
  * Writes bench/results/<name>-<time>.json, <name>-latest.json and bench/results/<name>.md, <name>
  * from --results-name (default methods; e.g. methods-400 for a table at another budget).
+ * The likelihood methods (pn2v, divnoising) get the true noise model: Gaussian sigma 25 in 2D,
+ * Poisson-Gaussian var = x + 4 on the 3D volume; --samples: divnoising's posterior samples per
+ * image for the MMSE (default 20: every sample is a decoder pass over the whole image).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -171,6 +175,8 @@ async function main(): Promise<void> {
   const architecturalPrior: NoiseSpec | 'learned' | 'nlf' | undefined =
     priorArg === 'none' ? undefined : priorArg === 'learned' || priorArg === 'nlf' ? priorArg : parseNoiseSpec(priorArg);
   const structMask = args.get('struct-mask') ?? 'horizontal:3';
+  const sampling = { samples: Number(args.get('samples') ?? 20), seed: 1 };
+  if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new Error(`--samples must be a positive integer, got ${args.get('samples')}`);
   // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;
@@ -241,6 +247,8 @@ async function main(): Promise<void> {
       ...(method === 'structn2v' ? { structMask } : {}),
       ...(usesStratifiedMasking(method) ? { maskRadius, strategy } : {}),
       ...((method === 'laine19' || method === 'dbsn') && architecturalPrior !== undefined ? { prior: architecturalPrior } : {}),
+      // The likelihood methods' noise model: the data's true one (2D here; the 3D run replaces it).
+      ...(getMethod(method).likelihood ? { prior: { kind: 'gaussian', sigma: SIGMA } as NoiseSpec } : {}),
       // The noise-level fits run in worker threads beside training; on a shared CPU they would slow every method.
       noiseFits: method === 'dbsn' && architecturalPrior === 'nlf',
     });
@@ -273,11 +281,11 @@ async function main(): Promise<void> {
         const { model } = await loadModelFolder(dir2d);
         const t1 = performance.now();
         const bsdOut: Volume[] = [];
-        for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy));
+        for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy, { sampling }));
         row.inferSeconds = +((performance.now() - t1) / 1000).toFixed(1);
         row.bsd68 = score(bsd68, bsdOut);
         const set12Out: Volume[] = [];
-        for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy));
+        for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy, { sampling }));
         row.set12 = score(set12, set12Out);
         model.dispose();
         log(`${method}: BSD68 ${row.bsd68.psnr} dB / ${row.bsd68.ssim}, Set12 ${row.set12.psnr} dB; train ${row.trainSeconds2d} s, denoise BSD68 ${row.inferSeconds} s`);
@@ -299,6 +307,8 @@ async function main(): Promise<void> {
           validateEvery: Math.max(1, Math.floor(steps3d / 2)),
           valPatches: 4,
           ...methodOptions(),
+          // Poisson (truth in photons) + Gaussian read noise 2: var = x + 4.
+          ...(getMethod(method).likelihood ? { prior: { kind: 'poisson-gaussian', a: 1, b: 4 } as NoiseSpec } : {}),
           command: ['bench:methods', method, '3d'],
         });
         row.trainSeconds3d = +manifest3d.training.wallSeconds.toFixed(1);
