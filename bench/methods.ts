@@ -43,6 +43,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { loadModelFolder, type MethodName, type ModelManifest } from '../models/io.js';
 import type { NoiseSpec } from '../models/bayes.js';
 import type { ReplacementStrategy } from '../models/masking.js';
+import type { SamplingOptions } from '../methods/method.js';
 import { getMethod, methodNames } from '../methods/registry.js';
 
 const METHOD_NAMES = methodNames();
@@ -317,7 +318,7 @@ async function main(): Promise<void> {
         if (manifest3d.prior) row.prior ??= `${manifest3d.prior.source ?? 'given'} ${JSON.stringify(manifest3d.prior.noise)}`;
         log(`${method}: 3D trained (${row.trainSeconds3d} s); denoising the volume`);
         const loaded = await loadModelFolder(dir3d);
-        row.volume3d = score([volume3d], [await denoiseInSmallerTiles(loaded.model, manifest3d, noisy3d, (m) => log(`${method}: ${m}`))]);
+        row.volume3d = score([volume3d], [await denoiseInSmallerTiles(loaded.model, manifest3d, noisy3d, (m) => log(`${method}: ${m}`), sampling)]);
         loaded.model.dispose();
         log(`${method}: 3D ${row.volume3d.psnr} dB / ${row.volume3d.ssim}; train ${row.trainSeconds3d} s`);
       }
@@ -418,16 +419,22 @@ async function main(): Promise<void> {
  * fit (seen with the 3D laine19 network on wasm: one array over the typed-array limit). A wasm
  * heap abort cannot be caught: the method's process dies and the parent records the failure.
  */
-async function denoiseInSmallerTiles(model: tfl.LayersModel, manifest: ModelManifest, volume: Volume, note: (message: string) => void): Promise<Volume> {
+async function denoiseInSmallerTiles(
+  model: tfl.LayersModel,
+  manifest: ModelManifest,
+  volume: Volume,
+  note: (message: string) => void,
+  sampling: SamplingOptions,
+): Promise<Volume> {
   for (const maxTileVoxels of [undefined, 2 ** 16, 2 ** 14]) {
     try {
-      return await denoiseVolume(model, manifest, volume, maxTileVoxels === undefined ? {} : { maxTileVoxels });
+      return await denoiseVolume(model, manifest, volume, maxTileVoxels === undefined ? { sampling } : { maxTileVoxels, sampling });
     } catch (err) {
       if (!/typed array length|Array buffer allocation|out of memory/i.test((err as Error).message)) throw err;
       note(`denoising ran out of memory (${(err as Error).message}) with ${maxTileVoxels ?? 'the default'} voxels per tile; retrying with smaller tiles`);
     }
   }
-  return denoiseVolume(model, manifest, volume, { maxTileVoxels: 2 ** 12 });
+  return denoiseVolume(model, manifest, volume, { maxTileVoxels: 2 ** 12, sampling });
 }
 
 function describe(network: Record<string, unknown>): string {
