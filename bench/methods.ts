@@ -441,8 +441,10 @@ function describe(network: Record<string, unknown>): string {
   const kind = (network.kind as string | undefined) ?? 'unet';
   if (kind === 'laine19') return `laine19 depth ${network.depth} / ${network.filters}f`;
   if (kind === 'dbsn') return `D-BSN ${network.filters}f / ${network.blocks} blocks`;
+  if (kind === 'vae') return `VAE depth ${network.depth} / ${network.filters}f / ${network.latentChannels} latent`;
+  const samples = typeof network.outputChannels === 'number' && network.outputChannels > 2 ? `, ${network.outputChannels} prior samples` : '';
   const n2v2 = network.variant === 'n2v2' ? `N2V2 (${(network.blurPool as string | undefined) ?? 'trailing'} blur-pool) ` : '';
-  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f${network.batchNorm === false ? ', no batch norm' : ''}`;
+  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f${network.batchNorm === false ? ', no batch norm' : ''}${samples}`;
 }
 
 function cell(s: Score | undefined): string {
