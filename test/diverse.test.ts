@@ -18,7 +18,8 @@ import { loadModelFolder } from '../models/io.js';
 import { networkGeometry } from '../models/network.js';
 import type { GmmNoiseModel } from '../noise/gmm.js';
 import { denoiseChunked } from '../pipeline/chunkStream.js';
-import { denoiseVolume } from '../pipeline/denoise.js';
+import { denoiseFiles, denoiseVolume } from '../pipeline/denoise.js';
+import { readImage, writeImage } from '../storage/index.js';
 import { trainModel } from '../pipeline/train.js';
 import { DirectoryStore, MemoryArrayReader, RawChunkArray } from './fixtures/stream-arrays.js';
 
@@ -218,6 +219,19 @@ describe('divnoising', () => {
     for (let i = 0; i < streamed.length; i++) worst = Math.max(worst, Math.abs(streamed[i] - inMemory.data[i]));
     console.log(`divnoising streamed vs in memory: ${result.chunksTotal} chunks, max abs difference ${worst.toExponential(2)}`);
     expect(worst).toBeLessThan(1e-3);
+  });
+
+  it('denoise files: writes the MMSE, its std and K samples beside it; other methods refuse --write-samples', async () => {
+    const input = path.join(tmp, 'half-flat.tif');
+    await writeImage(input, noisy);
+    const outDir = path.join(tmp, 'files-out');
+    const outputs = await denoiseFiles({ modelDir: out, inputs: [input], outDir, samples: 3, writeSamples: 2, uncertainty: true, noise: false });
+    expect(outputs).toEqual([path.join(outDir, 'half-flat.tif')]);
+    expect((await fs.readdir(outDir)).sort()).toEqual(['half-flat.sample0.tif', 'half-flat.sample1.tif', 'half-flat.std.tif', 'half-flat.tif']);
+    const [s0, s1] = [await readImage(path.join(outDir, 'half-flat.sample0.tif')), await readImage(path.join(outDir, 'half-flat.sample1.tif'))];
+    expect(mean(s0.data.map((v, i) => Math.abs(v - s1.data[i])))).toBeGreaterThan(0.1);
+    const pn2vDir = path.join(tmp, 'pn2v');
+    await expect(denoiseFiles({ modelDir: pn2vDir, inputs: [input], outDir: path.join(tmp, 'refused'), writeSamples: 1, noise: false })).rejects.toThrow(/--write-samples does not apply to pn2v/);
   });
 
   it('trains and samples in 3D', async () => {
