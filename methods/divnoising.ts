@@ -12,6 +12,7 @@
  * draws the same samples.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type * as tfl from '@tensorflow/tfjs-layers';
 import { UsageError } from '../core/errors.js';
 import type { VaeNetwork } from '../models/network.js';
 import { splitLatent, vaeDecoder, vaeEncoder } from '../models/vae.js';
@@ -74,6 +75,21 @@ export function positionalNormals(seed: number, sample: number, origins: readonl
   return out;
 }
 
+/**
+ * The standalone encoder and decoder of each loaded model, made once: the decoder holds copies of
+ * the weights, and denoise asks for a tile function per output and image.
+ */
+const parts = new WeakMap<tfl.LayersModel, { encoder: tfl.LayersModel; decoder: tfl.LayersModel }>();
+
+function vaeParts(model: tfl.LayersModel, cfg: VaeNetwork): { encoder: tfl.LayersModel; decoder: tfl.LayersModel } {
+  let p = parts.get(model);
+  if (!p) {
+    p = { encoder: vaeEncoder(model), decoder: vaeDecoder(model, cfg) };
+    parts.set(model, p);
+  }
+  return p;
+}
+
 /** Samples averaged when the caller gives no SamplingOptions (pipeline/denoise.ts DEFAULT_SAMPLES). */
 const FALLBACK_SAMPLING: SamplingOptions = { samples: 100, seed: 1 };
 
@@ -108,8 +124,7 @@ export const divnoising: Method = {
     if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new UsageError(`--samples must be a positive integer, got ${sampling.samples}`);
     // Checked now: a folder without its noise model is refused before any tile.
     manifestNoiseLikelihood(manifest);
-    const encoder = vaeEncoder(model);
-    const decoder = vaeDecoder(model, cfg);
+    const { encoder, decoder } = vaeParts(model, cfg);
     const scale = 2 ** cfg.depth;
     return (x, tiles) => {
       const [mu, std] = tf.tidy(() => {
