@@ -12,6 +12,7 @@
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
  *     [--quick] [--backend auto] [--threads N] [--no-3d | --no-2d] [--seed 1] [--results-name methods]
+ *     [--samples 20]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -23,6 +24,9 @@
  * noise of the data stays the same, so runs with different seeds show the run-to-run spread.
  * Writes bench/results/<name>-<time>.json, <name>-latest.json and bench/results/<name>.md, <name>
  * from --results-name (default methods; e.g. methods-400 for a table at another budget).
+ * The likelihood methods (pn2v, divnoising) get the true noise model: Gaussian sigma 25 in 2D,
+ * Poisson-Gaussian var = x + 4 on the 3D volume; --samples: divnoising's posterior samples per
+ * image for the MMSE (default 20: every sample is a decoder pass over the whole image).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -38,6 +42,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { loadModelFolder, type MethodName, type ModelManifest } from '../models/io.js';
 import type { NoiseSpec } from '../models/bayes.js';
 import type { ReplacementStrategy } from '../models/masking.js';
+import type { SamplingOptions } from '../methods/method.js';
 import { getMethod, methodNames } from '../methods/registry.js';
 
 const METHOD_NAMES = methodNames();
@@ -122,6 +127,8 @@ async function main(): Promise<void> {
   const architecturalPrior: NoiseSpec | 'learned' | 'nlf' | undefined =
     priorArg === 'none' ? undefined : priorArg === 'learned' || priorArg === 'nlf' ? priorArg : parseNoiseSpec(priorArg);
   const structMask = args.get('struct-mask') ?? 'horizontal:3';
+  const sampling = { samples: Number(args.get('samples') ?? 20), seed: 1 };
+  if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new Error(`--samples must be a positive integer, got ${args.get('samples')}`);
   // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;
@@ -192,6 +199,8 @@ async function main(): Promise<void> {
       ...(method === 'structn2v' ? { structMask } : {}),
       ...(usesStratifiedMasking(method) ? { maskRadius, strategy } : {}),
       ...((method === 'laine19' || method === 'dbsn') && architecturalPrior !== undefined ? { prior: architecturalPrior } : {}),
+      // The likelihood methods' noise model: the data's true one (2D here; the 3D run replaces it).
+      ...(getMethod(method).likelihood ? { prior: { kind: 'gaussian', sigma: SIGMA } as NoiseSpec } : {}),
       // The noise-level fits run in worker threads beside training; on a shared CPU they would slow every method.
       noiseFits: method === 'dbsn' && architecturalPrior === 'nlf',
     });
@@ -224,11 +233,11 @@ async function main(): Promise<void> {
         const { model } = await loadModelFolder(dir2d);
         const t1 = performance.now();
         const bsdOut: Volume[] = [];
-        for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy));
+        for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy, { sampling }));
         row.inferSeconds = +((performance.now() - t1) / 1000).toFixed(1);
         row.bsd68 = score(bsd68, bsdOut);
         const set12Out: Volume[] = [];
-        for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy));
+        for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy, { sampling }));
         row.set12 = score(set12, set12Out);
         model.dispose();
         log(`${method}: BSD68 ${row.bsd68.psnr} dB / ${row.bsd68.ssim}, Set12 ${row.set12.psnr} dB; train ${row.trainSeconds2d} s, denoise BSD68 ${row.inferSeconds} s`);
@@ -250,6 +259,8 @@ async function main(): Promise<void> {
           validateEvery: Math.max(1, Math.floor(steps3d / 2)),
           valPatches: 4,
           ...methodOptions(),
+          // Poisson (truth in photons) + Gaussian read noise 2: var = x + 4.
+          ...(getMethod(method).likelihood ? { prior: { kind: 'poisson-gaussian', a: 1, b: 4 } as NoiseSpec } : {}),
           command: ['bench:methods', method, '3d'],
         });
         row.trainSeconds3d = +manifest3d.training.wallSeconds.toFixed(1);
@@ -258,7 +269,7 @@ async function main(): Promise<void> {
         if (manifest3d.prior) row.prior ??= `${manifest3d.prior.source ?? 'given'} ${JSON.stringify(manifest3d.prior.noise)}`;
         log(`${method}: 3D trained (${row.trainSeconds3d} s); denoising the volume`);
         const loaded = await loadModelFolder(dir3d);
-        row.volume3d = score([volume3d], [await denoiseInSmallerTiles(loaded.model, manifest3d, noisy3d, (m) => log(`${method}: ${m}`))]);
+        row.volume3d = score([volume3d], [await denoiseInSmallerTiles(loaded.model, manifest3d, noisy3d, (m) => log(`${method}: ${m}`), sampling)]);
         loaded.model.dispose();
         log(`${method}: 3D ${row.volume3d.psnr} dB / ${row.volume3d.ssim}; train ${row.trainSeconds3d} s`);
       }
@@ -359,24 +370,32 @@ async function main(): Promise<void> {
  * fit (seen with the 3D laine19 network on wasm: one array over the typed-array limit). A wasm
  * heap abort cannot be caught: the method's process dies and the parent records the failure.
  */
-async function denoiseInSmallerTiles(model: tfl.LayersModel, manifest: ModelManifest, volume: Volume, note: (message: string) => void): Promise<Volume> {
+async function denoiseInSmallerTiles(
+  model: tfl.LayersModel,
+  manifest: ModelManifest,
+  volume: Volume,
+  note: (message: string) => void,
+  sampling: SamplingOptions,
+): Promise<Volume> {
   for (const maxTileVoxels of [undefined, 2 ** 16, 2 ** 14]) {
     try {
-      return await denoiseVolume(model, manifest, volume, maxTileVoxels === undefined ? {} : { maxTileVoxels });
+      return await denoiseVolume(model, manifest, volume, maxTileVoxels === undefined ? { sampling } : { maxTileVoxels, sampling });
     } catch (err) {
       if (!/typed array length|Array buffer allocation|out of memory/i.test((err as Error).message)) throw err;
       note(`denoising ran out of memory (${(err as Error).message}) with ${maxTileVoxels ?? 'the default'} voxels per tile; retrying with smaller tiles`);
     }
   }
-  return denoiseVolume(model, manifest, volume, { maxTileVoxels: 2 ** 12 });
+  return denoiseVolume(model, manifest, volume, { maxTileVoxels: 2 ** 12, sampling });
 }
 
 function describe(network: Record<string, unknown>): string {
   const kind = (network.kind as string | undefined) ?? 'unet';
   if (kind === 'laine19') return `laine19 depth ${network.depth} / ${network.filters}f`;
   if (kind === 'dbsn') return `D-BSN ${network.filters}f / ${network.blocks} blocks`;
+  if (kind === 'vae') return `VAE depth ${network.depth} / ${network.filters}f / ${network.latentChannels} latent`;
+  const samples = typeof network.outputChannels === 'number' && network.outputChannels > 2 ? `, ${network.outputChannels} prior samples` : '';
   const n2v2 = network.variant === 'n2v2' ? `N2V2 (${(network.blurPool as string | undefined) ?? 'trailing'} blur-pool) ` : '';
-  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f${network.batchNorm === false ? ', no batch norm' : ''}`;
+  return `${n2v2}U-Net depth ${network.depth} / ${network.filters}f${network.batchNorm === false ? ', no batch norm' : ''}${samples}`;
 }
 
 function cell(s: Score | undefined): string {

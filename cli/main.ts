@@ -20,7 +20,7 @@ import { CALIBRATE_HELP, runCalibrate } from './calibrate.js';
 import { EXPORT_HELP, runExport } from './export.js';
 import { DISTILL_HELP, runDistill } from './distill.js';
 import { planDenoise } from '../pipeline/plan.js';
-import { denoiseUrl, parseByteSize } from '../pipeline/streamDenoise.js';
+import { denoiseUrl, parseByteSize, STREAM_DEFAULT_SAMPLES } from '../pipeline/streamDenoise.js';
 import { evaluateFolders } from '../pipeline/evaluate.js';
 import { runDemo } from '../pipeline/demo.js';
 import { type Reporter } from './progress.js';
@@ -92,7 +92,11 @@ Options:
                             model or NLF record); 'learned': a Gaussian sigma trained with the network;
                             'nlf': the training images' noise-level fits (in-memory inputs). Denoise then
                             gives the posterior mean (Laine et al.). For the blind-spot methods; for dbsn
-                            it is the noise model of its loss (default nlf)
+                            it is the noise model of its loss (default nlf). pn2v and divnoising require it:
+                            it is p(x|s) of their loss (a GMM noise-model file is used whole; docs/diverse.md)
+  --prior-samples S         pn2v: prior samples per pixel, the network's outputs (default 64; the paper's 800)
+  --depth N --filters N --latent-channels N   divnoising VAE: downsamplings (default 2), filters (default 32),
+                            latent channels (default 32 in 2D, 16 in 3D)
   --depth N --filters N --kernel-size N   U-Net shape (default 2, 32, 3)
   --batch-norm, --no-batch-norm
                             U-Net batch norm (default: on from batch size 16; below it, statistics of a
@@ -149,8 +153,15 @@ Options:
                             beside its output as <output>.noise.json; an existing one is refused unless --overwrite
   --uncertainty             models trained with --prior: also write the posterior standard deviation
                             (<name>.std.tif, or <out>.std.zarr when streaming)
+                            (divnoising: the standard deviation over its posterior samples)
   --prior-mean              models trained with --prior: write the prior mean instead of the posterior mean
 ${ENGINE_HELP}
+  --samples N               divnoising: posterior samples averaged for the MMSE and --uncertainty (default
+                            100 in memory, 20 per block when streaming: every block pays them)
+  --write-samples K         divnoising: also write K posterior samples (<name>.sample<k>.tif; streaming:
+                            <out>.sample<k>.zarr)
+  --sample-seed N           divnoising: seed of the samples (default 1); each sample's noise is a function of
+                            the seed and the position in the image, so tiles, resumes and shards agree
   --backend B --threads N --verbose --json   as for train (--threads: also ONNX Runtime's intra-op threads)
   --report <file.html>      afterwards, write the HTML report: before/after tiles, noise, loss, provenance
                             (streamed: also throughput per chunk; a shard writes it once all shards are done)
@@ -269,18 +280,22 @@ async function runTrain(args: string[]): Promise<number> {
       'classical-check': { type: 'boolean', default: true },
       prior: { type: 'string' },
       report: { type: 'string' },
+      'prior-samples': { type: 'string' },
+      'latent-channels': { type: 'string' },
     },
     true,
   );
   if (values.help) return printHelp('train');
-  // A noise-model file (blindspot noise --calibrate, or an NLF record) gives its Poisson-Gaussian summary.
+  // A noise-model file (blindspot noise --calibrate, or an NLF record) gives its Poisson-Gaussian summary;
+  // a GMM file is also passed whole, for the methods whose loss is its likelihood.
+  const priorFile = values.prior !== undefined && /\.json$/i.test(values.prior) ? await loadNoiseModel(values.prior) : undefined;
   const prior =
     values.prior === undefined
       ? undefined
       : values.prior === 'learned' || values.prior === 'nlf'
         ? values.prior
-        : /\.json$/i.test(values.prior)
-          ? noiseSpecOf(await loadNoiseModel(values.prior))
+        : priorFile
+          ? noiseSpecOf(priorFile)
           : parseNoiseSpec(values.prior);
   if (positionals.length === 0) throw new UsageError('train needs input images (blindspot train --help)');
   if (!values.out) throw new UsageError('train needs --out <model-dir>');
@@ -317,6 +332,10 @@ async function runTrain(args: string[]): Promise<number> {
   const blocks = intOption('blocks', values.blocks);
   if (blocks !== undefined) network.blocks = blocks;
   const targets = values.targets && !streaming ? await expandInputs(values.targets) : undefined;
+  const priorSamples = intOption('prior-samples', values['prior-samples']);
+  const latentChannels = intOption('latent-channels', values['latent-channels']);
+  if (priorSamples !== undefined) network.priorSamples = priorSamples;
+  if (latentChannels !== undefined) network.latentChannels = latentChannels;
   const { reporter, backend } = await setUp(values);
   const interrupt = interruptController(reporter);
   try {
@@ -346,6 +365,7 @@ async function runTrain(args: string[]): Promise<number> {
       maskRadius: intOption('mask-radius', values['mask-radius']),
       loss: choice('loss', values.loss, ['mse', 'mae'] as const),
       prior,
+      ...(priorFile?.kind === 'gmm' ? { noiseModel: priorFile } : {}),
       network,
       normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
       augment: values.augment,
@@ -394,6 +414,9 @@ async function runDenoise(args: string[]): Promise<number> {
       time: { type: 'string' },
       uncertainty: { type: 'boolean', default: false },
       'prior-mean': { type: 'boolean', default: false },
+      samples: { type: 'string' },
+      'write-samples': { type: 'string' },
+      'sample-seed': { type: 'string' },
       shard: { type: 'string' },
       'shard-count': { type: 'string' },
       'grace-seconds': { type: 'string' },
@@ -415,6 +438,9 @@ async function runDenoise(args: string[]): Promise<number> {
   if (!values.out) throw new UsageError('denoise needs --out <dir>');
   if (values.report) await assertReportWritable(values.report);
   const outputType = choice('dtype', values.dtype, ['float32', 'input'] as const) as OutputType | undefined;
+  const samples = intOption('samples', values.samples);
+  const writeSamples = intOption('write-samples', values['write-samples']) ?? 0;
+  const sampleSeed = intOption('sample-seed', values['sample-seed']) ?? 1;
   if (isChunkedUrl(values.out) || inputArgs.some(isChunkedUrl)) {
     // Streaming: one chunked input (Zarr, TIFF stack, frame folder; local or S3) -> one OME-Zarr.
     if (inputArgs.length !== 1) throw new UsageError('a streaming denoise (Zarr or S3 input or output) takes exactly one input');
@@ -435,6 +461,9 @@ async function runDenoise(args: string[]): Promise<number> {
       shard,
       outputChunks: shapeOption('output-chunks', values['output-chunks']),
       engine,
+      ...(samples !== undefined || writeSamples > 0 || values['sample-seed'] !== undefined
+        ? { sampling: { samples: samples ?? STREAM_DEFAULT_SAMPLES, seed: sampleSeed } }
+        : {}),
     };
     if (values['dry-run']) {
       const { plan } = await planDenoise({ ...common, output: values['prior-mean'] ? 'prior-mean' : 'denoised', measure: false, backend: backend.name });
@@ -446,15 +475,18 @@ async function runDenoise(args: string[]): Promise<number> {
     const recorded = ['blindspot', 'denoise', ...withoutRunOptions(args)];
     const uncertaintyOut = values.out.replace(/\.zarr\/?$/i, '').replace(/\/+$/, '') + '.std.zarr';
     try {
-      const runs: Array<{ out: string; output: DenoiseOutput }> = [{ out: values.out, output: values['prior-mean'] ? 'prior-mean' : 'denoised' }];
+      const runs: Array<{ out: string; output: DenoiseOutput; sampleIndex?: number }> = [{ out: values.out, output: values['prior-mean'] ? 'prior-mean' : 'denoised' }];
       // A second pass: the tile pipeline carries one channel.
       if (values.uncertainty) runs.push({ out: uncertaintyOut, output: 'uncertainty' });
+      const base = values.out.replace(/\.zarr\/?$/i, '').replace(/\/+$/, '');
+      for (let k = 0; k < writeSamples; k++) runs.push({ out: `${base}.sample${k}.zarr`, output: 'sample', sampleIndex: k });
       let result: Awaited<ReturnType<typeof denoiseUrl>> | undefined;
       for (const run of runs) {
       result = await denoiseUrl({
         ...common,
         out: run.out,
         output: run.output,
+        ...(run.sampleIndex !== undefined && common.sampling ? { sampling: { ...common.sampling, sampleIndex: run.sampleIndex } } : {}),
         ngffVersion,
         resume: values.resume,
         command: recorded,
@@ -517,6 +549,9 @@ async function runDenoise(args: string[]): Promise<number> {
     uncertainty: values.uncertainty,
     priorMean: values['prior-mean'],
     engine,
+    samples,
+    writeSamples,
+    sampleSeed,
     onEvent: (e) => reporter.denoise(e),
   });
   reporter.finish();

@@ -3,6 +3,7 @@
  * per run (engines/select.ts) and handed to the tiling and streaming operators, which name no
  * engine: ONNX Runtime (engines/onnxRuntime.ts) or TensorFlow.js (engines/tfjs.ts).
  */
+import type { TileSpec } from '../operators/tileGrid.js';
 import { BlindspotError, ExitCode } from '../core/errors.js';
 
 export type EngineName = 'onnx' | 'tfjs';
@@ -25,9 +26,10 @@ export interface InferenceEngine {
   /**
    * Runs the network on `batch` (float32, C order) of shape [N, Y, X, 1] or [N, Z, Y, X, 1]
    * (normalised units) and returns the one-channel output of the same shape. The input is not
-   * modified; the output is a fresh array the caller owns.
+   * modified; the output is a fresh array the caller owns. `tiles`, where the caller knows them, are
+   * the batch's tiles in order: a sampling denoiser (DivNoising) seeds each from its position.
    */
-  predict(batch: Float32Array, shape: readonly number[]): Promise<Float32Array>;
+  predict(batch: Float32Array, shape: readonly number[], tiles?: readonly TileSpec[]): Promise<Float32Array>;
   /** Frees the session or model; the engine is unusable afterwards. */
   dispose(): Promise<void>;
 }

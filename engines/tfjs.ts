@@ -8,13 +8,17 @@ import type { LayersModel } from '@tensorflow/tfjs-layers';
 // backend/wasm-threads.ts loads it anyway wherever the wasm backend runs.
 import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { assertSameShape, type InferenceEngine, isInferenceEngine } from './engine.js';
+import type { TileSpec } from '../operators/tileGrid.js';
 
-/** A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape. */
-export type TileModel = LayersModel | ((x: tf.Tensor) => tf.Tensor);
+/**
+ * A network on NHWC / NDHWC float32 tensors with one channel in and out, keeping the spatial shape;
+ * a function also gets the batch's tiles (a sampling denoiser seeds each from its position).
+ */
+export type TileModel = LayersModel | ((x: tf.Tensor, tiles?: readonly TileSpec[]) => tf.Tensor);
 
 /** Runs `model` in inference mode (batch norm uses its moving statistics). */
-export function applyModel(model: TileModel, x: tf.Tensor): tf.Tensor {
-  if (typeof model === 'function') return model(x);
+export function applyModel(model: TileModel, x: tf.Tensor, tiles?: readonly TileSpec[]): tf.Tensor {
+  if (typeof model === 'function') return model(x, tiles);
   const y = model.predict(x);
   if (Array.isArray(y)) throw new Error(`predictTiles: the model has ${y.length} outputs; one is expected`);
   return y;
@@ -37,8 +41,8 @@ export function tfjsEngine(model: TileModel, opts: TfjsEngineOptions = {}): Infe
     provider: backend,
     threads,
     describe: () => `engine tfjs (backend ${backend}, tfjs ${tf.version_core})${opts.note ? `; ${opts.note}` : ''}`,
-    async predict(batch, shape) {
-      const y = tf.tidy(() => applyModel(model, tf.tensor(batch, [...shape], 'float32')));
+    async predict(batch, shape, tiles) {
+      const y = tf.tidy(() => applyModel(model, tf.tensor(batch, [...shape], 'float32'), tiles));
       try {
         assertSameShape('predictTiles', shape, y.shape, y.size);
         // data() of a fresh tensor is a new array (a copy out of the backend), so the caller owns it.

@@ -26,10 +26,15 @@ import type { MethodSettings, ModelManifest, PriorSource, TrainingRecord } from 
 import type { MaskOptions, ReplacementStrategy } from '../models/masking.js';
 import type { NetworkConfig, NetworkKind } from '../models/network.js';
 import type { StructuringElement } from '../models/structMask.js';
+import type { NoiseLikelihood } from '../noise/likelihood.js';
+import type { TileSpec } from '../operators/tileGrid.js';
 import type { BatchLossFn, MaskedLossFn } from '../operators/trainSteps.js';
 
-/** What `blindspot denoise` writes: the denoised image, its uncertainty, or (prior models) the prior mean alone. */
-export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean';
+/**
+ * What `blindspot denoise` writes: the denoised image, its uncertainty, (prior models) the prior mean
+ * alone, or (sampling methods) one posterior sample.
+ */
+export type DenoiseOutput = 'denoised' | 'uncertainty' | 'prior-mean' | 'sample';
 
 /** Where a method comes from: for the README's table, `blindspot train --help` and model exports. */
 export interface MethodPaper {
@@ -71,6 +76,10 @@ export interface NetworkOverrides {
   batchNorm?: boolean;
   /** D-BSN: residual dilated blocks per branch. */
   blocks?: number;
+  /** PN2V: samples of the prior the network predicts per pixel (its output channels). */
+  priorSamples?: number;
+  /** DivNoising: channels of the VAE's latent code. */
+  latentChannels?: number;
 }
 
 /** A normalised training patch, before masking; `target` only for paired methods. */
@@ -120,6 +129,8 @@ export interface TrainingContext {
   maskedLoss: MaskedLossFn;
   /** sigma_n^2 of the prior's noise model (normalised units), when one is trained. */
   noiseVariance?: (mu: tf.Tensor) => tf.Tensor;
+  /** log p(x | s) of the noise model (normalised units), for methods with `likelihood` set. */
+  noiseLikelihood?: NoiseLikelihood;
   /** The checkpoint's state file when the run resumes (the method reads back what checkpointState wrote). */
   saved?: Record<string, unknown>;
 }
@@ -158,6 +169,12 @@ export interface Method {
   readonly defaultStrategy?: ReplacementStrategy;
   /** Methods with a loss of their own: its manifest name, and why --loss does not apply (absent: --loss is accepted). */
   readonly ownLoss?: { name: string; refusesLossOption?: string };
+  /**
+   * Its loss and denoiser use the noise model's full likelihood p(x | s) (PN2V, DivNoising): --prior
+   * is required and names that noise model (a GMM file is used whole); the network is not a
+   * Gaussian prior, and the manifest records the noise model as `noiseModel`.
+   */
+  readonly likelihood?: boolean;
   /** Checks its own requirements (after the generic option checks); UsageError with the fix. */
   validateOptions?(opts: MethodOptions): void;
   /** Run settings resolved from the options (structn2v's element), before any data is read. */
@@ -173,6 +190,25 @@ export interface Method {
    * offset taken out (normalised units). Not called for Gaussian-prior models. Asynchronous: it reads tensors.
    */
   afterTraining?(model: tfl.LayersModel, batches: readonly ValidationBatch[]): Promise<number>;
-  /** The one-channel function denoise runs on normalised tiles for a model of this method. */
-  denoiser(model: tfl.LayersModel, manifest: ModelManifest, output: DenoiseOutput): tfl.LayersModel | ((x: tf.Tensor) => tf.Tensor);
+  /**
+   * The one-channel function denoise runs on normalised tiles for a model of this method. Sampling
+   * methods read `sampling` and may seed from the tiles' coordinates (TileFunction's second argument).
+   */
+  denoiser(model: tfl.LayersModel, manifest: ModelManifest, output: DenoiseOutput, sampling?: SamplingOptions): tfl.LayersModel | TileFunction;
+}
+
+/**
+ * A tile function: NHWC / NDHWC in, same shape out. `tiles` (when the caller knows them) are the
+ * batch's tiles in order, so that a sampling method can seed each from its position in the image.
+ */
+export type TileFunction = (x: tf.Tensor, tiles?: readonly TileSpec[]) => tf.Tensor;
+
+/** How a sampling method (DivNoising) draws posterior samples at denoise. */
+export interface SamplingOptions {
+  /** Samples averaged for the MMSE and the standard deviation. */
+  samples: number;
+  /** Base seed; each sample's noise is a function of it, the sample index and the position in the image. */
+  seed: number;
+  /** For output 'sample': which sample (0-based). */
+  sampleIndex?: number;
 }

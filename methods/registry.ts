@@ -6,6 +6,7 @@
 import { UsageError } from '../core/errors.js';
 import { care } from './care.js';
 import { dbsn } from './dbsn.js';
+import { divnoising } from './divnoising.js';
 import { laine19 } from './laine19.js';
 import type { Method, MethodOption } from './method.js';
 import { n2n } from './n2n.js';
@@ -13,6 +14,7 @@ import { n2v } from './n2v.js';
 import { n2v2 } from './n2v2.js';
 import { noise2info } from './noise2info.js';
 import { noise2self } from './noise2self.js';
+import { pn2v } from './pn2v.js';
 import { structn2v } from './structn2v.js';
 
 export const methods = new Map<string, Method>();
@@ -25,6 +27,8 @@ methods.set(dbsn.name, dbsn);
 methods.set(noise2info.name, noise2info);
 methods.set(n2n.name, n2n);
 methods.set(care.name, care);
+methods.set(pn2v.name, pn2v);
+methods.set(divnoising.name, divnoising);
 
 /** The method `train` uses when none is given. */
 export const defaultMethodName = n2v.name;

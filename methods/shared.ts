@@ -12,7 +12,7 @@ import { normalisedNoiseVariance, priorTileModel, type PriorOutput } from '../mo
 import type { ModelManifest } from '../models/io.js';
 import { gridMaskPatch, gridPhaseForStep } from '../models/gridMask.js';
 import { maskPatch } from '../models/masking.js';
-import { defaultNetwork, type NetworkConfig, type NetworkKind } from '../models/network.js';
+import { defaultNetwork, type NetworkConfig, type NetworkKind, type UNetNetwork } from '../models/network.js';
 import { toBatchLoss } from '../operators/trainSteps.js';
 import type { DenoiseOutput, Method, MethodPatch, MethodTraining, NetworkOverrides, NetworkRequest, PatchPreparation, PreparedPatch, TrainingContext, ValidationBatch } from './method.js';
 
@@ -55,6 +55,7 @@ export function plainTraining(context: TrainingContext): MethodTraining {
  * or the prior mean.
  */
 function denoisingTileModel(model: LayersModel, manifest: ModelManifest, output: DenoiseOutput = 'denoised'): LayersModel | ((x: tf.Tensor) => tf.Tensor) {
+  if (output === 'sample') throw new UsageError(`--write-samples needs a model of a sampling method (divnoising); this one is ${manifest.method}`);
   if (!manifest.prior) {
     if (output !== 'denoised') {
       throw new UsageError(`${output === 'uncertainty' ? '--uncertainty' : '--prior-mean'} needs a model trained with a Gaussian prior (blindspot train --prior ...); this one is plain ${manifest.method}`);
@@ -74,6 +75,7 @@ const networkOptions: Record<NetworkKind, readonly (keyof NetworkOverrides)[]> =
   unet: ['depth', 'filters', 'kernelSize', 'batchNorm'],
   laine19: ['depth', 'filters'],
   dbsn: ['filters', 'blocks'],
+  vae: ['depth', 'filters', 'latentChannels'],
 };
 
 /**
@@ -97,10 +99,10 @@ function checkNetworkOverrides(method: string, kind: NetworkKind, overrides: Net
 }
 
 /** A U-Net (N2V's, or N2V2's blur-pool variant without the top skip) of the default size with the overrides. */
-export function unetNetwork(method: string, r: NetworkRequest, variant: 'n2v' | 'n2v2'): NetworkConfig {
+export function unetNetwork(method: string, r: NetworkRequest, variant: 'n2v' | 'n2v2'): UNetNetwork {
   checkNetworkOverrides(method, 'unet', r.overrides);
   const base = defaultNetwork('unet', r.dims, r.size);
-  if (base.kind === 'laine19' || base.kind === 'dbsn') throw new Error('defaultNetwork returned another kind');
+  if (base.kind !== undefined && base.kind !== 'unet') throw new Error('defaultNetwork returned another kind');
   const outputs = r.twoChannels ? { outputChannels: 2 } : {};
   const variantConfig = variant === 'n2v2' ? ({ variant: 'n2v2', blurPool: 'centred' } as const) : ({ variant: 'n2v' } as const);
   return { ...base, batchNorm: r.batchSize >= minBatchSizeForBatchNorm, ...pick(r.overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims: r.dims, ...variantConfig, ...outputs };
@@ -119,6 +121,13 @@ export function dbsnNetwork(method: string, r: NetworkRequest): NetworkConfig {
   checkNetworkOverrides(method, 'dbsn', r.overrides);
   const base = defaultNetwork('dbsn', r.dims, r.size);
   return { ...base, ...pick(r.overrides, ['filters', 'blocks']), dims: r.dims, outputChannels: 2 } as NetworkConfig;
+}
+
+/** DivNoising's VAE (models/vae.ts) with the overrides. */
+export function vaeNetwork(method: string, r: NetworkRequest): NetworkConfig {
+  checkNetworkOverrides(method, 'vae', r.overrides);
+  const base = defaultNetwork('vae', r.dims, r.size);
+  return { ...base, ...pick(r.overrides, ['depth', 'filters', 'latentChannels']), dims: r.dims } as NetworkConfig;
 }
 
 function pick<T extends object, K extends keyof T>(o: T, keys: readonly K[]): Partial<Pick<T, K>> {

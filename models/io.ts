@@ -18,6 +18,7 @@ import './layers.js';
 import './blindspotLayers.js';
 import type { NoiseSpec } from './bayes.js';
 import type { NlfRecord } from '../noise/nlf.js';
+import type { LikelihoodNoise } from '../noise/likelihood.js';
 
 export const MODEL_JSON = 'model.json';
 export const WEIGHTS_BIN = 'weights.bin';
@@ -95,6 +96,8 @@ export interface ModelManifest {
    * with the network, or the training images' noise-level fits (absent in older models: given).
    */
   prior?: { noise: NoiseSpec; source?: PriorSource };
+  /** Likelihood methods (pn2v, divnoising): the noise model p(x | s) of their loss and denoiser, input units. */
+  noiseModel?: LikelihoodNoise;
   methodSettings?: MethodSettings;
   /** Noise-level function of every training image (fitted in worker threads while training ran). */
   noise?: NlfRecord[];

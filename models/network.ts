@@ -7,12 +7,15 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { buildUNet, defaultUNetConfig, unetGeometry, type UNetConfig, type UNetGeometry } from './unet.js';
 import { buildLaine19, defaultLaine19Config, laine19Geometry, type Laine19Config } from './laine19.js';
 import { buildDbsn, dbsnGeometry, defaultDbsnConfig, type DbsnConfig } from './dbsn.js';
+import { buildVae, defaultVaeConfig, vaeGeometry, type VaeConfig } from './vae.js';
 
 export type UNetNetwork = UNetConfig & { kind?: 'unet' };
 export type Laine19Network = Laine19Config & { kind: 'laine19' };
 export type DbsnNetwork = DbsnConfig & { kind: 'dbsn' };
-export type NetworkConfig = UNetNetwork | Laine19Network | DbsnNetwork;
-export type NetworkKind = 'unet' | 'laine19' | 'dbsn';
+/** outputChannels and variant are U-Net fields, absent here (declared so code reading them off any network typechecks). */
+export type VaeNetwork = VaeConfig & { kind: 'vae'; outputChannels?: undefined; variant?: undefined };
+export type NetworkConfig = UNetNetwork | Laine19Network | DbsnNetwork | VaeNetwork;
+export type NetworkKind = 'unet' | 'laine19' | 'dbsn' | 'vae';
 
 /** What tiling needs from a network: sizes must be multiples of sizeMultiple; the field reaches receptiveRadius per side. */
 export type NetworkGeometry = UNetGeometry;
@@ -32,6 +35,8 @@ export function buildNetwork(cfg: NetworkConfig, seed: number): tfl.LayersModel 
       return buildLaine19(strip(cfg), seed);
     case 'dbsn':
       return buildDbsn(strip(cfg), seed);
+    case 'vae':
+      return buildVae(strip(cfg), seed);
     case undefined:
     case 'unet':
       return buildUNet(strip(cfg), seed);
@@ -46,6 +51,8 @@ export function networkGeometry(cfg: NetworkConfig): NetworkGeometry {
       return laine19Geometry(strip(cfg));
     case 'dbsn':
       return dbsnGeometry(strip(cfg));
+    case 'vae':
+      return vaeGeometry(strip(cfg));
     case undefined:
     case 'unet':
       return unetGeometry(strip(cfg));
@@ -69,6 +76,8 @@ export function defaultNetwork(kind: NetworkKind, dims: 2 | 3, size: 'paper' | '
       return { kind, ...(size === 'paper' ? defaultLaine19Config(dims) : { dims, depth: dims === 2 ? 3 : 1, filters: 16 }) };
     case 'dbsn':
       return { kind, ...(size === 'paper' ? defaultDbsnConfig(dims) : { dims, filters: 32, blocks: dims === 2 ? 5 : 4 }) };
+    case 'vae':
+      return { kind, ...defaultVaeConfig(dims) };
     case 'unet':
       return { kind, ...defaultUNetConfig(dims) };
   }
@@ -81,6 +90,8 @@ export function describeNetwork(cfg: NetworkConfig): string {
       return `${cfg.dims}D laine19 blind-spot network (depth ${cfg.depth}, ${cfg.filters} filters)`;
     case 'dbsn':
       return `${cfg.dims}D D-BSN (${cfg.filters} filters, ${cfg.blocks} blocks)`;
+    case 'vae':
+      return `${cfg.dims}D VAE (depth ${cfg.depth}, ${cfg.filters} filters, ${cfg.latentChannels} latent channels)`;
     default:
       return `${cfg.dims}D ${cfg.variant === 'n2v2' ? 'N2V2 ' : ''}U-Net (depth ${cfg.depth}, ${cfg.filters} filters)`;
   }

@@ -26,7 +26,7 @@ export interface UNetConfig {
    * 1 pixel per level.
    */
   blurPool?: BlurPoolAlignment;
-  /** 1 (the denoised value) or 2 (mean and log variance of a Gaussian prior, models/bayes.ts); default 1. */
+  /** 1 (the denoised value), 2 (mean and log variance of a Gaussian prior, models/bayes.ts) or S (PN2V's prior samples); default 1. */
   outputChannels?: number;
 }
 
@@ -50,8 +50,8 @@ function validateConfig(cfg: UNetConfig): void {
   if (!Number.isInteger(cfg.kernelSize) || cfg.kernelSize < 1 || cfg.kernelSize % 2 === 0) {
     throw new RangeError(`U-Net kernelSize must be a positive odd integer, got ${cfg.kernelSize}`);
   }
-  if (cfg.outputChannels !== undefined && cfg.outputChannels !== 1 && cfg.outputChannels !== 2) {
-    throw new RangeError(`U-Net outputChannels must be 1 or 2, got ${cfg.outputChannels}`);
+  if (cfg.outputChannels !== undefined && !(Number.isInteger(cfg.outputChannels) && cfg.outputChannels >= 1)) {
+    throw new RangeError(`U-Net outputChannels must be a positive integer, got ${cfg.outputChannels}`);
   }
   if (cfg.variant !== 'n2v' && cfg.variant !== 'n2v2') throw new RangeError(`U-Net variant must be 'n2v' or 'n2v2', got ${String(cfg.variant)}`);
   if (cfg.blurPool !== undefined && cfg.blurPool !== 'centred' && cfg.blurPool !== 'trailing') {

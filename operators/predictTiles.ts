@@ -106,8 +106,9 @@ async function predictPixels(specs: TileSpec[], pixels: Float32Array[], engine: 
     batch.set(tile, i * tileVoxels);
   });
   const batchShape = [specs.length, ...readShape, 1];
-  // TTA on typed arrays: the same 8 transforms for every engine (models/tta.ts).
-  const values = tta ? await predictDihedralMeanArray((b, s) => engine.predict(b, s), batch, batchShape) : await engine.predict(batch, batchShape);
+  // TTA on typed arrays: the same 8 transforms for every engine (models/tta.ts). The tiles go with
+  // the batch: a sampling denoiser seeds each tile from its position.
+  const values = tta ? await predictDihedralMeanArray((b, s) => engine.predict(b, s, specs), batch, batchShape) : await engine.predict(batch, batchShape, specs);
   return specs.map((spec, i) => ({
     spec,
     data: cropKept(values.subarray(i * tileVoxels, (i + 1) * tileVoxels), spec),

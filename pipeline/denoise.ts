@@ -11,6 +11,7 @@ import type { SampleType, Volume } from '../core/volume.js';
 import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { networkGeometry } from '../models/network.js';
 import { denoisingTileModel, type DenoiseOutput } from '../methods/denoiser.js';
+import type { SamplingOptions } from '../methods/method.js';
 import { normalise, denormalise } from '../models/normalise.js';
 import { maxTileVoxelsFor, predictVolume, type PredictOptions } from './predict.js';
 import type { InferenceEngine } from '../engines/engine.js';
@@ -42,6 +43,12 @@ export interface DenoiseOptions {
   uncertainty?: boolean;
   /** Gaussian-prior models: write the prior mean (a plain blind-spot estimate) instead of the posterior mean. */
   priorMean?: boolean;
+  /** Sampling methods (divnoising): posterior samples averaged for the MMSE and --uncertainty (default 100). */
+  samples?: number;
+  /** Sampling methods: also write the first K samples, `<name>.sample<k>.tif`. */
+  writeSamples?: number;
+  /** Sampling methods: the base seed of the samples (default 1). */
+  sampleSeed?: number;
   /**
    * Fit each input's noise and write `<output>.noise.json` beside the output (default true). 'inline'
    * fits on this thread (no worker start-up; blocks prediction meanwhile).
@@ -69,6 +76,14 @@ export function outputPathFor(input: string, outDir: string, outputType: OutputT
   return path.join(outDir, base);
 }
 
+/** Where posterior sample k of `output` goes: `<name>.sample<k>.tif`. */
+export function samplePathFor(output: string, k: number): string {
+  return `${output.replace(/\.(tiff?|png|fits|npy)$/i, '')}.sample${k}.tif`;
+}
+
+/** The in-memory default of SamplingOptions.samples (streaming's is smaller: pipeline/streamDenoise.ts). */
+export const DEFAULT_SAMPLES = 100;
+
 /** Where the posterior standard deviation of `output` goes: `<name>.std.tif`. */
 export function uncertaintyPathFor(output: string): string {
   const base = output.replace(/\.(tiff?|png|fits|npy)$/i, '');
@@ -80,9 +95,14 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   if (opts.inputs.length === 0) throw new UsageError('denoise needs at least one input image');
   const outputs = opts.inputs.map((f) => outputPathFor(f, opts.outDir, outputType));
   const uncertaintyOutputs = opts.uncertainty ? outputs.map(uncertaintyPathFor) : [];
+  const writeSamples = opts.writeSamples ?? 0;
+  const sampling: SamplingOptions = { samples: opts.samples ?? DEFAULT_SAMPLES, seed: opts.sampleSeed ?? 1 };
+  if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new UsageError(`--samples must be a positive integer, got ${sampling.samples}`);
+  if (!(Number.isInteger(writeSamples) && writeSamples >= 0)) throw new UsageError(`--write-samples must be a non-negative integer, got ${writeSamples}`);
+  const sampleOutputs = outputs.map((o) => Array.from({ length: writeSamples }, (_, k) => samplePathFor(o, k)));
   // Real locations, not path strings: a --out that is a link to the inputs' folder is caught too.
   await assertOutputOutsideInputs(opts.outDir, opts.inputs, { refuseContaining: false, what: '--out' });
-  for (const o of [...outputs, ...uncertaintyOutputs]) {
+  for (const o of [...outputs, ...uncertaintyOutputs, ...sampleOutputs.flat()]) {
     await assertOutputOutsideInputs(o, opts.inputs, { refuseContaining: false, what: 'the output' });
     await assertOutputOutsideInputs(noiseSidecarPath(o), opts.inputs, { refuseContaining: false, what: 'the noise record' });
   }
@@ -91,7 +111,7 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
     throw new UsageError('two inputs would write the same output file (same base name); denoise them into separate --out folders');
   }
   if (!opts.overwrite) {
-    for (const o of [...outputs, ...uncertaintyOutputs]) {
+    for (const o of [...outputs, ...uncertaintyOutputs, ...sampleOutputs.flat()]) {
       if (await exists(o)) throw new OutputError(o, 'exists already; pass --overwrite to replace it');
     }
   }
@@ -101,12 +121,13 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
   opts.onEvent?.({ type: 'model', manifest });
   const mainOutput: DenoiseOutput = opts.priorMean ? 'prior-mean' : 'denoised';
   // Fails early (before any work) when the model has no prior.
-  denoisingTileModel(model, manifest, mainOutput);
-  if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty');
+  denoisingTileModel(model, manifest, mainOutput, sampling);
+  if (opts.uncertainty) denoisingTileModel(model, manifest, 'uncertainty', sampling);
+  if (writeSamples > 0) denoisingTileModel(model, manifest, 'sample', { ...sampling, sampleIndex: 0 });
   const engines: InferenceEngine[] = [];
   try {
     for (const output of opts.uncertainty ? [mainOutput, 'uncertainty' as const] : [mainOutput]) {
-      engines.push(await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output }));
+      engines.push(await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output, sampling }));
     }
   } catch (err) {
     await Promise.all(engines.map((e) => e.dispose()));
@@ -143,16 +164,21 @@ export async function denoiseFiles(opts: DenoiseOptions): Promise<string[]> {
         tta: opts.tta,
         tileShape: opts.tileShape,
         onProgress: (done: number, total: number) => opts.onEvent?.({ type: 'tiles', file, done, total }),
+        sampling,
       };
-      const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput, engine: engines[0] });
+      const denoised = await denoiseVolume(model, manifest, volume, { ...tiling, output: mainOutput, engine: engines[0], sampling });
       const sampleType: SampleType = outputType === 'input' ? volume.sampleType : 'float32';
       // The input's metadata (FITS cards, TIFF resolution and description) goes with its output.
       const history = `blindspot ${VERSION} denoise: ${manifest.method} model ${path.basename(path.resolve(opts.modelDir))}, input ${path.basename(file)}${opts.tta ? ', tta' : ''}`;
       await writeImage(outputs[i], { ...denoised, metadata: volume.metadata }, { sampleType, overwrite: opts.overwrite, history });
       if (opts.uncertainty) {
         // A second pass: the tile pipeline carries one channel. Always float32: a standard deviation is not an intensity.
-        const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty', engine: engines[1] });
+        const std = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'uncertainty', engine: engines[1], sampling });
         await writeImage(uncertaintyOutputs[i], std, { sampleType: 'float32', overwrite: opts.overwrite });
+      }
+      for (let k = 0; k < writeSamples; k++) {
+        const sample = await denoiseVolume(model, manifest, volume, { ...tiling, output: 'sample', sampling: { ...sampling, sampleIndex: k } });
+        await writeImage(sampleOutputs[i][k], sample, { sampleType, overwrite: opts.overwrite });
       }
       const seconds = (performance.now() - t0) / 1000;
       opts.onEvent?.({ type: 'image-done', file, output: outputs[i], seconds, megapixelsPerSecond: volume.data.length / 1e6 / seconds });
@@ -187,13 +213,13 @@ export async function denoiseVolume(
   model: tfl.LayersModel,
   manifest: ModelManifest,
   volume: Volume,
-  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput; engine?: InferenceEngine } = {},
+  opts: Pick<PredictOptions, 'tta' | 'tileShape' | 'onProgress' | 'maxTileVoxels'> & { output?: DenoiseOutput; engine?: InferenceEngine; sampling?: SamplingOptions } = {},
 ): Promise<Volume> {
   const geometry = networkGeometry(manifest.network);
   const input = normalise(volume.data, manifest.normalisation);
-  const { engine, ...tiling } = opts;
+  const { engine, sampling, ...tiling } = opts;
   const output = opts.output ?? 'denoised';
-  const predicted = await predictVolume(engine ?? denoisingTileModel(model, manifest, output), input, volume.shape, {
+  const predicted = await predictVolume(engine ?? denoisingTileModel(model, manifest, output, sampling ?? { samples: DEFAULT_SAMPLES, seed: 1 }), input, volume.shape, {
     sizeMultiple: geometry.sizeMultiple,
     receptiveRadius: geometry.receptiveRadius,
     ...tiling,

@@ -18,6 +18,7 @@ import { estimateBytesPerVoxel } from './predict.js';
 import { VERSION } from '../core/version.js';
 import { type ModelManifest, loadModelFolder } from '../models/io.js';
 import { denoisingTileModel, type DenoiseOutput } from '../methods/denoiser.js';
+import type { SamplingOptions } from '../methods/method.js';
 import { createOmeZarr, openOmeZarrWriter, type OmeZarrWriter } from '../storage/ome.js';
 import { openByteStore, openChunkedSource } from '../storage/open.js';
 import type { S3Settings } from '../storage/s3.js';
@@ -51,6 +52,13 @@ export interface DenoiseUrlOptions {
   outputType?: 'float32' | 'input';
   /** Gaussian-prior models: the posterior mean ('denoised', default), its standard deviation, or the prior mean. */
   output?: DenoiseOutput;
+  /**
+   * Sampling methods (divnoising): samples per block for the MMSE / uncertainty (default
+   * STREAM_DEFAULT_SAMPLES, fewer than in memory: every block pays them) and which one 'sample' writes.
+   * Each sample's noise is a function of the seed and the position in the image, so resumed and
+   * sharded runs write the same bytes.
+   */
+  sampling?: SamplingOptions;
   /** Output chunk (= tile core) shape, multiples of the pooling size; default chosen from maxMemoryBytes. */
   outputChunks?: number[];
   /** Pyramid levels below level 0 (default: the writer's choice). */
@@ -72,6 +80,9 @@ export interface DenoiseUrlOptions {
   signal?: AbortSignal;
   onEvent?: (event: StreamDenoiseEvent | { type: 'model'; manifest: ModelManifest } | ReturnType<typeof engineEvent> | { type: 'pyramid' }) => void;
 }
+
+/** Samples per block when streaming a sampling method's MMSE and none is given. */
+export const STREAM_DEFAULT_SAMPLES = 20;
 
 /** A display window for the output known before any voxel is denoised: the model's normalisation range. */
 function displayWindow(n: Normalisation): { start: number; end: number; min: number; max: number } {
@@ -106,8 +117,9 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
     const modelHash = await modelFolderHash(opts.modelDir);
     opts.onEvent?.({ type: 'model', manifest });
     const output = opts.output ?? 'denoised';
+    const sampling = opts.sampling ?? { samples: STREAM_DEFAULT_SAMPLES, seed: 1 };
     // Fails early (before the input is opened) for --uncertainty / --prior-mean on a model without a prior.
-    denoisingTileModel(model, manifest, output);
+    denoisingTileModel(model, manifest, output, sampling);
     input = await openChunkedSource(opts.input, { channel: opts.channel, time: opts.time, s3: opts.s3 });
     const dims = input.info.shape.length;
     if (dims !== manifest.network.dims) {
@@ -127,7 +139,7 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
       tta: opts.tta,
       coreShape: opts.outputChunks,
     });
-    const tileModel = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output });
+    const tileModel = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output, sampling });
     opts.onEvent?.(engineEvent(tileModel));
     const opened = input;
     return {
@@ -220,6 +232,7 @@ export async function denoiseUrl(opts: DenoiseUrlOptions): Promise<DenoiseChunke
     const fingerprint = runFingerprint({
       model: job.modelHash,
       tta: opts.tta === true,
+      ...(opts.sampling ? { sampling: opts.sampling } : {}),
       input: { shape: input.info.shape, dtype: input.info.dtype, channel: opts.channel ?? null, time: opts.time ?? null },
       output: { kind: output, shape: writer.info.shape, chunks: writer.info.chunks, dtype: writer.info.dtype },
     });

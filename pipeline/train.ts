@@ -26,6 +26,7 @@ import { fitNoiseInWorkers } from '../workers/noisePool.js';
 import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import { createAdam } from '../models/optimizer.js';
 import { augmentMethodPatch } from '../models/augment.js';
+import { normalisedNoiseLikelihood, type LikelihoodNoise } from '../noise/likelihood.js';
 import type { Method, PatchPreparation, ValidationBatch } from '../methods/method.js';
 import { defaultMethodName, getMethod } from '../methods/registry.js';
 import { validateMethodOptions } from '../methods/options.js';
@@ -99,7 +100,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const grid = opts.grid ?? defaultGridSide;
   const batchSize = opts.batchSize ?? (dims === 2 ? 16 : 4);
   const size = opts.networkSize ?? (opts.backend?.gpu === true || opts.backend?.name === 'tensorflow-gpu' ? 'paper' : 'small');
-  let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null });
+  let network = method.network({ dims, size, overrides: opts.network ?? {}, batchSize, twoChannels: priorMode !== null && !method.likelihood });
   const geometry = networkGeometry(network);
   const patchShape = (opts.patchShape ?? (dims === 2 ? [64, 64] : [32, 64, 64])) as number[];
   validatePatchShape(patchShape, dims, geometry.sizeMultiple);
@@ -232,8 +233,12 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
   const maskedLossFn: MaskedLossFn =
     noiseVariance !== undefined ? gaussianPriorLoss(noiseVariance) : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
+  // Likelihood methods weigh clean-signal candidates by the noise model itself (the GMM whole, when given).
+  const likelihoodNoise: LikelihoodNoise | undefined =
+    method.likelihood && priorNoise !== undefined ? { spec: priorNoise, ...(opts.noiseModel ? { gmm: opts.noiseModel } : {}) } : undefined;
+  const noiseLikelihood = likelihoodNoise ? normalisedNoiseLikelihood(likelihoodNoise, normalisation) : undefined;
   // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
-  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, saved: savedState });
+  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
@@ -276,6 +281,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     ...(method.masking === 'stratified' ? { masking } : {}),
     loss: method.ownLoss?.name ?? (priorMode !== null ? 'prior-nll' : lossKind),
     ...(priorMode !== null ? { prior: priorRecord() } : {}),
+    ...(likelihoodNoise ? { noiseModel: likelihoodNoise } : {}),
     ...(methodSettings() ? { methodSettings: methodSettings() } : {}),
     training: {
       steps,

@@ -3,6 +3,7 @@
  * targets for paired methods), options and events. pipeline/train.ts re-exports them.
  */
 import type { ClassicalComparison } from './classicalComparison.js';
+import type { GmmNoiseModel } from '../noise/gmm.js';
 import type { Volume } from '../core/volume.js';
 import { type ReplacementStrategy } from '../models/masking.js';
 import { type NoiseSpec } from '../models/bayes.js';
@@ -110,6 +111,12 @@ export interface TrainOptions {
    * posterior mean (models/bayes.ts).
    */
   prior?: NoiseSpec | 'learned' | 'nlf';
+  /**
+   * The Gaussian mixture noise model (noise/gmm.ts) behind a --prior file, for the methods whose loss
+   * is the noise likelihood (Method.likelihood: pn2v, divnoising), which use it whole; `prior` then
+   * holds its Poisson-Gaussian summary. Other methods use the summary only.
+   */
+  noiseModel?: GmmNoiseModel;
   /**
    * Fit each training image's noise-level function in worker threads while training runs and store
    * them in the model (default true for in-memory images; streamed sources are not fitted).

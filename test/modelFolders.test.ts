@@ -69,8 +69,8 @@ describe('model folders of the format before the Method interface', () => {
 });
 
 describe('the method registry', () => {
-  it('holds the nine methods, each complete, under its own name', () => {
-    expect(methodNames()).toEqual(['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'n2n', 'care']);
+  it('holds the methods, each complete, under its own name', () => {
+    expect(methodNames()).toEqual(['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'n2n', 'care', 'pn2v', 'divnoising']);
     for (const [name, m] of methods) {
       expect(m.name).toBe(name);
       expect(m.summary.length).toBeGreaterThan(10);

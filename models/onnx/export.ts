@@ -105,6 +105,12 @@ export function sha256Hex(bytes: Uint8Array): string {
  */
 export function exportOnnx(model: tfl.LayersModel, manifest: ModelManifest, opts: ExportOptions = {}): { bytes: Uint8Array; info: OnnxInfo } {
   const dims = manifest.network.dims;
+  // Sampling denoisers (DivNoising's VAE) and PN2V's prior samples weighed by a noise model compute
+  // their denoised value outside the network; a graph of the network alone would give something else.
+  const networkChannels = manifest.network.outputChannels ?? 1;
+  if (manifest.network.kind === 'vae' || networkChannels > 2) {
+    throw new UnsupportedLayerError(model.name, `a ${manifest.method} model's denoised value (${manifest.network.kind === 'vae' ? 'posterior samples of a VAE' : `an MMSE over ${networkChannels} prior samples`}) is not exported to ONNX; it runs on --engine tfjs`);
+  }
   if (model.inputs.length !== 1 || model.outputs.length !== 1) throw new UnsupportedLayerError(model.name, 'the network must have one input and one output');
   const inputTensor = model.inputs[0] as unknown as SymbolicTensorLike;
   const outputTensor = model.outputs[0] as unknown as SymbolicTensorLike;
