@@ -8,6 +8,7 @@
  * or exits rejects every pending call with the reason.
  */
 import { existsSync } from 'node:fs';
+import { PACKAGE_ROOT } from '../core/version.js';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
@@ -73,13 +74,13 @@ export interface WorkerTimeouts {
 
 /**
  * The compiled worker next to this module (dist/engines/onnxWorker.js); when this module runs from
- * TypeScript source (vitest), the tsc output of the same file under dist/.
+ * TypeScript source (vitest) or from a partial build elsewhere (a test's fixture build), the package's
+ * own tsc output under dist/.
  */
 export function onnxWorkerFile(): URL {
   const beside = fileURLToPath(new URL('./onnxWorker.js', import.meta.url));
   if (existsSync(beside)) return new URL('./onnxWorker.js', import.meta.url);
-  const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-  const compiled = path.join(repoRoot, 'dist', 'engines', 'onnxWorker.js');
+  const compiled = path.join(PACKAGE_ROOT, 'dist', 'engines', 'onnxWorker.js');
   if (existsSync(compiled)) return new URL(`file://${compiled}`);
   throw new Error(`the ONNX Runtime worker is not compiled: neither ${beside} nor ${compiled} exists (run npm run build)`);
 }

@@ -385,7 +385,8 @@ describe('blindspot watch (processes)', () => {
     const volume = await createZarrArray(new FileSystemStore(path.join(input, 'vol.zarr')), '/', { shape: [192, 192], chunks: [32, 32], dtype: 'float32', zarrVersion: 3, codec: 'none' });
     for (const index of gridOf([192, 192], [32, 32])) await volume.writeChunk(index, Float32Array.from({ length: 1024 }, () => 100 + 20 * rng.normal()));
     // A small memory bound makes small output chunks: the item is many chunks, stoppable between them.
-    const common = [input, '--model', modelDir, '--out', out, '--max-memory', '200MiB'];
+    // The tfjs engine: the item must outlast the grace time, and ONNX Runtime finishes it within it.
+    const common = [input, '--model', modelDir, '--out', out, '--max-memory', '200MiB', '--engine', 'tfjs'];
     const grace = 1;
     const watcher = new Watcher([...common, '--grace-seconds', String(grace)]);
     await watcher.until(() => watcher.events.some((e) => e.type === 'stream' && e.event.type === 'stream-start'));
@@ -403,7 +404,7 @@ describe('blindspot watch (processes)', () => {
     expect((await rerun.exited).code).toBe(ExitCode.ok);
     expect(rerun.of('item-done').map((e) => e.key)).toEqual(['vol.zarr']);
     const reference = path.join(tmp, 'ref-vol9.zarr');
-    await denoiseUrl({ input: path.join(input, 'vol.zarr'), out: reference, modelDir, maxMemoryBytes: parseByteSize('200MiB') });
+    await denoiseUrl({ input: path.join(input, 'vol.zarr'), out: reference, modelDir, maxMemoryBytes: parseByteSize('200MiB'), engine: { engine: 'tfjs' } });
     expect(await readAll(path.join(out, 'vol.zarr'))).toEqual(await readAll(reference));
   });
 });
@@ -491,6 +492,8 @@ describe('watch (in process)', () => {
       modelDir,
       settleMs: 0,
       pollMs: 20,
+      // The tfjs engine: arrivals must outpace the model, and ONNX Runtime keeps up with them.
+      engine: { engine: 'tfjs' },
       signal: stop.signal,
       onEvent: (e) => {
         events.push(e);
