@@ -22,7 +22,7 @@ import path from 'node:path';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { addGaussianNoise } from '../core/synthetic.js';
-import { PACKAGE_ROOT, SHARED_DIR } from '../core/version.js';
+import { PACKAGE_ROOT } from '../core/version.js';
 import type { Volume } from '../core/volume.js';
 import { parseNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import { loadModelFolder } from '../models/io.js';
@@ -32,7 +32,7 @@ import { distillModel } from '../pipeline/distill.js';
 import { trainModel, type NamedVolume } from '../pipeline/train.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult } from './common.js';
-import { loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 
 interface ModelResult {
   network: string;
@@ -105,15 +105,7 @@ async function main(): Promise<void> {
   const resultsName = args.get('results-name') ?? 'distill';
   if (!/^[A-Za-z0-9_.-]+$/.test(resultsName)) throw new Error(`--results-name must be a plain file name stem, got '${resultsName}'`);
 
-  const trainDir = path.join(SHARED_DIR, 'data', 'Train400');
-  const bsdDir = path.join(SHARED_DIR, 'data', 'BSD68');
-  const set12Dir = path.join(SHARED_DIR, 'data', 'Set12');
-  try {
-    for (const d of [trainDir, bsdDir, set12Dir]) await fs.access(d);
-  } catch {
-    console.error(`bench:distill needs ${trainDir}, ${bsdDir} and ${set12Dir} (the shared benchmark data); they are absent here.`);
-    process.exit(2);
-  }
+  const { trainDir, bsdDir, set12Dir } = await benchmarkDataDirs('bench:distill');
   const backend = await initBackend({ backend: (args.get('backend') ?? 'auto') as BackendChoice, threads });
   const loadAtStart = loadNow();
   log(`backend ${backend.name}, ${backend.threads} thread(s); teacher ${teacherMethod} ${steps} steps, student ${studentSteps} steps, batch ${batchSize}; seeds ${seeds.join(',')}; load ${loadAtStart.join(' ')}`);

@@ -35,7 +35,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
-import { PACKAGE_ROOT, SHARED_DIR } from '../core/version.js';
+import { PACKAGE_ROOT } from '../core/version.js';
 import { addGaussianNoise, addPoissonGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import type { Shape3D, Volume } from '../core/volume.js';
 import type * as tfl from '@tensorflow/tfjs-layers';
@@ -53,7 +53,7 @@ import { denoiseVolume } from '../pipeline/denoise.js';
 import { applyClassicalDenoiser, calibrateDenoiser, CLASSICAL_DENOISERS, type ClassicalDenoiser } from '../pipeline/calibrate.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult } from './common.js';
-import { loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 
 /** Published BSD68 sigma = 25 PSNRs (dB) the issue asks to show beside ours. */
 const ANCHORS: Record<string, number> = {
@@ -138,15 +138,7 @@ async function main(): Promise<void> {
   const resultsName = args.get('results-name') ?? 'methods';
   if (!/^[A-Za-z0-9_.-]+$/.test(resultsName)) throw new Error(`--results-name must be a plain file name stem, got '${resultsName}'`);
 
-  const trainDir = path.join(SHARED_DIR, 'data', 'Train400');
-  const bsdDir = path.join(SHARED_DIR, 'data', 'BSD68');
-  const set12Dir = path.join(SHARED_DIR, 'data', 'Set12');
-  try {
-    for (const d of [trainDir, bsdDir, set12Dir]) await fs.access(d);
-  } catch {
-    console.error(`bench:methods needs ${trainDir}, ${bsdDir} and ${set12Dir} (the shared benchmark data); they are absent here.`);
-    process.exit(2);
-  }
+  const { trainDir, bsdDir, set12Dir } = await benchmarkDataDirs('bench:methods');
   const backend = await initBackend({ backend: (args.get('backend') ?? 'auto') as BackendChoice, threads });
   log(`backend ${backend.name}, ${backend.threads} thread(s); methods ${methods.join(',')}; ${steps} steps (2D), ${steps3d} steps (3D), batch ${batchSize}`);
   const t0 = performance.now();

@@ -3,12 +3,29 @@
  * seeded Gaussian noise (sigma 25, as float, not clipped: the N2V paper's protocol), and their
  * scores (PSNR with peak 255 per image then averaged, SSIM, image-wide offset).
  */
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { SHARED_DIR } from '../core/version.js';
 import { Rng } from '../core/rng.js';
 import { psnr, ssim } from '../core/metrics.js';
 import { addGaussianNoise } from '../core/synthetic.js';
 import type { Volume } from '../core/volume.js';
 import { expandInputs, readImage } from '../storage/index.js';
+
+/**
+ * The shared benchmark data (Train400 for training, BSD68 and Set12 for testing); exits with status 2
+ * and says what is missing when ../shared is absent.
+ */
+export async function benchmarkDataDirs(bench: string): Promise<{ trainDir: string; bsdDir: string; set12Dir: string }> {
+  const dirs = { trainDir: path.join(SHARED_DIR, 'data', 'Train400'), bsdDir: path.join(SHARED_DIR, 'data', 'BSD68'), set12Dir: path.join(SHARED_DIR, 'data', 'Set12') };
+  try {
+    for (const d of Object.values(dirs)) await fs.access(d);
+  } catch {
+    console.error(`${bench} needs ${dirs.trainDir}, ${dirs.bsdDir} and ${dirs.set12Dir} (the shared benchmark data); they are absent here.`);
+    process.exit(2);
+  }
+  return dirs;
+}
 
 export const SIGMA = 25;
 
