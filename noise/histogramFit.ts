@@ -7,7 +7,7 @@
  */
 import { Rng } from '../core/rng.js';
 import { fitPoissonGaussian, type NlfBin } from './nlf.js';
-import type { CalibrationBin, CalibratedNoiseModel } from './model.js';
+import { residualHistograms, type CalibratedNoiseModel } from './model.js';
 import type { NoisePairs } from './pairs.js';
 
 /** Pairs used at most (a seeded random subset beyond): bounds the sort and the memory. */
@@ -43,17 +43,7 @@ export function histogramNoiseModelFromPairs(source: string, pairs: NoisePairs, 
     }
     return { signal: sumS / members.length, count: members.length, variance: sumR2 / members.length, members };
   });
-  const residualBins = opts.residualBins ?? 128;
-  const halfWidth = 6 * Math.sqrt(Math.max(...raw.map((r) => r.variance))) || 1;
-  const residualEdges = Array.from({ length: residualBins + 1 }, (_, i) => -halfWidth + (2 * halfWidth * i) / residualBins);
-  const bins: CalibrationBin[] = raw.map((r) => {
-    const histogram = new Array<number>(residualBins).fill(0);
-    for (const j of r.members) {
-      const k = Math.floor(((residual[j] + halfWidth) / (2 * halfWidth)) * residualBins);
-      if (k >= 0 && k < residualBins) histogram[k]++;
-    }
-    return { signal: r.signal, count: r.count, variance: r.variance, histogram };
-  });
+  const { residualEdges, bins } = residualHistograms(raw, opts.residualBins ?? 128, (j, add) => add(residual[j]));
   const { a, b } = fitPoissonGaussian(bins.map((bin): NlfBin => ({ intensity: bin.signal, variance: bin.variance, count: bin.count })));
   return {
     format: 'blindspot-noise-model',

@@ -100,6 +100,37 @@ export interface CalibrateOptions {
   sampleType?: SampleType;
 }
 
+/** A signal bin before its residual histogram: its members (pixels or pairs) and their statistics. */
+export interface RawSignalBin {
+  signal: number;
+  count: number;
+  variance: number;
+  members: readonly number[];
+}
+
+/**
+ * Each bin's histogram of residuals y - s over common edges spanning +-6 sigma of the noisiest bin;
+ * `residualsOf(member, add)` gives a member's residuals (one per frame, or its one pair).
+ */
+export function residualHistograms(
+  raw: readonly RawSignalBin[],
+  residualBins: number,
+  residualsOf: (member: number, add: (residual: number) => void) => void,
+): { residualEdges: number[]; bins: CalibrationBin[] } {
+  const halfWidth = 6 * Math.sqrt(Math.max(...raw.map((r) => r.variance))) || 1;
+  const residualEdges = Array.from({ length: residualBins + 1 }, (_, i) => -halfWidth + (2 * halfWidth * i) / residualBins);
+  const bins = raw.map((r): CalibrationBin => {
+    const histogram = new Array<number>(residualBins).fill(0);
+    const add = (residual: number): void => {
+      const k = Math.floor(((residual + halfWidth) / (2 * halfWidth)) * residualBins);
+      if (k >= 0 && k < residualBins) histogram[k]++;
+    };
+    for (const member of r.members) residualsOf(member, add);
+    return { signal: r.signal, count: r.count, variance: r.variance, histogram };
+  });
+  return { residualEdges, bins };
+}
+
 /**
  * Calibrates from a stack [frames, Y, X] of the same static scene. Observations at the sample
  * type's limits (clipped) or non-finite are left out, and so is every pixel with one of them.
@@ -125,19 +156,8 @@ export function calibrateNoise(source: string, stack: Float32Array, shape: reado
     const count = members.length * N;
     raw.push({ signal: sumS / members.length, count, variance: (sumR2 / count) * correction, members });
   }
-  const maxSigma = Math.sqrt(Math.max(...raw.map((r) => r.variance)));
-  const residualBins = opts.residualBins ?? 128;
-  const halfWidth = 6 * maxSigma || 1;
-  const residualEdges = Array.from({ length: residualBins + 1 }, (_, i) => -halfWidth + (2 * halfWidth * i) / residualBins);
-  const bins: CalibrationBin[] = raw.map((r) => {
-    const histogram = new Array<number>(residualBins).fill(0);
-    for (const p of r.members) {
-      for (let f = 0; f < N; f++) {
-        const k = Math.floor(((stack[f * P + p] - signal[p] + halfWidth) / (2 * halfWidth)) * residualBins);
-        if (k >= 0 && k < residualBins) histogram[k]++;
-      }
-    }
-    return { signal: r.signal, count: r.count, variance: r.variance, histogram };
+  const { residualEdges, bins } = residualHistograms(raw, opts.residualBins ?? 128, (p, add) => {
+    for (let f = 0; f < N; f++) add(stack[f * P + p] - signal[p]);
   });
   const { a, b } = fitPoissonGaussian(bins.map((bin): NlfBin => ({ intensity: bin.signal, variance: bin.variance, count: bin.count })));
   return {
