@@ -8,7 +8,7 @@ import { expandInputs } from '../storage/index.js';
 import { distillModel } from '../pipeline/distill.js';
 import { TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
-import { choice, commonOptions, interruptController, intOption, networkOverridesOption, numberOption, parse, setUp, shapeOption, trainingRunOptions } from './options.js';
+import { choice, commonOptions, interruptController, intOption, networkOverridesOption, numberOption, parse, parseDuration, setUp, shapeOption, trainingRunOptions } from './options.js';
 
 export const DISTILL_HELP = `Usage: blindspot distill <teacher-model> <inputs...> --out <student-model> [options]
 
@@ -31,6 +31,7 @@ Options:
   --steps N --batch-size N --patch YxX|ZxYxX --seed N --learning-rate F --loss mse|mae
   --depth N --filters N --kernel-size N --batch-norm/--no-batch-norm   the student U-Net's shape
   --normalisation meanstd|percentile --no-augment --val-fraction F --validate-every N
+  --time-budget T
                             as for 'blindspot train' (the student's training)
   --resume                  continue an interrupted distillation (the teacher's streamed pass and the training)
   --overwrite               replace an existing student model in --out
@@ -89,6 +90,7 @@ export async function runDistill(args: string[]): Promise<number> {
     normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
     valFraction: numberOption('val-fraction', values['val-fraction']),
     validateEvery: intOption('validate-every', values['validate-every']),
+    timeBudgetSeconds: values['time-budget'] !== undefined ? parseDuration(values['time-budget']) : undefined,
   };
   const maxMemoryBytes = streaming ? parseByteSize(values['max-memory'] ?? '2GiB') : undefined;
   const inputs = streaming ? inputArgs : await expandInputs(inputArgs);

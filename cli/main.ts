@@ -30,7 +30,7 @@ import { assertReportWritable } from '../report/index.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec } from '../models/bayes.js';
 import type { DenoiseOutput } from '../methods/denoiser.js';
-import { choice, commonOptions, DEFAULT_GRACE_SECONDS, ENGINE_HELP, engineOptions, engineRequest, interruptController, intOption, networkOverridesOption, numberOption, parse, setUp, shapeOption, trainingRunOptions, withoutRunOptions } from './options.js';
+import { choice, commonOptions, DEFAULT_GRACE_SECONDS, ENGINE_HELP, engineOptions, engineRequest, interruptController, intOption, networkOverridesOption, numberOption, parse, parseDuration, setUp, shapeOption, trainingRunOptions, withoutRunOptions } from './options.js';
 
 /** The methods part of `train --help`: each registered method's name and summary, in registry order. */
 function methodHelp(): string {
@@ -112,7 +112,10 @@ Options:
   --no-classical-check      one image or stack: skip the closing comparison with a calibrated non-local means
                             (both scored by the J-invariant loss on the held-out slab; a warning when the filter wins)
   --val-fraction F          data held out for validation (default 0.1)
-  --validate-every N        steps between validations and checkpoints (default steps/20)
+  --validate-every N        steps between validations and checkpoints (default steps/20; 100 with
+                            --time-budget and no --steps)
+  --time-budget T           wall-clock training budget (90s, 30m, 1.5h; plain numbers are seconds): the
+                            run ends, finished, at the first step past it, or at --steps if sooner
   --resume                  continue an interrupted run in --out
   --overwrite               replace an existing model in --out
   --report <file.html>      afterwards, write the model's HTML report (blindspot report --help)
@@ -372,6 +375,7 @@ async function runTrain(args: string[]): Promise<number> {
       classicalCheck: values['classical-check'],
       valFraction: numberOption('val-fraction', values['val-fraction']),
       validateEvery: intOption('validate-every', values['validate-every']),
+      timeBudgetSeconds: values['time-budget'] !== undefined ? parseDuration(values['time-budget']) : undefined,
       resume: values.resume,
       overwrite: values.overwrite,
       backend,

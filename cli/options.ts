@@ -36,6 +36,7 @@ export const trainingRunOptions = {
   augment: { type: 'boolean', default: true },
   'val-fraction': { type: 'string' },
   'validate-every': { type: 'string' },
+  'time-budget': { type: 'string' },
   stream: { type: 'boolean', default: false },
   'max-memory': { type: 'string' },
   's3-endpoint': { type: 'string' },
@@ -94,6 +95,16 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: s
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
+}
+
+/** '90s', '30m', '2h', '1d' or plain seconds -> seconds. */
+export function parseDuration(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/i.exec(text);
+  if (!match) throw new UsageError(`a duration looks like 90s, 30m, 2h or 1d, got '${text}'`);
+  const unit = { s: 1, m: 60, h: 3600, d: 86400 }[(match[2] ?? 's').toLowerCase() as 's' | 'm' | 'h' | 'd'];
+  const seconds = Number(match[1]) * unit;
+  if (!(seconds > 0)) throw new UsageError(`a duration must be positive, got '${text}'`);
+  return seconds;
 }
 
 export function intOption(name: string, value: string | undefined): number | undefined {

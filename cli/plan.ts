@@ -3,7 +3,7 @@ import { UsageError, ExitCode } from '../core/errors.js';
 import { type BlockCost, type DenoisePlan, planDenoise } from '../pipeline/plan.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
 import { resolveShard } from '../pipeline/shard.js';
-import { commonOptions, engineOptions, engineRequest, intOption, parse, setUp, shapeOption } from './options.js';
+import { commonOptions, engineOptions, engineRequest, intOption, parse, parseDuration, setUp, shapeOption } from './options.js';
 
 export const PLAN_HELP = `Usage: blindspot plan <input> --model <model-dir> [options]
 
@@ -27,16 +27,6 @@ The cost is for this machine and engine; run plan on the machine type the shards
 
 Example:
   blindspot plan s3://lab/raw/vol.zarr --model models/vol --max-memory 8GiB --target 2h --json`;
-
-/** '90s', '30m', '2h', '1d' or plain seconds -> seconds. */
-export function parseDuration(text: string): number {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/i.exec(text);
-  if (!match) throw new UsageError(`a duration looks like 90s, 30m, 2h or 1d, got '${text}'`);
-  const unit = { s: 1, m: 60, h: 3600, d: 86400 }[(match[2] ?? 's').toLowerCase() as 's' | 'm' | 'h' | 'd'];
-  const seconds = Number(match[1]) * unit;
-  if (!(seconds > 0)) throw new UsageError(`a duration must be positive, got '${text}'`);
-  return seconds;
-}
 
 function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];

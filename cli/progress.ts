@@ -64,13 +64,20 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
         case 'start':
           say(
             `${e.resumed ? 'resuming' : 'training'} ${e.method}, ${e.network}: ${e.trainVolumes} training / ${e.valVolumes} validation image(s), ` +
-              `patch ${e.patchShape.join('x')}, batch ${e.batchSize}, steps ${e.firstStep}..${e.steps}`,
+              `patch ${e.patchShape.join('x')}, batch ${e.batchSize}, ` +
+              (e.budgetSeconds === undefined
+                ? `steps ${e.firstStep}..${e.steps}`
+                : `budget ${formatSeconds(e.budgetSeconds)}${Number.isSafeInteger(e.steps + 1) ? ` or ${e.steps} steps` : ''}, from step ${e.firstStep}`),
           );
           break;
         case 'step': {
-          const eta = e.stepsPerSecond > 0 ? (e.steps - e.step) / e.stepsPerSecond : NaN;
+          // With a time budget the run ends at whichever comes first: the budget or the step cap.
+          const stepEta = e.stepsPerSecond > 0 ? (e.steps - e.step) / e.stepsPerSecond : NaN;
+          const eta = e.budgetSeconds === undefined ? stepEta : Math.min(Math.max(0, e.budgetSeconds - e.seconds), Number.isNaN(stepEta) ? Infinity : stepEta);
+          const done = Math.max(e.step / e.steps, e.budgetSeconds === undefined ? 0 : e.seconds / e.budgetSeconds);
+          const capped = Number.isSafeInteger(e.steps + 1);
           draw(
-            `train ${bar(e.step / e.steps)} ${e.step}/${e.steps} ${e.stepsPerSecond.toFixed(2)} step/s ` +
+            `train ${bar(Math.min(1, done))} ${e.step}${capped ? `/${e.steps}` : ''} ${e.stepsPerSecond.toFixed(2)} step/s ` +
               `loss ${e.loss.toFixed(4)} val ${e.lastValLoss === null ? '-' : e.lastValLoss.toFixed(4)} lr ${e.learningRate.toExponential(1)} ETA ${formatSeconds(eta)}`,
             e.step === e.steps,
           );
@@ -81,6 +88,9 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
           break;
         case 'interrupted':
           say(`interrupted at step ${e.step}: checkpoint written`);
+          break;
+        case 'time-budget-spent':
+          say(`time budget of ${formatSeconds(e.budgetSeconds)} spent at step ${e.step} (${formatSeconds(e.seconds)}): the best validated model is kept`);
           break;
         case 'warning':
           say(`warning: ${e.message}`);

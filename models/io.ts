@@ -121,6 +121,8 @@ export interface ModelManifest {
     bestStep: number;
     bestValLoss: number | null;
     wallSeconds: number;
+    /** The wall-clock budget the run was given (train --time-budget), when it had one. */
+    timeBudgetSeconds?: number;
     finished: boolean;
   };
   history: TrainingRecord[];

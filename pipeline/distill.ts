@@ -50,6 +50,7 @@ export type StudentTrainOptions = Pick<
   | 'valFraction'
   | 'valPatches'
   | 'validateEvery'
+  | 'timeBudgetSeconds'
   | 'patience'
   | 'resume'
   | 'overwrite'
@@ -324,6 +325,7 @@ function pickStudentOptions(opts: DistillOptions): StudentTrainOptions {
     'valFraction',
     'valPatches',
     'validateEvery',
+    'timeBudgetSeconds',
     'patience',
     'resume',
     'overwrite',

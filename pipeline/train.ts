@@ -113,7 +113,10 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
   // Also checks that each streamed target has its input's shape (InputError naming the target).
   for (const source of sources ?? []) sourceBounds(source, patchShape);
-  const steps = opts.steps ?? 1000;
+  const budgetSeconds = opts.timeBudgetSeconds;
+  if (budgetSeconds !== undefined && !(budgetSeconds > 0)) throw new UsageError(`the time budget must be positive, got ${budgetSeconds} s`);
+  // A budget without a step count trains until the budget is spent.
+  const steps = opts.steps ?? (budgetSeconds !== undefined ? Number.MAX_SAFE_INTEGER : 1000);
   const seed = opts.seed ?? 1;
   const lossKind = opts.loss ?? 'mse';
   const masking: MaskOptions = {
@@ -127,7 +130,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const aheadBatches = opts.aheadBatches ?? 2;
   if (!(Number.isInteger(aheadBatches) && aheadBatches >= 1)) throw new UsageError(`aheadBatches must be a positive integer, got ${aheadBatches}`);
   const baseLearningRate = opts.learningRate ?? 4e-4;
-  const validateEvery = opts.validateEvery ?? Math.max(10, Math.round(steps / 20));
+  const validateEvery = opts.validateEvery ?? (opts.steps === undefined && budgetSeconds !== undefined ? 100 : Math.max(10, Math.round(steps / 20)));
   const patience = opts.patience ?? 5;
   const rng = new Rng(seed);
   const valFraction = opts.valFraction ?? 0.1;
@@ -269,6 +272,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     trainVolumes: data.trainNames.length,
     valVolumes: data.validationNames.length,
     resumed,
+    ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
   });
 
   const manifestFor = (finished: boolean): ModelManifest => ({
@@ -296,6 +300,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       bestStep: state.bestStep,
       bestValLoss: state.bestValLoss,
       wallSeconds: state.wallSeconds,
+      ...(budgetSeconds !== undefined ? { timeBudgetSeconds: budgetSeconds } : {}),
       finished,
     },
     history: state.history,
@@ -306,6 +311,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const wallAtStart = state.wallSeconds;
   const stepDone = new Subject<void>();
   let interrupted = false;
+  let budgetSpent = false;
   let lastValLoss: number | null = state.history.findLast((h) => h.valLoss !== undefined)?.valLoss ?? null;
   let rateWindow: { t: number; step: number } = { t: performance.now(), step: state.stepsDone };
   let stepsPerSecond = 0;
@@ -324,7 +330,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       throw new Error(`training diverged at step ${result.step} (loss ${result.loss}); try a lower --learning-rate`);
     }
     const record: TrainingRecord = { step: state.stepsDone, loss: result.loss, learningRate: state.learningRate, seconds: state.wallSeconds };
-    const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps;
+    const outOfTime = budgetSeconds !== undefined && state.wallSeconds >= budgetSeconds && state.stepsDone < steps;
+    const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps || outOfTime;
     if (learnedLogSigma !== null) state.learnedLogSigma = (await learnedLogSigma.data())[0];
     if (isValidationStep) {
       const valLoss = await evaluateValidation(model, valBatches, batchLoss);
@@ -351,18 +358,35 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
         }
       }
       opts.onEvent?.({ type: 'validation', step: state.stepsDone, valLoss, best: improved, learningRate: state.learningRate });
-      if (state.stepsDone < steps) {
+      if (state.stepsDone < steps && !outOfTime) {
         await writeCheckpoint(checkpointDir, model, optimizer, { ...state, ...methodRun.checkpointState?.() });
         opts.onEvent?.({ type: 'checkpoint', step: state.stepsDone });
       }
     } else {
       state.history.push(record);
     }
-    opts.onEvent?.({ type: 'step', step: state.stepsDone, steps, loss: result.loss, learningRate: state.learningRate, stepsPerSecond, lastValLoss });
+    opts.onEvent?.({
+      type: 'step',
+      step: state.stepsDone,
+      steps,
+      loss: result.loss,
+      learningRate: state.learningRate,
+      stepsPerSecond,
+      lastValLoss,
+      seconds: state.wallSeconds,
+      ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
+    });
     if (opts.signal?.aborted && state.stepsDone < steps) {
       if (!isValidationStep) await writeCheckpoint(checkpointDir, model, optimizer, { ...state, ...methodRun.checkpointState?.() });
       interrupted = true;
       opts.onEvent?.({ type: 'interrupted', step: state.stepsDone });
+      stepDone.complete();
+      return;
+    }
+    if (outOfTime) {
+      // Ends like the last step: the folder holds the best validated model; batches already drawn are dropped.
+      budgetSpent = true;
+      opts.onEvent?.({ type: 'time-budget-spent', step: state.stepsDone, seconds: state.wallSeconds, budgetSeconds: budgetSeconds! });
       stepDone.complete();
       return;
     }
@@ -381,7 +405,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       loss: { batch: batchLoss },
       extraVariables: () => (learnedLogSigma !== null ? [learnedLogSigma] : []),
       afterEach: async (r) => {
-        if (!interrupted) await afterStep(r);
+        if (!interrupted && !budgetSpent) await afterStep(r);
       },
     }),
     tap({ complete: () => stepDone.complete() }),

@@ -142,6 +142,13 @@ export interface TrainOptions {
   valFraction?: number;
   valPatches?: number;
   validateEvery?: number;
+  /**
+   * Wall-clock training budget in seconds, validation included (a resumed run counts what it spent
+   * before): the run ends, finished and validated, at the first step past it, or at `steps` if that
+   * comes first. Without `steps` the step count is unbounded and validation runs every 100 steps
+   * (unless `validateEvery` says otherwise).
+   */
+  timeBudgetSeconds?: number;
   /** Validations without improvement before the learning rate is halved. */
   patience?: number;
   resume?: boolean;
@@ -177,12 +184,26 @@ export type TrainEvent =
       trainVolumes: number;
       valVolumes: number;
       resumed: boolean;
+      /** The wall-clock budget (timeBudgetSeconds), when there is one; `steps` is then only a cap. */
+      budgetSeconds?: number;
     }
-  | { type: 'step'; step: number; steps: number; loss: number; learningRate: number; stepsPerSecond: number; lastValLoss: number | null }
+  | {
+      type: 'step';
+      step: number;
+      steps: number;
+      loss: number;
+      learningRate: number;
+      stepsPerSecond: number;
+      lastValLoss: number | null;
+      /** Wall-clock seconds of training so far, and the budget when there is one. */
+      seconds: number;
+      budgetSeconds?: number;
+    }
   | { type: 'validation'; step: number; valLoss: number; best: boolean; learningRate: number }
   | { type: 'checkpoint'; step: number }
   | { type: 'warning'; message: string }
   | MethodEvent
   | { type: 'interrupted'; step: number }
+  | { type: 'time-budget-spent'; step: number; seconds: number; budgetSeconds: number }
   | ({ type: 'classical-comparison' } & ClassicalComparison)
   | { type: 'done'; steps: number; bestStep: number; bestValLoss: number | null; seconds: number };

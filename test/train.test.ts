@@ -94,6 +94,28 @@ describe('Noise2Void training', () => {
     expect((await readManifest(out)).training.finished).toBe(true);
   }, 300_000);
 
+  it('ends at a wall-clock budget as a finished, validated run, or at --steps when that comes first', async () => {
+    const { noisy } = noisyPair(64, 5);
+    const events: string[] = [];
+    const out = path.join(tmp, 'budget');
+    const { steps: _unused, ...noSteps } = tiny(out, noisy, { classicalCheck: false });
+    const manifest = await trainModel({ ...noSteps, validateEvery: undefined, timeBudgetSeconds: 1.5, onEvent: (e) => events.push(e.type) });
+    expect(events).toContain('time-budget-spent');
+    expect(manifest.training.finished).toBe(true);
+    expect(manifest.training.timeBudgetSeconds).toBe(1.5);
+    expect(manifest.training.wallSeconds).toBeGreaterThanOrEqual(1.5);
+    expect(manifest.training.stepsDone).toBeGreaterThan(0);
+    // The last step was validated, and the folder holds a loadable best model.
+    expect(manifest.history[manifest.history.length - 1].valLoss).toBeDefined();
+    expect((await readManifest(out)).training.stepsDone).toBe(manifest.training.stepsDone);
+    (await loadModelFolder(out)).model.dispose();
+    const capped: string[] = [];
+    const short = await trainModel(tiny(path.join(tmp, 'budget-capped'), noisy, { steps: 3, validateEvery: 1, classicalCheck: false, timeBudgetSeconds: 3600, onEvent: (e) => capped.push(e.type) }));
+    expect(short.training.stepsDone).toBe(3);
+    expect(capped).not.toContain('time-budget-spent');
+    await expect(trainModel(tiny(path.join(tmp, 'budget-bad'), noisy, { timeBudgetSeconds: 0 }))).rejects.toThrow(/time budget must be positive/);
+  }, 120_000);
+
   it('refuses to overwrite a finished model and rejects images smaller than a patch', async () => {
     const { noisy } = noisyPair(64, 4);
     const out = path.join(tmp, 'finished');
