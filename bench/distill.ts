@@ -8,12 +8,16 @@
  *   npm run bench:distill -- [--teacher laine19|dbsn] [--steps 120] [--student-steps N] [--batch-size 4]
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--distill-limit 40] [--prior learned|nlf|gaussian:25]
  *     [--seeds 1,2,3] [--quick] [--backend auto] [--threads N] [--results-name distill]
+ *     [--minutes M] [--student-minutes M]
  *
  * --steps: the teacher's steps (bench:methods' default 120 at batch 4); --student-steps: the
  * student's (default: the same). --distill-limit: Train400 images the teacher denoises for the
  * student's targets (the first N of the training images; the teacher's pass over all 400 would
  * cost more than its training at this budget). --quick: a smoke run of the harness (4 steps, 2+2
  * test images, 20 training images, 4 distillation images).
+ * --minutes / --student-minutes: wall-clock training budgets (train --time-budget) instead of step
+ * counts (--steps then only caps them); the student's budget defaults to the teacher's. bench:budget
+ * uses them for its distilled row.
  * Writes bench/results/<name>-<time>.json, <name>-latest.json and <name>.md.
  */
 import { promises as fs } from 'node:fs';
@@ -90,8 +94,13 @@ async function main(): Promise<void> {
   const quick = args.get('quick') === 'true';
   const teacherMethod = args.get('teacher') ?? 'laine19';
   if (teacherMethod !== 'laine19' && teacherMethod !== 'dbsn') throw new Error(`--teacher must be laine19 or dbsn, got '${teacherMethod}'`);
-  const steps = Number(args.get('steps') ?? (quick ? 4 : 120));
-  const studentSteps = Number(args.get('student-steps') ?? steps);
+  const minutes = args.has('minutes') ? Number(args.get('minutes')) : undefined;
+  const studentMinutes = args.has('student-minutes') ? Number(args.get('student-minutes')) : minutes;
+  for (const m of [minutes, studentMinutes]) if (m !== undefined && !(m > 0)) throw new Error(`--minutes and --student-minutes must be positive`);
+  // A wall-clock budget leaves the step count open unless --steps / --student-steps cap it.
+  const steps = args.has('steps') ? Number(args.get('steps')) : minutes !== undefined ? undefined : quick ? 4 : 120;
+  const studentSteps = args.has('student-steps') ? Number(args.get('student-steps')) : studentMinutes !== undefined ? undefined : steps;
+  const every = (n: number | undefined): number | undefined => (n === undefined ? undefined : Math.max(1, Math.floor(n / 2)));
   const batchSize = Number(args.get('batch-size') ?? 4);
   const limit = Number(args.get('limit') ?? (quick ? 2 : 6));
   const set12Limit = Number(args.get('set12-limit') ?? (quick ? 2 : 4));
@@ -108,7 +117,7 @@ async function main(): Promise<void> {
   const { trainDir, bsdDir, set12Dir } = await benchmarkDataDirs('bench:distill');
   const backend = await initBackend({ backend: (args.get('backend') ?? 'auto') as BackendChoice, threads });
   const loadAtStart = loadNow();
-  log(`backend ${backend.name}, ${backend.threads} thread(s); teacher ${teacherMethod} ${steps} steps, student ${studentSteps} steps, batch ${batchSize}; seeds ${seeds.join(',')}; load ${loadAtStart.join(' ')}`);
+  log(`backend ${backend.name}, ${backend.threads} thread(s); teacher ${teacherMethod} ${minutes ?? '-'} min / ${steps ?? '-'} steps, student ${studentMinutes ?? '-'} min / ${studentSteps ?? '-'} steps, batch ${batchSize}; seeds ${seeds.join(',')}; load ${loadAtStart.join(' ')}`);
   const t0 = performance.now();
 
   // The data of bench:methods: Train400 with the same seeded noise draw, the same test sets and draws.
@@ -134,11 +143,12 @@ async function main(): Promise<void> {
         out: teacherDir,
         method: teacherMethod,
         steps,
+        ...(minutes !== undefined ? { timeBudgetSeconds: minutes * 60 } : {}),
         batchSize,
         patchShape: [64, 64],
         seed,
         backend,
-        validateEvery: Math.max(1, Math.floor(steps / 2)),
+        validateEvery: every(steps),
         valPatches: 16,
         prior,
         // As bench:methods: the workers' noise fits only where the teacher's loss needs them.
@@ -155,11 +165,12 @@ async function main(): Promise<void> {
         volumes: noisyTrain.slice(0, distillLimit),
         out: studentDir,
         steps: studentSteps,
+        ...(studentMinutes !== undefined ? { timeBudgetSeconds: studentMinutes * 60 } : {}),
         batchSize,
         patchShape: [64, 64],
         seed,
         backend,
-        validateEvery: Math.max(1, Math.floor(studentSteps / 2)),
+        validateEvery: every(studentSteps),
         valPatches: 16,
         command: ['bench:distill', 'student'],
         onEvent: (e) => {
@@ -182,7 +193,7 @@ async function main(): Promise<void> {
   }
 
   const loadAtEnd = loadNow();
-  const budget = { teacher: teacherMethod, prior: priorArg, teacherSteps: steps, studentSteps, batchSize, patch: [64, 64], trainImages: noisyTrain.length, distillImages: Math.min(distillLimit, noisyTrain.length), bsd68Images: sets.bsd68.length, set12Images: sets.set12.length, seeds, quick };
+  const budget = { teacher: teacherMethod, prior: priorArg, teacherSteps: steps, studentSteps, teacherMinutes: minutes, studentMinutes, batchSize, patch: [64, 64], trainImages: noisyTrain.length, distillImages: Math.min(distillLimit, noisyTrain.length), bsd68Images: sets.bsd68.length, set12Images: sets.set12.length, seeds, quick };
   const result = { backend: backend.name, threads: backend.threads, budget, load: { start: loadAtStart, end: loadAtEnd }, noisy, seeds: rows, wallSeconds: +((performance.now() - t0) / 1000).toFixed(1) };
   const file = await writeResult(resultsName, result);
   const markdown = distillMarkdown(result, path.relative(PACKAGE_ROOT, file));
@@ -191,8 +202,14 @@ async function main(): Promise<void> {
   log(`written ${file} and bench/results/${resultsName}.md`);
 }
 
+/** '30 min (at most 400 steps)', '30 min' or '400 steps'. */
+function budgetText(minutes: number | undefined, steps: number | undefined): string {
+  if (minutes === undefined) return `${steps} steps`;
+  return `${minutes} min of training${steps !== undefined ? ` (at most ${steps} steps)` : ''}`;
+}
+
 function distillMarkdown(
-  result: { backend: string; threads: number; budget: Record<string, unknown> & { teacher: string; teacherSteps: number; studentSteps: number; batchSize: number; trainImages: number; distillImages: number; bsd68Images: number; set12Images: number; quick: boolean }; load: { start: number[]; end: number[] }; noisy: { bsd68: Score; set12: Score }; seeds: SeedRow[]; wallSeconds: number },
+  result: { backend: string; threads: number; budget: Record<string, unknown> & { teacher: string; teacherSteps?: number; studentSteps?: number; teacherMinutes?: number; studentMinutes?: number; batchSize: number; trainImages: number; distillImages: number; bsd68Images: number; set12Images: number; quick: boolean }; load: { start: number[]; end: number[] }; noisy: { bsd68: Score; set12: Score }; seeds: SeedRow[]; wallSeconds: number },
   jsonFile: string,
 ): string {
   const m = machineInfo();
@@ -205,7 +222,7 @@ function distillMarkdown(
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; load average (1/5/15 min) ${result.load.start.join(' ')} at the start, ${result.load.end.join(' ')} at the end (shared with other jobs)  `,
     `Backend: ${result.backend}, ${result.threads} thread(s)  `,
-    `Budget${b.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: teacher ${b.teacher} ${b.teacherSteps} steps, student U-Net ${b.studentSteps} steps, batch ${b.batchSize}, 64x64 patches; ` +
+    `Budget${b.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: teacher ${b.teacher} ${budgetText(b.teacherMinutes, b.teacherSteps)}, student U-Net ${budgetText(b.studentMinutes, b.studentSteps)}, batch ${b.batchSize}, 64x64 patches; ` +
       `teacher trained on ${b.trainImages} Train400 images (sigma 25, seeded); student on the teacher's output for the first ${b.distillImages} of them; ` +
       `BSD68: first ${b.bsd68Images} images, Set12: first ${b.set12Images}. Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
     '',

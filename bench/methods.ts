@@ -12,7 +12,7 @@
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
  *     [--quick] [--backend auto] [--threads N] [--no-3d | --no-2d] [--seed 1] [--results-name methods]
- *     [--samples 20]
+ *     [--samples 20] [--minutes M]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -27,6 +27,8 @@
  * The likelihood methods (pn2v, divnoising) get the true noise model: Gaussian sigma 25 in 2D,
  * Poisson-Gaussian var = x + 4 on the 3D volume; --samples: divnoising's posterior samples per
  * image for the MMSE (default 20: every sample is a decoder pass over the whole image).
+ * --minutes M: a wall-clock training budget per method in 2D instead of a step count (train
+ * --time-budget; --steps, if given, is then only a cap): the table of bench:budget (bench/budget.ts).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -105,7 +107,11 @@ function list(value: string | undefined, fallback: readonly string[]): string[] 
 async function main(): Promise<void> {
   const args = benchArgs(process.argv.slice(2));
   const quick = args.get('quick') === 'true';
-  const steps = Number(args.get('steps') ?? (quick ? 4 : 120));
+  // With a wall-clock budget (--minutes) the 2D step count is open unless --steps caps it.
+  const minutes = args.has('minutes') ? Number(args.get('minutes')) : undefined;
+  if (minutes !== undefined && !(minutes > 0)) throw new Error(`--minutes must be positive, got ${args.get('minutes')}`);
+  const stepCap = args.has('steps') ? Number(args.get('steps')) : undefined;
+  const steps = stepCap ?? (minutes !== undefined ? undefined : quick ? 4 : 120);
   const steps3d = Number(args.get('steps-3d') ?? (quick ? 2 : 10));
   const batchSize = Number(args.get('batch-size') ?? 4);
   const limit = Number(args.get('limit') ?? (quick ? 2 : 6));
@@ -140,7 +146,7 @@ async function main(): Promise<void> {
 
   const { trainDir, bsdDir, set12Dir } = await benchmarkDataDirs('bench:methods');
   const backend = await initBackend({ backend: (args.get('backend') ?? 'auto') as BackendChoice, threads });
-  log(`backend ${backend.name}, ${backend.threads} thread(s); methods ${methods.join(',')}; ${steps} steps (2D), ${steps3d} steps (3D), batch ${batchSize}`);
+  log(`backend ${backend.name}, ${backend.threads} thread(s); methods ${methods.join(',')}; ${minutes !== undefined ? `${minutes} min per method` : ''}${steps !== undefined ? ` ${steps} steps` : ''} (2D), ${steps3d} steps (3D), batch ${batchSize}`);
   const t0 = performance.now();
 
   // Training data: Train400 with one seeded noise draw; n2n's second draw; care's clean targets.
@@ -205,11 +211,13 @@ async function main(): Promise<void> {
           out: dir2d,
           method,
           steps,
+          ...(minutes !== undefined ? { timeBudgetSeconds: minutes * 60 } : {}),
           batchSize,
           patchShape: [64, 64],
           seed: trainSeed,
           backend,
-          validateEvery: Math.max(1, Math.floor(steps / 2)),
+          // Under a time budget: train's default (every 100 steps), and a last validation when it is spent.
+          validateEvery: steps === undefined ? undefined : Math.max(1, Math.floor(steps / 2)),
           valPatches: 16,
           ...methodOptions(),
           onEvent: (e) => {
@@ -339,7 +347,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, quick };
+  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -398,7 +406,7 @@ function methodsMarkdown(
   result: {
     backend: string;
     threads: number;
-    budget: Record<string, unknown> & { steps2d: number; steps3d: number; batchSize: number; trainImages: number; bsd68Images: number; set12Images: number; with3d: boolean; seed: number };
+    budget: Record<string, unknown> & { steps2d?: number; minutes2d?: number; steps3d: number; batchSize: number; trainImages: number; bsd68Images: number; set12Images: number; with3d: boolean; seed: number };
     noisy: { bsd68: Score; set12: Score; volume3d: Score };
     methods: MethodRow[];
     classical: ClassicalRow[];
@@ -415,7 +423,7 @@ function methodsMarkdown(
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores (${os.cpus().length} reported by os.cpus), ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; shared with other jobs while it ran  `,
     `Backend: ${result.backend}, ${result.threads} thread(s)  `,
-    `Budget: ${b.with2d === false ? 'no 2D runs, ' : `${b.steps2d} steps (2D)`}${b.with3d ? `${b.with2d === false ? '' : ' and '}${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
+    `Budget: ${b.with2d === false ? 'no 2D runs, ' : b.minutes2d !== undefined ? `${b.minutes2d} min of training per method (2D, wall clock, validation included${b.steps2d !== undefined ? `, at most ${b.steps2d} steps` : ''})` : `${b.steps2d} steps (2D)`}${b.with3d ? `${b.with2d === false ? '' : ' and '}${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
       `Train400 (${b.trainImages} images, sigma 25 as float, seeded); BSD68: first ${b.bsd68Images} images; Set12: ${b.set12Images} images; ` +
       (b.with3d ? `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` : '') +
       `laine19/dbsn noise model: ${b.architecturalPrior}; structn2v mask ${b.structMask}. Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
@@ -435,7 +443,7 @@ function methodsMarkdown(
       continue;
     }
     lines.push(
-      `| ${r.method}${paired} | ${r.network ?? '-'}${r.prior ? `, prior ${r.prior.split(' ')[0]}` : ''} | ${cell(r.bsd68)} | ${cell(r.set12)} | ${r.volume3d ? cell(r.volume3d) : r.error ? `failed: ${r.error.replace(/\|/g, '\\|').slice(0, 80)}` : '-'} | ${r.trainSeconds2d ?? '-'} | ${r.trainSeconds3d ?? '-'} | ${anchor ? `${ANCHORS[anchor]} (${anchor})` : ''} |`,
+      `| ${r.method}${paired} | ${r.network ?? '-'}${r.prior ? `, prior ${r.prior.split(' ')[0]}` : ''} | ${cell(r.bsd68)} | ${cell(r.set12)} | ${r.volume3d ? cell(r.volume3d) : r.error ? `failed: ${r.error.replace(/\|/g, '\\|').slice(0, 80)}` : '-'} | ${r.trainSeconds2d ?? '-'}${b.minutes2d !== undefined && r.stepsDone2d !== undefined ? ` (${r.stepsDone2d} steps)` : ''} | ${r.trainSeconds3d ?? '-'} | ${anchor ? `${ANCHORS[anchor]} (${anchor})` : ''} |`,
     );
   }
   const withOffsets = result.methods.filter((r) => r.bsd68 && r.set12);
