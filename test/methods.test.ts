@@ -18,6 +18,7 @@ import { loadModelFolder, readManifest, type MethodName, type ModelManifest } fr
 import { buildNetwork, defaultNetwork, networkGeometry, type NetworkConfig } from '../models/network.js';
 import { estimateBytesPerVoxel, maxTileVoxelsFor, TILE_OVERRUN_FACTOR } from '../pipeline/predict.js';
 import { planTileGrid } from '../operators/tileGrid.js';
+import { getMethod } from '../methods/registry.js';
 import * as tf from '@tensorflow/tfjs-core';
 import { buildUNet, CentredMaxBlurPool, unetGeometry, type UNetConfig } from '../models/unet.js';
 import { MaxBlurPool, NearestUpSampling } from '../models/layers.js';
@@ -95,6 +96,7 @@ const cases2D: { method: MethodName; minGain: number; extra?: Partial<TrainOptio
   { method: 'noise2info', minGain: 3, extra: { network: tinyUNet } },
   // 8 filters barely train in 40 steps (loss 1.37 -> 1.26, +2 dB); 16 reach +8 dB.
   { method: 'dbsn', minGain: 3, extra: { network: { filters: 16, blocks: 2 }, noiseFits: true } },
+  { method: 'neighbor2neighbor', minGain: 3, extra: { network: tinyUNet } },
   { method: 'n2n', minGain: 4, extra: { network: tinyUNet }, paired: 'noisy' },
   { method: 'care', minGain: 5, extra: { network: tinyUNet }, paired: 'clean' },
 ];
@@ -237,6 +239,29 @@ describe('architectural blind-spot models denoise from their folder, in memory, 
     expect(manifest.network).toMatchObject({ dims: 3, variant: 'n2v2' });
     const gain = (await denoisedPsnr(out, noisy, clean)) - psnr(clean, noisy.data, range);
     console.log(`n2v2 3D: gain ${gain.toFixed(2)} dB, ${seconds.toFixed(1)} s for 40 steps`);
+    expect(gain).toBeGreaterThan(2);
+  });
+
+  it('3D neighbor2neighbor: one edge-adjacent pair per 2x2 cell of every slice, and it trains and denoises', async () => {
+    const { clean, noisy } = problem([16, 32, 32], 6);
+    const shape = [2, 4, 6];
+    const prepared = getMethod('neighbor2neighbor').preparePatch({ step: 0, shape, data: new Float32Array(48), rng: new Rng(9) }, undefined as never);
+    for (let z = 0; z < 2; z++) {
+      for (let y = 0; y < 4; y += 2) {
+        for (let x = 0; x < 6; x += 2) {
+          const cell = [0, 1, 2, 3].map((k) => prepared.mask[z * 24 + (y + (k >> 1)) * 6 + x + (k & 1)]);
+          expect(cell.filter((c) => c === 1)).toHaveLength(1);
+          expect(cell.filter((c) => c === 2)).toHaveLength(1);
+          // Edge-adjacent: the two positions differ in one coordinate (never the diagonal 0-3 or 1-2).
+          expect(cell.indexOf(1) + cell.indexOf(2)).not.toBe(3);
+        }
+      }
+    }
+    expect(() => getMethod('neighbor2neighbor').preparePatch({ step: 0, shape: [5, 6], data: new Float32Array(30), rng: new Rng(1) }, undefined as never)).toThrow(UsageError);
+    const out = path.join(tmp, '3d-neighbor2neighbor');
+    const { seconds } = await train('neighbor2neighbor', [{ volume: noisy, name: 'noisy' }], out, { network: tinyUNet });
+    const gain = (await denoisedPsnr(out, noisy, clean)) - psnr(clean, noisy.data, range);
+    console.log(`neighbor2neighbor 3D: gain ${gain.toFixed(2)} dB, ${seconds.toFixed(1)} s for 40 steps`);
     expect(gain).toBeGreaterThan(2);
   });
 });

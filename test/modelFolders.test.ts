@@ -70,7 +70,7 @@ describe('model folders of the format before the Method interface', () => {
 
 describe('the method registry', () => {
   it('holds the methods, each complete, under its own name', () => {
-    expect(methodNames()).toEqual(['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'n2n', 'care', 'pn2v', 'divnoising']);
+    expect(methodNames()).toEqual(['n2v', 'n2v2', 'structn2v', 'noise2self', 'laine19', 'dbsn', 'noise2info', 'neighbor2neighbor', 'n2n', 'care', 'pn2v', 'divnoising']);
     for (const [name, m] of methods) {
       expect(m.name).toBe(name);
       expect(m.summary.length).toBeGreaterThan(10);
