@@ -83,9 +83,9 @@ export async function measureEngines(threads: number, runs2d: number, runs3d: nu
  * glibc malloc settings under which PyTorch reuses its freed activations: the ones of a 512x512
  * 32-channel layer (32 MiB and more) lie above glibc's largest mmap threshold, so by default every
  * forward pass maps fresh pages and faults each one in (zeroed by the kernel), then unmaps them: on
- * this machine more system time than compute, and 3-9x slower the more loaded it is. ONNX Runtime's
- * arena allocator (and tfjs' wasm heap) reuse their memory; PyTorch's own tuning guides preload
- * jemalloc or tcmalloc for the same reason. No mmap for allocations, no trimming of the heap: the same
+ * this machine as much system time as compute, and 7-11x slower in 2D (2.4-3.6x in 3D), more the
+ * more loaded the machine is. ONNX Runtime's arena allocator (and tfjs' wasm heap) reuse their
+ * memory; PyTorch's own tuning guides preload jemalloc or tcmalloc for the same reason. No mmap for allocations, no trimming of the heap: the same
  * effect with the allocator Debian ships.
  */
 export const TORCH_MALLOC_REUSE: Readonly<Record<string, string>> = { MALLOC_MMAP_MAX_: '0', MALLOC_TRIM_THRESHOLD_: String(2 ** 40) };
