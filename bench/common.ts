@@ -1,6 +1,6 @@
 /** What every benchmark records beside its numbers: the command, commit, machine and backend. */
 import { execFileSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../core/version.js';
@@ -37,6 +37,7 @@ export async function writeResult(name: string, result: Record<string, unknown>)
     command: ['node', ...process.argv.slice(1).map((a) => path.relative(PACKAGE_ROOT, a) || a)].join(' '),
     commit: gitCommit(),
     machine: machineInfo(),
+    scheduling: schedulingInfo(),
     ...result,
   };
   const text = JSON.stringify(full, null, 2) + '\n';
@@ -44,6 +45,23 @@ export async function writeResult(name: string, result: Record<string, unknown>)
   await fs.writeFile(file, text);
   await fs.writeFile(path.join(dir, `${name}-latest.json`), text);
   return file;
+}
+
+/**
+ * This process's CPU priority as the scheduler sees it. With sched_autogroup (Linux's default on
+ * desktop kernels, on here) each session is a group with an equal CPU share whatever its processes'
+ * nice values, so `nice -n 19` jobs of other sessions still take their share from a speed run; the
+ * group's own nice (/proc/self/autogroup) is what weighs against them.
+ */
+function schedulingInfo(): Record<string, unknown> {
+  const read = (file: string): string | null => {
+    try {
+      return readFileSync(file, 'utf8').trim();
+    } catch {
+      return null;
+    }
+  };
+  return { nice: os.getPriority(), autogroupEnabled: read('/proc/sys/kernel/sched_autogroup_enabled') === '1', autogroup: read('/proc/self/autogroup'), loadavg: read('/proc/loadavg') };
 }
 
 /** --name value pairs from argv (benchmarks take few options; a missing value is an error). */

@@ -26,7 +26,8 @@ export interface BenchShapes {
 }
 
 export interface EngineRates {
-  engine: 'onnx' | 'tfjs' | 'torch';
+  /** torch: PyTorch with its memory reused (TORCH_MALLOC_REUSE); torch-default-malloc: with glibc's defaults. */
+  engine: 'onnx' | 'tfjs' | 'torch' | 'torch-default-malloc';
   threads: number;
   /** 2D 512x512, megapixels per second. */
   mpx2d: number;
@@ -78,8 +79,23 @@ export async function measureEngines(threads: number, runs2d: number, runs3d: nu
   return out;
 }
 
-/** PyTorch CPU (Debian python3-torch, /usr/bin/python3) on the same networks; null when it is not installed. */
-export function measureTorch(threads: number, runs2d: number, runs3d: number, with3d: boolean): EngineRates | null {
+/**
+ * glibc malloc settings under which PyTorch reuses its freed activations: the ones of a 512x512
+ * 32-channel layer (32 MiB and more) lie above glibc's largest mmap threshold, so by default every
+ * forward pass maps fresh pages and faults each one in (zeroed by the kernel), then unmaps them: on
+ * this machine as much system time as compute, and 7-11x slower in 2D (2.4-3.6x in 3D), more the
+ * more loaded the machine is. ONNX Runtime's arena allocator (and tfjs' wasm heap) reuse their
+ * memory; PyTorch's own tuning guides preload jemalloc or tcmalloc for the same reason. No mmap for allocations, no trimming of the heap: the same
+ * effect with the allocator Debian ships.
+ */
+export const TORCH_MALLOC_REUSE: Readonly<Record<string, string>> = { MALLOC_MMAP_MAX_: '0', MALLOC_TRIM_THRESHOLD_: String(2 ** 40) };
+
+/**
+ * PyTorch CPU (Debian python3-torch, /usr/bin/python3) on the same networks; null when it is not
+ * installed. `allocator` 'reuse' (the fair comparison) runs it under TORCH_MALLOC_REUSE, 'default'
+ * with glibc's defaults (what a plain `python3` gives).
+ */
+export function measureTorch(threads: number, runs2d: number, runs3d: number, with3d: boolean, allocator: 'reuse' | 'default' = 'reuse'): EngineRates | null {
   const python = '/usr/bin/python3';
   if (!existsSync(python)) return null;
   try {
@@ -88,10 +104,12 @@ export function measureTorch(threads: number, runs2d: number, runs3d: number, wi
     return null;
   }
   const script = path.join(PACKAGE_ROOT, 'bench', 'torch_infer.py');
+  const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
+  for (const name of Object.keys(TORCH_MALLOC_REUSE)) delete env[name];
   const line = execFileSync(python, [script, '--threads', String(threads), '--runs2d', String(runs2d), '--runs3d', String(with3d ? runs3d : 0)], {
     encoding: 'utf8',
-    env: { ...process.env, OMP_NUM_THREADS: String(threads) },
+    env: allocator === 'reuse' ? { ...env, ...TORCH_MALLOC_REUSE } : env,
   });
   const r = JSON.parse(line.trim().split('\n').pop()!) as { mpx2d: number; mvox3d: number | null };
-  return { engine: 'torch', threads, mpx2d: r.mpx2d, mvox3d: with3d ? r.mvox3d : null };
+  return { engine: allocator === 'reuse' ? 'torch' : 'torch-default-malloc', threads, mpx2d: r.mpx2d, mvox3d: with3d ? r.mvox3d : null };
 }

@@ -7,7 +7,9 @@
  * Options: --size N (side of the 2D throughput volume, default 3072), --filters N (default 8),
  * --depth N (default 2), --max-memory SIZE (default 1GiB), --rss-sides a,b,c,d (default
  * 5793,11585,16384,23170: 128 MiB to 2 GiB of float32), --backend wasm|cpu (default wasm), --skip-rss, --skip-s3,
- * --engine onnx|tfjs (default onnx, the default engine: ONNX Runtime on the CPU), --threads N (default all cores).
+ * --engine onnx|tfjs (default onnx, the default engine: ONNX Runtime on the CPU), --threads N (engine threads,
+ * default all cores; both runs use the same), --codec-threads N (zstd worker threads, workers/codecPool.ts;
+ * default workers/codecPool.ts defaultCodecThreads: cores - 2, at most 4; 0 = zstd in the main thread).
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -37,6 +39,7 @@ import { benchManifest } from './engineSpeed.js';
 import type { InferenceEngine } from '../engines/engine.js';
 import { openEngine } from '../engines/select.js';
 import { exportOnnx } from '../models/onnx/export.js';
+import { codecThreads, setCodecThreads } from '../workers/codecPool.js';
 
 const MiB = 2 ** 20;
 const normalisation: Normalisation = { mode: 'meanstd', offset: 100, scale: 30 };
@@ -72,6 +75,10 @@ function omeZarrSink(root: string, s3?: S3Settings): Sink {
       return { writer, store: openByteStore(url, s3), openReader: () => openChunkedSource(url, { s3 }) };
     },
   };
+}
+
+function cpuSeconds(usage: NodeJS.CpuUsage): number {
+  return (usage.user + usage.system) / 1e6;
 }
 
 async function writeSynthetic(source: ChunkedArrayReader, writer: ChunkedArrayWriter): Promise<void> {
@@ -128,6 +135,7 @@ async function measureThroughput(sink: Sink, setup: ThroughputSetup): Promise<Re
   const plan = planTileGrid(shape as [number, number], { ...geometry, tileShape: memory.coreShape, blendWidth: 0 });
   const cache = new ChunkCache(memory.cacheBytes);
   let modelSeconds = 0;
+  let modelCpu = 0;
   let warm = false;
   for (const spec of tileSpecs(plan)) {
     const pixels = normalise(await readRegionReflected(inputReader, cache, spec.read.origin, spec.read.shape), normalisation);
@@ -137,14 +145,17 @@ async function measureThroughput(sink: Sink, setup: ThroughputSetup): Promise<Re
       warm = true;
     }
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     await lastValueFrom(of({ spec, data: pixels }).pipe(predictTilePixels({ model })));
     modelSeconds += (performance.now() - t0) / 1000;
+    modelCpu += cpuSeconds(process.cpuUsage(c0));
   }
   const voxels = voxelCount(shape);
   const modelMvps = voxels / 1e6 / modelSeconds;
 
   const output = await sink.create('output', shape, memory.coreShape);
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   await denoiseChunked({
     input: inputReader,
     output: output.writer,
@@ -157,15 +168,22 @@ async function measureThroughput(sink: Sink, setup: ThroughputSetup): Promise<Re
     journal: { store: output.store, fingerprint: runFingerprint({ network }) },
   });
   const endToEndSeconds = (performance.now() - t0) / 1000;
+  const endToEndCpu = cpuSeconds(process.cpuUsage(c0));
   const endToEndMvps = voxels / 1e6 / endToEndSeconds;
   const ratio = endToEndMvps / modelMvps;
-  console.log(`${sink.kind}: model alone ${modelMvps.toFixed(3)} Mvox/s, end to end ${endToEndMvps.toFixed(3)} Mvox/s, ratio ${ratio.toFixed(3)}`);
+  console.log(
+    `${sink.kind}: model alone ${modelMvps.toFixed(3)} Mvox/s (${modelCpu.toFixed(2)} CPU s in ${modelSeconds.toFixed(2)} s), ` +
+      `end to end ${endToEndMvps.toFixed(3)} Mvox/s (${endToEndCpu.toFixed(2)} CPU s in ${endToEndSeconds.toFixed(2)} s), ratio ${ratio.toFixed(3)}`,
+  );
   return {
     storage: sink.kind,
     tiles: plan.tileCount,
     inputWriteSeconds,
     modelSeconds,
     modelMegavoxelsPerSecond: modelMvps,
+    /** CPU seconds of the whole process (every thread: the engine's, the codec workers', the main one). */
+    modelCpuSeconds: modelCpu,
+    endToEndCpuSeconds: endToEndCpu,
     endToEndSeconds,
     endToEndMegavoxelsPerSecond: endToEndMvps,
     ratio,
@@ -181,6 +199,7 @@ async function main(): Promise<void> {
   const backend = (args.get('backend') ?? 'wasm') as BackendChoice;
   const network: UNetConfig = { dims: 2, depth: Number(args.get('depth') ?? 2), filters: Number(args.get('filters') ?? 8), kernelSize: 3, batchNorm: true, variant: 'n2v' };
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
+  if (args.has('codec-threads')) await setCodecThreads(Number(args.get('codec-threads')));
   const info = await initBackend({ backend, threads });
   const model = buildUNet(network, 1);
   const engineName = (args.get('engine') ?? 'onnx') as 'onnx' | 'tfjs';
@@ -198,6 +217,7 @@ async function main(): Promise<void> {
     loadAverageAtStart,
     backend: info,
     engine: { name: engine.name, provider: engine.provider, threads: engine.threads, detail: engine.describe() },
+    codecThreads: codecThreads(),
     throughputModel: { ...network, parameters: modelWeightBytes / 4, note: 'small U-Net so the bench fits in minutes on 2 cores' },
     throughputVolume: { shape, dtype: 'float32', MiB: (voxelCount(shape) * 4) / MiB, inputChunks, content: 'synthetic (test/fixtures/stream-arrays.ts SyntheticVolume)' },
     maxMemoryMiB: maxMemoryBytes / MiB,

@@ -13,6 +13,7 @@
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
  *   npm run bench:speed -- --no-train --no-3d   # inference only; 2D only
  *   npm run bench:speed -- --infer-runs 3 --infer-runs-3d 1   # timed runs per engine (after a warm-up)
+ *   npm run bench:speed -- --no-torch-default-malloc   # PyTorch only with its memory reused (the ratios' reference)
  *   npm run bench:speed -- --tiny        # batch 2 of 32x32, inference on 64x64 (3D 8x32x32): tests the flow on a slow backend (no speed claim)
  * The last line printed is JSON with at least trainStepsPerS and inferMpxPerS.
  *
@@ -212,10 +213,14 @@ async function main(): Promise<void> {
     runs.push(r);
     // PyTorch right after, same thread count: same-run ratios are what mean anything on a shared machine.
     // --tiny measures nothing worth a ratio (and torch_infer.py knows only the reference shapes).
-    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d);
+    // PyTorch with its activations' memory reused (the fair reference, see TORCH_MALLOC_REUSE) and,
+    // for the record, with glibc's default allocator settings.
+    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse');
+    const ptDefault = pt && !args.has('no-torch-default-malloc') ? measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'default') : null;
     if (pt) torch.push(pt);
-    for (const e of [...r.engines, ...(pt ? [pt] : [])]) {
-      console.log(`  infer ${e.engine.padEnd(5)} ${t} thread(s): 2D ${e.mpx2d} Mpx/s${e.mvox3d === null ? '' : `, 3D ${e.mvox3d} Mvoxel/s`}`);
+    if (ptDefault) torch.push(ptDefault);
+    for (const e of [...r.engines, ...(pt ? [pt] : []), ...(ptDefault ? [ptDefault] : [])]) {
+      console.log(`  infer ${e.engine.padEnd(20)} ${t} thread(s): 2D ${e.mpx2d} Mpx/s${e.mvox3d === null ? '' : `, 3D ${e.mvox3d} Mvoxel/s`}`);
     }
   }
   if (torch.length === 0) console.log('PyTorch not measured: /usr/bin/python3 cannot import torch (apt-get install python3-torch)');
@@ -223,11 +228,12 @@ async function main(): Promise<void> {
   const ratio = (a: number | null, b: number | null | undefined): number | null => (a === null || !b ? null : +(a / b).toFixed(3));
   const ratios = runs.map((r) => {
     const rate = (name: string) => [...r.engines, ...torch].find((e) => e.engine === name && e.threads === r.threads);
-    const [onnx, tfjs, pt] = [rate('onnx')!, rate('tfjs')!, rate('torch')];
+    const [onnx, tfjs, pt, ptDefault] = [rate('onnx')!, rate('tfjs')!, rate('torch'), rate('torch-default-malloc')];
     return {
       threads: r.threads,
       onnxVsTfjs: { d2: ratio(onnx.mpx2d, tfjs.mpx2d), d3: ratio(onnx.mvox3d, tfjs.mvox3d) },
       ...(pt ? { onnxVsTorch: { d2: ratio(onnx.mpx2d, pt.mpx2d), d3: ratio(onnx.mvox3d, pt.mvox3d) }, tfjsVsTorch: { d2: ratio(tfjs.mpx2d, pt.mpx2d), d3: ratio(tfjs.mvox3d, pt.mvox3d) } } : {}),
+      ...(ptDefault ? { onnxVsTorchDefaultMalloc: { d2: ratio(onnx.mpx2d, ptDefault.mpx2d), d3: ratio(onnx.mvox3d, ptDefault.mvox3d) } } : {}),
     };
   });
   for (const q of ratios) console.log(`ratios ${q.threads} thread(s): ${JSON.stringify(q)}`);

@@ -2,8 +2,11 @@
 """PyTorch CPU inference speed of the reference U-Net (../shared/reference/n2v_torch.py: depth 2,
 32 filters, batch norm; eval mode, no_grad), 2D 512x512 and its 3D analogue (Conv3d) on 32x128x128,
 for bench/speed.ts to set beside ONNX Runtime and tfjs in the same run. Debian python3-torch.
-usage: torch_infer.py --threads N --runs2d R --runs3d R   -> one JSON line {mpx2d, mvox3d, torch}"""
-import argparse, json, time
+bench/engineSpeed.ts runs it with glibc malloc told to reuse memory (MALLOC_MMAP_MAX_=0,
+MALLOC_TRIM_THRESHOLD_ huge: see TORCH_MALLOC_REUSE there; without them every forward pass faults in
+fresh pages for its 32 MiB activations) and, for the record, without.
+usage: torch_infer.py --threads N --runs2d R --runs3d R   -> one JSON line {mpx2d, mvox3d, torch, malloc}"""
+import argparse, json, os, time
 import torch, torch.nn as nn, torch.nn.functional as F
 
 ap = argparse.ArgumentParser()
@@ -37,5 +40,6 @@ def rate(dims, shape, runs):
     for s in shape: n *= s
     return round(runs * n / 1e6 / seconds, 4)
 
-print(json.dumps({'torch': torch.__version__, 'threads': a.threads, 'mpx2d': rate(2, (512, 512), a.runs2d),
+malloc = {k: os.environ[k] for k in ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_') if k in os.environ}
+print(json.dumps({'torch': torch.__version__, 'threads': a.threads, 'malloc': malloc or 'glibc defaults', 'mpx2d': rate(2, (512, 512), a.runs2d),
                   'mvox3d': rate(3, (32, 128, 128), a.runs3d) if a.runs3d > 0 else None}))

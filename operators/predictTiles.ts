@@ -98,13 +98,17 @@ async function predictBatch(specs: TileSpec[], opts: PredictTilesOptions, engine
 async function predictPixels(specs: TileSpec[], pixels: Float32Array[], engine: InferenceEngine, tta: boolean): Promise<PredictedTile[]> {
   const readShape = specs[0].read.shape;
   const tileVoxels = voxelCount(readShape);
-  const batch = new Float32Array(specs.length * tileVoxels);
-  pixels.forEach((tile, i) => {
+  pixels.forEach((tile) => {
     if (tile.length !== tileVoxels) {
       throw new Error(`predictTiles: readRegion returned ${tile.length} values for a [${readShape.join(', ')}] region`);
     }
-    batch.set(tile, i * tileVoxels);
   });
+  // A batch of one is its tile (engines leave their input as it was): no copy.
+  let batch = pixels[0];
+  if (specs.length > 1) {
+    batch = new Float32Array(specs.length * tileVoxels);
+    pixels.forEach((tile, i) => batch.set(tile, i * tileVoxels));
+  }
   const batchShape = [specs.length, ...readShape, 1];
   // TTA on typed arrays: the same 8 transforms for every engine (models/tta.ts). The tiles go with
   // the batch: a sampling denoiser seeds each tile from its position.

@@ -150,6 +150,12 @@ function emptyContribution(region: Region): Contribution {
   return { region, weightedSum: new Float32Array(n), weightSum: new Float32Array(n) };
 }
 
+/** Whether `tile` is its block's only contribution with weight 1: no blending, kept region = core. */
+function unblended(tile: PredictedTile): boolean {
+  const { plan, kept, core } = tile.spec;
+  return plan.blendWidth.every((w) => w === 0) && kept.origin.every((o, axis) => o === core.origin[axis] && kept.shape[axis] === core.shape[axis]);
+}
+
 /**
  * Predicted tiles (any order) -> output blocks (the grid of tile cores), each emitted, normalised
  * (sum w*pred / sum w), as soon as every tile overlapping it has arrived, then freed.
@@ -157,7 +163,9 @@ function emptyContribution(region: Region): Contribution {
  * A block's full accumulator is allocated only when its own tile arrives; contributions that
  * arrive earlier (the overlap strips of neighbours before it in raster order) wait as small
  * pending strips. For tiles in raster order the stitcher therefore holds at most one row (2D) or
- * one slab (3D) of blocks plus one, and the overlap strips of the next row.
+ * one slab (3D) of blocks plus one, and the overlap strips of the next row. Without blending
+ * (width 0, the streaming path) each tile is its block: emitted at once, in the tile's own array
+ * (the stitcher takes the tiles it is given: their arrays become the blocks').
  */
 export function stitchWithBlending(opts: StitchWithBlendingOptions = {}): OperatorFunction<PredictedTile, OutputBlock> {
   return (source) =>
@@ -184,6 +192,16 @@ export function stitchWithBlending(opts: StitchWithBlendingOptions = {}): Operat
         const { plan, kept, index: tileIndex } = tile.spec;
         if (tile.data.length !== voxelCount(kept.shape)) {
           throw new Error(`stitchWithBlending: tile ${tile.spec.ordinal} has ${tile.data.length} values for a kept region of [${kept.shape.join(', ')}]`);
+        }
+        if (unblended(tile)) {
+          // Width 0: the block is this tile's kept region and nothing else. Its values as they are,
+          // without two accumulators and a division per voxel (sum w*pred / sum w with w = 1 is pred,
+          // except -0, which 0 + -0 turns into +0: done here too, so the bytes are the same).
+          const data = tile.data;
+          for (let i = 0; i < data.length; i++) data[i] += 0;
+          subscriber.next({ plan, index: [...tileIndex], region: tile.spec.core, data });
+          opts.onStats?.(stats());
+          return;
         }
         let blocks = blocksByPlan.get(plan);
         if (!blocks) blocksByPlan.set(plan, (blocks = new Map()));

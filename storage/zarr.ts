@@ -6,10 +6,14 @@
  * little-endian bytes -> numcodecs codec) and store them with one atomic `set`, for v3 (zarr.json,
  * codecs [bytes little, zstd|gzip]) and v2 (.zarray, compressor zstd|gzip|null, '/' separator, as
  * OME-Zarr v0.4 wants).
+ *
+ * zstd, ours and zarrita's, runs in the codec worker pool (workers/codecPool.ts): large chunks are
+ * (de)compressed off the calling thread, so a streaming run's main thread keeps reading, stitching
+ * and writing meanwhile. Same numcodecs code and level, so the same bytes.
  */
 import * as zarr from 'zarrita';
-import Zstd from 'numcodecs/zstd';
 import GZip from 'numcodecs/gzip';
+import { zstdDecode, zstdEncode } from '../workers/codecPool.js';
 import { isDeepStrictEqual } from 'node:util';
 import type { ByteStore } from './byteStore.js';
 import type { ArrayInfo, Axis, ChunkedArrayReader, ChunkedArrayWriter } from './chunked.js';
@@ -22,6 +26,24 @@ export type ZarrCodec = 'zstd' | 'gzip' | 'none';
 
 const ZSTD_LEVEL = 3;
 const GZIP_LEVEL = 5;
+
+/** zarrita's zstd codec (v3 'zstd', v2 compressor 'zstd') with its work in the codec pool. */
+class PooledZstd {
+  readonly kind = 'bytes_to_bytes' as const;
+  private constructor(private readonly level: number) {}
+  static fromConfig(config: unknown): PooledZstd {
+    const level = (config as { level?: unknown } | null)?.level;
+    // numcodecs' own rule: a level <= 0 means its default (3).
+    return new PooledZstd(typeof level === 'number' && Number.isInteger(level) && level > 0 ? level : ZSTD_LEVEL);
+  }
+  encode(bytes: Uint8Array): Promise<Uint8Array> {
+    return zstdEncode(bytes, this.level);
+  }
+  decode(bytes: Uint8Array): Promise<Uint8Array> {
+    return zstdDecode(bytes);
+  }
+}
+for (const name of ['zstd', 'numcodecs.zstd']) zarr.registry.set(name, async () => PooledZstd as never);
 
 // ---------------------------------------------------------------------------------------------
 // Reading
@@ -263,10 +285,11 @@ export function toStoredBytes(values: Float32Array, dtype: SampleType): Uint8Arr
   return new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength).slice();
 }
 
-export async function encodeChunkBytes(raw: Uint8Array, codec: ZarrCodec): Promise<Uint8Array> {
+/** `raw` encoded with `codec`; with `owned` the caller hands `raw` over (it may be moved to a codec worker, not copied). */
+export async function encodeChunkBytes(raw: Uint8Array, codec: ZarrCodec, opts: { owned?: boolean } = {}): Promise<Uint8Array> {
   if (codec === 'none') return raw;
   if (codec === 'gzip') return await GZip.fromConfig({ id: 'gzip', level: GZIP_LEVEL }).encode(raw);
-  return await Zstd.fromConfig({ id: 'zstd', level: ZSTD_LEVEL }).encode(raw);
+  return await zstdEncode(raw, ZSTD_LEVEL, opts);
 }
 
 /** Store key of chunk `index`: v3 '<path>/c/i/j/k', v2 '<path>/i/j/k' ('/' separator). */
@@ -305,7 +328,8 @@ export function zarrArrayWriter(store: ByteStore, arrayPath: string, spec: ZarrA
       if (values.length !== expected) {
         throw new Error(`${fullInfo.url}: chunk [${index.join(', ')}] has ${values.length} values, a whole chunk has ${expected}`);
       }
-      const encoded = await encodeChunkBytes(toStoredBytes(values, spec.dtype), codec);
+      // toStoredBytes returns a fresh copy: ours to hand over.
+      const encoded = await encodeChunkBytes(toStoredBytes(values, spec.dtype), codec, { owned: true });
       await store.set(chunkKey(path, index, spec.zarrVersion), encoded);
       return encoded;
     },
