@@ -6,8 +6,10 @@
  *
  * - every custom layer and kernel of the networks, and its gradients (input and weights), on
  *   webgpu against the cpu backend on seeded random inputs, 2D and 3D;
+ * - the Conv3D kernels computed with 2D convolutions (backend/kernels/webgpuConv3d.ts) against cpu;
  * - the fused Adam's fallback (tfjs ops on webgpu) against its fused kernel on cpu;
  * - a tiny 2D and 3D training on webgpu lowers the loss, and a rerun with the seed repeats it;
+ * - a tiny 3D D-BSN trains on webgpu, denoises in one tile, and matches that on wasm;
  * - a model trained on webgpu denoises on wasm and on the ONNX engine to the webgpu output;
  * - a batch that exceeds the device's buffer limit is refused with a clear message.
  * llvmpipe compiles every shader on the CPU, so shapes are tiny; one file, one process, so the
