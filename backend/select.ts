@@ -5,7 +5,9 @@
  * when Dawn finds a hardware adapter (backend/webgpu.ts; a software adapter such as llvmpipe only
  * on an explicit 'webgpu'), then @tensorflow/tfjs-node, then wasm (threaded, all cores), then the
  * plain JS cpu backend. What 'auto' skipped and why is in BackendInfo.skipped (the CLI prints it
- * at --verbose only: a missing optional package is the normal case, not a warning).
+ * at --verbose only: a missing package is the normal case, not a warning). The two tfjs-node
+ * packages are not dependencies (their install downloads libtensorflow); they are used when a user
+ * installed them (docs/webgpu.md).
  *
  * GPU rule: tfjs-node-gpu's native binding lists TensorFlow's devices when it starts
  * (TF_DeviceList) and runs ops on the first device of type "GPU" if there is one, else on the
@@ -204,7 +206,8 @@ interface NodeKernelBackend {
 async function loadTensorflow(pkg: typeof TF_NODE | typeof TF_NODE_GPU, choice: 'tensorflow' | 'tensorflow-gpu'): Promise<BackendInfo> {
   const version = installedVersion(pkg);
   if (version === null) {
-    throw new BackendUnavailableError(choice, `${pkg} is not installed (optional dependency; its install downloads libtensorflow: \`npm install ${pkg}\`, or choose 'wasm')`);
+    // Not a dependency of blindspot (npm ci must not download libtensorflow); a user adds it by hand.
+    throw new BackendUnavailableError(choice, `${pkg} is not installed (not a dependency: \`npm install ${pkg}@${tf.version_core}\` adds it and downloads libtensorflow 2.9; or choose 'webgpu' or 'wasm')`);
   }
   // A variable specifier: the package is optional, has no types here, and must not be resolved at build time.
   const specifier: string = pkg;

@@ -22,6 +22,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
+import { registerWebgpuConv3dKernels } from './kernels/webgpuConv3d.js';
 import { registerWebgpuRank5Kernels } from './kernels/webgpuRank5.js';
 
 /** What the chosen adapter is, for the log and for sizing tensors. */
@@ -103,6 +104,7 @@ export async function startWebgpuBackend(opts: { allowSoftware: boolean }): Prom
     throw new WebgpuUnavailable(`${TFJS_WEBGPU_PACKAGE}@${versions.tfjs} did not register its backend with @tensorflow/tfjs-core ${tf.version_core}`);
   }
   registerWebgpuRank5Kernels();
+  registerWebgpuConv3dKernels();
   if (!(await tf.setBackend('webgpu'))) throw new WebgpuUnavailable(`${TFJS_WEBGPU_PACKAGE} failed to create a device on ${describeAdapter(chosen.summary)}`);
   return chosen.summary;
 }

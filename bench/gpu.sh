@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, for the day a GPU machine is lent (never a test dependency; under 8 minutes on
-# one NVIDIA H100): prints the webgpu adapter, checks a convolution and its gradients against the
+# one NVIDIA H100): prints the webgpu adapter, checks 2D and 3D convolutions and their gradients against the
 # cpu backend, runs bench:speed's training and inference on webgpu and on wasm (the CPU baseline
 # on the same machine), says whether ONNX Runtime's CUDA provider is there, and writes
 # gpu-check.json to $OUT (default bench/results/gpu-<time>). See docs/webgpu.md.

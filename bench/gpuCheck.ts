@@ -47,17 +47,26 @@ function nvidiaSmi(): string | null {
   }
 }
 
-/** conv2d forward and both gradients on the active backend, read asynchronously. */
+/**
+ * conv2d and conv3d, forward and both gradients, on the active backend, read asynchronously (conv3d
+ * runs as 2D convolutions on webgpu: backend/kernels/webgpuConv3d.ts).
+ */
 async function convCheckValues(): Promise<Float32Array[]> {
   const rng = new Rng(7);
   const make = (shape: number[]): tf.Tensor => tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape);
-  const x = make([2, 33, 31, 8]) as tf.Tensor4D;
-  const w = make([3, 3, 8, 16]) as tf.Tensor4D;
-  const f = (a: tf.Tensor, b: tf.Tensor): tf.Tensor => tf.sum(tf.square(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, 'same')));
-  const y = tf.conv2d(x, w, 1, 'same');
-  const [dx, dw] = tf.grads(f)([x, w]);
-  const values = await Promise.all([y, dx, dw].map(async (t) => (await t.data()) as Float32Array));
-  tf.dispose([x, w, y, dx, dw]);
+  const values: Float32Array[] = [];
+  const cases: { x: number[]; w: number[]; conv: (a: tf.Tensor, b: tf.Tensor) => tf.Tensor }[] = [
+    { x: [2, 33, 31, 8], w: [3, 3, 8, 16], conv: (a, b) => tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, 'same') },
+    { x: [2, 9, 17, 15, 4], w: [3, 3, 3, 4, 8], conv: (a, b) => tf.conv3d(a as tf.Tensor5D, b as tf.Tensor5D, 1, 'same') },
+  ];
+  for (const { x: xShape, w: wShape, conv } of cases) {
+    const x = make(xShape);
+    const w = make(wShape);
+    const y = conv(x, w);
+    const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor): tf.Tensor => tf.sum(tf.square(conv(a, b))))([x, w]);
+    values.push(...(await Promise.all([y, dx, dw].map(async (t) => (await t.data()) as Float32Array))));
+    tf.dispose([x, w, y, dx, dw]);
+  }
   return values;
 }
 
@@ -80,7 +89,7 @@ async function convCheck(): Promise<{ maxRelativeDiff: number }> {
     }
     worst = Math.max(worst, diff / scale);
   });
-  if (!(worst < 1e-3)) throw new Error(`conv2d on the device differs from cpu by ${worst} (relative)`);
+  if (!(worst < 1e-3)) throw new Error(`conv2d / conv3d on the device differ from cpu by ${worst} (relative)`);
   return { maxRelativeDiff: worst };
 }
 
@@ -163,7 +172,7 @@ async function main(): Promise<void> {
   if (!info.gpu && !allowSoftware) {
     results.push({ name: 'adapter', ok: false, seconds: 0, error: 'Dawn found only a software adapter (no Vulkan driver for the GPU?)' });
   } else {
-    await timed('conv2d and its gradients vs cpu', results, convCheck);
+    await timed('conv2d, conv3d and their gradients vs cpu', results, convCheck);
     await timed('bench:speed on webgpu', results, () => speed('webgpu', 1, steps, inferRuns, tiny));
     await timed('bench:speed on wasm, all cores (the CPU baseline here)', results, () => speed('wasm', Math.min(8, machineInfo()['logicalCores'] as number), Math.max(2, Math.round(steps / 4)), 1, tiny));
   }

@@ -128,8 +128,9 @@ TIFF stacks and frame folders): patches from random chunk-aligned regions throug
   --s3-endpoint URL --channel N --time N   as for denoise
   --backend B               auto|tensorflow-gpu|webgpu|tensorflow|wasm|cpu (default auto). auto takes the
                             first that works: tensorflow-gpu, webgpu on a hardware GPU (Dawn; Vulkan on
-                            Linux), tensorflow, wasm, cpu. tensorflow(-gpu) need the optional packages
-                            @tensorflow/tfjs-node(-gpu), whose install downloads libtensorflow (see docs/webgpu.md)
+                            Linux), tensorflow, wasm, cpu. tensorflow(-gpu) need @tensorflow/tfjs-node(-gpu),
+                            which npm ci does not install: add one by hand (npm install
+                            @tensorflow/tfjs-node-gpu@4.22.0; it downloads libtensorflow 2.9, CUDA 11.2; docs/webgpu.md)
   --verbose                 also log which backends auto skipped and why
   --threads N               CPU threads for wasm (default: all cores)
   --json                    JSON lines instead of a progress bar

@@ -223,8 +223,9 @@ export async function denoiseVolume(
     sizeMultiple: geometry.sizeMultiple,
     receptiveRadius: geometry.receptiveRadius,
     ...tiling,
-    // Sized from the network itself: a posterior wraps it in a function, which cannot be measured.
+    // Sized from the network itself (memory budget and device buffers): a posterior wraps it in a function, which cannot be measured.
     maxTileVoxels: opts.maxTileVoxels ?? maxTileVoxelsFor(model, manifest.network.dims, geometry.sizeMultiple),
+    tfjsModel: model,
   });
   // A standard deviation scales with the normalisation but has no offset.
   const data = output === 'uncertainty' ? predicted.map((v) => v * manifest.normalisation.scale) : denormalise(predicted, manifest.normalisation);

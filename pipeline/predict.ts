@@ -26,6 +26,13 @@ export interface PredictOptions extends TilingOptions {
   /** Tiles per model call (default 1). */
   batchSize?: number;
   onProgress?: (done: number, total: number) => void;
+  /**
+   * The tfjs network `model` wraps, when `model` is a function around it (a posterior, a sampler):
+   * what tiles are sized by and the device check measures. A function alone cannot be measured and
+   * is assumed at 4 KiB per voxel, which on webgpu (128 MiB buffers on llvmpipe) capped 3D tiles at
+   * 32^3 voxels: for a wide-halo network (3D D-BSN, 14 voxels) mostly halo, hundreds of passes.
+   */
+  tfjsModel?: Predictor;
 }
 
 /** Memory one padded tile (times batchSize) may use when maxTileVoxels is not given. */
@@ -194,12 +201,14 @@ export async function predictVolume(model: Predictor, data: Float32Array, shape:
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batchSize must be a positive integer, got ${batchSize}`);
   const dims = shape.length;
   // A GPU binds each tensor as one buffer: tiles stay under its limit too (Infinity elsewhere).
-  const deviceCap = deviceTileVoxelCap(model, dims, opts.sizeMultiple, batchSize);
-  const maxTileVoxels = Math.min(opts.maxTileVoxels ?? maxTileVoxelsFor(model, dims, opts.sizeMultiple, batchSize), deviceCap);
+  // An engine is measured as itself (ONNX Runtime does not run on the tfjs backend's device).
+  const measured = isInferenceEngine(model) ? model : (opts.tfjsModel ?? model);
+  const deviceCap = deviceTileVoxelCap(measured, dims, opts.sizeMultiple, batchSize);
+  const maxTileVoxels = Math.min(opts.maxTileVoxels ?? maxTileVoxelsFor(measured, dims, opts.sizeMultiple, batchSize), deviceCap);
   const overrun = Math.max(1, Math.min(opts.maxTileOverrun ?? TILE_OVERRUN_FACTOR, deviceCap / maxTileVoxels));
   const tiling: TilingOptions = { ...opts, maxTileVoxels, maxTileOverrun: overrun };
   const plan = planTiles(shape, tiling);
-  assertTileFitsDevice(model, opts.sizeMultiple, plan.readShape, batchSize, `train a shallower network (--depth) or predict with a smaller batch`);
+  assertTileFitsDevice(measured, opts.sizeMultiple, plan.readShape, batchSize, `train a shallower network (--depth) or predict with a smaller batch`);
   // The smallest exact tile is the receptive field: a deep blind-spot network in 3D can need more
   // than any heap holds (wasm's is 4 GiB). Say so before allocating, instead of aborting inside it.
   if (plan.tileVoxels > TILE_OVERRUN_FACTOR * maxTileVoxels) {

@@ -37,6 +37,8 @@ describe('initBackend in this process', () => {
 
   it.skipIf(tfNodeGpuInstalled)("explicit 'tensorflow-gpu' fails with an error naming the missing package", async () => {
     await expect(initBackend({ backend: 'tensorflow-gpu' })).rejects.toThrow(/@tensorflow\/tfjs-node-gpu is not installed/);
+    // Not a dependency (npm ci never downloads libtensorflow): the message says how to add it, at the tfjs-core version.
+    await expect(initBackend({ backend: 'tensorflow-gpu' })).rejects.toThrow(new RegExp(`npm install @tensorflow/tfjs-node-gpu@${tf.version_core.replace(/\./g, '\\.')}`));
   });
 
   it('rejects a thread count that is not a non-negative integer', async () => {

@@ -57,14 +57,24 @@ function helpText(command: string): string {
   const main = read('cli/main.ts');
   const table = main.slice(main.indexOf('const HELP'));
   const inline = new RegExp(`^\\s*'?${command}'?:\\s*\``, 'm').exec(table);
-  if (inline) return templateLiteralAt(table, inline.index + inline[0].length);
+  if (inline) return withSharedHelp(templateLiteralAt(table, inline.index + inline[0].length));
   const named = new RegExp(`^\\s*'?${command}'?:\\s*([A-Z][A-Z0-9_]*)\\s*,`, 'm').exec(table);
   if (!named) throw new Error(`cli/main.ts HELP has no entry for '${command}'`);
+  return withSharedHelp(exportedHelp(named[1]));
+}
+
+/** The text of an exported help constant of cli/*.ts (`export const ENGINE_HELP = \`...\``). */
+function exportedHelp(name: string): string {
   for (const { text } of cliSources()) {
-    const decl = new RegExp(`export const ${named[1]}(?:\\s*:\\s*string)?\\s*=\\s*\``).exec(text);
+    const decl = new RegExp(`export const ${name}(?:\\s*:\\s*string)?\\s*=\\s*\``).exec(text);
     if (decl) return templateLiteralAt(text, decl.index + decl[0].length);
   }
-  throw new Error(`no exported ${named[1]} in cli/*.ts`);
+  throw new Error(`no exported ${name} in cli/*.ts`);
+}
+
+/** Help text with the shared help blocks it interpolates (`${ENGINE_HELP}`) written out. */
+function withSharedHelp(help: string): string {
+  return help.replace(/\$\{([A-Z][A-Z0-9_]*_HELP)\}/g, (_, name: string) => withSharedHelp(exportedHelp(name)));
 }
 
 function isDispatched(command: string): boolean {
@@ -436,7 +446,7 @@ describe('the CLI surface the manifests rely on', () => {
 });
 
 describe('Kubernetes manifests', () => {
-  const uid = imageUid('infra/docker/Dockerfile.gpu');
+  const uid = imageUid('infra/docker/Dockerfile.onnx-gpu');
 
   it('example Secret: the keys the pods read, placeholders only', () => {
     const docs = yamlDocuments('infra/k8s/secret.example.yaml');
@@ -586,39 +596,34 @@ describe('AWS Batch', () => {
 });
 
 describe('container images', () => {
-  it('GPU image: pinned bases, CUDA/cuDNN as the comment derives them for the tfjs-node-gpu in package.json', () => {
+  it('GPU training image: webgpu through Vulkan (the loader and the graphics capability), no CUDA or TensorFlow', () => {
     const { stages, comments } = expectImage('infra/docker/Dockerfile.gpu');
-    const cudaStage = stages.find((s) => s.image.startsWith('nvidia/cuda:'));
-    expect(cudaStage, 'a nvidia/cuda base').toBeDefined();
-    expect(cudaStage).toBe(stages.at(-1));
-    const tag = /^nvidia\/cuda:(\d+)\.(\d+)\.(\d+)-cudnn(\d+)-runtime-ubuntu(\d+\.\d+)$/.exec(cudaStage!.image);
-    expect(tag, cudaStage!.image).not.toBeNull();
-    const cudaComment = /CUDA (?:Toolkit )?(\d+)\.(\d+)/.exec(comments);
-    const cudnnComment = /cuDNN (?:SDK )?(\d+)\.(\d+)/.exec(comments);
-    expect(cudaComment && cudnnComment, 'the comment names the CUDA and cuDNN versions').toBeTruthy();
-    expect(`${tag![1]}.${tag![2]}`).toBe(`${cudaComment![1]}.${cudaComment![2]}`);
-    expect(tag![4]).toBe(cudnnComment![1]);
-    const gpuVersion = (JSON.parse(read('package.json')) as { optionalDependencies: Record<string, string> }).optionalDependencies['@tensorflow/tfjs-node-gpu'];
-    expect(comments).toContain(`tfjs-node-gpu ${gpuVersion}`);
-    // Built where the runtime's glibc is (Ubuntu 20.04 = Debian bullseye: 2.31).
-    expect(tag![5]).toBe('20.04');
-    for (const stage of stages.filter((s) => s.image.startsWith('node:'))) expect(stage.image).toMatch(/-bullseye$/);
+    for (const stage of stages) expect(stage.image, 'no CUDA base: Vulkan needs none').not.toMatch(/cuda/i);
+    expect(stages.at(-1)!.image).toMatch(/^node:\d+\.\d+\.\d+-bookworm-slim$/);
+    const webgpuVersion = (JSON.parse(read('package.json')) as { optionalDependencies: Record<string, string> }).optionalDependencies['webgpu'];
+    expect(comments).toContain(`webgpu ${webgpuVersion}`);
     const runs = stages.flatMap((s) => s.instructions).filter((i) => i.op === 'RUN').map((i) => i.args).join('\n');
-    expect(runs).toMatch(/npm rebuild @tensorflow\/tfjs-node-gpu/);
-    expect(runs).toMatch(/rm -rf node_modules\/@tensorflow\/tfjs-node(\s|$)/);
+    expect(runs).toMatch(/install -y[^\n]*\blibvulkan1\b/);
+    expect(runs).not.toMatch(/tfjs-node/);
+    const env = stages.at(-1)!.instructions.filter((i) => i.op === 'ENV').map((i) => i.args).join('\n');
+    expect(env).toMatch(/NVIDIA_DRIVER_CAPABILITIES=\S*graphics/);
   });
 
-  it('CPU image: pinned node bookworm-slim runtime, tfjs-node optional, no GPU binding', () => {
+  it('CPU image: pinned node bookworm-slim runtime, tfjs-node optional at the tfjs-core version, no GPU binding', () => {
     const { stages } = expectImage('infra/docker/Dockerfile.cpu');
     expect(stages.at(-1)!.image).toMatch(/^node:\d+\.\d+\.\d+-bookworm-slim$/);
     const runs = stages.flatMap((s) => s.instructions).filter((i) => i.op === 'RUN').map((i) => i.args).join('\n');
-    expect(runs).toMatch(/rm -rf node_modules\/@tensorflow\/tfjs-node-gpu/);
-    expect(runs).toMatch(/npm rebuild @tensorflow\/tfjs-node(\s|&|;)/);
+    expect(runs).not.toMatch(/tfjs-node-gpu/);
+    expect(runs).toMatch(/npm install --no-save[^\n]* @tensorflow\/tfjs-node@\$\{TFJS_NODE_VERSION\}/);
     expect(runs).toMatch(/WITH_TFJS_NODE/);
+    const args = stages.flatMap((s) => s.instructions).filter((i) => i.op === 'ARG').map((i) => i.args);
+    const core = (JSON.parse(read('package.json')) as { dependencies: Record<string, string> }).dependencies['@tensorflow/tfjs-core'];
+    expect(args).toContain(`TFJS_NODE_VERSION=${core}`);
   });
 
   it('images and manifests run as the same non-root uid', () => {
     expect(imageUid('infra/docker/Dockerfile.gpu')).toBe(imageUid('infra/docker/Dockerfile.cpu'));
+    expect(imageUid('infra/docker/Dockerfile.onnx-gpu')).toBe(imageUid('infra/docker/Dockerfile.cpu'));
   });
 
   it('the build keeps what it compiles and runs: .dockerignore, and no runtime import of test/ or bench/', () => {

@@ -13,38 +13,7 @@
  * Intermediates are released with disposeData, as tfjs's kernels do.
  */
 import * as tf from '@tensorflow/tfjs-core';
-
-const BACKEND = 'webgpu';
-
-type Kernel = (args: { inputs: tf.NamedTensorInfoMap; backend: tf.KernelBackend; attrs?: tf.NamedAttrMap }) => tf.TensorInfo | tf.TensorInfo[];
-
-/** The shipped kernels, captured before any override. */
-const shipped = new Map<string, Kernel>();
-
-function original(name: string): Kernel {
-  const kernel = shipped.get(name) ?? (tf.getKernel(name, BACKEND)?.kernelFunc as Kernel | undefined);
-  if (kernel === undefined) throw new Error(`webgpu kernel ${name} is not registered`);
-  return kernel;
-}
-
-/** Runs shipped kernels and frees every intermediate but the one kept. */
-class Scope {
-  private readonly owned: tf.TensorInfo[] = [];
-  constructor(readonly backend: tf.KernelBackend) {}
-  run(name: string, inputs: tf.NamedTensorInfoMap, attrs: object = {}): tf.TensorInfo {
-    const out = original(name)({ inputs, backend: this.backend, attrs: attrs as tf.NamedAttrMap }) as tf.TensorInfo;
-    this.owned.push(out);
-    return out;
-  }
-  reshape(x: tf.TensorInfo, shape: number[]): tf.TensorInfo {
-    return this.run('Reshape', { x }, { shape });
-  }
-  /** Frees every intermediate except `result`, which is returned. */
-  keep(result: tf.TensorInfo): tf.TensorInfo {
-    for (const info of this.owned) if (info !== result) this.backend.disposeData(info.dataId);
-    return result;
-  }
-}
+import { KernelScope as Scope, overrideWebgpuKernels, shippedKernel as original, type Kernel } from './webgpuScope.js';
 
 const size = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
@@ -162,7 +131,7 @@ const batchToSpace: Kernel = (args) => {
  * @tensorflow/tfjs-backend-webgpu is imported; safe to call more than once.
  */
 export function registerWebgpuRank5Kernels(): void {
-  const overrides: [string, Kernel][] = [
+  overrideWebgpuKernels([
     ...BINARY_KERNELS.map((name): [string, Kernel] => [name, binary(name)]),
     ['Select', select],
     ['PadV2', padV2],
@@ -170,12 +139,5 @@ export function registerWebgpuRank5Kernels(): void {
     ['Tile', tile],
     ['SpaceToBatchND', spaceToBatch],
     ['BatchToSpaceND', batchToSpace],
-  ];
-  for (const [name, kernelFunc] of overrides) {
-    const config = tf.getKernel(name, BACKEND);
-    if (config === undefined || shipped.has(name)) continue;
-    shipped.set(name, config.kernelFunc as Kernel);
-    tf.unregisterKernel(name, BACKEND);
-    tf.registerKernel({ ...config, kernelFunc: kernelFunc as unknown as tf.KernelFunc });
-  }
+  ]);
 }
