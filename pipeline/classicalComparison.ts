@@ -9,7 +9,7 @@
  */
 import type { Shape, Volume } from '../core/volume.js';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
-import type { ModelManifest } from '../models/io.js';
+import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { denoiseVolume } from './denoise.js';
 import {
   type ClassicalDenoiser,
@@ -125,4 +125,14 @@ export async function compareTrainedWithClassical(model: LayersModel, manifest: 
   const network: ImageDenoiser = async (data, shape) => (await denoiseVolume(model, manifest, { data, shape, sampleType: 'float32' })).data;
   const region = volume === heldOut.volume ? heldOut.name : `${heldOut.name}, centre ${volume.shape.join('x')}`;
   return compareWithClassical(network, volume, { region });
+}
+
+/** compareTrainedWithClassical for the model saved in `modelDir` (the best weights of a finished run). */
+export async function compareSavedModelWithClassical(modelDir: string, manifest: ModelManifest, heldOut: { volume: Volume; name: string }): Promise<ClassicalComparison> {
+  const best = (await loadModelFolder(modelDir)).model;
+  try {
+    return await compareTrainedWithClassical(best, manifest, heldOut);
+  } finally {
+    best.dispose();
+  }
 }
