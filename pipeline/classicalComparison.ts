@@ -10,7 +10,9 @@
 import type { Shape, Volume } from '../core/volume.js';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
 import { loadModelFolder, type ModelManifest } from '../models/io.js';
-import { denoiseVolume } from './denoise.js';
+import type { EngineName, InferenceEngine } from '../engines/engine.js';
+import { openModelEngine, type EngineRequest } from '../engines/modelEngine.js';
+import { DEFAULT_SAMPLES, denoiseVolume } from './denoise.js';
 import {
   type ClassicalDenoiser,
   type CalibrationResult,
@@ -35,6 +37,8 @@ export interface ClassicalComparison {
   /** The classical filter's loss is the lower one. */
   classicalBetter: boolean;
   seconds: number;
+  /** The inference engine that ran the network (when the comparison opened one). */
+  engine?: EngineName;
 }
 
 export interface ClassicalComparisonOptions {
@@ -116,23 +120,43 @@ export function centredCrop(volume: Volume, maxVoxels: number): Volume {
 
 /**
  * What `blindspot train` reports after a run on one image or stack: the trained model (as
- * `blindspot denoise` runs it) and the calibrated classical filter on the held-out region (its
- * validation slab, cropped to CLASSICAL_CHECK_VOXELS).
+ * `blindspot denoise` runs it, on `engine` when given, else on tfjs) and the calibrated classical
+ * filter on the held-out region (its validation slab, cropped to CLASSICAL_CHECK_VOXELS).
  */
-export async function compareTrainedWithClassical(model: LayersModel, manifest: ModelManifest, heldOut: { volume: Volume; name: string }): Promise<ClassicalComparison> {
+export async function compareTrainedWithClassical(
+  model: LayersModel,
+  manifest: ModelManifest,
+  heldOut: { volume: Volume; name: string },
+  engine?: InferenceEngine,
+): Promise<ClassicalComparison> {
   const dims = heldOut.volume.shape.length as 2 | 3;
   const volume = centredCrop(heldOut.volume, CLASSICAL_CHECK_VOXELS[dims]);
-  const network: ImageDenoiser = async (data, shape) => (await denoiseVolume(model, manifest, { data, shape, sampleType: 'float32' })).data;
+  const network: ImageDenoiser = async (data, shape) => (await denoiseVolume(model, manifest, { data, shape, sampleType: 'float32' }, engine ? { engine } : {})).data;
   const region = volume === heldOut.volume ? heldOut.name : `${heldOut.name}, centre ${volume.shape.join('x')}`;
-  return compareWithClassical(network, volume, { region });
+  return { ...(await compareWithClassical(network, volume, { region })), ...(engine ? { engine: engine.name } : {}) };
 }
 
-/** compareTrainedWithClassical for the model saved in `modelDir` (the best weights of a finished run). */
-export async function compareSavedModelWithClassical(modelDir: string, manifest: ModelManifest, heldOut: { volume: Volume; name: string }): Promise<ClassicalComparison> {
+/**
+ * compareTrainedWithClassical for the model saved in `modelDir` (the best weights of a finished run),
+ * on the engine `blindspot denoise` would pick (default auto: ONNX Runtime where it loads and the
+ * folder's network exports, else tfjs). The network runs once per grid phase (27 in 3D) on the crop
+ * plus its receptive-field halo (a 8x63x61 crop of the demo is read as 56x112x112), so the engine
+ * sets the check's cost: ONNX Runtime takes about a third of tfjs-wasm's time here.
+ */
+export async function compareSavedModelWithClassical(
+  modelDir: string,
+  manifest: ModelManifest,
+  heldOut: { volume: Volume; name: string },
+  request: EngineRequest = {},
+): Promise<ClassicalComparison> {
   const best = (await loadModelFolder(modelDir)).model;
+  let engine: InferenceEngine | undefined;
   try {
-    return await compareTrainedWithClassical(best, manifest, heldOut);
+    // The samples and seed denoiseVolume uses without an engine, so both engines score the same output.
+    engine = await openModelEngine(request, { modelDir, model: best, manifest, output: 'denoised', sampling: { samples: DEFAULT_SAMPLES, seed: 1 } });
+    return await compareTrainedWithClassical(best, manifest, heldOut, engine);
   } finally {
+    await engine?.dispose();
     best.dispose();
   }
 }
