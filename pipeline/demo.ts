@@ -13,6 +13,7 @@ import { loadModelFolder } from '../models/io.js';
 import { defaultMethodName } from '../methods/registry.js';
 import { trainModel } from './train.js';
 import { denoiseVolume } from './denoise.js';
+import { openModelEngine } from '../engines/modelEngine.js';
 import { writeImage } from '../storage/index.js';
 import { writeLossCurve, writeMontage } from './figures.js';
 import { gatherInMemory, writeReportHtml } from '../report/index.js';
@@ -73,12 +74,19 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
   });
   reporter.finish();
 
-  reporter.log('denoising the whole volume');
   const { model } = await loadModelFolder(modelDir);
+  // The engine 'blindspot denoise' picks by default: ONNX Runtime where it loads, else tfjs.
+  const engine = await openModelEngine({}, { modelDir, model, manifest, output: 'denoised' });
+  reporter.log(`denoising the whole volume (${engine.describe()})`);
   const inferStart = performance.now();
-  const denoised = await denoiseVolume(model, manifest, noisy);
+  let denoised: Volume;
+  try {
+    denoised = await denoiseVolume(model, manifest, noisy, { engine });
+  } finally {
+    await engine.dispose();
+    model.dispose();
+  }
   const inferSeconds = (performance.now() - inferStart) / 1000;
-  model.dispose();
 
   const psnrNoisy = psnr(truth.data, noisy.data, range);
   const psnrDenoised = psnr(truth.data, denoised.data, range);
