@@ -30,6 +30,9 @@ describe('network against the calibrated classical filter, by the J-invariant lo
     expect(lines[0]).toContain('flat.tif (validation slab)');
     expect(lines[0]).toContain(`network ${c.networkLoss.toPrecision(5)}`);
     expect(lines[1]).toMatch(/^warning: the calibrated nlm filter denoises these pixels better than the network: train longer, or use `blindspot calibrate --denoiser nlm`/);
+    // The gap, in percent of the filter's loss, and in loss units.
+    expect(lines[2]).toContain(`the network's loss is ${((100 * (c.networkLoss - c.classical.loss)) / c.classical.loss).toFixed(1)}% above the filter's`);
+    expect(lines[2]).toContain(`(${(c.networkLoss - c.classical.loss).toPrecision(3)})`);
   });
 
   it('a structured image: the clean image as the "network" beats the filter, and no warning is printed', async () => {
