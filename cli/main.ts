@@ -58,8 +58,9 @@ Example:
   demo: `Usage: blindspot demo [--out <dir>] [--steps N] [--backend B] [--threads N] [--json]
 
 Makes a synthetic microscopy-like 3D volume (blobs and filaments) with Poisson-Gaussian noise, trains a
-small 3D Noise2Void briefly, denoises it, prints PSNR of noisy and denoised against the truth, and writes
-a before/after montage, a loss curve and an HTML run report, report.html (default folder: demo-output).`,
+small 3D Noise2Self network briefly, denoises it, prints PSNR of noisy and denoised against the truth,
+and writes a before/after montage, a loss curve and an HTML run report, report.html (default folder:
+demo-output).`,
   report: REPORT_HELP,
 };
 
