@@ -149,7 +149,8 @@ export async function compareTrainedWithClassical(
  * on the engine `blindspot denoise` would pick (default auto: ONNX Runtime where it loads and the
  * folder's network exports, else tfjs). The network runs once per grid phase (27 in 3D) on the crop
  * plus its receptive-field halo (a 8x63x61 crop of the demo is read as 56x112x112), so the engine
- * sets the check's cost: ONNX Runtime takes about a third of tfjs-wasm's time here.
+ * sets the check's cost (the demo's whole check on 2 busy cores: 59 s with ONNX Runtime, 142 s with
+ * tfjs-wasm; bench/results/demo-noise2self.md).
  */
 export async function compareSavedModelWithClassical(
   modelDir: string,

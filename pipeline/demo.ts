@@ -61,7 +61,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoResult> {
     out: modelDir,
     // Noise2Self, not the default n2v: at this budget (200 steps, 8x32x32 patches) it gives 32.65 dB
     // against n2v's 30.05 and beats calibrated nlm on the held-out slab (J-invariant loss 6.018 vs
-    // 6.048; n2v 6.20), in no more time per step (bench/results/methods-400-v2.md; docs/demo-recipe.md).
+    // 6.048; n2v 6.20). Its 3D steps cost more (299 s against 176 s of training on the same busy
+    // machine); the check and the denoise on ONNX Runtime pay for that (bench/results/demo-noise2self.md).
     method: 'noise2self',
     steps: opts.steps ?? 200,
     batchSize: 4,
