@@ -8,7 +8,7 @@ import { expandInputs } from '../storage/index.js';
 import { distillModel } from '../pipeline/distill.js';
 import { TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
-import { choice, commonOptions, interruptController, intOption, networkOverridesOption, numberOption, parse, parseDuration, setUp, shapeOption, trainingRunOptions } from './options.js';
+import { choice, commonOptions, interruptController, isChunkedUrl, intOption, networkOverridesOption, numberOption, parse, parseDuration, setUp, shapeOption, trainingRunOptions } from './options.js';
 
 export const DISTILL_HELP = `Usage: blindspot distill <teacher-model> <inputs...> --out <student-model> [options]
 
@@ -48,11 +48,6 @@ Examples:
   blindspot distill models/laine data/noisy/*.tif --out models/laine-student --steps 2000
   blindspot distill models/dbsn data/noisy --clean data/clean --out models/dbsn-student
   blindspot distill models/vol3d s3://lab/raw/vol.zarr --out models/vol3d-student --patch 16x64x64 --max-memory 4GiB`;
-
-/** A .zarr path or an s3:// URL: always streamed (the rule of 'blindspot train'). */
-function isChunkedUrl(url: string): boolean {
-  return /^s3:\/\//i.test(url) || /\.zarr\/?$/i.test(url);
-}
 
 export async function runDistill(args: string[]): Promise<number> {
   const { values, positionals } = parse(

@@ -8,6 +8,11 @@ import type { EngineRequest } from '../engines/select.js';
 
 export const BACKENDS: readonly BackendChoice[] = BACKEND_CHOICES;
 
+/** A .zarr path or an s3:// URL: always read and written by the streaming pipelines (train, denoise, distill). */
+export function isChunkedUrl(url: string): boolean {
+  return /^s3:\/\//i.test(url) || /\.zarr\/?$/i.test(url);
+}
+
 export const commonOptions = {
   backend: { type: 'string', default: 'auto' },
   threads: { type: 'string' },

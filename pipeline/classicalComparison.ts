@@ -9,8 +9,10 @@
  */
 import type { Shape, Volume } from '../core/volume.js';
 import type { LayersModel } from '@tensorflow/tfjs-layers';
-import type { ModelManifest } from '../models/io.js';
-import { denoiseVolume } from './denoise.js';
+import { loadModelFolder, type ModelManifest } from '../models/io.js';
+import type { EngineName, InferenceEngine } from '../engines/engine.js';
+import { openModelEngine, type EngineRequest } from '../engines/modelEngine.js';
+import { DEFAULT_SAMPLES, denoiseVolume } from './denoise.js';
 import {
   type ClassicalDenoiser,
   type CalibrationResult,
@@ -35,6 +37,8 @@ export interface ClassicalComparison {
   /** The classical filter's loss is the lower one. */
   classicalBetter: boolean;
   seconds: number;
+  /** The inference engine that ran the network (when the comparison opened one). */
+  engine?: EngineName;
 }
 
 export interface ClassicalComparisonOptions {
@@ -78,7 +82,15 @@ export function classicalComparisonLines(c: ClassicalComparison): string[] {
       `calibrated ${c.classical.denoiser} (strength ${c.classical.parameter}) ${c.classical.loss.toPrecision(5)}`,
   ];
   if (c.classicalBetter) {
-    lines.push(`warning: the calibrated ${c.classical.denoiser} filter denoises these pixels better than the network: train longer, or use \`blindspot calibrate --denoiser ${c.classical.denoiser}\``);
+    const gapPercent = (100 * (c.networkLoss - c.classical.loss)) / c.classical.loss;
+    lines.push(
+      `warning: the calibrated ${c.classical.denoiser} filter denoises these pixels better than the network: train longer, or use \`blindspot calibrate --denoiser ${c.classical.denoiser}\`` +
+        ` (its --out writes the filtered image)`,
+      // Both losses carry the same noise variance: their difference is that of the errors against the clean image.
+      `  the network's loss is ${gapPercent.toFixed(1)}% above the filter's; for pixel-independent noise the losses differ (in expectation)` +
+        ` by as much as the two outputs' mean squared errors against the clean image do (${(c.networkLoss - c.classical.loss).toPrecision(3)}), measured without one.` +
+        ` More --steps, a larger --patch or another --method may close it; the filter needs no training`,
+    );
   }
   return lines;
 }
@@ -116,13 +128,44 @@ export function centredCrop(volume: Volume, maxVoxels: number): Volume {
 
 /**
  * What `blindspot train` reports after a run on one image or stack: the trained model (as
- * `blindspot denoise` runs it) and the calibrated classical filter on the held-out region (its
- * validation slab, cropped to CLASSICAL_CHECK_VOXELS).
+ * `blindspot denoise` runs it, on `engine` when given, else on tfjs) and the calibrated classical
+ * filter on the held-out region (its validation slab, cropped to CLASSICAL_CHECK_VOXELS).
  */
-export async function compareTrainedWithClassical(model: LayersModel, manifest: ModelManifest, heldOut: { volume: Volume; name: string }): Promise<ClassicalComparison> {
+export async function compareTrainedWithClassical(
+  model: LayersModel,
+  manifest: ModelManifest,
+  heldOut: { volume: Volume; name: string },
+  engine?: InferenceEngine,
+): Promise<ClassicalComparison> {
   const dims = heldOut.volume.shape.length as 2 | 3;
   const volume = centredCrop(heldOut.volume, CLASSICAL_CHECK_VOXELS[dims]);
-  const network: ImageDenoiser = async (data, shape) => (await denoiseVolume(model, manifest, { data, shape, sampleType: 'float32' })).data;
+  const network: ImageDenoiser = async (data, shape) => (await denoiseVolume(model, manifest, { data, shape, sampleType: 'float32' }, engine ? { engine } : {})).data;
   const region = volume === heldOut.volume ? heldOut.name : `${heldOut.name}, centre ${volume.shape.join('x')}`;
-  return compareWithClassical(network, volume, { region });
+  return { ...(await compareWithClassical(network, volume, { region })), ...(engine ? { engine: engine.name } : {}) };
+}
+
+/**
+ * compareTrainedWithClassical for the model saved in `modelDir` (the best weights of a finished run),
+ * on the engine `blindspot denoise` would pick (default auto: ONNX Runtime where it loads and the
+ * folder's network exports, else tfjs). The network runs once per grid phase (27 in 3D) on the crop
+ * plus its receptive-field halo (a 8x63x61 crop of the demo is read as 56x112x112), so the engine
+ * sets the check's cost (the demo's whole check on 2 busy cores: 59 s with ONNX Runtime, 142 s with
+ * tfjs-wasm; bench/results/demo-noise2self.md).
+ */
+export async function compareSavedModelWithClassical(
+  modelDir: string,
+  manifest: ModelManifest,
+  heldOut: { volume: Volume; name: string },
+  request: EngineRequest = {},
+): Promise<ClassicalComparison> {
+  const best = (await loadModelFolder(modelDir)).model;
+  let engine: InferenceEngine | undefined;
+  try {
+    // The samples and seed denoiseVolume uses without an engine, so both engines score the same output.
+    engine = await openModelEngine(request, { modelDir, model: best, manifest, output: 'denoised', sampling: { samples: DEFAULT_SAMPLES, seed: 1 } });
+    return await compareTrainedWithClassical(best, manifest, heldOut, engine);
+  } finally {
+    await engine?.dispose();
+    best.dispose();
+  }
 }

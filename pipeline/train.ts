@@ -2,8 +2,9 @@
  * Training of every method (methods/registry.ts; the loop calls the Method interface and names
  * none): random patches -> augmentation -> the method's patch preparation -> batches -> optimiser
  * steps, with validation, reduce-on-plateau, best-model selection, checkpoints and resume. This
- * file is the loop and its checkpoints; the data side is trainData.ts, the options and events
- * trainOptions.ts, the data-derived noise models trainNoise.ts.
+ * file is the loop; its checkpoints are trainCheckpoint.ts, the data side trainData.ts, the options and
+ * events trainOptions.ts, the data-derived noise models trainNoise.ts, the closing comparison with a
+ * calibrated classical filter classicalComparison.ts.
  * Patches come from in-memory volumes, or (with `sources`) stream from chunked arrays of any size:
  * random chunk-aligned regions through a byte-bounded chunk cache, normalisation statistics from a
  * seeded sample of chunks, the producer at most `aheadBatches` batches in front of the model.
@@ -31,42 +32,27 @@ import type { Method, PatchPreparation, ValidationBatch } from '../methods/metho
 import { defaultMethodName, getMethod } from '../methods/registry.js';
 import { validateMethodOptions } from '../methods/options.js';
 import { defaultGridSide } from '../methods/shared.js';
-import { MANIFEST_JSON, loadModelFolder, modelFromFiles, modelToFiles, saveModelFolder, writeFilesAtomically, MODEL_JSON, WEIGHTS_BIN, type MethodName, type MethodSettings, type ModelManifest, type PriorSource, type TrainingRecord } from '../models/io.js';
+import { MANIFEST_JSON, loadModelFolder, saveModelFolder, writeFilesAtomically, type MethodName, type MethodSettings, type ModelManifest, type PriorSource, type TrainingRecord } from '../models/io.js';
 import { samplePatches } from '../operators/samplePatches.js';
 import { sourceBounds } from '../operators/sampleRegions.js';
 import type { MaskedPatch } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
 import { trainSteps, type BatchLossFn, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
-import { assertOutputOutsideInputs, assertWritableFolder, describeFsError } from '../storage/location.js';
+import { assertOutputOutsideInputs, assertWritableFolder } from '../storage/location.js';
 import { VERSION } from '../core/version.js';
 import { writeOnnxAfterTraining } from '../models/onnx/export.js';
 import { assertTileFitsDevice } from './predict.js';
 import type { TrainOptions } from './trainOptions.js';
 import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairSources, prepareStreamingData, preparePatch, readInputs, splitForValidation, validatePatchShape, type TrainingData } from './trainData.js';
 import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
-import { compareTrainedWithClassical } from './classicalComparison.js';
+import { compareSavedModelWithClassical } from './classicalComparison.js';
+import { CHECKPOINT_DIR, inspectOutput, readCheckpoint, writeCheckpoint, type CheckpointState } from './trainCheckpoint.js';
 
 export type { NamedSource, NamedVolume, StreamingTrainSettings, TrainEvent, TrainOptions } from './trainOptions.js';
 export { pairByName, splitForValidation, splitSourcesForValidation, streamingTrainBufferBytes } from './trainData.js';
 export type { NetworkOverrides } from '../methods/method.js';
 export { minBatchSizeForBatchNorm } from '../methods/shared.js';
-
-const CHECKPOINT_DIR = 'checkpoint';
-
-interface CheckpointState {
-  stepsDone: number;
-  learningRate: number;
-  bestValLoss: number | null;
-  bestStep: number;
-  plateauWait: number;
-  history: TrainingRecord[];
-  wallSeconds: number;
-  optimizerWeights: tf.io.WeightsManifestEntry[];
-  /** Learned prior: log sigma (normalised units). */
-  learnedLogSigma?: number;
-  bestLearnedLogSigma?: number;
-}
 
 /** Trains a model and writes its folder. Returns the final manifest. */
 export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
@@ -438,14 +424,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
   manifest = await writeOnnxAfterTraining(opts.out, manifest, (message) => opts.onEvent?.({ type: 'warning', message }));
   await fs.rm(checkpointDir, { recursive: true, force: true });
-  if (heldOutForCheck) {
-    const best = (await loadModelFolder(opts.out)).model;
-    try {
-      opts.onEvent?.({ type: 'classical-comparison', ...(await compareTrainedWithClassical(best, manifest, heldOutForCheck)) });
-    } finally {
-      best.dispose();
-    }
-  }
+  if (heldOutForCheck) opts.onEvent?.({ type: 'classical-comparison', ...(await compareSavedModelWithClassical(opts.out, manifest, heldOutForCheck)) });
   opts.onEvent?.({ type: 'done', steps: state.stepsDone, bestStep: state.bestStep, bestValLoss: state.bestValLoss, seconds: state.wallSeconds });
   model.dispose();
   optimizer.dispose();
@@ -490,51 +469,4 @@ async function evaluateValidation(model: tfl.LayersModel, batches: ValidationBat
 function setLearningRate(optimizer: tf.Optimizer, lr: number): void {
   // Adam reads `learningRate` on every step; it is protected in the typings only.
   (optimizer as unknown as { learningRate: number }).learningRate = lr;
-}
-
-type OutputState = 'absent' | 'checkpoint' | 'finished' | 'other';
-
-async function inspectOutput(out: string): Promise<OutputState> {
-  let entries: string[];
-  try {
-    entries = await fs.readdir(out);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
-    throw new OutputError(out, `cannot be used as the model folder: ${describeFsError(err)}`, { cause: err });
-  }
-  if (entries.includes(CHECKPOINT_DIR)) return 'checkpoint';
-  if (entries.includes(MANIFEST_JSON)) return 'finished';
-  if (entries.length === 0) return 'absent';
-  return 'other';
-}
-
-async function writeCheckpoint(dir: string, model: tfl.LayersModel, optimizer: tf.Optimizer, state: CheckpointState): Promise<void> {
-  const { modelJson, weights } = await modelToFiles(model);
-  const named = await optimizer.getWeights();
-  const encoded = await tf.io.encodeWeights(named);
-  const optimizerData = new Uint8Array(tf.io.CompositeArrayBuffer.join(encoded.data));
-  const fullState: CheckpointState = { ...state, optimizerWeights: encoded.specs };
-  // state.json last: a checkpoint is only as new as its state file says, and every file is renamed into place.
-  await writeFilesAtomically(dir, { [MODEL_JSON]: modelJson, [WEIGHTS_BIN]: weights, 'optimizer.bin': optimizerData });
-  await writeFilesAtomically(dir, { 'state.json': JSON.stringify(fullState) });
-}
-
-async function readCheckpoint(dir: string, optimizer: tf.Optimizer, fresh: CheckpointState): Promise<{ model: tfl.LayersModel; state: CheckpointState }> {
-  const stateFile = path.join(dir, 'state.json');
-  let state: CheckpointState;
-  try {
-    state = { ...fresh, ...(JSON.parse(await fs.readFile(stateFile, 'utf8')) as CheckpointState) };
-  } catch (err) {
-    throw new InputError(stateFile, `cannot read the checkpoint (${(err as Error).message}); start a new run in another --out`);
-  }
-  const model = await modelFromFiles(
-    await fs.readFile(path.join(dir, MODEL_JSON), 'utf8'),
-    new Uint8Array(await fs.readFile(path.join(dir, WEIGHTS_BIN))),
-    path.join(dir, MODEL_JSON),
-  );
-  const optimizerBytes = await fs.readFile(path.join(dir, 'optimizer.bin'));
-  const buffer = optimizerBytes.buffer.slice(optimizerBytes.byteOffset, optimizerBytes.byteOffset + optimizerBytes.byteLength) as ArrayBuffer;
-  const decoded = tf.io.decodeWeights(buffer, state.optimizerWeights);
-  await optimizer.setWeights(state.optimizerWeights.map((s) => ({ name: s.name, tensor: decoded[s.name] })));
-  return { model, state };
 }

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { outputPathFor, type OutputType } from './denoise.js';
 import type { ByteStore } from '../storage/byteStore.js';
-import { ngffAxes, readOmeMetadata } from '../storage/ome.js';
+import { ngffAxes, readOmeMetadata } from '../storage/omeMetadata.js';
 import { readZarrArraySpec } from '../storage/zarr.js';
 import { type ItemSignature, type WatchItemKind } from './watchState.js';
 import { isZarrName } from './watchSources.js';

@@ -17,7 +17,7 @@ import { modelFolderHash } from '../pipeline/runJournal.js';
 import { exists } from '../storage/common.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { openByteStore, openChunkedSource } from '../storage/open.js';
-import { readOmeMetadata } from '../storage/ome.js';
+import { readOmeMetadata } from '../storage/omeMetadata.js';
 import type { S3Settings } from '../storage/s3.js';
 import { inputNoise, provenanceOf, trainingNoise, trainingSection } from './records.js';
 import { chunkedRegions, renderTiles, volumeRegions } from './tiles.js';

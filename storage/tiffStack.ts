@@ -11,7 +11,8 @@
 import { fromFile, type GeoTIFF, type GeoTIFFImage } from 'geotiff';
 import { InputError } from '../core/errors.js';
 import type { ArrayInfo, Axis, ChunkedArrayReader } from './chunked.js';
-import { formatNames, sampleTypeOf, tiffPlaneLayout, tiffStackPages, type TiffPlaneChoice } from './tiff.js';
+import { formatNames, sampleTypeOf } from './tiff.js';
+import { tiffPlaneLayout, tiffStackPages, type TiffPlaneChoice } from './tiffLayout.js';
 
 /** Rows (and columns) per chunk: whole tiles, or whole strips grouped to at least 64 rows. */
 function blockShape(page: GeoTIFFImage): [number, number] {

@@ -3,11 +3,12 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { initBackend } from '../backend/select.js';
-import { trainModel, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
+import { splitForValidation, trainModel, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
+import { loadModelFolder } from '../models/io.js';
 import { Rng } from '../core/rng.js';
 import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import type { Volume } from '../core/volume.js';
-import { centredCrop, classicalComparisonLines, compareWithClassical } from '../pipeline/classicalComparison.js';
+import { centredCrop, classicalComparisonLines, compareSavedModelWithClassical, compareWithClassical } from '../pipeline/classicalComparison.js';
 
 describe('network against the calibrated classical filter, by the J-invariant loss', () => {
   it('pure noise on a flat image: a pass-through "network" loses to calibrated nlm, and the warning is printed', async () => {
@@ -29,6 +30,9 @@ describe('network against the calibrated classical filter, by the J-invariant lo
     expect(lines[0]).toContain('flat.tif (validation slab)');
     expect(lines[0]).toContain(`network ${c.networkLoss.toPrecision(5)}`);
     expect(lines[1]).toMatch(/^warning: the calibrated nlm filter denoises these pixels better than the network: train longer, or use `blindspot calibrate --denoiser nlm`/);
+    // The gap, in percent of the filter's loss, and in loss units.
+    expect(lines[2]).toContain(`the network's loss is ${((100 * (c.networkLoss - c.classical.loss)) / c.classical.loss).toFixed(1)}% above the filter's`);
+    expect(lines[2]).toContain(`(${(c.networkLoss - c.classical.loss).toPrecision(3)})`);
   });
 
   it('a structured image: the clean image as the "network" beats the filter, and no warning is printed', async () => {
@@ -80,6 +84,24 @@ describe('train ends with the comparison on one image or stack', () => {
     expect(classicalComparisonLines(c).join('\n')).toMatch(/warning: the calibrated nlm filter denoises these pixels better than the network/);
     // It comes just before 'done'.
     expect(events[events.length - 2].type).toBe('classical-comparison');
+  }, 120_000);
+
+  it('scores the network on ONNX Runtime (the engine denoise picks), with the numbers tfjs gives', async () => {
+    const rng = new Rng(5);
+    const cells = syntheticCells([1, 64, 64], rng, { blobs: 40, filaments: 4 });
+    const noisy: Volume = { data: addGaussianNoise(cells.data.map((v) => v * 200), 10, rng), shape: [64, 64], sampleType: 'float32' };
+    const out = path.join(tmp, 'engines');
+    const events: TrainEvent[] = [];
+    await trainModel({ ...tiny, volumes: [{ volume: noisy, name: 'cells.tif' }], out, onEvent: (e) => events.push(e) });
+    const onnx = events.find((e) => e.type === 'classical-comparison') as Extract<TrainEvent, { type: 'classical-comparison' }>;
+    expect(onnx.engine).toBe('onnx');
+    // The same held-out slab, scored again with the network on tfjs.
+    const heldOut = splitForValidation([{ volume: noisy, name: 'cells.tif' }], tiny.patchShape as number[], 0.1).validation[0];
+    const tfjs = await compareSavedModelWithClassical(out, (await loadModelFolder(out)).manifest, heldOut, { engine: 'tfjs' });
+    expect(tfjs.engine).toBe('tfjs');
+    expect(tfjs.region).toBe(onnx.region);
+    expect(tfjs.classical).toEqual(onnx.classical);
+    expect(Math.abs(tfjs.networkLoss - onnx.networkLoss) / tfjs.networkLoss).toBeLessThan(1e-4);
   }, 120_000);
 
   it('not with --no-classical-check, and not for several images', async () => {

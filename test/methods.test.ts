@@ -244,7 +244,7 @@ describe('architectural blind-spot models denoise from their folder, in memory, 
 
   it('3D neighbor2neighbor: one edge-adjacent pair per 2x2 cell of every slice, and it trains and denoises', async () => {
     const { clean, noisy } = problem([16, 32, 32], 6);
-    const shape = [2, 4, 6];
+    const shape: Shape = [2, 4, 6];
     const prepared = getMethod('neighbor2neighbor').preparePatch({ step: 0, shape, data: new Float32Array(48), rng: new Rng(9) }, undefined as never);
     for (let z = 0; z < 2; z++) {
       for (let y = 0; y < 4; y += 2) {
