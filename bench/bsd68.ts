@@ -20,7 +20,7 @@ import { trainModel, type NamedVolume } from '../pipeline/train.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { createReporter } from '../cli/progress.js';
-import { benchArgs, writeResult } from './common.js';
+import { benchArgs, writeResult, runBenchmark } from './common.js';
 
 const SIGMA = 25;
 
@@ -116,10 +116,4 @@ async function main(): Promise<void> {
   console.log(JSON.stringify({ meanPsnr: result.meanPsnr, meanPsnrNoisy: result.meanPsnrNoisy, steps, trainSeconds: result.trainSeconds }));
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

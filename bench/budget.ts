@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../core/version.js';
-import { benchArgs, machineInfo, writeResult } from './common.js';
+import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
 import type { Score } from './testSets.js';
 
 interface MethodsRow {
@@ -202,10 +202,4 @@ function budgetMarkdown(result: {
   return lines.join('\n');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

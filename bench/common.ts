@@ -77,3 +77,14 @@ export function benchArgs(argv: string[]): Map<string, string> {
   }
   return out;
 }
+
+/** Runs a benchmark's main and exits with its status (0, or 1 with the error printed): worker pools must not keep it alive. */
+export function runBenchmark(main: () => Promise<void>): void {
+  main().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+}

@@ -35,7 +35,7 @@ import { denoiseVolume } from '../pipeline/denoise.js';
 import { distillModel } from '../pipeline/distill.js';
 import { trainModel, type NamedVolume } from '../pipeline/train.js';
 import { expandInputs, readImage } from '../storage/index.js';
-import { benchArgs, machineInfo, writeResult } from './common.js';
+import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
 import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 
 interface ModelResult {
@@ -259,10 +259,4 @@ function distillMarkdown(
   return lines.join('\n');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);

@@ -54,7 +54,7 @@ import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/tra
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { applyClassicalDenoiser, calibrateDenoiser, CLASSICAL_DENOISERS, type ClassicalDenoiser } from '../pipeline/calibrate.js';
 import { expandInputs, readImage } from '../storage/index.js';
-import { benchArgs, machineInfo, writeResult } from './common.js';
+import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
 import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 
 /** Published BSD68 sigma = 25 PSNRs (dB) the issue asks to show beside ours. */
@@ -467,13 +467,7 @@ function methodsMarkdown(
   return lines.join('\n');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);
 
 /** Runs this script again for one job (a method, or 'classical'), passing its stderr through. */
 function runChild(job: string, rowOut: string): Promise<{ code: number | null; tail: string }> {

@@ -37,7 +37,7 @@ import { trainSteps } from '../operators/trainSteps.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
 import { type BenchShapes, type EngineRates, SHAPE_2D, SHAPE_3D, measureEngines, measureTorch } from './engineSpeed.js';
 import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
-import { benchArgs, writeResult } from './common.js';
+import { benchArgs, writeResult, runBenchmark } from './common.js';
 
 /** 'fused': models/optimizer.ts (what training uses); 'tfjs': tf.train.adam, for comparison. */
 type OptimizerChoice = 'fused' | 'tfjs';
@@ -265,10 +265,4 @@ function readLoad(): string {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchmark(main);
