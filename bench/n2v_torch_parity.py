@@ -29,6 +29,7 @@ ap.add_argument('--widths', choices=['torch', 'csbdeep'], default='torch',
 ap.add_argument('--bn-eps', type=float, default=1e-5); ap.add_argument('--bn-momentum', type=float, default=0.1)
 ap.add_argument('--adam-eps', type=float, default=1e-8)
 ap.add_argument('--train-fraction', type=float, default=1.0, help='0.9: train on the first 90%% of Train400 (blindspot\'s validation split)')
+ap.add_argument('--dump', default='', help='folder: write the initial weights and the first --steps batches and losses (bench/parityStep.ts)')
 ap.add_argument('--norm', choices=['reference', 'global'], default='reference', help='global: std over all pixels together')
 a = ap.parse_args()
 sys.path.insert(0, os.path.join(a.shared, 'reference'))
@@ -98,10 +99,16 @@ if a.init == 'glorot':
     for m in net.modules():
         if isinstance(m, nn.Conv2d): nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
 opt = torch.optim.Adam(net.parameters(), 4e-4, eps=a.adam_eps); t0 = time.time()
+if a.dump:  # raw float32, C order; [N, 1, H, W] batches are laid out as NHWC with one channel
+    os.makedirs(a.dump, exist_ok=True); shapes = {}
+    for k, v in net.state_dict().items():
+        if v.dtype.is_floating_point: v.numpy().astype(np.float32).tofile(os.path.join(a.dump, k + '.bin')); shapes[k] = list(v.shape)
 eval_at = sorted({int(s) for s in a.eval_at.split(',') if s} | {a.steps})
 losses, psnrs, eval_s = [], [], 0.0
 for s in range(a.steps):
     X, Y, M = batch(); loss = (((net(X) - Y) ** 2) * M).sum() / M.sum()
+    if a.dump:
+        for n_, t_ in (('X', X), ('Y', Y), ('M', M)): t_.numpy().tofile(os.path.join(a.dump, f'{n_}{s}.bin'))
     opt.zero_grad(); loss.backward(); opt.step(); losses.append(round(loss.item(), 6))
     if s % 200 == 0: print(f'step {s} loss {loss.item():.4f} {time.time()-t0:.0f}s', flush=True)
     if s + 1 in eval_at:
@@ -113,4 +120,6 @@ result = {'implementation': 'pytorch', 'torch': torch.__version__, 'steps': a.st
           'parameters': sum(p.numel() for p in net.parameters()), 'psnr': psnrs[-1]['psnr'], 'psnrAt': psnrs,
           'trainSeconds': round(time.time() - t0 - eval_s, 1), 'losses': losses}
 with open(a.out, 'w') as f: json.dump(result, f)
+if a.dump:
+    with open(os.path.join(a.dump, 'dump.json'), 'w') as f: json.dump({'weights': shapes, 'steps': a.steps, 'losses': losses, 'switches': switches}, f)
 print(json.dumps({k: v for k, v in result.items() if k != 'losses'}))
