@@ -26,41 +26,24 @@ import { initBackend, type BackendChoice } from '../backend/select.js';
 import { psnr } from '../core/metrics.js';
 import { PACKAGE_ROOT, SHARED_DIR } from '../core/version.js';
 import { loadModelFolder } from '../models/io.js';
-import type { NetworkOverrides } from '../methods/method.js';
-import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
+import { trainModel, type NamedVolume } from '../pipeline/train.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, writeResult } from './common.js';
+import { benchRecipe } from './referenceRecipe.js';
 
 const run = promisify(execFile);
-
-/** Ours with each switch as the PyTorch reference does it. */
-export function referenceRecipe(): { network: NetworkOverrides; train: Pick<TrainOptions, 'adamEpsilon' | 'valFraction' | 'learningRateSchedule'> } {
-  return {
-    network: { widths: 'level', init: 'torch', batchNormEpsilon: 1e-5 },
-    train: { adamEpsilon: 1e-8, valFraction: 0, learningRateSchedule: 'constant' },
-  };
-}
 
 async function main(): Promise<void> {
   const args = benchArgs(process.argv.slice(2));
   const steps = Number(args.get('steps') ?? 200);
   const limit = Number(args.get('limit') ?? 68);
   const recipeName = args.get('recipe') ?? 'reference';
-  if (recipeName !== 'reference' && recipeName !== 'default') throw new Error(`--recipe reference|default, got ${recipeName}`);
+  const { network, train } = benchRecipe(recipeName, args);
   const work = path.resolve(args.get('work') ?? '/tmp/n2vref-work');
   const threads = Number(args.get('threads') ?? 2);
   const withTorch = (args.get('torch') ?? 'true') !== 'false';
   const torchArgs = (args.get('torch-args') ?? '').split(' ').filter(Boolean);
-  const recipe = recipeName === 'reference' ? referenceRecipe() : { network: {} as NetworkOverrides, train: {} as ReturnType<typeof referenceRecipe>['train'] };
-  const network: NetworkOverrides = { ...recipe.network };
-  const train = { ...recipe.train };
-  if (args.has('widths')) network.widths = args.get('widths') as NetworkOverrides['widths'];
-  if (args.has('init')) network.init = args.get('init') as NetworkOverrides['init'];
-  if (args.has('bn-eps')) network.batchNormEpsilon = Number(args.get('bn-eps'));
-  if (args.has('adam-eps')) train.adamEpsilon = Number(args.get('adam-eps'));
-  if (args.has('val-fraction')) train.valFraction = Number(args.get('val-fraction'));
-  if (args.has('lr-schedule')) train.learningRateSchedule = args.get('lr-schedule') as TrainOptions['learningRateSchedule'];
   const name = args.get('name') ?? `${recipeName}-${steps}`;
 
   // The PyTorch side first: it also writes the noisy TIFFs both sides use (when absent).
