@@ -14,6 +14,7 @@ import { getMethod } from '../methods/registry.js';
 import { trainModel } from '../pipeline/train.js';
 import { UsageError } from '../core/errors.js';
 import { Rng } from '../core/rng.js';
+import { networkOverridesOption } from '../cli/options.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -56,6 +57,13 @@ describe('U-Net parity switches', () => {
     const request = { dims: 2 as const, size: 'small' as const, batchSize: 16, twoChannels: false, overrides: { widths: 'level' as const, init: 'torch' as const, batchNormEpsilon: 1e-5 } };
     expect(getMethod('n2v').network(request)).toMatchObject({ widths: 'level', init: 'torch', batchNormEpsilon: 1e-5 });
     expect(() => getMethod('laine19').network(request)).toThrow(UsageError);
+  });
+
+  it('the CLI parses --widths, --init and --batch-norm-epsilon into the overrides and refuses unknown values', () => {
+    expect(networkOverridesOption({ widths: 'level', init: 'torch', 'batch-norm-epsilon': '1e-5' })).toEqual({ widths: 'level', init: 'torch', batchNormEpsilon: 1e-5 });
+    expect(networkOverridesOption({})).toEqual({});
+    expect(() => networkOverridesOption({ widths: 'wide' })).toThrow(UsageError);
+    expect(() => networkOverridesOption({ init: 'he' })).toThrow(UsageError);
   });
 
   it('createAdam takes an epsilon; without one it is the backend epsilon', () => {
