@@ -109,7 +109,15 @@ for s in range(a.steps):
     X, Y, M = batch(); loss = (((net(X) - Y) ** 2) * M).sum() / M.sum()
     if a.dump:
         for n_, t_ in (('X', X), ('Y', Y), ('M', M)): t_.numpy().tofile(os.path.join(a.dump, f'{n_}{s}.bin'))
-    opt.zero_grad(); loss.backward(); opt.step(); losses.append(round(loss.item(), 6))
+    opt.zero_grad(); loss.backward()
+    if a.dump and s == 0:  # the first gradients, before any update
+        os.makedirs(os.path.join(a.dump, 'grad0'), exist_ok=True)
+        for k, v in net.named_parameters(): v.grad.numpy().astype(np.float32).tofile(os.path.join(a.dump, 'grad0', k + '.bin'))
+    opt.step(); losses.append(round(loss.item(), 6))
+    if a.dump and s < 3:  # the weights after the first updates
+        os.makedirs(os.path.join(a.dump, f'after{s}'), exist_ok=True)
+        for k, v in net.state_dict().items():
+            if v.dtype.is_floating_point: v.numpy().astype(np.float32).tofile(os.path.join(a.dump, f'after{s}', k + '.bin'))
     if s % 200 == 0: print(f'step {s} loss {loss.item():.4f} {time.time()-t0:.0f}s', flush=True)
     if s + 1 in eval_at:
         e0 = time.time(); m, n = evaluate(net, a.save_denoised if s + 1 == a.steps else ''); eval_s += time.time() - e0

@@ -8,7 +8,8 @@
  * the A/Bs of bench:parity; this checks the maths under them.
  *
  *   /usr/bin/python3 bench/n2v_torch_parity.py --steps 20 --limit 1 --dump /tmp/parity-dump --out /tmp/parity-dump/run.json
- *   node dist/bench/parityStep.js --dump /tmp/parity-dump [--threads 2] [--name NAME]
+ *   node dist/bench/parityStep.js --dump /tmp/parity-dump [--threads 2] [--name NAME] [--backend wasm|cpu] [--grad-only]
+ *   /usr/bin/python3 bench/parity_grad64.py /tmp/parity-dump   (ours' and the reference's first gradients against float64)
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -60,15 +61,72 @@ async function main(): Promise<void> {
   }
   model.getLayer('output').setWeights([torchKernel(await load('out.weight'), dump.weights['out.weight']), tf.tensor(await load('out.bias'))]);
 
+  // Our weight tensors and the reference's name for each (conv kernels compared in the reference's OIHW order).
+  const pairs: Array<{ torch: string; ours: () => tf.Tensor; kernel: boolean }> = [];
+  const weightOf = (layer: string, i: number) => () => model.getLayer(layer).getWeights()[i];
+  for (const [module, prefix] of Object.entries(blocks)) {
+    for (const [convIndex, bnIndex, which] of [[0, 1, 0], [3, 4, 1]]) {
+      pairs.push({ torch: `${module}.${convIndex}.weight`, ours: weightOf(`${prefix}_${which}_conv`, 0), kernel: true });
+      pairs.push({ torch: `${module}.${bnIndex}.weight`, ours: weightOf(`${prefix}_${which}_bn`, 0), kernel: false });
+      pairs.push({ torch: `${module}.${bnIndex}.bias`, ours: weightOf(`${prefix}_${which}_bn`, 1), kernel: false });
+    }
+  }
+  pairs.push({ torch: 'out.weight', ours: weightOf('output', 0), kernel: true }, { torch: 'out.bias', ours: weightOf('output', 1), kernel: false });
+  /** max |ours - reference| / max |reference| over each tensor; the largest of them and where. */
+  const compare = async (folder: string, ours: (p: (typeof pairs)[number]) => tf.Tensor): Promise<{ worst: number; at: string; perTensor: Record<string, number> }> => {
+    const perTensor: Record<string, number> = {};
+    for (const p of pairs) {
+      const file = path.join(dir, folder, `${p.torch}.bin`);
+      const reference = p.kernel ? torchKernel(await readFloats(file), dump.weights[p.torch]) : tf.tensor(await readFloats(file));
+      const mine = ours(p);
+      const [diff, scale] = tf.tidy(() => [tf.max(tf.abs(tf.sub(tf.reshape(mine, reference.shape), reference))), tf.max(tf.abs(reference))]);
+      perTensor[p.torch] = +((await diff.data())[0] / Math.max(1e-30, (await scale.data())[0])).toExponential(2);
+      tf.dispose([reference, diff, scale]);
+    }
+    const at = Object.entries(perTensor).sort((a, b) => b[1] - a[1])[0];
+    return { worst: at[1], at: at[0], perTensor };
+  };
+  const hasSteps = await fs.access(path.join(dir, 'grad0')).then(() => true, () => false);
+
   const optimizer = new FusedAdam({ learningRate: 4e-4, epsilon: Number(dump.switches.adam_eps) });
   const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: true }) as tf.Tensor;
   const losses: number[] = [];
+  const checks: Array<{ what: string; worst: number; at: string }> = [];
   for (let s = 0; s < dump.steps; s++) {
     const shape = [16, 64, 64, 1];
     const [x, y, m] = await Promise.all(['X', 'Y', 'M'].map(async (n) => tf.tensor(await load(`${n}${s}`), shape)));
+    if (s === 0 && hasSteps) {
+      // The first gradients from identical weights and batch: forward, batch norm and backward, no optimiser.
+      const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+      const { grads } = tf.variableGrads(() => maskedLoss(apply(x), y, m, 'mse'), variables);
+      const byLayer = new Map(model.trainableWeights.map((w, i) => [w, grads[variables[i].name]]));
+      const gradOf = (p: (typeof pairs)[number]): tf.Tensor => {
+        const layerWeight = model.trainableWeights.find((w) => w.read() === p.ours());
+        return layerWeight ? byLayer.get(layerWeight)! : tf.zeros([1]);
+      };
+      const g = await compare('grad0', gradOf);
+      // Ours in the reference's layout, for bench/parity_grad64.py (both against float64 gradients).
+      const gradDir = path.join(dir, `ours_grad0_${backend.name}`);
+      await fs.mkdir(gradDir, { recursive: true });
+      for (const p of pairs) {
+        const t = p.kernel ? tf.transpose(gradOf(p), [3, 2, 0, 1]) : gradOf(p);
+        await fs.writeFile(path.join(gradDir, `${p.torch}.bin`), new Uint8Array(((await t.data()) as Float32Array).buffer));
+        if (t !== gradOf(p)) t.dispose();
+      }
+      checks.push({ what: 'gradients at step 0', worst: g.worst, at: g.at });
+      tf.dispose(Object.values(grads));
+      if (args.get('grad-only') === 'true') {
+        console.log(`gradients at step 0 (${backend.name}): worst tensor ${g.at}, ${g.worst}; written to ${gradDir}`);
+        return;
+      }
+    }
     const loss = optimizer.minimize(() => maskedLoss(apply(x), y, m, 'mse'), true, model.trainableWeights.map((w) => w.read() as tf.Variable));
     losses.push((await loss!.data())[0]);
     tf.dispose([x, y, m, loss!]);
+    if (hasSteps && s < 3) {
+      const w = await compare(`after${s}`, (p) => p.ours());
+      checks.push({ what: `weights after update ${s + 1}`, worst: w.worst, at: w.at });
+    }
   }
   const relative = losses.map((l, i) => Math.abs(l - dump.losses[i]) / dump.losses[i]);
   const result = {
@@ -81,9 +139,12 @@ async function main(): Promise<void> {
     ourLosses: losses.map((l) => +l.toFixed(6)),
     relativeDifference: relative.map((r) => +r.toExponential(2)),
     maxRelativeDifference: +Math.max(...relative).toExponential(2),
+    /** max |ours - reference| / max |reference| of the worst tensor, and which. */
+    checks,
   };
   const file = await writeResult(`parity-step${args.has('name') ? `-${args.get('name')}` : ''}`, result);
   console.log(`identical batches, ${dump.steps} steps: max relative loss difference ${result.maxRelativeDifference} (step 0: ${result.relativeDifference[0]}); written ${file}`);
+  for (const c of checks) console.log(`${c.what}: worst tensor ${c.at}, max abs difference / max abs value ${c.worst}`);
   for (let i = 0; i < losses.length; i++) console.log(`step ${i}: pytorch ${dump.losses[i].toFixed(6)} ours ${losses[i].toFixed(6)}`);
 }
 
