@@ -32,7 +32,7 @@ export interface UNetConfig {
    * Convolution widths. 'halving' (absent: models saved before the field): CSBDeep's, as n2v uses it,
    * the last conv of the bottom and of each decoder level has the width of the level above.
    * 'level': every conv has its level's width (the PyTorch reference U-Net, bench/n2v_torch_parity.py:
-   * at depth 2 / 32 filters 471k weights instead of 333k).
+   * at depth 2 / 32 filters about 470k weights instead of 333k).
    */
   widths?: UNetWidths;
   /**
