@@ -4,6 +4,9 @@
  *
  *   npm run bench:bsd68 -- --steps 2000 [--method n2v2] [--batch-size 16] [--threads 2] [--tta] [--limit 68]
  *     [--prior gaussian:25]   Gaussian-prior training; reports the posterior mean and the prior mean
+ *     [--recipe default|reference] [--widths halving|level] [--init glorot|torch] [--bn-eps F] [--adam-eps F]
+ *     [--val-fraction F] [--lr-schedule plateau|constant]   reference: train as the PyTorch reference N2V
+ *       does (bench/referenceRecipe.ts, docs/parity.md); a flag overrides one factor
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -21,6 +24,7 @@ import { denoiseVolume } from '../pipeline/denoise.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { createReporter } from '../cli/progress.js';
 import { benchArgs, writeResult, runBenchmark } from './common.js';
+import { benchRecipe } from './referenceRecipe.js';
 
 const SIGMA = 25;
 
@@ -33,6 +37,8 @@ async function main(): Promise<void> {
   const tta = args.get('tta') === 'true';
   const prior = args.has('prior') ? parseNoiseSpec(String(args.get('prior'))) : undefined;
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
+  const recipeName = args.get('recipe') ?? 'default';
+  const recipe = benchRecipe(recipeName, args);
   const trainDir = path.join(SHARED_DIR, 'data', 'Train400');
   const testDir = path.join(SHARED_DIR, 'data', 'BSD68');
   try {
@@ -62,6 +68,8 @@ async function main(): Promise<void> {
     batchSize,
     prior,
     patchShape: [64, 64],
+    network: recipe.network,
+    ...recipe.train,
     seed: 1,
     backend,
     onEvent: (e) => reporter.train(e),
@@ -97,6 +105,8 @@ async function main(): Promise<void> {
     method,
     steps,
     batchSize,
+    recipe: recipeName,
+    ...(Object.keys(recipe.network).length + Object.keys(recipe.train).length > 0 ? { switches: { ...recipe.network, ...recipe.train } } : {}),
     tta,
     images: perImage.length,
     meanPsnrNoisy: +mean('psnrNoisy').toFixed(3),

@@ -29,6 +29,7 @@ Options:
                             itself as target, as in the paper. Image-file inputs only
   --tta                     the teacher's targets averaged over its 8 flips/rotations (a slower teacher pass)
   --steps N --batch-size N --patch YxX|ZxYxX --seed N --learning-rate F --loss mse|mae
+  --lr-schedule plateau|constant --adam-epsilon F --widths halving|level --init glorot|torch --batch-norm-epsilon F
   --depth N --filters N --kernel-size N --batch-norm/--no-batch-norm   the student U-Net's shape
   --normalisation meanstd|percentile --no-augment --val-fraction F --validate-every N
   --time-budget T
@@ -81,6 +82,8 @@ export async function runDistill(args: string[]): Promise<number> {
     patchShape: shapeOption('patch', values.patch),
     seed: intOption('seed', values.seed),
     learningRate: numberOption('learning-rate', values['learning-rate']),
+    learningRateSchedule: choice('lr-schedule', values['lr-schedule'], ['plateau', 'constant'] as const),
+    adamEpsilon: numberOption('adam-epsilon', values['adam-epsilon']),
     loss: choice('loss', values.loss, ['mse', 'mae'] as const),
     normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
     valFraction: numberOption('val-fraction', values['val-fraction']),

@@ -5,6 +5,7 @@ import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/sel
 import { createReporter, type Reporter } from './progress.js';
 import { DEVICE_CHOICES, ENGINE_CHOICES } from '../engines/engine.js';
 import type { EngineRequest } from '../engines/select.js';
+import type { NetworkOverrides } from '../methods/method.js';
 
 export const BACKENDS: readonly BackendChoice[] = BACKEND_CHOICES;
 
@@ -37,6 +38,11 @@ export const trainingRunOptions = {
   filters: { type: 'string' },
   'kernel-size': { type: 'string' },
   'batch-norm': { type: 'boolean' },
+  widths: { type: 'string' },
+  init: { type: 'string' },
+  'batch-norm-epsilon': { type: 'string' },
+  'lr-schedule': { type: 'string' },
+  'adam-epsilon': { type: 'string' },
   normalisation: { type: 'string' },
   augment: { type: 'boolean', default: true },
   'val-fraction': { type: 'string' },
@@ -52,14 +58,23 @@ export const trainingRunOptions = {
   overwrite: { type: 'boolean', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
-/** The U-Net overrides of trainingRunOptions (--depth, --filters, --kernel-size, --batch-norm). */
-export function networkOverridesOption(values: { depth?: string; filters?: string; 'kernel-size'?: string; 'batch-norm'?: boolean }): {
-  depth?: number;
-  filters?: number;
-  kernelSize?: number;
-  batchNorm?: boolean;
-} {
-  const network: { depth?: number; filters?: number; kernelSize?: number; batchNorm?: boolean } = {};
+/** The U-Net overrides of trainingRunOptions (--depth, --filters, --kernel-size, --batch-norm, --widths, --init, --batch-norm-epsilon). */
+export function networkOverridesOption(values: {
+  depth?: string;
+  filters?: string;
+  'kernel-size'?: string;
+  'batch-norm'?: boolean;
+  widths?: string;
+  init?: string;
+  'batch-norm-epsilon'?: string;
+}): NetworkOverrides {
+  const network: NetworkOverrides = {};
+  const widths = choice('widths', values.widths, ['halving', 'level'] as const);
+  const init = choice('init', values.init, ['glorot', 'torch'] as const);
+  const batchNormEpsilon = numberOption('batch-norm-epsilon', values['batch-norm-epsilon']);
+  if (widths !== undefined) network.widths = widths;
+  if (init !== undefined) network.init = init;
+  if (batchNormEpsilon !== undefined) network.batchNormEpsilon = batchNormEpsilon;
   const depth = intOption('depth', values.depth);
   const filters = intOption('filters', values.filters);
   const kernelSize = intOption('kernel-size', values['kernel-size']);

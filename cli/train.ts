@@ -45,6 +45,8 @@ Options:
   --patch YxX | ZxYxX       patch size (default 64x64, or 32x64x64)
   --seed N                  seed for weights, patches and masks (default 1)
   --learning-rate F         Adam learning rate (default 4e-4), halved on validation plateaus
+  --lr-schedule plateau|constant   constant: never halve it (default plateau)
+  --adam-epsilon F          Adam's epsilon (default 1e-7, tfjs'; PyTorch's 1e-8)
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
   --mask-radius R           replacement window half-width in pixels (default 2: a 5x5 window)
@@ -61,6 +63,9 @@ Options:
   --depth N --filters N --latent-channels N   divnoising VAE: downsamplings (default 2), filters (default 32),
                             latent channels (default 32 in 2D, 16 in 3D)
   --depth N --filters N --kernel-size N   U-Net shape (default 2, 32, 3)
+  --widths halving|level --init glorot|torch --batch-norm-epsilon F
+                            U-Net: conv widths (default halving, CSBDeep's; level: the PyTorch reference's), initial
+                            weights (default glorot; torch: PyTorch's Conv default), BN epsilon (default 1e-3); docs/parity.md
   --batch-norm, --no-batch-norm
                             U-Net batch norm (default: on from batch size 16; below it, statistics of a
                             few patches bias the output at inference)
@@ -209,6 +214,8 @@ export async function runTrain(args: string[]): Promise<number> {
       patchShape: shapeOption('patch', values.patch),
       seed: intOption('seed', values.seed),
       learningRate: numberOption('learning-rate', values['learning-rate']),
+      learningRateSchedule: choice('lr-schedule', values['lr-schedule'], ['plateau', 'constant'] as const),
+      adamEpsilon: numberOption('adam-epsilon', values['adam-epsilon']),
       maskFraction: numberOption('mask-fraction', values['mask-fraction']),
       strategy: choice('strategy', values.strategy, ['uniform-without-centre', 'uniform-with-centre', 'median'] as const),
       maskRadius: intOption('mask-radius', values['mask-radius']),

@@ -26,6 +26,7 @@ import type { MethodSettings, ModelManifest, PriorSource, TrainingRecord } from 
 import type { MaskOptions, ReplacementStrategy } from '../models/masking.js';
 import type { NetworkConfig, NetworkKind } from '../models/network.js';
 import type { StructuringElement } from '../models/structMask.js';
+import type { UNetInit, UNetWidths } from '../models/unet.js';
 import type { NoiseLikelihood } from '../noise/likelihood.js';
 import type { TileSpec } from '../operators/tileGrid.js';
 import type { BatchLossFn, MaskedLossFn } from '../operators/trainSteps.js';
@@ -74,6 +75,12 @@ export interface NetworkOverrides {
   filters?: number;
   kernelSize?: number;
   batchNorm?: boolean;
+  /** U-Net: convolution widths, 'halving' (CSBDeep's, default) or 'level' (the PyTorch reference's); models/unet.ts. */
+  widths?: UNetWidths;
+  /** U-Net: initial weights, 'glorot' (Keras', default) or 'torch' (PyTorch's Conv default); models/unet.ts. */
+  init?: UNetInit;
+  /** U-Net: batch-norm epsilon (default 1e-3, Keras'; PyTorch's 1e-5). */
+  batchNormEpsilon?: number;
   /** D-BSN: residual dilated blocks per branch. */
   blocks?: number;
   /** PN2V: samples of the prior the network predicts per pixel (its output channels). */

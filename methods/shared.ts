@@ -72,7 +72,7 @@ export const priorOrPlainDenoiser: Method['denoiser'] = (model, manifest, output
 
 /** Which overrides (--depth, --filters, ...) each network family takes. */
 const networkOptions: Record<NetworkKind, readonly (keyof NetworkOverrides)[]> = {
-  unet: ['depth', 'filters', 'kernelSize', 'batchNorm'],
+  unet: ['depth', 'filters', 'kernelSize', 'batchNorm', 'widths', 'init', 'batchNormEpsilon'],
   laine19: ['depth', 'filters'],
   dbsn: ['filters', 'blocks'],
   vae: ['depth', 'filters', 'latentChannels'],
@@ -105,7 +105,7 @@ export function unetNetwork(method: string, r: NetworkRequest, variant: 'n2v' | 
   if (base.kind !== undefined && base.kind !== 'unet') throw new Error('defaultNetwork returned another kind');
   const outputs = r.twoChannels ? { outputChannels: 2 } : {};
   const variantConfig = variant === 'n2v2' ? ({ variant: 'n2v2', blurPool: 'centred' } as const) : ({ variant: 'n2v' } as const);
-  return { ...base, batchNorm: r.batchSize >= minBatchSizeForBatchNorm, ...pick(r.overrides, ['depth', 'filters', 'kernelSize', 'batchNorm']), dims: r.dims, ...variantConfig, ...outputs };
+  return { ...base, batchNorm: r.batchSize >= minBatchSizeForBatchNorm, ...pick(r.overrides, ['depth', 'filters', 'kernelSize', 'batchNorm', 'widths', 'init', 'batchNormEpsilon']), dims: r.dims, ...variantConfig, ...outputs };
 }
 
 /** Laine et al.'s four-branch blind-spot network with the overrides. */

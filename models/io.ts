@@ -114,6 +114,10 @@ export interface ModelManifest {
     batchSize: number;
     seed: number;
     learningRate: number;
+    /** Present when not the default ('plateau'): 'constant' never changed the learning rate. */
+    learningRateSchedule?: 'constant';
+    /** Adam's epsilon, present when given (absent: the backend's, 1e-7 on float32 backends). */
+    adamEpsilon?: number;
     backend: string;
     threads: number;
     inputs: string[];

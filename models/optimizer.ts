@@ -150,9 +150,9 @@ export class FusedAdam extends tf.Optimizer {
   }
 }
 
-/** Adam with tf.train.adam's defaults and maths, fused on cpu and wasm. */
-export function createAdam(learningRate: number): FusedAdam {
-  return new FusedAdam({ learningRate });
+/** Adam with tf.train.adam's defaults (or the given epsilon) and maths, fused on cpu and wasm. */
+export function createAdam(learningRate: number, epsilon?: number): FusedAdam {
+  return new FusedAdam({ learningRate, ...(epsilon !== undefined ? { epsilon } : {}) });
 }
 
 /** beta^n as n float32 multiplications: what n steps of accumulation leave. */

@@ -28,7 +28,24 @@ export interface UNetConfig {
   blurPool?: BlurPoolAlignment;
   /** 1 (the denoised value), 2 (mean and log variance of a Gaussian prior, models/bayes.ts) or S (PN2V's prior samples); default 1. */
   outputChannels?: number;
+  /**
+   * Convolution widths. 'halving' (absent: models saved before the field): CSBDeep's, as n2v uses it,
+   * the last conv of the bottom and of each decoder level has the width of the level above.
+   * 'level': every conv has its level's width (the PyTorch reference U-Net, bench/n2v_torch_parity.py:
+   * at depth 2 / 32 filters about 470k weights instead of 333k).
+   */
+  widths?: UNetWidths;
+  /**
+   * Initial weights. 'glorot' (absent): Keras' glorot-uniform kernels, zero biases. 'torch': PyTorch's
+   * Conv default, kaiming-uniform with a = sqrt(5), i.e. uniform(+-1/sqrt(fan_in)) for kernels and biases.
+   */
+  init?: UNetInit;
+  /** Batch-norm epsilon; absent: 1e-3 (Keras'). PyTorch's is 1e-5. */
+  batchNormEpsilon?: number;
 }
+
+export type UNetWidths = 'halving' | 'level';
+export type UNetInit = 'glorot' | 'torch';
 
 export const defaultUNetConfig = (dims: 2 | 3): UNetConfig => ({ dims, depth: 2, filters: 32, kernelSize: 3, batchNorm: true, variant: 'n2v' });
 
@@ -57,6 +74,23 @@ function validateConfig(cfg: UNetConfig): void {
   if (cfg.blurPool !== undefined && cfg.blurPool !== 'centred' && cfg.blurPool !== 'trailing') {
     throw new RangeError(`U-Net blurPool must be 'centred' or 'trailing', got ${String(cfg.blurPool)}`);
   }
+  if (cfg.widths !== undefined && cfg.widths !== 'halving' && cfg.widths !== 'level') throw new RangeError(`U-Net widths must be 'halving' or 'level', got ${String(cfg.widths)}`);
+  if (cfg.init !== undefined && cfg.init !== 'glorot' && cfg.init !== 'torch') throw new RangeError(`U-Net init must be 'glorot' or 'torch', got ${String(cfg.init)}`);
+  if (cfg.batchNormEpsilon !== undefined && !(cfg.batchNormEpsilon > 0 && cfg.batchNormEpsilon < 1)) {
+    throw new RangeError(`U-Net batchNormEpsilon must be in (0, 1), got ${cfg.batchNormEpsilon}`);
+  }
+}
+
+/**
+ * PyTorch's default Conv initialiser: kaiming_uniform(a = sqrt(5)) has bound gain * sqrt(3 / fan_in)
+ * with gain sqrt(2 / (1 + a^2)), i.e. 1 / sqrt(fan_in); the bias draws from the same bound.
+ * tfjs' varianceScaling (scale 1/3, fan_in, uniform) gives sqrt(3 * scale / fan_in), the same bound.
+ */
+function torchConvInitialisers(seed: () => number): { kernelInitializer: () => ReturnType<typeof tfl.initializers.zeros>; biasInitializer: (fanIn: number) => ReturnType<typeof tfl.initializers.zeros> } {
+  return {
+    kernelInitializer: () => tfl.initializers.varianceScaling({ scale: 1 / 3, mode: 'fanIn', distribution: 'uniform', seed: seed() }),
+    biasInitializer: (fanIn) => tfl.initializers.randomUniform({ minval: -1 / Math.sqrt(fanIn), maxval: 1 / Math.sqrt(fanIn), seed: seed() }),
+  };
 }
 
 /** The blur-pool alignment of an n2v2 config (absent: 'trailing', what models saved before the field used). */
@@ -80,20 +114,22 @@ export function buildUNet(cfg: UNetConfig, seed: number): tfl.LayersModel {
   const { dims, depth, filters, kernelSize, batchNorm, variant } = cfg;
   const input = tfl.input({ shape: dims === 2 ? [null, null, 1] : [null, null, null, 1], name: 'input' });
 
+  const torchInit = cfg.init === 'torch' ? torchConvInitialisers(() => rng.nextUint32()) : null;
+  const fanIn = (x: tfl.SymbolicTensor, side: number): number => side ** dims * (x.shape[x.shape.length - 1] ?? 1);
   const conv = (x: tfl.SymbolicTensor, channels: number, name: string): tfl.SymbolicTensor => {
     const args = {
       filters: channels,
       kernelSize,
       padding: 'same' as const,
-      kernelInitializer: tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
-      biasInitializer: 'zeros' as const,
+      kernelInitializer: torchInit?.kernelInitializer() ?? tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
+      biasInitializer: torchInit?.biasInitializer(fanIn(x, kernelSize)) ?? ('zeros' as const),
       // Batch norm subtracts the per-channel mean right after: a bias there is dead weight (and a costly gradient reduction).
       useBias: !batchNorm,
       name: `${name}_conv`,
     };
     let y = (dims === 2 ? tfl.layers.conv2d(args) : tfl.layers.conv3d(args)).apply(x) as tfl.SymbolicTensor;
     if (batchNorm) {
-      const bn = new ChannelBatchNorm({ name: `${name}_bn` });
+      const bn = new ChannelBatchNorm({ name: `${name}_bn`, ...(cfg.batchNormEpsilon !== undefined ? { epsilon: cfg.batchNormEpsilon } : {}) });
       y = bn.apply(y) as tfl.SymbolicTensor;
     }
     return tfl.layers.activation({ activation: 'relu', name: `${name}_relu` }).apply(y) as tfl.SymbolicTensor;
@@ -115,21 +151,24 @@ export function buildUNet(cfg: UNetConfig, seed: number): tfl.LayersModel {
     skips.push(x);
     x = pool(x, `down${level}_pool`);
   }
+  // The width of a level's last conv: the level above's ('halving') or its own ('level').
+  const lastWidth = (level: number): number => filters * 2 ** (cfg.widths === 'level' ? level : Math.max(0, level - 1));
   for (let i = 0; i < convsPerLevel - 1; i++) x = conv(x, filters * 2 ** depth, `bottom_${i}`);
-  x = conv(x, filters * 2 ** Math.max(0, depth - 1), `bottom_${convsPerLevel - 1}`);
+  x = conv(x, lastWidth(depth), `bottom_${convsPerLevel - 1}`);
   for (let level = depth - 1; level >= 0; level--) {
     x = upsample(x, `up${level}_upsample`);
     const skipped = variant === 'n2v2' && level === 0;
     if (!skipped) x = tfl.layers.concatenate({ axis: -1, name: `up${level}_concat` }).apply([x, skips[level]]) as tfl.SymbolicTensor;
     for (let i = 0; i < convsPerLevel - 1; i++) x = conv(x, filters * 2 ** level, `up${level}_${i}`);
-    x = conv(x, filters * 2 ** Math.max(0, level - 1), `up${level}_${convsPerLevel - 1}`);
+    x = conv(x, lastWidth(level), `up${level}_${convsPerLevel - 1}`);
   }
   const finalArgs = {
     filters: cfg.outputChannels ?? 1,
     kernelSize: 1,
     padding: 'same' as const,
     activation: 'linear' as const,
-    kernelInitializer: tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
+    kernelInitializer: torchInit?.kernelInitializer() ?? tfl.initializers.glorotUniform({ seed: rng.nextUint32() }),
+    ...(torchInit ? { biasInitializer: torchInit.biasInitializer(fanIn(x, 1)) } : {}),
     name: 'output',
   };
   const output = (dims === 2 ? tfl.layers.conv2d(finalArgs) : tfl.layers.conv3d(finalArgs)).apply(x) as tfl.SymbolicTensor;

@@ -43,6 +43,8 @@ export type StudentTrainOptions = Pick<
   | 'patchShape'
   | 'seed'
   | 'learningRate'
+  | 'learningRateSchedule'
+  | 'adamEpsilon'
   | 'loss'
   | 'network'
   | 'normalisation'
@@ -318,6 +320,8 @@ function pickStudentOptions(opts: DistillOptions): StudentTrainOptions {
     'patchShape',
     'seed',
     'learningRate',
+    'learningRateSchedule',
+    'adamEpsilon',
     'loss',
     'network',
     'normalisation',

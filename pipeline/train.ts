@@ -118,6 +118,9 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const baseLearningRate = opts.learningRate ?? 4e-4;
   const validateEvery = opts.validateEvery ?? (opts.steps === undefined && budgetSeconds !== undefined ? 100 : Math.max(10, Math.round(steps / 20)));
   const patience = opts.patience ?? 5;
+  const schedule = opts.learningRateSchedule ?? 'plateau';
+  if (schedule !== 'plateau' && schedule !== 'constant') throw new UsageError(`learningRateSchedule must be 'plateau' or 'constant', got ${String(schedule)}`);
+  if (opts.adamEpsilon !== undefined && !(opts.adamEpsilon > 0 && opts.adamEpsilon < 1)) throw new UsageError(`--adam-epsilon must be in (0, 1), got ${opts.adamEpsilon}`);
   const rng = new Rng(seed);
   const valFraction = opts.valFraction ?? 0.1;
   const valPatches = opts.valPatches ?? Math.max(2 * batchSize, 32);
@@ -185,7 +188,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   }
 
   let model: tfl.LayersModel;
-  const optimizer = createAdam(baseLearningRate);
+  const optimizer = createAdam(baseLearningRate, opts.adamEpsilon);
   let state: CheckpointState = {
     stepsDone: 0,
     learningRate: baseLearningRate,
@@ -279,6 +282,8 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       batchSize,
       seed,
       learningRate: baseLearningRate,
+      ...(schedule === 'constant' ? { learningRateSchedule: schedule } : {}),
+      ...(opts.adamEpsilon !== undefined ? { adamEpsilon: opts.adamEpsilon } : {}),
       backend: opts.backend?.name ?? tf.getBackend(),
       threads: opts.backend?.threads ?? 1,
       inputs: data.trainNames,
@@ -337,7 +342,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       } else {
         state.history.push(record);
         state.plateauWait += 1;
-        if (state.plateauWait >= patience) {
+        if (state.plateauWait >= patience && schedule === 'plateau') {
           state.learningRate = Math.max(state.learningRate * 0.5, 1e-6);
           setLearningRate(optimizer, state.learningRate);
           state.plateauWait = 0;

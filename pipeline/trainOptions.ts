@@ -100,6 +100,13 @@ export interface TrainOptions {
   patchShape?: number[];
   seed?: number;
   learningRate?: number;
+  /**
+   * 'plateau' (default): the learning rate halves after `patience` validations without improvement.
+   * 'constant': it never changes (the PyTorch reference's recipe, bench:parity).
+   */
+  learningRateSchedule?: 'plateau' | 'constant';
+  /** Adam's epsilon; default the backend's (1e-7 on float32 backends, as tf.train.adam). PyTorch's is 1e-8. */
+  adamEpsilon?: number;
   maskFraction?: number;
   strategy?: ReplacementStrategy;
   /** Half-width in pixels of the window a masked pixel's replacement comes from (default 2: a 5x5 window; --mask-radius). */
