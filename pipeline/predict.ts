@@ -201,8 +201,9 @@ export async function predictVolume(model: Predictor, data: Float32Array, shape:
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batchSize must be a positive integer, got ${batchSize}`);
   const dims = shape.length;
   // A GPU binds each tensor as one buffer: tiles stay under its limit too (Infinity elsewhere).
-  // An engine is measured as itself (ONNX Runtime does not run on the tfjs backend's device).
-  const measured = isInferenceEngine(model) ? model : (opts.tfjsModel ?? model);
+  // An engine is measured as itself (ONNX Runtime does not run on the tfjs backend's device); the
+  // tfjs engine runs the tfjs model on that device, so the model's own activations bound its tiles.
+  const measured = isInferenceEngine(model) && !(model.name === 'tfjs' && opts.tfjsModel) ? model : (opts.tfjsModel ?? model);
   const deviceCap = deviceTileVoxelCap(measured, dims, opts.sizeMultiple, batchSize);
   const maxTileVoxels = Math.min(opts.maxTileVoxels ?? maxTileVoxelsFor(measured, dims, opts.sizeMultiple, batchSize), deviceCap);
   const overrun = Math.max(1, Math.min(opts.maxTileOverrun ?? TILE_OVERRUN_FACTOR, deviceCap / maxTileVoxels));

@@ -37,7 +37,7 @@ import { FusedAdam } from '../models/optimizer.js';
 import { buildUNet, defaultUNetConfig } from '../models/unet.js';
 import { trainSteps } from '../operators/trainSteps.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
-import { assertTileFitsDevice } from '../pipeline/predict.js';
+import { assertTileFitsDevice, predictVolume } from '../pipeline/predict.js';
 import { trainModel } from '../pipeline/train.js';
 
 let info: BackendInfo | null = null;
@@ -373,6 +373,28 @@ describe.skipIf(info === null)(suite, () => {
     }
     context.annotate(`webgpu vs wasm: max |diff| ${diff.toExponential(2)} on outputs up to ${range.toFixed(1)}`);
     expect(diff / range).toBeLessThan(1e-4);
+  });
+
+  it('tiles run through the tfjs engine are bounded by the device buffer; an ONNX Runtime engine is not', async () => {
+    const model = buildUNet({ ...defaultUNetConfig(2), depth: 1, filters: 8 }, 1);
+    try {
+      // A 2D image whose one-tile plan needs a widest activation over the device's largest buffer.
+      const perVoxel = 4 * 16;
+      const side = 8 * Math.ceil(Math.sqrt((2 * maxTensorBytes()!) / perVoxel) / 8);
+      const runs = async (name: 'tfjs' | 'onnx'): Promise<number[][]> => {
+        const shapes: number[][] = [];
+        // Only the tiling is under test: the engine records each batch's shape and returns zeros.
+        const engine = { name, provider: 'test', threads: 1, describe: () => name, dispose: async () => {}, predict: async (batch: Float32Array, shape: readonly number[]) => (shapes.push([...shape]), new Float32Array(batch.length)) };
+        await predictVolume(engine, new Float32Array(side * side), [side, side], { sizeMultiple: 2, receptiveRadius: 4, maxTileVoxels: side * side * 4, tfjsModel: model });
+        return shapes;
+      };
+      const viaTfjs = await runs('tfjs');
+      expect(viaTfjs.length).toBeGreaterThan(1);
+      for (const shape of viaTfjs) expect(shape.slice(1, 3).reduce((a, b) => a * b, 1) * perVoxel).toBeLessThanOrEqual(maxTensorBytes()!);
+      expect(await runs('onnx')).toHaveLength(1);
+    } finally {
+      model.dispose();
+    }
   });
 
   it('a batch whose widest activation exceeds the device buffer limit is refused, naming the limit', () => {
