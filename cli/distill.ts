@@ -8,7 +8,7 @@ import { expandInputs } from '../storage/index.js';
 import { distillModel } from '../pipeline/distill.js';
 import { TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
-import { choice, commonOptions, interruptController, isChunkedUrl, intOption, networkOverridesOption, numberOption, parse, parseDuration, setUp, shapeOption, trainingRunOptions } from './options.js';
+import { commonOptions, interruptController, isChunkedUrl, intOption, networkOverridesOption, numberOption, parse, setUp, trainingRunOptions, trainingSchedule } from './options.js';
 
 export const DISTILL_HELP = `Usage: blindspot distill <teacher-model> <inputs...> --out <student-model> [options]
 
@@ -76,20 +76,7 @@ export async function runDistill(args: string[]): Promise<number> {
   }
   const background = numberOption('background', values.background);
   const network: NetworkOverrides = networkOverridesOption(values);
-  const options = {
-    steps: intOption('steps', values.steps),
-    batchSize: intOption('batch-size', values['batch-size']),
-    patchShape: shapeOption('patch', values.patch),
-    seed: intOption('seed', values.seed),
-    learningRate: numberOption('learning-rate', values['learning-rate']),
-    learningRateSchedule: choice('lr-schedule', values['lr-schedule'], ['plateau', 'constant'] as const),
-    adamEpsilon: numberOption('adam-epsilon', values['adam-epsilon']),
-    loss: choice('loss', values.loss, ['mse', 'mae'] as const),
-    normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
-    valFraction: numberOption('val-fraction', values['val-fraction']),
-    validateEvery: intOption('validate-every', values['validate-every']),
-    timeBudgetSeconds: values['time-budget'] !== undefined ? parseDuration(values['time-budget']) : undefined,
-  };
+  const options = trainingSchedule(values);
   const maxMemoryBytes = streaming ? parseByteSize(values['max-memory'] ?? '2GiB') : undefined;
   const inputs = streaming ? inputArgs : await expandInputs(inputArgs);
   const clean = values.clean ? await expandInputs(values.clean) : undefined;

@@ -58,6 +58,37 @@ export const trainingRunOptions = {
   overwrite: { type: 'boolean', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
+/** The schedule part of trainingRunOptions, parsed: what train and distill pass to the training loop alike. */
+export function trainingSchedule(values: {
+  steps?: string;
+  'batch-size'?: string;
+  patch?: string;
+  seed?: string;
+  'learning-rate'?: string;
+  'lr-schedule'?: string;
+  'adam-epsilon'?: string;
+  loss?: string;
+  normalisation?: string;
+  'val-fraction'?: string;
+  'validate-every'?: string;
+  'time-budget'?: string;
+}) {
+  return {
+    steps: intOption('steps', values.steps),
+    batchSize: intOption('batch-size', values['batch-size']),
+    patchShape: shapeOption('patch', values.patch),
+    seed: intOption('seed', values.seed),
+    learningRate: numberOption('learning-rate', values['learning-rate']),
+    learningRateSchedule: choice('lr-schedule', values['lr-schedule'], ['plateau', 'constant'] as const),
+    adamEpsilon: numberOption('adam-epsilon', values['adam-epsilon']),
+    loss: choice('loss', values.loss, ['mse', 'mae'] as const),
+    normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
+    valFraction: numberOption('val-fraction', values['val-fraction']),
+    validateEvery: intOption('validate-every', values['validate-every']),
+    timeBudgetSeconds: values['time-budget'] !== undefined ? parseDuration(values['time-budget']) : undefined,
+  };
+}
+
 /** The U-Net overrides of trainingRunOptions (--depth, --filters, --kernel-size, --batch-norm, --widths, --init, --batch-norm-epsilon). */
 export function networkOverridesOption(values: {
   depth?: string;

@@ -13,7 +13,7 @@ import { assertReportWritable } from '../report/index.js';
 import { loadNoiseModel, noiseSpecOf } from '../noise/model.js';
 import { parseNoiseSpec } from '../models/bayes.js';
 import { reportAfterRun } from './report.js';
-import { choice, commonOptions, interruptController, intOption, isChunkedUrl, networkOverridesOption, numberOption, parse, parseDuration, setUp, shapeOption, trainingRunOptions } from './options.js';
+import { choice, commonOptions, interruptController, intOption, isChunkedUrl, networkOverridesOption, numberOption, parse, setUp, trainingRunOptions, trainingSchedule } from './options.js';
 
 /** The methods part of `train --help`: each registered method's name and summary, in registry order. */
 function methodHelp(): string {
@@ -209,26 +209,15 @@ export async function runTrain(args: string[]): Promise<number> {
       structMask: values['struct-mask'],
       grid: intOption('grid', values.grid),
       networkSize: choice('network-size', values['network-size'], ['paper', 'small'] as const),
-      steps: intOption('steps', values.steps),
-      batchSize: intOption('batch-size', values['batch-size']),
-      patchShape: shapeOption('patch', values.patch),
-      seed: intOption('seed', values.seed),
-      learningRate: numberOption('learning-rate', values['learning-rate']),
-      learningRateSchedule: choice('lr-schedule', values['lr-schedule'], ['plateau', 'constant'] as const),
-      adamEpsilon: numberOption('adam-epsilon', values['adam-epsilon']),
+      ...trainingSchedule(values),
       maskFraction: numberOption('mask-fraction', values['mask-fraction']),
       strategy: choice('strategy', values.strategy, ['uniform-without-centre', 'uniform-with-centre', 'median'] as const),
       maskRadius: intOption('mask-radius', values['mask-radius']),
-      loss: choice('loss', values.loss, ['mse', 'mae'] as const),
       prior,
       ...(priorFile?.kind === 'gmm' ? { noiseModel: priorFile } : {}),
       network,
-      normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),
       augment: values.augment,
       classicalCheck: values['classical-check'],
-      valFraction: numberOption('val-fraction', values['val-fraction']),
-      validateEvery: intOption('validate-every', values['validate-every']),
-      timeBudgetSeconds: values['time-budget'] !== undefined ? parseDuration(values['time-budget']) : undefined,
       resume: values.resume,
       overwrite: values.overwrite,
       backend,
