@@ -35,12 +35,20 @@ export interface EngineRates {
   mvox3d: number | null;
 }
 
+/**
+ * Untimed passes before the timed ones, the same for every engine and for PyTorch
+ * (torch_infer.py --warmup): ONNX Runtime's first passes grow its memory arena (a 512x512 pass took
+ * 740, 190, 160, 157 ms in turn here) and PyTorch's first pass is 5x its steady one; one warm-up
+ * measured the ramp, not the rate an archive run sees.
+ */
+export const WARMUP_PASSES = 3;
+
 async function rate(engine: InferenceEngine, shape: number[], runs: number, seed: number): Promise<number> {
   const voxels = shape.reduce((a, b) => a * b, 1);
   const rng = new Rng(seed);
   const x = Float32Array.from({ length: voxels }, () => rng.normal());
   const batchShape = [1, ...shape, 1];
-  await engine.predict(x, batchShape); // warm-up: kernels chosen, buffers allocated
+  for (let i = 0; i < WARMUP_PASSES; i++) await engine.predict(x, batchShape);
   const t0 = performance.now();
   for (let i = 0; i < runs; i++) await engine.predict(x, batchShape);
   return +((runs * voxels) / 1e6 / ((performance.now() - t0) / 1000)).toFixed(4);
@@ -51,9 +59,13 @@ export function benchManifest(network: UNetConfig): ModelManifest {
   return { method: 'n2v', network, normalisation: { mode: 'meanstd', offset: 0, scale: 1 } } as unknown as ModelManifest;
 }
 
-/** The reference U-Net of `dims`. */
+/**
+ * The reference U-Net of `dims`, with every conv at its level's width as torch_infer.py builds it
+ * (472,897 weights in 2D): the same arithmetic on every engine. Our default widths (CSBDeep's
+ * halving) do 30% fewer multiply-adds, which flattered every engine against PyTorch before.
+ */
 function referenceNetwork(dims: 2 | 3) {
-  const network = defaultUNetConfig(dims);
+  const network: UNetConfig = { ...defaultUNetConfig(dims), widths: 'level' };
   return { model: buildUNet(network, 1), manifest: benchManifest(network) };
 }
 
@@ -106,7 +118,7 @@ export function measureTorch(threads: number, runs2d: number, runs3d: number, wi
   const script = path.join(PACKAGE_ROOT, 'bench', 'torch_infer.py');
   const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
   for (const name of Object.keys(TORCH_MALLOC_REUSE)) delete env[name];
-  const line = execFileSync(python, [script, '--threads', String(threads), '--runs2d', String(runs2d), '--runs3d', String(with3d ? runs3d : 0)], {
+  const line = execFileSync(python, [script, '--threads', String(threads), '--warmup', String(WARMUP_PASSES), '--runs2d', String(runs2d), '--runs3d', String(with3d ? runs3d : 0)], {
     encoding: 'utf8',
     env: allocator === 'reuse' ? { ...env, ...TORCH_MALLOC_REUSE } : env,
   });

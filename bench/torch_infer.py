@@ -5,12 +5,13 @@ for bench/speed.ts to set beside ONNX Runtime and tfjs in the same run. Debian p
 bench/engineSpeed.ts runs it with glibc malloc told to reuse memory (MALLOC_MMAP_MAX_=0,
 MALLOC_TRIM_THRESHOLD_ huge: see TORCH_MALLOC_REUSE there; without them every forward pass faults in
 fresh pages for its 32 MiB activations) and, for the record, without.
-usage: torch_infer.py --threads N --runs2d R --runs3d R   -> one JSON line {mpx2d, mvox3d, torch, malloc}"""
+usage: torch_infer.py --threads N [--warmup W] --runs2d R --runs3d R   -> one JSON line {mpx2d, mvox3d, torch, malloc}"""
 import argparse, json, os, time
 import torch, torch.nn as nn, torch.nn.functional as F
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--threads', type=int, default=1); ap.add_argument('--runs2d', type=int, default=3); ap.add_argument('--runs3d', type=int, default=1)
+ap.add_argument('--warmup', type=int, default=3)
 a = ap.parse_args()
 torch.set_num_threads(a.threads); torch.set_num_interop_threads(1); torch.manual_seed(0)
 
@@ -32,7 +33,7 @@ def unet(dims, f=32):
 def rate(dims, shape, runs):
     net = unet(dims); x = torch.randn(1, 1, *shape)
     with torch.no_grad():
-        net(x)  # warm-up
+        for _ in range(a.warmup): net(x)  # untimed: the first passes allocate (see WARMUP_PASSES in engineSpeed.ts)
         t0 = time.perf_counter()
         for _ in range(runs): net(x)
         seconds = time.perf_counter() - t0
