@@ -65,7 +65,8 @@ Options:
   --depth N --filters N --kernel-size N   U-Net shape (default 2, 32, 3)
   --widths halving|level --init glorot|torch --batch-norm-epsilon F
                             U-Net: conv widths (default halving, CSBDeep's; level: the PyTorch reference's), initial
-                            weights (default glorot; torch: PyTorch's Conv default), BN epsilon (default 1e-3); docs/parity.md
+                            weights (default torch: PyTorch's Conv default; glorot: Keras', the default before), BN epsilon
+                            (default 1e-3); docs/parity.md
   --batch-norm, --no-batch-norm
                             U-Net batch norm (default: on from batch size 16; below it, statistics of a
                             few patches bias the output at inference)

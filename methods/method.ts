@@ -77,7 +77,7 @@ export interface NetworkOverrides {
   batchNorm?: boolean;
   /** U-Net: convolution widths, 'halving' (CSBDeep's, default) or 'level' (the PyTorch reference's); models/unet.ts. */
   widths?: UNetWidths;
-  /** U-Net: initial weights, 'glorot' (Keras', default) or 'torch' (PyTorch's Conv default); models/unet.ts. */
+  /** U-Net: initial weights, 'torch' (PyTorch's Conv default; the default) or 'glorot' (Keras'); models/unet.ts. */
   init?: UNetInit;
   /** U-Net: batch-norm epsilon (default 1e-3, Keras'; PyTorch's 1e-5). */
   batchNormEpsilon?: number;

@@ -57,6 +57,11 @@ describe('U-Net parity switches', () => {
     const request = { dims: 2 as const, size: 'small' as const, batchSize: 16, twoChannels: false, overrides: { widths: 'level' as const, init: 'torch' as const, batchNormEpsilon: 1e-5 } };
     expect(getMethod('n2v').network(request)).toMatchObject({ widths: 'level', init: 'torch', batchNormEpsilon: 1e-5 });
     expect(() => getMethod('laine19').network(request)).toThrow(UsageError);
+    // PyTorch's initialisation is the default of every U-Net method; --init glorot gives the old one.
+    for (const method of ['n2v', 'n2v2', 'noise2self', 'neighbor2neighbor'] as const) {
+      expect(getMethod(method).network({ ...request, overrides: {} }), method).toMatchObject({ init: 'torch' });
+      expect(getMethod(method).network({ ...request, overrides: { init: 'glorot' } }), method).toMatchObject({ init: 'glorot' });
+    }
   });
 
   it('the CLI parses --widths, --init and --batch-norm-epsilon into the overrides and refuses unknown values', () => {

@@ -29,7 +29,7 @@ function randomInput(shape: number[], rng: Rng): tf.Tensor {
 
 describe('defaultUNetConfig', () => {
   it('is the n2v reference network', () => {
-    expect(defaultUNetConfig(2)).toEqual({ dims: 2, depth: 2, filters: 32, kernelSize: 3, batchNorm: true, variant: 'n2v' });
+    expect(defaultUNetConfig(2)).toEqual({ dims: 2, depth: 2, filters: 32, kernelSize: 3, batchNorm: true, variant: 'n2v', init: 'torch' });
     expect(defaultUNetConfig(3).dims).toBe(3);
   });
 });
