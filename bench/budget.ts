@@ -4,7 +4,7 @@
  * at sigma 25 (full sets by default), PSNR and SSIM, several training seeds for the networks.
  *
  *   npm run bench:budget -- --minutes 60 [--seeds 1,2,3] [--methods n2v,noise2self,...] [--limit 68]
- *     [--set12-limit 12] [--teacher laine19] [--no-distill] [--quick] [--threads N] [--results-name budget-60m]
+ *     [--set12-limit 12] [--teacher laine19] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
  *
  * It composes the two benchmarks that already train and score this way rather than a third copy:
  * bench:methods --minutes M --no-3d once per seed (the classical row with the first seed only: it
@@ -95,8 +95,9 @@ async function main(): Promise<void> {
       ...sets,
       '--seed', String(seed),
       ...(args.has('methods') ? ['--methods', String(args.get('methods'))] : []),
-      // Calibrated NLM does not train: one run of it is the classical row for every seed.
-      `--classical=${i === 0 ? 'nlm' : ''}`,
+      // Calibrated NLM does not train: one run of it is the classical row for every seed
+      // (--no-classical: none, e.g. for a second process of the same budget that splits the methods).
+      `--classical=${i === 0 && args.get('no-classical') !== 'true' ? 'nlm' : ''}`,
       '--results-name', stem,
       ...passed,
     ]);
@@ -197,6 +198,7 @@ function budgetMarkdown(result: {
   if (best && Number.isFinite(classicalBest)) {
     lines.push(`Best self-supervised network on BSD68: ${best.name} ${meanPsnr(best).toFixed(2)} dB against calibrated NLM's ${classicalBest.toFixed(2)} dB: ${meanPsnr(best) >= classicalBest ? 'the network wins' : 'NLM wins'} at this budget.`);
   }
+  if (!nlm && !nlmPlain) lines.push('No classical row in this run (--no-classical).');
   if (n2v && n2v.perSeed.some((s) => s.bsd68)) lines.push(`n2v: ${meanPsnr(n2v).toFixed(2)} dB on BSD68 (goal at 60 minutes: 27.0).`);
   lines.push('', 'n2n and care train on a second noise draw and on clean targets: paired references, not self-supervised, left out of the comparison line.', '');
   return lines.join('\n');
