@@ -92,7 +92,8 @@ describe('blindspot noise: GMM models', () => {
 
   it('--bootstrap denoises with a trained model and fits a GMM or histograms to (denoised, noisy) pairs', async () => {
     // A tiny image and a model trained for a few steps: the point is the path (model folder ->
-    // in-memory predictor -> pairs -> GMM file), not the denoiser's quality.
+    // in-memory predictor -> pairs -> GMM file), not the denoiser's quality. The glorot initialisation
+    // keeps the 10-step model the one measured below (with PyTorch's, it ends more biased: 3.9x).
     const rng = new Rng(3);
     const sigma = 12;
     const cells = syntheticCells([1, 64, 64], rng, { blobs: 60, filaments: 4 });
@@ -101,7 +102,7 @@ describe('blindspot noise: GMM models', () => {
     const image = path.join(tmp, 'noisy.tif');
     await writeImage(image, noisy);
     const modelDir = path.join(tmp, 'model');
-    await trainModel({ volumes: [{ volume: noisy, name: 'noisy' }], out: modelDir, steps: 10, batchSize: 8, patchShape: [32, 32], network: { depth: 2, filters: 8, kernelSize: 3, batchNorm: true }, learningRate: 4e-3, validateEvery: 10, seed: 3, noiseFits: false });
+    await trainModel({ volumes: [{ volume: noisy, name: 'noisy' }], out: modelDir, steps: 10, batchSize: 8, patchShape: [32, 32], network: { depth: 2, filters: 8, kernelSize: 3, batchNorm: true, init: 'glorot' }, learningRate: 4e-3, validateEvery: 10, seed: 3, noiseFits: false });
     const out = path.join(tmp, 'bootstrap.json');
     expect(await quiet(() => runNoise(['--bootstrap', modelDir, image, '--out', out, '--backend', 'wasm', '--gmm-components', '2', '--json']))).toBe(0);
     const model = await loadNoiseModel(out);
