@@ -37,7 +37,7 @@ ${ENGINE_HELP}
   --sample-seed N           divnoising: seed of the samples (default 1); each sample's noise is a function of
                             the seed and the position in the image, so tiles, resumes and shards agree
   --backend B --threads N --verbose --json   as for train (--threads: also ONNX Runtime's intra-op threads;
-                            a streamed run's default leaves the pipeline and codec threads their cores)
+                            default all cores; streaming a light model on few cores, --threads 1 can be faster)
   --report <file.html>      afterwards, write the HTML report: before/after tiles, noise, loss, provenance
                             (streamed: also throughput per chunk; a shard writes it once all shards are done)
 

@@ -8,7 +8,6 @@
  *   An explicit device is never replaced by another: it opens, or the run stops with an
  *   EngineUnavailableError (exit 1).
  */
-import os from 'node:os';
 import { UsageError } from '../core/errors.js';
 import type { DeviceChoice, EngineChoice, InferenceEngine } from './engine.js';
 import { loadOnnxRuntime, openOnnxEngine } from './onnxRuntime.js';
@@ -19,17 +18,6 @@ export interface EngineRequest {
   device?: DeviceChoice;
   /** CPU threads (ONNX Runtime intra-op threads); default all cores. */
   threads?: number;
-}
-
-/**
- * The default intra-op threads of an engine that shares the machine with `busyThreads` threads
- * kept busy beside it (the streaming pipeline's main thread, its codec workers): the cores left,
- * at least one. ONNX Runtime's threads meet at a barrier after every layer, so one that is preempted
- * stalls them all. Measured on 2 cores (bench:pipeline, docs/onnx-engine.md): end to end 3.7-4.2
- * Mvoxel/s and 0.88-0.92 of the model alone with 1 thread, 0.58-0.66 with 2.
- */
-export function engineThreadsBeside(busyThreads: number): number {
-  return Math.max(1, os.availableParallelism() - busyThreads);
 }
 
 /** One network in both forms: the tfjs model, and a way to get its ONNX graph. */

@@ -9,8 +9,6 @@
 import { InputError, OutputError } from '../core/errors.js';
 import type { Normalisation } from '../models/normalise.js';
 import { type EngineRequest, engineEvent, openModelEngine } from '../engines/modelEngine.js';
-import { engineThreadsBeside } from '../engines/select.js';
-import { codecThreads } from '../workers/codecPool.js';
 import type { InferenceEngine } from '../engines/engine.js';
 import type { ByteStore } from '../storage/byteStore.js';
 import { fitChunkedInputNoise, inputNoiseRecord } from '../noise/inputNoise.js';
@@ -141,9 +139,7 @@ export async function prepareDenoise(opts: Omit<DenoiseUrlOptions, 'out'>): Prom
       tta: opts.tta,
       coreShape: opts.outputChunks,
     });
-    // The pipeline's own threads (reading, decoding, stitching, writing) keep their cores.
-    const request = { ...opts.engine, threads: opts.engine?.threads ?? engineThreadsBeside(1 + codecThreads()) };
-    const tileModel = await openModelEngine(request, { modelDir: opts.modelDir, model, manifest, output, sampling });
+    const tileModel = await openModelEngine(opts.engine ?? {}, { modelDir: opts.modelDir, model, manifest, output, sampling });
     opts.onEvent?.(engineEvent(tileModel));
     const opened = input;
     return {
