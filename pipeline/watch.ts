@@ -139,7 +139,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     if (opts.dryRun) {
       await readManifest(opts.modelDir);
       const previous = await WatchStateStore.load(sink.store);
-      return await dryRun(opts, source, previous?.state.items ?? {}, { settleMs, marker, outputType }, emit);
+      return await dryRun(source, previous?.state.items ?? {}, { settleMs, marker, outputType }, emit);
     }
 
     const loaded = await loadModelFolder(opts.modelDir);

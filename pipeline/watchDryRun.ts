@@ -6,12 +6,11 @@
 import type { OutputType } from './denoise.js';
 import { type ItemSignature, type WatchItemKind, type WatchStateItem, sameSignature } from './watchState.js';
 import type { WatchSource } from './watchSources.js';
-import type { WatchEvent, WatchOptions, WatchResult } from './watchOptions.js';
+import type { WatchEvent, WatchResult } from './watchOptions.js';
 import { TIMEPOINT_SIGNATURE, timeExtent, timepointKey, watchOutputFor } from './watchItems.js';
 
 /** One listing: what would be processed now, what is settling, what is done or failed. Writes nothing. */
 export async function dryRun(
-  opts: WatchOptions,
   source: WatchSource,
   items: Record<string, WatchStateItem>,
   o: { settleMs: number; marker: string | null; outputType: OutputType },

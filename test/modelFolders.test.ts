@@ -3,8 +3,8 @@
  * fixtures in test/fixtures/models were trained by bench/methodFingerprint.ts with the build before
  * the Method interface (commit "bench/methodFingerprint: ..."), and the hashes of what they denoised
  * then are in test/fixtures/models/denoised-hashes.json (bench/results/method-fingerprints.json held
- * them until the U-Net's default initialisation changed and the fingerprints were re-recorded). Also: the registry's shape, and a method
- * registered from outside (one object, one registerMethod call) trains through the same loop.
+ * them until the U-Net's default initialisation changed and the fingerprints were re-recorded).
+ * Also: the registry's shape, and a method registered from outside (one object, one registerMethod call) trains through the same loop.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -22,7 +22,7 @@ import { getMethod, methodNames, methods, registerMethod } from '../methods/regi
 import { n2v } from '../methods/n2v.js';
 
 const fixtures = path.join(import.meta.dirname, 'fixtures', 'models');
-const fingerprints = path.join(import.meta.dirname, 'fixtures', 'models', 'denoised-hashes.json');
+const recordedHashes = path.join(fixtures, 'denoised-hashes.json');
 
 let tmp: string;
 beforeAll(async () => {
@@ -54,7 +54,7 @@ describe('model folders of the format before the Method interface', () => {
   };
   for (const [name, output] of Object.entries(outputs)) {
     it(`${name} loads and denoises to the same bytes as before`, async () => {
-      const expected = (JSON.parse(await fs.readFile(fingerprints, 'utf8')) as { cases: Record<string, { denoised: string }> }).cases[name].denoised;
+      const expected = (JSON.parse(await fs.readFile(recordedHashes, 'utf8')) as { cases: Record<string, { denoised: string }> }).cases[name].denoised;
       const { model, manifest } = await loadModelFolder(path.join(fixtures, name));
       try {
         expect(getMethod(manifest.method).name).toBe(manifest.method);

@@ -67,9 +67,13 @@ function referencePrediction(model: tfl.LayersModel, image: Float32Array, shape:
   });
 }
 
-// The untrained U-Nets here use init 'glorot': its larger weights keep their output far from constant
-// (with PyTorch's initialisation, the default, a random n2v2 with batch norm gives a std of 5e-5), so
-// the equalities below compare real signals.
+/**
+ * An untrained U-Net of `dims` whose output is far from constant: glorot's larger weights (with
+ * PyTorch's initialisation, the default, a random n2v2 with batch norm gives a std of 5e-5), so the
+ * equalities below compare real signals.
+ */
+const untrainedUNet = (dims: 2 | 3): UNetConfig => ({ ...defaultUNetConfig(dims), init: 'glorot' });
+
 async function checkTiledEqualsWhole(cfg: UNetConfig, shape: Shape, tileShape: number[], batchSize: number): Promise<void> {
   const model = buildUNet(cfg, 11);
   const { sizeMultiple, receptiveRadius } = unetGeometry(cfg);
@@ -96,12 +100,12 @@ async function checkTiledEqualsWhole(cfg: UNetConfig, shape: Shape, tileShape: n
 describe('2D U-Nets (cpu backend): tiled prediction equals whole-image prediction', () => {
   for (const variant of ['n2v', 'n2v2'] as const) {
     test(`${variant}, depth 2, batch norm, 70x83 in 24x28 tiles`, async () => {
-      await checkTiledEqualsWhole({ ...defaultUNetConfig(2), init: 'glorot', filters: 4, variant }, [70, 83], [24, 28], 3);
+      await checkTiledEqualsWhole({ ...untrainedUNet(2), filters: 4, variant }, [70, 83], [24, 28], 3);
     });
   }
 
   test('a margin below the receptive radius breaks exactness (the check above can fail)', async () => {
-    const cfg: UNetConfig = { ...defaultUNetConfig(2), init: 'glorot', filters: 4 };
+    const cfg: UNetConfig = { ...untrainedUNet(2), filters: 4 };
     const model = buildUNet(cfg, 11);
     const { sizeMultiple, receptiveRadius } = unetGeometry(cfg);
     const shape: Shape = [70, 83];
@@ -125,7 +129,7 @@ describe('3D U-Nets (wasm backend with the project Conv3D kernel): tiled predict
   });
   for (const variant of ['n2v', 'n2v2'] as const) {
     test(`${variant}, depth 2, batch norm, 12x37x41 in 8x20x24 tiles`, async () => {
-      await checkTiledEqualsWhole({ ...defaultUNetConfig(3), init: 'glorot', filters: 2, variant }, [12, 37, 41], [8, 20, 24], 2);
+      await checkTiledEqualsWhole({ ...untrainedUNet(3), filters: 2, variant }, [12, 37, 41], [8, 20, 24], 2);
     });
   }
 });
@@ -160,7 +164,7 @@ describe('test-time augmentation', () => {
   });
 
   test('for a random U-Net, TTA equals the plain-JS average over rot90/mirror of its predictions', () => {
-    const model = buildUNet({ ...defaultUNetConfig(2), init: 'glorot', filters: 4, variant: 'n2v2' }, 5);
+    const model = buildUNet({ ...untrainedUNet(2), filters: 4, variant: 'n2v2' }, 5);
     const shape: [number, number] = [24, 32];
     const image = randomImage(shape, 8);
     const predict2D = (data: Float32Array, s: [number, number]): Float32Array =>
@@ -185,7 +189,7 @@ describe('test-time augmentation', () => {
   });
 
   test('tiled TTA equals whole-image TTA for a U-Net (flipped tiles stay on the pooling grid)', async () => {
-    const cfg: UNetConfig = { ...defaultUNetConfig(2), init: 'glorot', filters: 4 };
+    const cfg: UNetConfig = { ...untrainedUNet(2), filters: 4 };
     const model = buildUNet(cfg, 2);
     const { sizeMultiple, receptiveRadius } = unetGeometry(cfg);
     const shape: Shape = [37, 45];
