@@ -5,6 +5,7 @@
  *
  *   npm run bench:budget -- --minutes 60 [--seeds 1,2,3] [--methods n2v,noise2self,...] [--limit 68]
  *     [--set12-limit 12] [--teacher laine19] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
+ *     [--learning-rate F] [--lr-schedule plateau|constant|cosine]   (the methods' rows; the student keeps distill's recipe)
  *
  * It composes the two benchmarks that already train and score this way rather than a third copy:
  * bench:methods --minutes M --no-3d once per seed (the classical row with the first seed only: it
@@ -100,6 +101,9 @@ async function main(): Promise<void> {
       `--classical=${i === 0 && args.get('no-classical') !== 'true' ? 'nlm' : ''}`,
       '--results-name', stem,
       ...passed,
+      // The methods' learning rate and schedule (the distillation keeps its own recipe).
+      ...(args.has('learning-rate') ? ['--learning-rate', String(args.get('learning-rate'))] : []),
+      ...(args.has('lr-schedule') ? ['--lr-schedule', String(args.get('lr-schedule'))] : []),
     ]);
     const result = await readLatest<MethodsResult>(stem);
     if (code !== 0 || result === null) log(`bench:methods seed ${seed} exited with ${code}${result ? ' (its partial results are used)' : ''}`);
@@ -136,6 +140,7 @@ async function main(): Promise<void> {
     sets: { bsd68Images: Number(sets[1]), set12Images: Number(sets[3]) },
     backend: first?.backend,
     threads: first?.threads,
+    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)' },
     load: { start: loadStart, end: os.loadavg().map((l) => +l.toFixed(2)) },
     noisy: first?.noisy,
     rows: [...rows.values()],
@@ -151,7 +156,7 @@ async function main(): Promise<void> {
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 function budgetMarkdown(result: {
-  minutes: number; seeds: number[]; quick: boolean; sets: { bsd68Images: number; set12Images: number }; backend?: string; threads?: number;
+  minutes: number; seeds: number[]; quick: boolean; recipe: { learningRate: string; learningRateSchedule: string }; sets: { bsd68Images: number; set12Images: number }; backend?: string; threads?: number;
   load: { start: number[]; end: number[] }; noisy?: { bsd68: Score; set12: Score }; rows: BudgetRow[];
   classical: { nlm?: { bsd68?: Score; set12?: Score; seconds: number }; nlmPlain?: { bsd68?: Score; set12?: Score } }; wallSeconds: number;
 }, jsonFile: string): string {
@@ -170,6 +175,7 @@ function budgetMarkdown(result: {
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; load average (1/5/15 min) ${result.load.start.join(' ')} at the start, ${result.load.end.join(' ')} at the end  `,
     `Backend: ${result.backend ?? '-'}, ${result.threads ?? '-'} thread(s)  `,
     `Budget${result.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: ${result.minutes} min of wall-clock training per network (validation included), batch 4, 64x64 patches, ` +
+      `Adam at ${result.recipe.learningRate}, learning-rate schedule ${result.recipe.learningRateSchedule}, ` +
       `Train400 at sigma 25; BSD68 first ${result.sets.bsd68Images}, Set12 first ${result.sets.set12Images}; seeds ${result.seeds.join(', ')}. ` +
       `The distilled student trains ${result.minutes} min on the output of a teacher that trained ${result.minutes} min first (2x the budget in all). Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
     '',

@@ -12,7 +12,7 @@
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
  *     [--quick] [--backend auto] [--threads N] [--no-3d | --no-2d] [--seed 1] [--results-name methods]
- *     [--samples 20] [--minutes M]
+ *     [--samples 20] [--minutes M] [--learning-rate F] [--lr-schedule plateau|constant|cosine]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -81,6 +81,8 @@ interface MethodRow {
   trainSeconds3d?: number;
   stepsDone2d?: number;
   stepsDone3d?: number;
+  /** 2D validations: [step, validation loss, learning rate, seconds]: where the budget went. */
+  validations2d?: Array<[number, number, number, number]>;
   inferSeconds?: number;
   error?: string;
 }
@@ -139,6 +141,8 @@ async function main(): Promise<void> {
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
+  const learningRate = args.has('learning-rate') ? Number(args.get('learning-rate')) : undefined;
+  const learningRateSchedule = args.get('lr-schedule') as TrainOptions['learningRateSchedule'];
   const trainSeed = Number(args.get('seed') ?? 1);
   if (!Number.isInteger(trainSeed)) throw new Error(`--seed must be an integer, got ${args.get('seed')}`);
   const resultsName = args.get('results-name') ?? 'methods';
@@ -201,6 +205,8 @@ async function main(): Promise<void> {
       ...(getMethod(method).likelihood ? { prior: { kind: 'gaussian', sigma: SIGMA } as NoiseSpec } : {}),
       // The noise-level fits run in worker threads beside training; on a shared CPU they would slow every method.
       noiseFits: method === 'dbsn' && architecturalPrior === 'nlf',
+      ...(learningRate !== undefined ? { learningRate } : {}),
+      ...(learningRateSchedule !== undefined ? { learningRateSchedule } : {}),
     });
     try {
       if (with2d) {
@@ -228,6 +234,7 @@ async function main(): Promise<void> {
         });
         row.trainSeconds2d = +manifest.training.wallSeconds.toFixed(1);
         row.stepsDone2d = manifest.training.stepsDone;
+        row.validations2d = manifest.history.filter((h) => h.valLoss !== undefined).map((h) => [h.step, +h.valLoss!.toFixed(5), h.learningRate, +h.seconds.toFixed(1)]);
         row.network = describe(manifest.network as unknown as Record<string, unknown>);
         if (manifest.prior) row.prior = `${manifest.prior.source ?? 'given'} ${JSON.stringify(manifest.prior.noise)}`;
         const { model } = await loadModelFolder(dir2d);
@@ -347,7 +354,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, quick };
+  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,

@@ -29,7 +29,7 @@ Options:
                             itself as target, as in the paper. Image-file inputs only
   --tta                     the teacher's targets averaged over its 8 flips/rotations (a slower teacher pass)
   --steps N --batch-size N --patch YxX|ZxYxX --seed N --learning-rate F --loss mse|mae
-  --lr-schedule plateau|constant --adam-epsilon F --widths halving|level --init glorot|torch --batch-norm-epsilon F
+  --lr-schedule plateau|constant|cosine --adam-epsilon F --widths halving|level --init glorot|torch --batch-norm-epsilon F
   --depth N --filters N --kernel-size N --batch-norm/--no-batch-norm   the student U-Net's shape
   --normalisation meanstd|percentile --no-augment --val-fraction F --validate-every N
   --time-budget T

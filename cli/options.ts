@@ -6,6 +6,7 @@ import { createReporter, type Reporter } from './progress.js';
 import { DEVICE_CHOICES, ENGINE_CHOICES } from '../engines/engine.js';
 import type { EngineRequest } from '../engines/select.js';
 import type { NetworkOverrides } from '../methods/method.js';
+import { LEARNING_RATE_SCHEDULES } from '../pipeline/learningRateSchedule.js';
 
 export const BACKENDS: readonly BackendChoice[] = BACKEND_CHOICES;
 
@@ -79,7 +80,7 @@ export function trainingSchedule(values: {
     patchShape: shapeOption('patch', values.patch),
     seed: intOption('seed', values.seed),
     learningRate: numberOption('learning-rate', values['learning-rate']),
-    learningRateSchedule: choice('lr-schedule', values['lr-schedule'], ['plateau', 'constant'] as const),
+    learningRateSchedule: choice('lr-schedule', values['lr-schedule'], LEARNING_RATE_SCHEDULES),
     adamEpsilon: numberOption('adam-epsilon', values['adam-epsilon']),
     loss: choice('loss', values.loss, ['mse', 'mae'] as const),
     normalisation: choice('normalisation', values.normalisation, ['meanstd', 'percentile'] as const),

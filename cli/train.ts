@@ -45,7 +45,9 @@ Options:
   --patch YxX | ZxYxX       patch size (default 64x64, or 32x64x64)
   --seed N                  seed for weights, patches and masks (default 1)
   --learning-rate F         Adam learning rate (default 4e-4), halved on validation plateaus
-  --lr-schedule plateau|constant   constant: never halve it (default plateau)
+  --lr-schedule plateau|constant|cosine
+                            constant: never halve it; cosine: anneal it to 1% over the run's steps or
+                            --time-budget, whichever ends it (default plateau)
   --adam-epsilon F          Adam's epsilon (default 1e-7, tfjs'; PyTorch's 1e-8)
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)

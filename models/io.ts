@@ -114,8 +114,8 @@ export interface ModelManifest {
     batchSize: number;
     seed: number;
     learningRate: number;
-    /** Present when not the default ('plateau'): 'constant' never changed the learning rate. */
-    learningRateSchedule?: 'constant';
+    /** Present when not the default ('plateau'): 'constant' never changed the learning rate, 'cosine' annealed it over the run (steps or time budget). */
+    learningRateSchedule?: 'constant' | 'cosine';
     /** Adam's epsilon, present when given (absent: the backend's, 1e-7 on float32 backends). */
     adamEpsilon?: number;
     backend: string;

@@ -47,6 +47,7 @@ import type { TrainOptions } from './trainOptions.js';
 import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairSources, prepareStreamingData, preparePatch, readInputs, splitForValidation, validatePatchShape, type TrainingData } from './trainData.js';
 import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
 import { compareSavedModelWithClassical } from './classicalComparison.js';
+import { cosineLearningRate, LEARNING_RATE_SCHEDULES, runProgress } from './learningRateSchedule.js';
 import { CHECKPOINT_DIR, inspectOutput, readCheckpoint, writeCheckpoint, type CheckpointState } from './trainCheckpoint.js';
 
 export type { NamedSource, NamedVolume, StreamingTrainSettings, TrainEvent, TrainOptions } from './trainOptions.js';
@@ -119,7 +120,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const validateEvery = opts.validateEvery ?? (opts.steps === undefined && budgetSeconds !== undefined ? 100 : Math.max(10, Math.round(steps / 20)));
   const patience = opts.patience ?? 5;
   const schedule = opts.learningRateSchedule ?? 'plateau';
-  if (schedule !== 'plateau' && schedule !== 'constant') throw new UsageError(`learningRateSchedule must be 'plateau' or 'constant', got ${String(schedule)}`);
+  if (!LEARNING_RATE_SCHEDULES.includes(schedule)) throw new UsageError(`learningRateSchedule must be one of ${LEARNING_RATE_SCHEDULES.join(', ')}, got ${String(schedule)}`);
   if (opts.adamEpsilon !== undefined && !(opts.adamEpsilon > 0 && opts.adamEpsilon < 1)) throw new UsageError(`--adam-epsilon must be in (0, 1), got ${opts.adamEpsilon}`);
   const rng = new Rng(seed);
   const valFraction = opts.valFraction ?? 0.1;
@@ -282,7 +283,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       batchSize,
       seed,
       learningRate: baseLearningRate,
-      ...(schedule === 'constant' ? { learningRateSchedule: schedule } : {}),
+      ...(schedule !== 'plateau' ? { learningRateSchedule: schedule } : {}),
       ...(opts.adamEpsilon !== undefined ? { adamEpsilon: opts.adamEpsilon } : {}),
       backend: opts.backend?.name ?? tf.getBackend(),
       threads: opts.backend?.threads ?? 1,
@@ -321,6 +322,11 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       throw new Error(`training diverged at step ${result.step} (loss ${result.loss}); try a lower --learning-rate`);
     }
     const record: TrainingRecord = { step: state.stepsDone, loss: result.loss, learningRate: state.learningRate, seconds: state.wallSeconds };
+    if (schedule === 'cosine') {
+      // The next step's rate, set before any checkpoint so that a resumed run goes on from it.
+      state.learningRate = cosineLearningRate(baseLearningRate, runProgress({ stepsDone: state.stepsDone, steps, wallSeconds: state.wallSeconds, budgetSeconds }));
+      setLearningRate(optimizer, state.learningRate);
+    }
     const outOfTime = budgetSeconds !== undefined && state.wallSeconds >= budgetSeconds && state.stepsDone < steps;
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps || outOfTime;
     if (learnedLogSigma !== null) state.learnedLogSigma = (await learnedLogSigma.data())[0];

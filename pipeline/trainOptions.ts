@@ -2,6 +2,7 @@
  * What train takes and reports: its inputs (images, volumes or streamed chunked sources, with their
  * targets for paired methods), options and events. pipeline/train.ts re-exports them.
  */
+import type { LearningRateSchedule } from './learningRateSchedule.js';
 import type { ClassicalComparison } from './classicalComparison.js';
 import type { GmmNoiseModel } from '../noise/gmm.js';
 import type { Volume } from '../core/volume.js';
@@ -103,8 +104,10 @@ export interface TrainOptions {
   /**
    * 'plateau' (default): the learning rate halves after `patience` validations without improvement.
    * 'constant': it never changes (the PyTorch reference's recipe, bench:parity).
+   * 'cosine': it anneals from the base rate to 1% of it over the run, by steps or by the time budget,
+   * whichever ends it first (pipeline/learningRateSchedule.ts).
    */
-  learningRateSchedule?: 'plateau' | 'constant';
+  learningRateSchedule?: LearningRateSchedule;
   /** Adam's epsilon; default the backend's (1e-7 on float32 backends, as tf.train.adam). PyTorch's is 1e-8. */
   adamEpsilon?: number;
   maskFraction?: number;
