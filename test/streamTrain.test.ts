@@ -15,7 +15,8 @@ import { ChunkCache } from '../storage/chunkCache.js';
 import { createOmeZarr } from '../storage/ome.js';
 import { openChunkedSource } from '../storage/open.js';
 import { mixSeed } from '../operators/samplePatches.js';
-import { defaultRegionChunks, defaultMaxRegionBytes, sampleNormalisation, sampleRegions, type RegionEvent, type RegionSamplingStats } from '../operators/sampleRegions.js';
+import { defaultRegionChunks, defaultMaxRegionBytes, sampleRegions, type RegionEvent, type RegionSamplingStats } from '../operators/sampleRegions.js';
+import { sampleNormalisation } from '../pipeline/sampleNormalisation.js';
 import { trainModel, TrainingInterrupted, type TrainEvent, type TrainOptions } from '../pipeline/train.js';
 
 /**
