@@ -99,7 +99,9 @@ function qualitySection(data: ReportData): string {
 function trainingSection(data: ReportData): string {
   const t = data.training;
   if (!t) return '<p class="muted">No model folder known: no training curves.</p>';
-  const changes = t.learningRateChanges.map((c) => `step ${formatNumber(c.step)}: ${formatNumber(c.from)} to ${formatNumber(c.to)}`).join('; ') || 'none';
+  const changes = t.annealed
+    ? `cosine annealing, ${formatNumber(t.annealed.from)} to ${formatNumber(t.annealed.to)}`
+    : t.learningRateChanges.map((c) => `step ${formatNumber(c.step)}: ${formatNumber(c.from)} to ${formatNumber(c.to)}`).join('; ') || 'none';
   return `<table>
 <tr><th>steps done / planned</th><td>${formatNumber(t.stepsDone)} / ${formatNumber(t.steps)}</td><th>best validation loss</th><td id="best-val">${formatNumber(t.bestValLoss)} at step ${formatNumber(t.bestStep)}</td></tr>
 <tr><th>training time</th><td>${formatNumber(t.wallSeconds)} s</td><th>learning-rate changes</th><td>${changes}</td></tr></table>

@@ -10,16 +10,23 @@ import { nlfVariance, type NlfRecord } from '../noise/nlf.js';
 import type { InputNoiseRecord } from '../noise/inputNoise.js';
 import type { NoiseCurve, ReportProvenance, TrainingSection } from './types.js';
 
-/** Training history and where the learning rate changed (the plateau schedule halves it). */
+/**
+ * Training history and where the learning rate changed (the plateau schedule halves it). A cosine
+ * schedule changes it every step: it is summed up as one annealing, not thousands of markers.
+ */
 export function trainingSection(manifest: ModelManifest): TrainingSection {
   const history = manifest.history;
   const learningRateChanges: TrainingSection['learningRateChanges'] = [];
+  const t = manifest.training;
+  if (t.learningRateSchedule === 'cosine') {
+    const annealed = history.length > 0 ? { from: history[0].learningRate, to: history[history.length - 1].learningRate } : undefined;
+    return { history, steps: t.steps, stepsDone: t.stepsDone, bestStep: t.bestStep, bestValLoss: t.bestValLoss, wallSeconds: t.wallSeconds, learningRateChanges, ...(annealed ? { annealed } : {}) };
+  }
   for (let i = 1; i < history.length; i++) {
     if (history[i].learningRate !== history[i - 1].learningRate) {
       learningRateChanges.push({ step: history[i].step, seconds: history[i].seconds, from: history[i - 1].learningRate, to: history[i].learningRate });
     }
   }
-  const t = manifest.training;
   return { history, steps: t.steps, stepsDone: t.stepsDone, bestStep: t.bestStep, bestValLoss: t.bestValLoss, wallSeconds: t.wallSeconds, learningRateChanges };
 }
 

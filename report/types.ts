@@ -30,6 +30,8 @@ export interface TrainingSection {
   wallSeconds: number;
   /** Steps where the learning rate changed (plateau halvings), from the history. */
   learningRateChanges: Array<{ step: number; seconds: number; from: number; to: number }>;
+  /** A cosine schedule's first and last rates (it changes every step: no markers). */
+  annealed?: { from: number; to: number };
 }
 
 /** One image's noise-level function: its binned variances and the fitted curves, input units. */

@@ -133,6 +133,11 @@ describe('report data', () => {
       { step: 3, seconds: 2, from: 0.1, to: 0.05 },
       { step: 5, seconds: 4, from: 0.05, to: 0.025 },
     ]);
+    // A cosine run changes the rate every step: one annealing, no markers.
+    const annealing = [1e-3, 9e-4, 5e-4, 1e-4, 1e-5].map((learningRate, i) => ({ step: i + 1, loss: 1, learningRate, seconds: i }));
+    const cosine = trainingSection({ ...manifest, history: annealing, training: { ...manifest.training, learningRateSchedule: 'cosine' } });
+    expect(cosine.learningRateChanges).toEqual([]);
+    expect(cosine.annealed).toEqual({ from: 1e-3, to: 1e-5 });
     const volume = plane(image(9).clean);
     const a = await chooseTiles(volumeRegions(volume), 4);
     expect(await chooseTiles(volumeRegions(volume), 4)).toEqual(a);
