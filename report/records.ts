@@ -16,18 +16,18 @@ import type { NoiseCurve, ReportProvenance, TrainingSection } from './types.js';
  */
 export function trainingSection(manifest: ModelManifest): TrainingSection {
   const history = manifest.history;
-  const learningRateChanges: TrainingSection['learningRateChanges'] = [];
   const t = manifest.training;
+  const section: TrainingSection = { history, steps: t.steps, stepsDone: t.stepsDone, bestStep: t.bestStep, bestValLoss: t.bestValLoss, wallSeconds: t.wallSeconds, learningRateChanges: [] };
   if (t.learningRateSchedule === 'cosine') {
-    const annealed = history.length > 0 ? { from: history[0].learningRate, to: history[history.length - 1].learningRate } : undefined;
-    return { history, steps: t.steps, stepsDone: t.stepsDone, bestStep: t.bestStep, bestValLoss: t.bestValLoss, wallSeconds: t.wallSeconds, learningRateChanges, ...(annealed ? { annealed } : {}) };
+    if (history.length > 0) section.annealed = { from: history[0].learningRate, to: history[history.length - 1].learningRate };
+    return section;
   }
   for (let i = 1; i < history.length; i++) {
     if (history[i].learningRate !== history[i - 1].learningRate) {
-      learningRateChanges.push({ step: history[i].step, seconds: history[i].seconds, from: history[i - 1].learningRate, to: history[i].learningRate });
+      section.learningRateChanges.push({ step: history[i].step, seconds: history[i].seconds, from: history[i - 1].learningRate, to: history[i].learningRate });
     }
   }
-  return { history, steps: t.steps, stepsDone: t.stepsDone, bestStep: t.bestStep, bestValLoss: t.bestValLoss, wallSeconds: t.wallSeconds, learningRateChanges };
+  return section;
 }
 
 const CURVE_POINTS = 48;
