@@ -128,6 +128,17 @@ export interface ValidationBatch {
 /** Events a method's hooks report through the trainer (pipeline/train.ts TrainEvent includes them). */
 export type MethodEvent = { type: 'noise2info-sigma'; step: number; estimate: number; sigma: number };
 
+/**
+ * A validation of its own: the validation patches' preparation and the loss on them. The best
+ * validation picks the model the folder keeps, and drives the plateau schedule.
+ */
+export interface MethodValidation {
+  /** What the manifest records as `training.validationLoss`. */
+  readonly name: string;
+  preparePatch(p: MethodPatch, prep: PatchPreparation): PreparedPatch;
+  loss(context: TrainingContext): BatchLossFn;
+}
+
 /** What the trainer hands a method when a run starts (or resumes). */
 export interface TrainingContext {
   seed: number;
@@ -182,6 +193,11 @@ export interface Method {
    * Gaussian prior, and the manifest records the noise model as `noiseModel`.
    */
   readonly likelihood?: boolean;
+  /**
+   * How validation patches are prepared and scored when not like the training batches: for a method
+   * whose own loss does not follow the denoised quality (absent: validation uses the training loss).
+   */
+  readonly validation?: MethodValidation;
   /** Checks its own requirements (after the generic option checks); UsageError with the fix. */
   validateOptions?(opts: MethodOptions): void;
   /** Run settings resolved from the options (structn2v's element), before any data is read. */

@@ -14,7 +14,7 @@ import { gridMaskPatch, gridPhaseForStep } from '../models/gridMask.js';
 import { maskPatch } from '../models/masking.js';
 import { defaultNetwork, type NetworkConfig, type NetworkKind, type UNetNetwork } from '../models/network.js';
 import { toBatchLoss } from '../operators/trainSteps.js';
-import type { DenoiseOutput, Method, MethodPatch, MethodTraining, NetworkOverrides, NetworkRequest, PatchPreparation, PreparedPatch, TrainingContext, ValidationBatch } from './method.js';
+import type { DenoiseOutput, Method, MethodPatch, MethodValidation, MethodTraining, NetworkOverrides, NetworkRequest, PatchPreparation, PreparedPatch, TrainingContext, ValidationBatch } from './method.js';
 
 /** Grid side of the grid-masking methods when --grid is not given: 16 phases in 2D, 64 in 3D. */
 export const defaultGridSide = 4;
@@ -42,6 +42,19 @@ export function pairedPatch(p: MethodPatch, prep: PatchPreparation): PreparedPat
   if (!p.target) throw new Error(`${prep.method.name} needs a target patch`);
   return { input: p.data, target: p.target, mask: new Float32Array(p.data.length).fill(1) };
 }
+
+/**
+ * Validation by the J-invariant loss (Batson & Royer 2019): each validation patch has one grid
+ * phase replaced by its donut mean, and the network's output there is scored against the noisy
+ * values. Its expectation is the output's error against the clean signal plus the noise variance,
+ * so it ranks models by quality for a network that is not blind by construction. It is the loss
+ * `blindspot calibrate` ranks classical filters by.
+ */
+export const jInvariantValidation: MethodValidation = {
+  name: 'j-invariant',
+  preparePatch: gridPatch,
+  loss: (context) => toBatchLoss(context.maskedLoss),
+};
 
 /** The default training: one masked loss (the trainer's MSE / MAE / prior NLL) on one prediction per batch. */
 export function plainTraining(context: TrainingContext): MethodTraining {

@@ -116,6 +116,8 @@ export interface ModelManifest {
     learningRate: number;
     /** Present when not the default ('plateau'): 'constant' never changed the learning rate, 'cosine' annealed it over the run (steps or time budget). */
     learningRateSchedule?: 'constant' | 'cosine';
+    /** Present when the method validates by a loss of its own (Method.validation), not its training loss: 'j-invariant'. */
+    validationLoss?: string;
     /** Adam's epsilon, present when given (absent: the backend's, 1e-7 on float32 backends). */
     adamEpsilon?: number;
     backend: string;

@@ -233,6 +233,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
   const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
+  const validationLoss: BatchLossFn = method.validation?.loss({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood }) ?? batchLoss;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
@@ -285,6 +286,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       learningRate: baseLearningRate,
       ...(schedule !== 'plateau' ? { learningRateSchedule: schedule } : {}),
       ...(opts.adamEpsilon !== undefined ? { adamEpsilon: opts.adamEpsilon } : {}),
+      ...(method.validation ? { validationLoss: method.validation.name } : {}),
       backend: opts.backend?.name ?? tf.getBackend(),
       threads: opts.backend?.threads ?? 1,
       inputs: data.trainNames,
@@ -331,7 +333,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     const isValidationStep = state.stepsDone % validateEvery === 0 || state.stepsDone === steps || outOfTime;
     if (learnedLogSigma !== null) state.learnedLogSigma = (await learnedLogSigma.data())[0];
     if (isValidationStep) {
-      const valLoss = await evaluateValidation(model, valBatches, batchLoss);
+      const valLoss = await evaluateValidation(model, valBatches, validationLoss);
       record.valLoss = valLoss;
       const hook = await methodRun.onValidation?.({ model, batches: valBatches, step: state.stepsDone });
       if (hook?.record) Object.assign(record, hook.record);

@@ -23,6 +23,11 @@ export function preparePatch(p: MethodPatch, prep: PatchPreparation): PreparedPa
   return prep.method.preparePatch(p, prep);
 }
 
+/** A validation patch: prepared by the method's own validation when it has one (Method.validation). */
+export function prepareValidationPatch(p: MethodPatch, prep: PatchPreparation): PreparedPatch {
+  return (prep.method.validation?.preparePatch ?? prep.method.preparePatch)(p, prep);
+}
+
 /**
  * The one pairing rule of n2n / care, for files and streamed sources alike: inputs and targets each
  * sorted by name (numeric-aware), the i-th of each a pair. Different counts: InputError naming the
@@ -255,7 +260,7 @@ export async function prepareStreamingData(
     const n = patches.length;
     const batch: ValidationBatch = { shape: [n, ...patchShape, 1], inputs: new Float32Array(per * n), targets: new Float32Array(per * n), masks: new Float32Array(per * n) };
     patches.forEach((p, i) => {
-      const m = preparePatch({ ...p, step: b * batchSize + i }, opts.preparation);
+      const m = prepareValidationPatch({ ...p, step: b * batchSize + i }, opts.preparation);
       batch.inputs.set(m.input, i * per);
       batch.targets.set(m.target, i * per);
       batch.masks.set(m.mask, i * per);
@@ -335,7 +340,7 @@ export function makeValidationBatches(
         patch = normalise(randomPatch(volume, shape, rng, name), normalisation);
       }
       // Validation patches take every grid phase in turn (step = their index).
-      const m = preparePatch({ step: b * batchSize + i, shape, data: patch, target: targetPatch, rng }, preparation);
+      const m = prepareValidationPatch({ step: b * batchSize + i, shape, data: patch, target: targetPatch, rng }, preparation);
       inputs.set(m.input, i * per);
       targets.set(m.target, i * per);
       masks.set(m.mask, i * per);

@@ -103,7 +103,7 @@ function trainingSection(data: ReportData): string {
     ? `cosine annealing, ${formatNumber(t.annealed.from)} to ${formatNumber(t.annealed.to)}`
     : t.learningRateChanges.map((c) => `step ${formatNumber(c.step)}: ${formatNumber(c.from)} to ${formatNumber(c.to)}`).join('; ') || 'none';
   return `<table>
-<tr><th>steps done / planned</th><td>${formatNumber(t.stepsDone)} / ${formatNumber(t.steps)}</td><th>best validation loss</th><td id="best-val">${formatNumber(t.bestValLoss)} at step ${formatNumber(t.bestStep)}</td></tr>
+<tr><th>steps done / planned</th><td>${formatNumber(t.stepsDone)} / ${formatNumber(t.steps)}</td><th>best validation loss${t.validationLoss ? ` (${t.validationLoss})` : ''}</th><td id="best-val">${formatNumber(t.bestValLoss)} at step ${formatNumber(t.bestStep)}</td></tr>
 <tr><th>training time</th><td>${formatNumber(t.wallSeconds)} s</td><th>learning-rate changes</th><td>${changes}</td></tr></table>
 <div class="plots"><div class="plot" id="plot-loss-step"></div><div class="plot" id="plot-loss-time"></div></div>`;
 }

@@ -18,6 +18,7 @@ export function trainingSection(manifest: ModelManifest): TrainingSection {
   const history = manifest.history;
   const t = manifest.training;
   const section: TrainingSection = { history, steps: t.steps, stepsDone: t.stepsDone, bestStep: t.bestStep, bestValLoss: t.bestValLoss, wallSeconds: t.wallSeconds, learningRateChanges: [] };
+  if (t.validationLoss !== undefined) section.validationLoss = t.validationLoss;
   if (t.learningRateSchedule === 'cosine') {
     if (history.length > 0) section.annealed = { from: history[0].learningRate, to: history[history.length - 1].learningRate };
     return section;

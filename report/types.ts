@@ -27,6 +27,8 @@ export interface TrainingSection {
   stepsDone: number;
   bestStep: number;
   bestValLoss: number | null;
+  /** The method's own validation loss, when not its training loss ('j-invariant'). */
+  validationLoss?: string;
   wallSeconds: number;
   /** Steps where the learning rate changed (plateau halvings), from the history. */
   learningRateChanges: Array<{ step: number; seconds: number; from: number; to: number }>;

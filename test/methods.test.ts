@@ -117,6 +117,8 @@ describe('every method trains a tiny 2D problem and denoises from its saved fold
       expect(saved.network.kind ?? 'unet').toBe(c.method === 'laine19' ? 'laine19' : c.method === 'dbsn' ? 'dbsn' : 'unet');
       // Only the stratified-masking methods record masking options.
       expect(saved.masking !== undefined).toBe(['n2v', 'n2v2', 'structn2v'].includes(c.method));
+      // Only neighbor2neighbor validates by a loss other than its training loss.
+      expect(saved.training.validationLoss).toBe(c.method === 'neighbor2neighbor' ? 'j-invariant' : undefined);
       expect(denoised - noisyPsnr).toBeGreaterThan(c.minGain);
       if (c.method === 'n2v2') expect(saved.network.kind !== 'laine19' && saved.network.kind !== 'dbsn' && saved.network.variant).toBe('n2v2');
       if (c.method === 'structn2v') expect(saved.methodSettings?.structMask?.shape).toEqual([1, 3]);

@@ -21,6 +21,7 @@ import { historyKey, type RunHistory } from '../pipeline/runHistory.js';
 import { denoiseUrl, modelFolderHash, parseByteSize } from '../pipeline/streamDenoise.js';
 import { trainModel } from '../pipeline/train.js';
 import { gatherInMemory, gatherReport, trainingSection, writeReport, writeReportHtml, type ReportData } from '../report/index.js';
+import { renderReportHtml } from '../report/html.js';
 import { chooseTiles, volumeRegions } from '../report/tiles.js';
 import { writeImage } from '../storage/index.js';
 import { createOmeZarr } from '../storage/ome.js';
@@ -138,6 +139,12 @@ describe('report data', () => {
     const cosine = trainingSection({ ...manifest, history: annealing, training: { ...manifest.training, learningRateSchedule: 'cosine' } });
     expect(cosine.learningRateChanges).toEqual([]);
     expect(cosine.annealed).toEqual({ from: 1e-3, to: 1e-5 });
+    // A method's own validation loss is named next to the best validation.
+    expect(section.validationLoss).toBeUndefined();
+    const jInvariant = trainingSection({ ...manifest, history, training: { ...manifest.training, validationLoss: 'j-invariant' } });
+    expect(jInvariant.validationLoss).toBe('j-invariant');
+    expect(renderReportHtml({ ...fileReport.data, training: jInvariant })).toContain('best validation loss (j-invariant)');
+    expect(renderReportHtml(fileReport.data)).toContain('best validation loss</th>');
     const volume = plane(image(9).clean);
     const a = await chooseTiles(volumeRegions(volume), 4);
     expect(await chooseTiles(volumeRegions(volume), 4)).toEqual(a);
