@@ -69,6 +69,7 @@ import { type ItemSignature, type WatchItemKind, type WatchStateItem, WatchState
 import { type Scan, type WatchSource, openSource } from './watchSources.js';
 import { openSink } from './watchSinks.js';
 import { dryRun } from './watchDryRun.js';
+import { WatchRates } from './watchRates.js';
 import type { WatchEvent, WatchHandle, WatchOptions, WatchResult } from './watchOptions.js';
 import type { InferenceEngine } from '../engines/engine.js';
 import { engineEvent, openModelEngine } from '../engines/modelEngine.js';
@@ -190,18 +191,9 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
     const outputOwners = new Map<string, string>();
     for (const [key, item] of Object.entries(state.state.items)) outputOwners.set(item.output, key);
     const totals = { processed: 0, adopted: 0, failed: 0 };
-    // Rate estimate: recent arrivals (ms) and processing times (s).
-    const arrivals: number[] = [];
-    const durations: number[] = [];
+    const rates = new WatchRates();
     let warned = false;
     const pending = (): number => queued.size + (inFlight ? 1 : 0);
-    const itemsPerSecond = (): number | null => (durations.length ? durations.length / durations.reduce((a, b) => a + b, 0) : null);
-    const arrivalsPerSecond = (now: number): number | null => {
-      const recent = arrivals.filter((t) => now - t < 300_000);
-      if (recent.length < 3) return null;
-      const span = (recent[recent.length - 1] - recent[0]) / 1000;
-      return span > 0 ? (recent.length - 1) / span : null;
-    };
     const stopped = (): boolean => opts.signal?.aborted === true;
 
     /** One poll: list, update what is settling, admit what is complete into the queue's room. */
@@ -259,8 +251,7 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         }
         if (!t.arrived) {
           t.arrived = true;
-          arrivals.push(now);
-          if (arrivals.length > 20) arrivals.shift();
+          rates.arrived(now);
         }
         candidates.push({
           key,
@@ -305,8 +296,8 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
       for (const item of admitted) queued.add(item.key);
       const waiting = candidates.length - admitted.length;
       if (!warned && !stopped()) {
-        const rate = arrivalsPerSecond(now);
-        const speed = itemsPerSecond();
+        const rate = rates.arrivalsPerSecond(now);
+        const speed = rates.itemsPerSecond();
         const reason = waiting > 0 ? 'queue-full' : rate !== null && speed !== null && rate > speed && pending() >= 2 ? 'rate' : null;
         if (reason) {
           warned = true;
@@ -354,10 +345,9 @@ async function runWatchLoop(opts: WatchOptions, exposeState: (s: WatchStateStore
         latencySeconds,
       });
       tracked.delete(item.key);
-      durations.push(seconds);
-      if (durations.length > 10) durations.shift();
+      rates.processed(seconds);
       totals.processed++;
-      const speed = itemsPerSecond();
+      const speed = rates.itemsPerSecond();
       emit({
         type: 'item-done',
         key: item.key,
