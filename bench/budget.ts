@@ -14,6 +14,9 @@
  * writes its own results; this script then writes bench/results/<name>.md and <name>-<time>.json
  * with per-seed and mean figures, the machine and its load.
  * The wall clock is the machine's: a loaded machine trains fewer steps, so the load is recorded.
+ *
+ *   npm run bench:budget -- --minutes 60 --merge a.json,b.json[,...] --results-name budget-60m
+ *     one table from results run apart (a seed or a method each): bench/budgetTable.ts
  */
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -23,6 +26,7 @@ import path from 'node:path';
 import { PACKAGE_ROOT } from '../core/version.js';
 import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
 import type { Score } from './testSets.js';
+import { budgetMarkdown, mergeBudgetResults, type BudgetResult, type BudgetRow, type StoredBudgetResult } from './budgetTable.js';
 
 interface MethodsRow {
   method: string;
@@ -44,12 +48,6 @@ interface DistillResult {
   seeds: Array<{ seed: number; teacher?: { bsd68: Score; set12: Score; stepsDone: number; network: string }; student?: { bsd68: Score; set12: Score; stepsDone: number; network: string; megapixelsPerSecond: number }; error?: string }>;
 }
 
-/** One table row: a method (or the student) over seeds. */
-interface BudgetRow {
-  name: string;
-  network: string;
-  perSeed: Array<{ seed: number; bsd68?: Score; set12?: Score; steps?: number; error?: string }>;
-}
 
 function log(message: string): void {
   process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`);
@@ -74,10 +72,11 @@ async function main(): Promise<void> {
   const minutes = Number(args.get('minutes') ?? NaN);
   if (!(minutes > 0)) throw new Error('bench:budget needs --minutes M (the wall-clock training budget per network)');
   const quick = args.get('quick') === 'true';
-  const seeds = (args.get('seeds') ?? (quick ? '1' : '1,2,3')).split(',').map(Number);
-  for (const s of seeds) if (!Number.isInteger(s)) throw new Error(`--seeds must be integers, got ${args.get('seeds')}`);
   const name = args.get('results-name') ?? `budget-${minutes}m${quick ? '-quick' : ''}`;
   if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new Error(`--results-name must be a plain file name stem, got '${name}'`);
+  if (args.has('merge')) return mergeTables(String(args.get('merge')).split(','), name, minutes);
+  const seeds = (args.get('seeds') ?? (quick ? '1' : '1,2,3')).split(',').map(Number);
+  for (const s of seeds) if (!Number.isInteger(s)) throw new Error(`--seeds must be integers, got ${args.get('seeds')}`);
   const sets = ['--limit', args.get('limit') ?? (quick ? '2' : '68'), '--set12-limit', args.get('set12-limit') ?? (quick ? '2' : '12')];
   const passed = [
     ...(args.has('threads') ? ['--threads', String(args.get('threads'))] : []),
@@ -133,7 +132,7 @@ async function main(): Promise<void> {
   const first = perSeed.get(seeds[0]);
   const nlm = first?.classical.find((c) => c.denoiser === 'nlm' && c.output === 'invariant');
   const nlmPlain = first?.classical.find((c) => c.denoiser === 'nlm' && c.output === 'plain');
-  const result = {
+  const result: BudgetResult = {
     minutes,
     seeds,
     quick,
@@ -147,70 +146,36 @@ async function main(): Promise<void> {
     classical: { nlm, nlmPlain },
     wallSeconds: +((performance.now() - t0) / 1000).toFixed(1),
   };
-  const file = await writeResult(name, result);
-  const markdown = budgetMarkdown(result, path.relative(PACKAGE_ROOT, file));
+  await writeTable(name, result);
+}
+
+/** Writes the table's JSON (with the run's provenance) and its Markdown, bench/results/<name>.md. */
+async function writeTable(name: string, result: BudgetResult): Promise<void> {
+  const file = await writeResult(name, result as unknown as Record<string, unknown>);
+  const markdown = budgetMarkdown(result, path.relative(PACKAGE_ROOT, file), `npm run bench:budget -- ${process.argv.slice(2).join(' ')}`);
   await fs.writeFile(path.join(PACKAGE_ROOT, 'bench', 'results', `${name}.md`), markdown);
   process.stdout.write(markdown);
 }
 
-const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-
-function budgetMarkdown(result: {
-  minutes: number; seeds: number[]; quick: boolean; recipe: { learningRate: string; learningRateSchedule: string }; sets: { bsd68Images: number; set12Images: number }; backend?: string; threads?: number;
-  load: { start: number[]; end: number[] }; noisy?: { bsd68: Score; set12: Score }; rows: BudgetRow[];
-  classical: { nlm?: { bsd68?: Score; set12?: Score; seconds: number }; nlmPlain?: { bsd68?: Score; set12?: Score } }; wallSeconds: number;
-}, jsonFile: string): string {
-  const m = machineInfo();
-  const fmt = (xs: Array<Score | undefined>, key: 'psnr' | 'ssim'): string => {
-    const got = xs.filter((s): s is Score => s !== undefined).map((s) => s[key]);
-    if (got.length === 0) return '-';
-    const digits = key === 'psnr' ? 2 : 3;
-    return got.length === 1 ? got[0].toFixed(digits) : `${mean(got).toFixed(digits)} (${got.map((g) => g.toFixed(digits)).join(', ')})`;
-  };
-  const lines = [
-    '# bench:budget',
-    '',
-    `Command: \`npm run bench:budget -- ${process.argv.slice(2).join(' ')}\`  `,
-    `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
-    `Machine: ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; load average (1/5/15 min) ${result.load.start.join(' ')} at the start, ${result.load.end.join(' ')} at the end  `,
-    `Backend: ${result.backend ?? '-'}, ${result.threads ?? '-'} thread(s)  `,
-    `Budget${result.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: ${result.minutes} min of wall-clock training per network (validation included), batch 4, 64x64 patches, ` +
-      `Adam at ${result.recipe.learningRate}, learning-rate schedule ${result.recipe.learningRateSchedule}, ` +
-      `Train400 at sigma 25; BSD68 first ${result.sets.bsd68Images}, Set12 first ${result.sets.set12Images}; seeds ${result.seeds.join(', ')}. ` +
-      (result.rows.some((r) => r.name.startsWith('distilled student'))
-        ? `The distilled student trains ${result.minutes} min on the output of a teacher that trained ${result.minutes} min first (2x the budget in all). `
-        : '') +
-      `Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
-    '',
-    'PSNR (dB, peak 255 per image, averaged) and SSIM: mean over seeds (each seed in brackets); steps: what the budget allowed per seed.',
-    '',
-    '| method | network | BSD68 PSNR | BSD68 SSIM | Set12 PSNR | Set12 SSIM | steps |',
-    '|---|---|---|---|---|---|---|',
-    `| noisy input | - | ${fmt([result.noisy?.bsd68], 'psnr')} | ${fmt([result.noisy?.bsd68], 'ssim')} | ${fmt([result.noisy?.set12], 'psnr')} | ${fmt([result.noisy?.set12], 'ssim')} | - |`,
-  ];
-  for (const r of result.rows) {
-    const b = r.perSeed.map((s) => s.bsd68);
-    const s12 = r.perSeed.map((s) => s.set12);
-    const failed = r.perSeed.filter((s) => s.error && !s.bsd68).map((s) => `seed ${s.seed} failed`);
-    lines.push(`| ${r.name} | ${r.network} | ${fmt(b, 'psnr')} | ${fmt(b, 'ssim')} | ${fmt(s12, 'psnr')} | ${fmt(s12, 'ssim')} | ${r.perSeed.map((s) => s.steps ?? '-').join(', ')}${failed.length ? `; ${failed.join(', ')}` : ''} |`);
-  }
-  const { nlm, nlmPlain } = result.classical;
-  if (nlm) lines.push(`| nlm, J-invariant calibrated per image (no training) | - | ${fmt([nlm.bsd68], 'psnr')} | ${fmt([nlm.bsd68], 'ssim')} | ${fmt([nlm.set12], 'psnr')} | ${fmt([nlm.set12], 'ssim')} | - |`);
-  if (nlmPlain) lines.push(`| nlm, same parameters, plain output | - | ${fmt([nlmPlain.bsd68], 'psnr')} | ${fmt([nlmPlain.bsd68], 'ssim')} | ${fmt([nlmPlain.set12], 'psnr')} | ${fmt([nlmPlain.set12], 'ssim')} | - |`);
-  // The issue's goals, checked on the means.
-  const meanPsnr = (r: BudgetRow): number => mean(r.perSeed.filter((s) => s.bsd68).map((s) => s.bsd68!.psnr));
-  const scored = result.rows.filter((r) => r.perSeed.some((s) => s.bsd68) && r.name !== 'n2n' && r.name !== 'care');
-  const best = scored.sort((a, b) => meanPsnr(b) - meanPsnr(a))[0];
-  const classicalBest = Math.max(nlm?.bsd68?.psnr ?? -Infinity, nlmPlain?.bsd68?.psnr ?? -Infinity);
-  const n2v = result.rows.find((r) => r.name === 'n2v');
-  lines.push('');
-  if (best && Number.isFinite(classicalBest)) {
-    lines.push(`Best self-supervised network on BSD68: ${best.name} ${meanPsnr(best).toFixed(2)} dB against calibrated NLM's ${classicalBest.toFixed(2)} dB: ${meanPsnr(best) >= classicalBest ? 'the network wins' : 'NLM wins'} at this budget.`);
-  }
-  if (!nlm && !nlmPlain) lines.push('No classical row in this run (--no-classical).');
-  if (n2v && n2v.perSeed.some((s) => s.bsd68)) lines.push(`n2v: ${meanPsnr(n2v).toFixed(2)} dB on BSD68 (goal at 60 minutes: 27.0).`);
-  lines.push('', 'n2n and care train on a second noise draw and on clean targets: paired references, not self-supervised, left out of the comparison line.', '');
-  return lines.join('\n');
+/** --merge a.json,b.json: one table from bench:budget results run apart (bench/budgetTable.ts says which merge). */
+async function mergeTables(files: string[], name: string, minutes: number): Promise<void> {
+  const inputs = await Promise.all(
+    files.map(async (file) => {
+      const text = await fs.readFile(file, 'utf8').catch((err: Error) => {
+        throw new Error(`${file}: cannot be read (${err.message})`);
+      });
+      let result: StoredBudgetResult;
+      try {
+        result = JSON.parse(text) as StoredBudgetResult;
+      } catch (err) {
+        throw new Error(`${file}: is not JSON (${(err as Error).message})`);
+      }
+      if (!Array.isArray(result.rows) || typeof result.minutes !== 'number') throw new Error(`${file}: is not a bench:budget result (no rows or minutes)`);
+      if (result.minutes !== minutes) throw new Error(`${file}: is a ${result.minutes}-minute table, not --minutes ${minutes}`);
+      return { file: path.relative(PACKAGE_ROOT, path.resolve(file)), result };
+    }),
+  );
+  await writeTable(name, mergeBudgetResults(inputs));
 }
 
 runBenchmark(main);
