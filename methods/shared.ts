@@ -53,7 +53,7 @@ export function pairedPatch(p: MethodPatch, prep: PatchPreparation): PreparedPat
 export const jInvariantValidation: MethodValidation = {
   name: 'j-invariant',
   preparePatch: gridPatch,
-  loss: (context) => toBatchLoss(context.maskedLoss),
+  loss: (context) => plainTraining(context).batchLoss,
 };
 
 /** The default training: one masked loss (the trainer's MSE / MAE / prior NLL) on one prediction per batch. */

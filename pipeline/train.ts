@@ -28,7 +28,7 @@ import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, valid
 import { createAdam } from '../models/optimizer.js';
 import { augmentMethodPatch } from '../models/augment.js';
 import { normalisedNoiseLikelihood, type LikelihoodNoise } from '../noise/likelihood.js';
-import type { Method, PatchPreparation, ValidationBatch } from '../methods/method.js';
+import type { Method, PatchPreparation, TrainingContext, ValidationBatch } from '../methods/method.js';
 import { defaultMethodName, getMethod } from '../methods/registry.js';
 import { validateMethodOptions } from '../methods/options.js';
 import { defaultGridSide } from '../methods/shared.js';
@@ -231,9 +231,10 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     method.likelihood && priorNoise !== undefined ? { spec: priorNoise, ...(opts.noiseModel ? { gmm: opts.noiseModel } : {}) } : undefined;
   const noiseLikelihood = likelihoodNoise ? normalisedNoiseLikelihood(likelihoodNoise, normalisation) : undefined;
   // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
-  const methodRun = method.training({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood, saved: savedState });
+  const context: TrainingContext = { seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood };
+  const methodRun = method.training({ ...context, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
-  const validationLoss: BatchLossFn = method.validation?.loss({ seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood }) ?? batchLoss;
+  const validationLoss: BatchLossFn = method.validation?.loss(context) ?? batchLoss;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
