@@ -5,7 +5,7 @@
  *
  *   npm run bench:budget -- --minutes 60 [--seeds 1,2,3] [--methods n2v,noise2self,...] [--limit 68]
  *     [--set12-limit 12] [--teacher laine19] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
- *     [--learning-rate F] [--lr-schedule plateau|constant|cosine]   (the methods' rows; the student keeps distill's recipe)
+ *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F]   (the methods' rows; the student keeps distill's recipe)
  *
  * It composes the two benchmarks that already train and score this way rather than a third copy:
  * bench:methods --minutes M --no-3d once per seed (the classical row with the first seed only: it
@@ -103,6 +103,7 @@ async function main(): Promise<void> {
       // The methods' learning rate and schedule (the distillation keeps its own recipe).
       ...(args.has('learning-rate') ? ['--learning-rate', String(args.get('learning-rate'))] : []),
       ...(args.has('lr-schedule') ? ['--lr-schedule', String(args.get('lr-schedule'))] : []),
+      ...(args.has('mask-fraction') ? ['--mask-fraction', String(args.get('mask-fraction'))] : []),
     ]);
     const result = await readLatest<MethodsResult>(stem);
     if (code !== 0 || result === null) log(`bench:methods seed ${seed} exited with ${code}${result ? ' (its partial results are used)' : ''}`);
@@ -139,7 +140,7 @@ async function main(): Promise<void> {
     sets: { bsd68Images: Number(sets[1]), set12Images: Number(sets[3]) },
     backend: first?.backend,
     threads: first?.threads,
-    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)' },
+    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)', maskFraction: args.get('mask-fraction') ?? '0.015 (default)' },
     load: { start: loadStart, end: os.loadavg().map((l) => +l.toFixed(2)) },
     noisy: first?.noisy,
     rows: [...rows.values()],

@@ -139,6 +139,8 @@ async function main(): Promise<void> {
   if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new Error(`--samples must be a positive integer, got ${args.get('samples')}`);
   // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
+  const maskFraction = args.has('mask-fraction') ? Number(args.get('mask-fraction')) : undefined;
+  if (maskFraction !== undefined && !(maskFraction > 0 && maskFraction < 1)) throw new Error(`--mask-fraction must lie in (0, 1), got ${args.get('mask-fraction')}`);
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;
   const threads = args.has('threads') ? Number(args.get('threads')) : undefined;
   const learningRate = args.has('learning-rate') ? Number(args.get('learning-rate')) : undefined;
@@ -199,7 +201,7 @@ async function main(): Promise<void> {
     const workDir = await fs.mkdtemp(path.join(os.tmpdir(), 'blindspot-bench-methods-'));
     const methodOptions = (): Partial<TrainOptions> => ({
       ...(method === 'structn2v' ? { structMask } : {}),
-      ...(usesStratifiedMasking(method) ? { maskRadius, strategy } : {}),
+      ...(usesStratifiedMasking(method) ? { maskRadius, strategy, maskFraction } : {}),
       ...((method === 'laine19' || method === 'dbsn') && architecturalPrior !== undefined ? { prior: architecturalPrior } : {}),
       // The likelihood methods' noise model: the data's true one (2D here; the 3D run replaces it).
       ...(getMethod(method).likelihood ? { prior: { kind: 'gaussian', sigma: SIGMA } as NoiseSpec } : {}),
@@ -354,7 +356,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', quick };
+  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
