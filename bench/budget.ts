@@ -5,7 +5,7 @@
  *
  *   npm run bench:budget -- --minutes 60 [--seeds 1,2,3] [--methods n2v,noise2self,...] [--limit 68]
  *     [--set12-limit 12] [--teacher laine19] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
- *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F]   (the methods' rows; the student keeps distill's recipe)
+ *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F] [--train-engine tfjs|onnx]   (the methods' rows; the student keeps distill's recipe)
  *
  * It composes the two benchmarks that already train and score this way rather than a third copy:
  * bench:methods --minutes M --no-3d once per seed (the classical row with the first seed only: it
@@ -104,6 +104,7 @@ async function main(): Promise<void> {
       ...(args.has('learning-rate') ? ['--learning-rate', String(args.get('learning-rate'))] : []),
       ...(args.has('lr-schedule') ? ['--lr-schedule', String(args.get('lr-schedule'))] : []),
       ...(args.has('mask-fraction') ? ['--mask-fraction', String(args.get('mask-fraction'))] : []),
+      ...(args.has('train-engine') ? ['--train-engine', String(args.get('train-engine'))] : []),
     ]);
     const result = await readLatest<MethodsResult>(stem);
     if (code !== 0 || result === null) log(`bench:methods seed ${seed} exited with ${code}${result ? ' (its partial results are used)' : ''}`);
@@ -140,7 +141,7 @@ async function main(): Promise<void> {
     sets: { bsd68Images: Number(sets[1]), set12Images: Number(sets[3]) },
     backend: first?.backend,
     threads: first?.threads,
-    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)', maskFraction: args.get('mask-fraction') ?? '0.015 (default)' },
+    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)', maskFraction: args.get('mask-fraction') ?? '0.015 (default)', trainEngine: args.get('train-engine') ?? 'tfjs' },
     load: { start: loadStart, end: os.loadavg().map((l) => +l.toFixed(2)) },
     noisy: first?.noisy,
     rows: [...rows.values()],

@@ -2,7 +2,7 @@
  * bench:budget's table: its result record, its Markdown, and the merge of results run apart. The
  * 3-seed table over every method is about 36 hours of a 2-core machine, so it is built from runs
  * of a seed or a method each, on different days; a merge takes only results of one protocol
- * (budget, sets, backend, threads, recipe) and lists where each came from (commit, date, load).
+ * (budget, sets, backend, threads, recipe, train engine) and lists where each came from (commit, date, load).
  */
 import { machineInfo } from './common.js';
 import type { Score } from './testSets.js';
@@ -22,7 +22,7 @@ export interface BudgetResult {
   backend?: string;
   threads?: number;
   /** maskFraction: the masked methods' (absent in results from before it was an option: the default, 0.015). */
-  recipe: { learningRate: string; learningRateSchedule: string; maskFraction?: string };
+  recipe: { learningRate: string; learningRateSchedule: string; maskFraction?: string; trainEngine?: string };
   load: { start: number[]; end: number[] };
   noisy?: { bsd68: Score; set12: Score };
   rows: BudgetRow[];
@@ -55,6 +55,7 @@ function protocolOf(r: BudgetResult): Record<string, string> {
     'learning rate': r.recipe.learningRate,
     'learning-rate schedule': r.recipe.learningRateSchedule,
     'mask fraction': r.recipe.maskFraction ?? '0.015 (default)',
+    'train engine': r.recipe.trainEngine ?? 'tfjs',
   };
 }
 
@@ -136,7 +137,7 @@ export function budgetMarkdown(result: BudgetResult, jsonFile: string, command: 
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; ${loadLine}  `,
     `Backend: ${result.backend ?? '-'}, ${result.threads ?? '-'} thread(s)  `,
     `Budget${result.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: ${result.minutes} min of wall-clock training per network (validation included), batch 4, 64x64 patches, ` +
-      `Adam at ${result.recipe.learningRate}, learning-rate schedule ${result.recipe.learningRateSchedule}, masked methods' mask fraction ${result.recipe.maskFraction ?? '0.015 (default)'}, ` +
+      `Adam at ${result.recipe.learningRate}, learning-rate schedule ${result.recipe.learningRateSchedule}, masked methods' mask fraction ${result.recipe.maskFraction ?? '0.015 (default)'}, gradients on ${result.recipe.trainEngine ?? 'tfjs'}, ` +
       `Train400 at sigma 25; BSD68 first ${result.sets.bsd68Images}, Set12 first ${result.sets.set12Images}; seeds ${result.seeds.join(', ')}. ` +
       (result.rows.some((r) => r.name.startsWith('distilled student'))
         ? `The distilled student trains ${result.minutes} min on the output of a teacher that trained ${result.minutes} min first (2x the budget in all). `

@@ -139,6 +139,7 @@ async function main(): Promise<void> {
   if (!(Number.isInteger(sampling.samples) && sampling.samples >= 1)) throw new Error(`--samples must be a positive integer, got ${args.get('samples')}`);
   // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
+  const trainEngine = args.get('train-engine') as TrainOptions['trainEngine'];
   const maskFraction = args.has('mask-fraction') ? Number(args.get('mask-fraction')) : undefined;
   if (maskFraction !== undefined && !(maskFraction > 0 && maskFraction < 1)) throw new Error(`--mask-fraction must lie in (0, 1), got ${args.get('mask-fraction')}`);
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;
@@ -209,6 +210,7 @@ async function main(): Promise<void> {
       noiseFits: method === 'dbsn' && architecturalPrior === 'nlf',
       ...(learningRate !== undefined ? { learningRate } : {}),
       ...(learningRateSchedule !== undefined ? { learningRateSchedule } : {}),
+      ...(trainEngine !== undefined ? { trainEngine } : {}),
     });
     try {
       if (with2d) {
@@ -356,7 +358,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', quick };
+  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', trainEngine: trainEngine ?? 'tfjs', quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -431,7 +433,7 @@ function methodsMarkdown(
     `Command: \`npm run bench:methods -- ${process.argv.slice(2).join(' ')}\`  `,
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores (${os.cpus().length} reported by os.cpus), ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; shared with other jobs while it ran  `,
-    `Backend: ${result.backend}, ${result.threads} thread(s)  `,
+    `Backend: ${result.backend}, ${result.threads} thread(s); gradients on ${String(b.trainEngine ?? 'tfjs')}${b.maskFraction !== undefined && b.maskFraction !== 'default' ? `; mask fraction ${String(b.maskFraction)}` : ''}  `,
     `Budget: ${b.with2d === false ? 'no 2D runs, ' : b.minutes2d !== undefined ? `${b.minutes2d} min of training per method (2D, wall clock, validation included${b.steps2d !== undefined ? `, at most ${b.steps2d} steps` : ''})` : `${b.steps2d} steps (2D)`}${b.with3d ? `${b.with2d === false ? '' : ' and '}${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
       `Train400 (${b.trainImages} images, sigma 25 as float, seeded); BSD68: first ${b.bsd68Images} images; Set12: ${b.set12Images} images; ` +
       (b.with3d ? `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` : '') +

@@ -67,7 +67,8 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
               `patch ${e.patchShape.join('x')}, batch ${e.batchSize}, ` +
               (e.budgetSeconds === undefined
                 ? `steps ${e.firstStep}..${e.steps}`
-                : `budget ${formatSeconds(e.budgetSeconds)}${Number.isSafeInteger(e.steps + 1) ? ` or ${e.steps} steps` : ''}, from step ${e.firstStep}`),
+                : `budget ${formatSeconds(e.budgetSeconds)}${Number.isSafeInteger(e.steps + 1) ? ` or ${e.steps} steps` : ''}, from step ${e.firstStep}`) +
+              (e.trainEngine ? `; ${e.trainEngine}` : ''),
           );
           break;
         case 'step': {

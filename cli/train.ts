@@ -7,6 +7,7 @@ import { ExitCode, UsageError } from '../core/errors.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
 import { trainModel, TrainingInterrupted, type NamedSource, type NetworkOverrides } from '../pipeline/train.js';
+import { TRAIN_ENGINES } from '../pipeline/trainOptions.js';
 import { methodNames, methods } from '../methods/registry.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
 import { assertReportWritable } from '../report/index.js';
@@ -102,7 +103,11 @@ TIFF stacks and frame folders): patches from random chunk-aligned regions throug
                             Linux), tensorflow, wasm, cpu. tensorflow(-gpu) need the optional packages
                             @tensorflow/tfjs-node(-gpu), whose install downloads libtensorflow (see docs/webgpu.md)
   --verbose                 also log which backends auto skipped and why
-  --threads N               CPU threads for wasm (default: all cores)
+  --threads N               CPU threads for wasm and for --train-engine onnx (default: all cores)
+  --train-engine E          tfjs|onnx (default tfjs): what computes the gradients. onnx: ONNX Runtime's CPU
+                            kernels on the network's written-out backward pass, several times faster than
+                            wasm (docs/engines.md); 2D U-Nets without batch norm, methods with the plain masked
+                            loss (n2v, structn2v, noise2self, n2n, care), --loss mse or mae, no --prior
   --json                    JSON lines instead of a progress bar
 
 Examples:
@@ -129,6 +134,7 @@ export async function runTrain(args: string[]): Promise<number> {
       blocks: { type: 'string' },
       'network-size': { type: 'string' },
       'mask-fraction': { type: 'string' },
+      'train-engine': { type: 'string' },
       strategy: { type: 'string' },
       'mask-radius': { type: 'string' },
       'classical-check': { type: 'boolean', default: true },
@@ -224,6 +230,7 @@ export async function runTrain(args: string[]): Promise<number> {
       resume: values.resume,
       overwrite: values.overwrite,
       backend,
+      trainEngine: choice('train-engine', values['train-engine'], TRAIN_ENGINES),
       signal: interrupt.signal,
       onEvent: (e) => reporter.train(e),
       command: ['blindspot', 'train', ...args],

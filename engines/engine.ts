@@ -60,3 +60,24 @@ export function assertSameShape(engine: string, inShape: readonly number[], outS
     );
   }
 }
+
+/** One training batch as the trainer hands it to a gradient engine (NHWC / NDHWC, one channel, normalised units). */
+export interface GradientBatch {
+  shape: readonly number[];
+  inputs: Float32Array;
+  targets: Float32Array;
+  masks: Float32Array;
+}
+
+/**
+ * What computes a training step's loss and gradients when not tfjs itself: given the network's
+ * current weights (model.trainableWeights order and tfjs layout), the batch's masked loss and its
+ * gradient per weight (same order and shapes). The optimiser, the weights and the checkpoints stay
+ * tfjs': only the arithmetic moves (engines/onnxGradients.ts).
+ */
+export interface GradientEngine {
+  /** One line for the log: engine, provider, threads. */
+  describe(): string;
+  gradients(batch: GradientBatch, weights: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[] }>;
+  dispose(): Promise<void>;
+}

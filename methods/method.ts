@@ -157,6 +157,11 @@ export interface TrainingContext {
 export interface MethodTraining {
   batchLoss: BatchLossFn;
   /**
+   * The batch loss is the context's masked loss on one prediction of the inputs, nothing more: an
+   * engine other than tfjs may compute it and its gradients (TrainOptions.trainEngine).
+   */
+  plainMaskedLoss?: boolean;
+  /**
    * After each validation loss is computed: updates the method's state; fields for the history
    * record, events. Asynchronous because it reads tensors (webgpu has no synchronous read in Node).
    */

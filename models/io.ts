@@ -122,6 +122,8 @@ export interface ModelManifest {
     adamEpsilon?: number;
     backend: string;
     threads: number;
+    /** Present when not tfjs: what computed the gradients ('onnx': ONNX Runtime, engines/onnxGradients.ts). */
+    trainEngine?: 'onnx';
     inputs: string[];
     validationInputs: string[];
     bestStep: number;

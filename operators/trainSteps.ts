@@ -1,6 +1,7 @@
 import { type OperatorFunction, concatMap } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
+import type { GradientEngine } from '../engines/engine.js';
 import { maskedLoss } from '../models/losses.js';
 import type { TrainingBatch } from './batchPatches.js';
 
@@ -23,6 +24,11 @@ export interface TrainStepsOptions {
   optimizer: tf.Optimizer;
   /** A loss on one prediction, or `{ batch }`: a loss that runs the network itself (noise2info runs it twice). */
   loss: 'mse' | 'mae' | MaskedLossFn | { batch: BatchLossFn };
+  /**
+   * Computes each step's loss and gradients instead of tfjs (which still applies them with `optimizer`):
+   * the loss must then be the engine's, and there may be no extra variables.
+   */
+  gradients?: GradientEngine;
   /** Trained with the network's weights (e.g. a learned noise level); read each step. */
   extraVariables?: () => tf.Variable[];
   /**
@@ -41,7 +47,20 @@ export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBa
   const batchLoss = toBatchLoss(opts.loss);
   const variables = (): tf.Variable[] => [...opts.model.trainableWeights.map((w) => w.read() as tf.Variable), ...(opts.extraVariables?.() ?? [])];
   const apply = (x: tf.Tensor): tf.Tensor => opts.model.apply(x, { training: true }) as tf.Tensor;
+  const engine = opts.gradients;
+  if (engine && (opts.extraVariables?.() ?? []).length > 0) throw new Error('trainSteps: a gradient engine trains the network\'s weights only, not extra variables');
   return concatMap(async (batch) => {
+    if (engine) {
+      const weights = opts.model.trainableWeights.map((w) => w.read() as tf.Variable);
+      const values = await Promise.all(weights.map((w) => w.data() as Promise<Float32Array>));
+      const { loss, gradients } = await engine.gradients(batch, values);
+      const named = weights.map((w, i) => ({ name: w.name, tensor: tf.tensor(gradients[i], w.shape) }));
+      opts.optimizer.applyGradients(named);
+      tf.dispose(named.map((n) => n.tensor));
+      const result = { step: batch.step, loss };
+      await opts.afterEach?.(result);
+      return result;
+    }
     const x = tf.tensor(batch.inputs, batch.shape);
     const y = tf.tensor(batch.targets, batch.shape);
     const m = tf.tensor(batch.masks, batch.shape);

@@ -48,6 +48,7 @@ import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairS
 import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
 import { compareSavedModelWithClassical } from './classicalComparison.js';
 import { cosineLearningRate, LEARNING_RATE_SCHEDULES, runProgress } from './learningRateSchedule.js';
+import { openTrainEngine } from './trainEngine.js';
 import { CHECKPOINT_DIR, inspectOutput, readCheckpoint, writeCheckpoint, type CheckpointState } from './trainCheckpoint.js';
 
 export type { NamedSource, NamedVolume, StreamingTrainSettings, TrainEvent, TrainOptions } from './trainOptions.js';
@@ -235,6 +236,14 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const methodRun = method.training({ ...context, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
   const validationLoss: BatchLossFn = method.validation?.loss(context) ?? batchLoss;
+  const gradientEngine = await openTrainEngine({
+    engine: opts.trainEngine,
+    model,
+    methodName,
+    methodRun,
+    loss: noiseVariance !== undefined ? 'prior' : lossKind,
+    ...(opts.backend?.threads !== undefined ? { threads: opts.backend.threads } : {}),
+  });
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
@@ -265,6 +274,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     valVolumes: data.validationNames.length,
     resumed,
     ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
+    ...(gradientEngine ? { trainEngine: gradientEngine.describe() } : {}),
   });
 
   const manifestFor = (finished: boolean): ModelManifest => ({
@@ -290,6 +300,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       ...(method.validation ? { validationLoss: method.validation.name } : {}),
       backend: opts.backend?.name ?? tf.getBackend(),
       threads: opts.backend?.threads ?? 1,
+      ...(gradientEngine ? { trainEngine: 'onnx' as const } : {}),
       inputs: data.trainNames,
       validationInputs: data.validationNames,
       bestStep: state.bestStep,
@@ -403,6 +414,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       model,
       optimizer,
       loss: { batch: batchLoss },
+      ...(gradientEngine ? { gradients: gradientEngine } : {}),
       extraVariables: () => (learnedLogSigma !== null ? [learnedLogSigma] : []),
       afterEach: async (r) => {
         if (!interrupted && !budgetSpent) await afterStep(r);
@@ -415,6 +427,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     await lastValueFrom(run$);
   } finally {
     stepDone.complete();
+    await gradientEngine?.dispose();
   }
 
   if (interrupted) {

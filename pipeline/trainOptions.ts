@@ -164,11 +164,21 @@ export interface TrainOptions {
   resume?: boolean;
   overwrite?: boolean;
   backend?: { name: string; threads: number; gpu?: boolean };
+  /**
+   * What computes each step's loss and gradients: 'tfjs' (default: the backend's own autodiff) or
+   * 'onnx' (ONNX Runtime's CPU kernels on the network's explicit backward graph, engines/onnxGradients.ts;
+   * 2D U-Nets without batch norm and methods whose loss is the plain masked loss, with backend.threads
+   * threads). tfjs keeps the weights, Adam and checkpoints either way.
+   */
+  trainEngine?: TrainEngineName;
   /** Interrupt: the run stops after the current step with a checkpoint, resumable with `resume`. */
   signal?: AbortSignal;
   onEvent?: (event: TrainEvent) => void;
   command?: string[];
 }
+
+export type TrainEngineName = 'tfjs' | 'onnx';
+export const TRAIN_ENGINES: readonly TrainEngineName[] = ['tfjs', 'onnx'];
 
 export type TrainEvent =
   | {
@@ -196,6 +206,8 @@ export type TrainEvent =
       resumed: boolean;
       /** The wall-clock budget (timeBudgetSeconds), when there is one; `steps` is then only a cap. */
       budgetSeconds?: number;
+      /** What computes the gradients, when not tfjs (the engine's describe() line). */
+      trainEngine?: string;
     }
   | {
       type: 'step';

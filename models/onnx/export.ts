@@ -20,6 +20,7 @@ import { describeNoise } from '../bayes.js';
 import { loadModelFolder, MANIFEST_JSON, MODEL_ONNX, readManifest, writeFilesAtomically, type ModelManifest, type OnnxRecord, type OnnxTensorInfo } from '../io.js';
 import { describeNetwork } from '../network.js';
 import { GraphBuilder, IR_VERSION, OPSET, attr } from './graph.js';
+import { callsInOrder, type SymbolicTensorLike } from './layerCalls.js';
 import { converters, UnsupportedLayerError, type ConvertContext } from './layers.js';
 import { appendPosterior, normalisedNoise } from './posterior.js';
 import { encodeModel, type OnnxValueInfo } from './proto.js';
@@ -40,46 +41,6 @@ export interface OnnxInfo {
 export interface ExportOptions {
   /** 'all' (default): every output the model has (a prior model's uncertainty and prior mean too); 'denoised': `output` only. */
   outputs?: 'all' | 'denoised';
-}
-
-interface SymbolicTensorLike {
-  id: number;
-  shape: (number | null)[];
-  sourceLayer: tfl.layers.Layer;
-  nodeIndex: number;
-}
-
-interface LayerNode {
-  outboundLayer: tfl.layers.Layer;
-  inputTensors: SymbolicTensorLike[];
-  outputTensors: SymbolicTensorLike[];
-}
-
-function producer(t: SymbolicTensorLike): LayerNode {
-  return (t.sourceLayer as unknown as { inboundNodes: LayerNode[] }).inboundNodes[t.nodeIndex];
-}
-
-/** The layer calls the output depends on, each after the calls it reads from. */
-function callsInOrder(output: SymbolicTensorLike): LayerNode[] {
-  const order: LayerNode[] = [];
-  const visited = new Set<LayerNode>();
-  // Iterative depth-first post-order: a deep network must not exhaust the call stack.
-  const stack: { node: LayerNode; next: number }[] = [{ node: producer(output), next: 0 }];
-  visited.add(stack[0].node);
-  while (stack.length > 0) {
-    const top = stack[stack.length - 1];
-    if (top.next < top.node.inputTensors.length) {
-      const dep = producer(top.node.inputTensors[top.next++]);
-      if (!visited.has(dep)) {
-        visited.add(dep);
-        stack.push({ node: dep, next: 0 });
-      }
-    } else {
-      order.push(top.node);
-      stack.pop();
-    }
-  }
-  return order;
 }
 
 function spatialNames(dims: 2 | 3): string[] {

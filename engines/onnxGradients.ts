@@ -1,0 +1,57 @@
+/**
+ * Training's arithmetic on ONNX Runtime's CPU kernels: the network's loss-and-gradients graph
+ * (models/onnx/trainingGraph.ts) in one session, fed the batch and the current weights each step.
+ * tfjs keeps the weights, Adam and the checkpoints, so a run can resume on either engine.
+ * Measured against tfjs wasm on the same step: bench:speed (docs/engines.md).
+ */
+import os from 'node:os';
+import type * as Ort from 'onnxruntime-node';
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { buildTrainingGraph, type TrainingGraphLoss } from '../models/onnx/trainingGraph.js';
+import { EngineUnavailableError, type GradientEngine } from './engine.js';
+import { createSession, loadOnnxRuntime } from './onnxRuntime.js';
+
+export interface OnnxGradientOptions {
+  loss: TrainingGraphLoss;
+  /** Intra-op threads (default: all cores). */
+  threads?: number;
+}
+
+/**
+ * Opens the gradient engine for `model`. Throws UnsupportedLayerError (a layer the graph's backward
+ * pass does not cover) or EngineUnavailableError (onnxruntime-node does not load).
+ */
+export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxGradientOptions): Promise<GradientEngine> {
+  const graph = buildTrainingGraph(model, opts.loss);
+  let ort: typeof Ort;
+  try {
+    ort = await loadOnnxRuntime();
+  } catch (err) {
+    throw new EngineUnavailableError('train engine onnx', `onnxruntime-node does not load here (${(err as Error).message})`, { cause: err });
+  }
+  const threads = opts.threads ?? os.availableParallelism();
+  const session = await createSession(ort, graph.bytes, 'cpu', threads);
+  const shapes = model.trainableWeights.map((w) => w.shape.map((d) => d ?? 0));
+  const fetches = ['loss', ...graph.gradientOutputs];
+  return {
+    describe: () => `train engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider cpu, ${threads} intra-op thread(s))`,
+    async gradients(batch, weights) {
+      if (weights.length !== shapes.length) throw new Error(`onnx gradients: ${weights.length} weights given, the network has ${shapes.length}`);
+      const dims = [...batch.shape];
+      const feeds: Record<string, Ort.Tensor> = {
+        input: new ort.Tensor('float32', batch.inputs, dims),
+        target: new ort.Tensor('float32', batch.targets, dims),
+        mask: new ort.Tensor('float32', batch.masks, dims),
+      };
+      graph.weightInputs.forEach((name, i) => (feeds[name] = new ort.Tensor('float32', weights[i], shapes[i])));
+      const out = await session.run(feeds, fetches);
+      return {
+        loss: (out['loss'].data as Float32Array)[0],
+        gradients: graph.gradientOutputs.map((name) => out[name].data as Float32Array),
+      };
+    },
+    async dispose() {
+      await session.release();
+    },
+  };
+}

@@ -1,0 +1,243 @@
+/**
+ * A network's loss and gradients as a plain ONNX graph: the forward pass, the masked loss, and the
+ * backward pass written out op by op, so that ONNX Runtime's inference build (the one npm ships;
+ * its training build is not published for Node) computes what tf.variableGrads computes, on its
+ * native CPU kernels instead of tfjs' wasm ones (engines/onnxGradients.ts runs it).
+ *
+ * Interface, all float32: inputs `input`, `target`, `mask` [batch, y, x, 1] (NHWC, normalised units,
+ * mask 0/1), then one input per trainable weight in `model.trainableWeights` order and tfjs' layout
+ * (`weight_<i>`; conv kernels [kh, kw, cin, cout]); outputs `loss` (scalar) and `gradient_<i>`, the
+ * same shapes. Inside, the graph is channels-first; kernels are transposed in and their gradients out.
+ *
+ * The gradients of each op, with x the op's input and y its output:
+ * - Conv (stride 1, 'same'): dx = ConvTranspose(dy, w); dw from im2col, dw = sum_b dy_b col_b^T (one
+ *   batched MatMul: ONNX Runtime runs the Conv-as-filter formulation, dw = Conv(x^T, dy^T), 2x slower
+ *   here, its GEMMs having 9 columns); db = sum of dy over batch and space.
+ * - Relu: dx = dy where y > 0 (the output's sign is the input's).
+ * - MaxPool 2x2: MaxUnpool of dy at the pool's argmax indices.
+ * - Nearest upsampling 2x: the sum over each 2x2 block, AveragePool * 4.
+ * - Concat: Split. A tensor read by several calls sums their gradients.
+ * Anything else (batch norm, dilations, 3D, other activations) is an UnsupportedLayerError naming
+ * the layer: the trainer then says which engine to use instead.
+ */
+import type * as tfl from '@tensorflow/tfjs-layers';
+import { GraphBuilder, IR_VERSION, OPSET, attr } from './graph.js';
+import { callsInOrder, type LayerNode, type SymbolicTensorLike } from './layerCalls.js';
+import { UnsupportedLayerError } from './layers.js';
+import { encodeModel, type OnnxValueInfo } from './proto.js';
+
+/** The per-pixel error the masked loss averages over masked pixels (models/losses.ts maskedLoss). */
+export type TrainingGraphLoss = 'mse' | 'mae';
+
+export interface TrainingGraph {
+  bytes: Uint8Array;
+  /** Graph input names of the trainable weights, in model.trainableWeights order. */
+  weightInputs: string[];
+  /** Graph output names of their gradients, same order. */
+  gradientOutputs: string[];
+}
+
+/** Slice end past the last element (ONNX clamps it). */
+const TO_END = 2n ** 62n;
+
+interface Config {
+  [key: string]: unknown;
+}
+
+function single(v: unknown): number {
+  return Array.isArray(v) ? (v.every((e) => e === v[0]) ? (v[0] as number) : NaN) : (v as number);
+}
+
+/**
+ * Builds the loss-and-gradients graph of a one-input, one-channel-output 2D network. Throws
+ * UnsupportedLayerError for a layer or configuration the backward pass does not cover.
+ */
+export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLoss): TrainingGraph {
+  if (model.inputs.length !== 1 || model.outputs.length !== 1) throw new UnsupportedLayerError(model.name, 'the network must have one input and one output');
+  const inputTensor = model.inputs[0] as unknown as SymbolicTensorLike;
+  const outputTensor = model.outputs[0] as unknown as SymbolicTensorLike;
+  if (inputTensor.shape.length !== 4 || inputTensor.shape[3] !== 1) throw new UnsupportedLayerError(model.name, `input shape [${inputTensor.shape.join(', ')}]: the training graph is 2D with one channel`);
+  if (outputTensor.shape[3] !== 1) throw new UnsupportedLayerError(model.name, `${String(outputTensor.shape[3])} output channels (the training graph's loss takes one)`);
+
+  const g = new GraphBuilder();
+  const inputName = g.reserve('input');
+  const targetName = g.reserve('target');
+  const maskName = g.reserve('mask');
+  const lossName = g.reserve('loss');
+  const nchw = (x: string, name: string): string => g.op('Transpose', [x], name, { perm: attr.ints([0, 3, 1, 2]) });
+
+  // Weights: one graph input per trainable variable, matched by the variable's identity.
+  const trainable = model.trainableWeights.map((w) => w.read());
+  const weightInputs = trainable.map((_, i) => g.reserve(`weight_${i}`));
+  const gradientOutputs = trainable.map((_, i) => g.reserve(`gradient_${i}`));
+  const weightIndex = new Map<number, number>(trainable.map((v, i) => [v.id, i]));
+  const gradientOf = new Array<string | undefined>(trainable.length);
+  const claimed = new Set<number>();
+  const indexOfWeight = (layer: tfl.layers.Layer, which: number): number => {
+    const v = layer.trainableWeights[which]?.read();
+    const i = v === undefined ? undefined : weightIndex.get(v.id);
+    if (i === undefined) throw new UnsupportedLayerError(layer.name, 'a weight that is not among the model\'s trainable weights (frozen layers are not supported)');
+    if (claimed.has(i)) throw new UnsupportedLayerError(layer.name, 'a layer called more than once (shared weights)');
+    claimed.add(i);
+    return i;
+  };
+
+  const names = new Map<number, string>();
+  const backward: Array<() => void> = [];
+  const grads = new Map<string, string>();
+  const addGradient = (x: string, dx: string, name: string): void => {
+    const known = grads.get(x);
+    grads.set(x, known === undefined ? dx : g.op('Add', [known, dx], `${name}_sum`));
+  };
+  const zero = g.scalar('zero', 0);
+  const input = nchw(inputName, 'input_nchw');
+
+  for (const call of callsInOrder(outputTensor) as LayerNode[]) {
+    const layer = call.outboundLayer;
+    const className = layer.getClassName();
+    if (className === 'InputLayer') {
+      names.set(inputTensor.id, input);
+      continue;
+    }
+    if (call.outputTensors.length !== 1) throw new UnsupportedLayerError(layer.name, 'a layer with several outputs');
+    const xs = call.inputTensors.map((t) => {
+      const n = names.get(t.id);
+      if (n === undefined) throw new Error(`training graph: ${layer.name} reads a tensor not built yet`);
+      return n;
+    });
+    const channels = call.inputTensors.map((t) => t.shape[3] ?? 0);
+    const c = layer.getConfig() as Config;
+    const name = layer.name;
+    let y: string;
+    switch (className) {
+      case 'Conv2D': {
+        const k = single(c['kernelSize']);
+        if (!(k % 2 === 1) || single(c['strides'] ?? 1) !== 1 || single(c['dilationRate'] ?? 1) !== 1 || (k > 1 && c['padding'] !== 'same')) {
+          throw new UnsupportedLayerError(name, `kernel ${JSON.stringify(c['kernelSize'])}, strides ${JSON.stringify(c['strides'])}, dilation ${JSON.stringify(c['dilationRate'])}, padding ${String(c['padding'])} (the training graph takes odd square kernels, stride 1, no dilation, 'same')`);
+        }
+        const act = c['activation'] ?? 'linear';
+        if (act !== 'linear' && act !== 'relu') throw new UnsupportedLayerError(name, `activation '${String(act)}'`);
+        const cin = channels[0];
+        const cout = c['filters'] as number;
+        const wi = indexOfWeight(layer, 0);
+        const bi = c['useBias'] === false ? null : indexOfWeight(layer, 1);
+        const x = xs[0];
+        const pad = (k - 1) / 2;
+        const convAttrs = { kernel_shape: attr.ints([k, k]), pads: attr.ints([pad, pad, pad, pad]) };
+        const w = g.op('Transpose', [weightInputs[wi]], `${name}_w_oihw`, { perm: attr.ints([3, 2, 0, 1]) });
+        const z = g.op('Conv', bi === null ? [x, w] : [x, w, weightInputs[bi]], name, convAttrs);
+        y = act === 'relu' ? g.op('Relu', [z], `${name}_relu`) : z;
+        const out = y;
+        const readsInput = x === input;
+        backward.push(() => {
+          let dz = grads.get(out);
+          if (dz === undefined) throw new Error(`training graph: no gradient reaches ${name}`);
+          if (act === 'relu') dz = g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dz, zero], `${name}_drelu`);
+          if (!readsInput) addGradient(x, g.op('ConvTranspose', [dz, w], `${name}_dx`, convAttrs), `${name}_dx`);
+          // im2col: col[b, (i*k + j)*cin + c, y, x] = xpad[b, c, y + i, x + j].
+          let col = x;
+          if (k > 1) {
+            const xpad = g.pad(x, [0, 0, pad, pad], [0, 0, pad, pad], `${name}_xpad`);
+            const taps: string[] = [];
+            for (let i = 0; i < k; i++) {
+              for (let j = 0; j < k; j++) {
+                const end = (d: number): bigint | number => (d === k - 1 ? TO_END : d - (k - 1));
+                taps.push(g.op('Slice', [xpad, g.int64s([i, j]), g.int64s([end(i), end(j)]), g.int64s([2, 3])], `${name}_tap${i}${j}`));
+              }
+            }
+            col = g.op('Concat', taps, `${name}_col`, { axis: attr.int(1) });
+          }
+          const colRows = g.op('Reshape', [col, g.int64s([0, cin * k * k, -1])], `${name}_col_rows`);
+          const dzRows = g.op('Reshape', [dz, g.int64s([0, cout, -1])], `${name}_dz_rows`);
+          const perBatch = g.op('MatMul', [dzRows, g.op('Transpose', [colRows], `${name}_col_t`, { perm: attr.ints([0, 2, 1]) })], `${name}_dw_batch`);
+          const dw = g.op('ReduceSum', [perBatch, g.int64s([0])], `${name}_dw_sum`, { keepdims: attr.int(0) });
+          const dwTaps = g.op('Reshape', [dw, g.int64s([cout, k, k, cin])], `${name}_dw_taps`);
+          gradientOf[wi] = g.op('Transpose', [dwTaps], `${name}_dw`, { perm: attr.ints([1, 2, 3, 0]) }, gradientOutputs[wi]);
+          if (bi !== null) gradientOf[bi] = g.op('ReduceSum', [dz, g.int64s([0, 2, 3])], `${name}_db`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
+        });
+        break;
+      }
+      case 'Activation': {
+        if (c['activation'] !== 'relu') throw new UnsupportedLayerError(name, `activation '${String(c['activation'])}'`);
+        const x = xs[0];
+        const out = (y = g.op('Relu', [x], name));
+        backward.push(() => addGradient(x, g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), grads.get(out)!, zero], `${name}_dx`), `${name}_dx`));
+        break;
+      }
+      case 'MaxPooling2D': {
+        if (single(c['poolSize']) !== 2 || single(c['strides'] ?? 2) !== 2 || c['padding'] !== 'valid') throw new UnsupportedLayerError(name, 'pooling other than 2x2, stride 2, valid');
+        const x = xs[0];
+        const out = (y = g.fresh(name));
+        const indices = g.fresh(`${name}_argmax`);
+        const pool = { kernel_shape: attr.ints([2, 2]), strides: attr.ints([2, 2]) };
+        g.nodes.push({ opType: 'MaxPool', name: g.fresh(`${name}/MaxPool`), inputs: [x], outputs: [out, indices], attributes: pool });
+        backward.push(() => addGradient(x, g.op('MaxUnpool', [grads.get(out)!, indices, g.op('Shape', [x], `${name}_shape`)], `${name}_dx`, pool), `${name}_dx`));
+        break;
+      }
+      case 'BlindspotNearestUpSampling': {
+        const x = xs[0];
+        const scales = g.floats(`${name}/scales`, [4], Float32Array.of(1, 1, 2, 2));
+        const out = (y = g.op('Resize', [x, '', scales], name, {
+          mode: attr.string('nearest'),
+          coordinate_transformation_mode: attr.string('asymmetric'),
+          nearest_mode: attr.string('floor'),
+        }));
+        const four = g.scalar(`${name}/four`, 4);
+        backward.push(() => {
+          const mean = g.op('AveragePool', [grads.get(out)!], `${name}_block_mean`, { kernel_shape: attr.ints([2, 2]), strides: attr.ints([2, 2]) });
+          addGradient(x, g.op('Mul', [mean, four], `${name}_dx`), `${name}_dx`);
+        });
+        break;
+      }
+      case 'Concatenate': {
+        const axis = (c['axis'] as number | undefined) ?? -1;
+        if (axis !== -1 && axis !== 3) throw new UnsupportedLayerError(name, `concatenation along axis ${axis} (channels only)`);
+        const out = (y = g.op('Concat', xs, name, { axis: attr.int(1) }));
+        backward.push(() => {
+          const parts = xs.map((x) => g.fresh(`${name}_d${x}`));
+          g.nodes.push({ opType: 'Split', name: g.fresh(`${name}/Split`), inputs: [grads.get(out)!, g.int64s(channels)], outputs: parts, attributes: { axis: attr.int(1) } });
+          xs.forEach((x, i) => addGradient(x, parts[i], `${name}_dx${i}`));
+        });
+        break;
+      }
+      default:
+        throw new UnsupportedLayerError(name, `no training-graph gradient for tfjs layer class ${className}`);
+    }
+    names.set(call.outputTensors[0].id, y);
+  }
+
+  const prediction = names.get(outputTensor.id);
+  if (prediction === undefined) throw new Error('training graph: the output was not built');
+  // loss = sum(mask * e(p - t)) / max(sum(mask), 1); e = square or abs (models/losses.ts maskedLoss).
+  const target = nchw(targetName, 'target_nchw');
+  const mask = nchw(maskName, 'mask_nchw');
+  const diff = g.op('Sub', [prediction, target], 'diff');
+  const maskedDiff = g.op('Mul', [diff, mask], 'masked_diff');
+  const count = g.op('Max', [g.op('ReduceSum', [mask], 'mask_count', { keepdims: attr.int(0) }), g.scalar('one', 1)], 'mask_count_clamped');
+  const error = loss === 'mse' ? g.op('Mul', [maskedDiff, diff], 'masked_square') : g.op('Abs', [maskedDiff], 'masked_abs');
+  g.op('Div', [g.op('ReduceSum', [error], 'error_sum', { keepdims: attr.int(0) }), count], 'masked_mean', undefined, lossName);
+  const dPrediction =
+    loss === 'mse' ? g.op('Mul', [maskedDiff, g.scalar('two', 2)], 'dloss_square') : g.op('Mul', [g.op('Sign', [diff], 'diff_sign'), mask], 'dloss_abs');
+  grads.set(prediction, g.op('Div', [dPrediction, count], 'dprediction'));
+  for (const step of backward.reverse()) step();
+
+  trainable.forEach((v, i) => {
+    if (gradientOf[i] === undefined) throw new UnsupportedLayerError(model.name, `the trainable weight ${model.trainableWeights[i].name} is used by no layer the graph covers`);
+  });
+  const batchShape = ['batch', 'y', 'x', 1];
+  const inputs: OnnxValueInfo[] = [
+    { name: inputName, shape: batchShape },
+    { name: targetName, shape: batchShape },
+    { name: maskName, shape: batchShape },
+    ...trainable.map((v, i) => ({ name: weightInputs[i], shape: v.shape })),
+  ];
+  const outputs: OnnxValueInfo[] = [{ name: lossName, shape: [] }, ...trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape }))];
+  const bytes = encodeModel({
+    irVersion: IR_VERSION,
+    opset: OPSET,
+    producerName: 'blindspot',
+    producerVersion: 'training-graph',
+    graph: g.graph(`blindspot_training_${model.name}`, inputs, outputs, `masked ${loss} loss and its gradients`),
+  });
+  return { bytes, weightInputs, gradientOutputs };
+}
