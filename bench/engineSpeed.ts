@@ -33,6 +33,8 @@ export interface EngineRates {
   mpx2d: number;
   /** 3D 32x128x128, megavoxels per second (null: not measured). */
   mvox3d: number | null;
+  /** PyTorch: training steps per second of the 2D network at batch 16 of 64x64 (absent: not measured). */
+  trainStepsPerS?: number | null;
 }
 
 /**
@@ -107,7 +109,7 @@ export const TORCH_MALLOC_REUSE: Readonly<Record<string, string>> = { MALLOC_MMA
  * installed. `allocator` 'reuse' (the fair comparison) runs it under TORCH_MALLOC_REUSE, 'default'
  * with glibc's defaults (what a plain `python3` gives).
  */
-export function measureTorch(threads: number, runs2d: number, runs3d: number, with3d: boolean, allocator: 'reuse' | 'default' = 'reuse'): EngineRates | null {
+export function measureTorch(threads: number, runs2d: number, runs3d: number, with3d: boolean, allocator: 'reuse' | 'default' = 'reuse', trainSteps = 0): EngineRates | null {
   const python = '/usr/bin/python3';
   if (!existsSync(python)) return null;
   try {
@@ -118,10 +120,10 @@ export function measureTorch(threads: number, runs2d: number, runs3d: number, wi
   const script = path.join(PACKAGE_ROOT, 'bench', 'torch_infer.py');
   const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
   for (const name of Object.keys(TORCH_MALLOC_REUSE)) delete env[name];
-  const line = execFileSync(python, [script, '--threads', String(threads), '--warmup', String(WARMUP_PASSES), '--runs2d', String(runs2d), '--runs3d', String(with3d ? runs3d : 0)], {
+  const line = execFileSync(python, [script, '--threads', String(threads), '--warmup', String(WARMUP_PASSES), '--runs2d', String(runs2d), '--runs3d', String(with3d ? runs3d : 0), '--train-steps', String(trainSteps)], {
     encoding: 'utf8',
     env: allocator === 'reuse' ? { ...env, ...TORCH_MALLOC_REUSE } : env,
   });
-  const r = JSON.parse(line.trim().split('\n').pop()!) as { mpx2d: number; mvox3d: number | null };
-  return { engine: allocator === 'reuse' ? 'torch' : 'torch-default-malloc', threads, mpx2d: r.mpx2d, mvox3d: with3d ? r.mvox3d : null };
+  const r = JSON.parse(line.trim().split('\n').pop()!) as { mpx2d: number; mvox3d: number | null; trainStepsPerS: number | null };
+  return { engine: allocator === 'reuse' ? 'torch' : 'torch-default-malloc', threads, mpx2d: r.mpx2d, mvox3d: with3d ? r.mvox3d : null, trainStepsPerS: r.trainStepsPerS };
 }

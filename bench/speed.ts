@@ -1,6 +1,9 @@
 /**
  * Speed of the reference U-Net (2D, depth 2, 32 filters, 3x3, batch norm, 64x64x1 patches,
- * batch 16, Adam): training steps/s and megapixels/s, peak RSS; inference of the model alone on
+ * batch 16, Adam; for training the PyTorch reference's widths, every conv its level's width, so that
+ * the same network trains on each): training steps/s and megapixels/s with tfjs computing the
+ * gradients and with the ONNX train engine (engines/onnxGradients.ts), and PyTorch's training steps/s
+ * (bench/torch_infer.py --train-steps) as ratios, peak RSS; inference of the model alone on
  * each engine (bench/engineSpeed.ts: ONNX Runtime CPU and tfjs, 2D 512x512 and 3D 32x128x128) and,
  * where Debian's python3-torch is installed, PyTorch CPU on the same networks in the same run
  * (bench/torch_infer.py), as ratios; each thread count in its own process (the wasm thread pool is
@@ -34,6 +37,7 @@ import { buildUNet, defaultUNetConfig } from '../models/unet.js';
 import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
+import { openOnnxGradientEngine } from '../engines/onnxGradients.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
 import { type BenchShapes, type EngineRates, SHAPE_2D, SHAPE_3D, measureEngines, measureTorch } from './engineSpeed.js';
 import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
@@ -55,6 +59,8 @@ interface SpeedResult {
   threads: number;
   trainStepsPerS: number | null;
   trainMpxPerS: number | null;
+  /** The same steps with the ONNX train engine computing the gradients (tfjs' Adam applies them). */
+  onnxTrainStepsPerS: number | null;
   /** The default engine's (ONNX Runtime) inference rate, 2D 512x512. */
   inferMpxPerS: number;
   engines: EngineRates[];
@@ -123,7 +129,7 @@ interface InferenceRuns {
 
 async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
-  const cfg = defaultUNetConfig(2);
+  const cfg = { ...defaultUNetConfig(2), widths: 'level' as const };
   const model = buildUNet(cfg, 1);
   const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
   const rng = new Rng(3);
@@ -156,6 +162,22 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
   }
   model.dispose();
   optimizer.dispose();
+  let onnxStepsPerS: number | null = null;
+  if (steps > 0) {
+    const onnxModel = buildUNet(cfg, 1);
+    const onnxOptimizer = createAdam(4e-4);
+    const gradients = await openOnnxGradientEngine(onnxModel, { loss: 'mse', threads: backend.threads });
+    const warmup = 3;
+    const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
+    const options = { model: onnxModel, optimizer: onnxOptimizer, loss: 'mse' as const, gradients };
+    await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps(options), toArray()));
+    const t0 = performance.now();
+    await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps(options), toArray()));
+    onnxStepsPerS = steps / ((performance.now() - t0) / 1000);
+    await gradients.dispose();
+    onnxModel.dispose();
+    onnxOptimizer.dispose();
+  }
   const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d, INFER_SHAPES);
   return {
     backend: backend.name,
@@ -163,6 +185,7 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
     threads: backend.threads,
     trainStepsPerS: stepsPerS === null ? null : +stepsPerS.toFixed(3),
     trainMpxPerS: stepsPerS === null ? null : +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
+    onnxTrainStepsPerS: onnxStepsPerS === null ? null : +onnxStepsPerS.toFixed(3),
     inferMpxPerS: engines.find((e) => e.engine === 'onnx')!.mpx2d,
     engines,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
@@ -208,14 +231,14 @@ async function main(): Promise<void> {
       maxBuffer: 1 << 24,
     });
     const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
-    const train = r.trainStepsPerS === null ? 'no training' : `train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s)`;
+    const train = r.trainStepsPerS === null ? 'no training' : `train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), with the onnx train engine ${r.onnxTrainStepsPerS} steps/s`;
     console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: ${train}, peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
     // PyTorch right after, same thread count: same-run ratios are what mean anything on a shared machine.
     // --tiny measures nothing worth a ratio (and torch_infer.py knows only the reference shapes).
     // PyTorch with its activations' memory reused (the fair reference, see TORCH_MALLOC_REUSE) and,
     // for the record, with glibc's default allocator settings.
-    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse');
+    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse', steps);
     const ptDefault = pt && !args.has('no-torch-default-malloc') ? measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'default') : null;
     if (pt) torch.push(pt);
     if (ptDefault) torch.push(ptDefault);
@@ -234,6 +257,11 @@ async function main(): Promise<void> {
       onnxVsTfjs: { d2: ratio(onnx.mpx2d, tfjs.mpx2d), d3: ratio(onnx.mvox3d, tfjs.mvox3d) },
       ...(pt ? { onnxVsTorch: { d2: ratio(onnx.mpx2d, pt.mpx2d), d3: ratio(onnx.mvox3d, pt.mvox3d) }, tfjsVsTorch: { d2: ratio(tfjs.mpx2d, pt.mpx2d), d3: ratio(tfjs.mvox3d, pt.mvox3d) } } : {}),
       ...(ptDefault ? { onnxVsTorchDefaultMalloc: { d2: ratio(onnx.mpx2d, ptDefault.mpx2d), d3: ratio(onnx.mvox3d, ptDefault.mvox3d) } } : {}),
+      // Training steps/s: the onnx train engine, tfjs (its backend's autodiff) and PyTorch.
+      train: {
+        onnxVsTfjs: ratio(r.onnxTrainStepsPerS, r.trainStepsPerS),
+        ...(pt?.trainStepsPerS ? { onnxVsTorch: ratio(r.onnxTrainStepsPerS, pt.trainStepsPerS), tfjsVsTorch: ratio(r.trainStepsPerS, pt.trainStepsPerS) } : {}),
+      },
     };
   });
   for (const q of ratios) console.log(`ratios ${q.threads} thread(s): ${JSON.stringify(q)}`);

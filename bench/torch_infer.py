@@ -5,13 +5,16 @@ for bench/speed.ts to set beside ONNX Runtime and tfjs in the same run. Debian p
 bench/engineSpeed.ts runs it with glibc malloc told to reuse memory (MALLOC_MMAP_MAX_=0,
 MALLOC_TRIM_THRESHOLD_ huge: see TORCH_MALLOC_REUSE there; without them every forward pass faults in
 fresh pages for its 32 MiB activations) and, for the record, without.
-usage: torch_infer.py --threads N [--warmup W] --runs2d R --runs3d R   -> one JSON line {mpx2d, mvox3d, torch, malloc}"""
+With --train-steps S it also times S training steps of the 2D network (train mode, Adam 4e-4, the
+MSE on a 1.5% mask, batch 16 of 64x64, after the warm-up steps): trainStepsPerS, for the training ratios.
+usage: torch_infer.py --threads N [--warmup W] --runs2d R --runs3d R [--train-steps S]
+  -> one JSON line {mpx2d, mvox3d, trainStepsPerS, torch, malloc}"""
 import argparse, json, os, time
 import torch, torch.nn as nn, torch.nn.functional as F
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--threads', type=int, default=1); ap.add_argument('--runs2d', type=int, default=3); ap.add_argument('--runs3d', type=int, default=1)
-ap.add_argument('--warmup', type=int, default=3)
+ap.add_argument('--warmup', type=int, default=3); ap.add_argument('--train-steps', type=int, default=0)
 a = ap.parse_args()
 torch.set_num_threads(a.threads); torch.set_num_interop_threads(1); torch.manual_seed(0)
 
@@ -41,6 +44,17 @@ def rate(dims, shape, runs):
     for s in shape: n *= s
     return round(runs * n / 1e6 / seconds, 4)
 
+def train_rate(steps):
+    net = unet(2).train(); opt = torch.optim.Adam(net.parameters(), lr=4e-4)
+    x = torch.randn(16, 1, 64, 64); y = torch.randn(16, 1, 64, 64); m = (torch.rand(16, 1, 64, 64) < 0.015).float()
+    def step():
+        opt.zero_grad(); loss = ((net(x) - y) ** 2 * m).sum() / m.sum().clamp(min=1); loss.backward(); opt.step()
+    for _ in range(a.warmup): step()
+    t0 = time.perf_counter()
+    for _ in range(steps): step()
+    return round(steps / (time.perf_counter() - t0), 3)
+
 malloc = {k: os.environ[k] for k in ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_') if k in os.environ}
 print(json.dumps({'torch': torch.__version__, 'threads': a.threads, 'malloc': malloc or 'glibc defaults', 'mpx2d': rate(2, (512, 512), a.runs2d),
-                  'mvox3d': rate(3, (32, 128, 128), a.runs3d) if a.runs3d > 0 else None}))
+                  'mvox3d': rate(3, (32, 128, 128), a.runs3d) if a.runs3d > 0 else None,
+                  'trainStepsPerS': train_rate(a.train_steps) if a.train_steps > 0 else None}))

@@ -71,13 +71,14 @@ export interface GradientBatch {
 
 /**
  * What computes a training step's loss and gradients when not tfjs itself: given the network's
- * current weights (model.trainableWeights order and tfjs layout), the batch's masked loss and its
- * gradient per weight (same order and shapes). The optimiser, the weights and the checkpoints stay
- * tfjs': only the arithmetic moves (engines/onnxGradients.ts).
+ * current weights (model.trainableWeights order and tfjs layout) and its state (model.nonTrainableWeights:
+ * batch norm's moving statistics), the batch's masked loss, its gradient per weight (same order and
+ * shapes) and the state after the batch. The optimiser, the weights and the checkpoints stay tfjs':
+ * only the arithmetic moves (engines/onnxGradients.ts).
  */
 export interface GradientEngine {
   /** One line for the log: engine, provider, threads. */
   describe(): string;
-  gradients(batch: GradientBatch, weights: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[] }>;
+  gradients(batch: GradientBatch, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[]; state: Float32Array[] }>;
   dispose(): Promise<void>;
 }

@@ -32,11 +32,14 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
   const threads = opts.threads ?? os.availableParallelism();
   const session = await createSession(ort, graph.bytes, 'cpu', threads);
   const shapes = model.trainableWeights.map((w) => w.shape.map((d) => d ?? 0));
-  const fetches = ['loss', ...graph.gradientOutputs];
+  const stateShapes = model.nonTrainableWeights.map((w) => w.shape.map((d) => d ?? 0));
+  const fetches = ['loss', ...graph.gradientOutputs, ...graph.stateOutputs];
   return {
     describe: () => `train engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider cpu, ${threads} intra-op thread(s))`,
-    async gradients(batch, weights) {
-      if (weights.length !== shapes.length) throw new Error(`onnx gradients: ${weights.length} weights given, the network has ${shapes.length}`);
+    async gradients(batch, weights, state) {
+      if (weights.length !== shapes.length || state.length !== stateShapes.length) {
+        throw new Error(`onnx gradients: ${weights.length} weights and ${state.length} state arrays given, the network has ${shapes.length} and ${stateShapes.length}`);
+      }
       const dims = [...batch.shape];
       const feeds: Record<string, Ort.Tensor> = {
         input: new ort.Tensor('float32', batch.inputs, dims),
@@ -44,10 +47,12 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
         mask: new ort.Tensor('float32', batch.masks, dims),
       };
       graph.weightInputs.forEach((name, i) => (feeds[name] = new ort.Tensor('float32', weights[i], shapes[i])));
+      graph.stateInputs.forEach((name, j) => (feeds[name] = new ort.Tensor('float32', state[j], stateShapes[j])));
       const out = await session.run(feeds, fetches);
       return {
         loss: (out['loss'].data as Float32Array)[0],
         gradients: graph.gradientOutputs.map((name) => out[name].data as Float32Array),
+        state: graph.stateOutputs.map((name) => out[name].data as Float32Array),
       };
     },
     async dispose() {

@@ -52,11 +52,18 @@ export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBa
   return concatMap(async (batch) => {
     if (engine) {
       const weights = opts.model.trainableWeights.map((w) => w.read() as tf.Variable);
+      const stateful = opts.model.nonTrainableWeights;
       const values = await Promise.all(weights.map((w) => w.data() as Promise<Float32Array>));
-      const { loss, gradients } = await engine.gradients(batch, values);
+      const stateValues = await Promise.all(stateful.map((w) => w.read().data() as Promise<Float32Array>));
+      const { loss, gradients, state } = await engine.gradients(batch, values, stateValues);
       const named = weights.map((w, i) => ({ name: w.name, tensor: tf.tensor(gradients[i], w.shape) }));
       opts.optimizer.applyGradients(named);
       tf.dispose(named.map((n) => n.tensor));
+      stateful.forEach((w, j) => {
+        const next = tf.tensor(state[j], w.shape as number[]);
+        w.write(next);
+        next.dispose();
+      });
       const result = { step: batch.step, loss };
       await opts.afterEach?.(result);
       return result;

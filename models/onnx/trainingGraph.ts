@@ -6,8 +6,10 @@
  *
  * Interface, all float32: inputs `input`, `target`, `mask` [batch, y, x, 1] (NHWC, normalised units,
  * mask 0/1), then one input per trainable weight in `model.trainableWeights` order and tfjs' layout
- * (`weight_<i>`; conv kernels [kh, kw, cin, cout]); outputs `loss` (scalar) and `gradient_<i>`, the
- * same shapes. Inside, the graph is channels-first; kernels are transposed in and their gradients out.
+ * (`weight_<i>`; conv kernels [kh, kw, cin, cout]) and one per non-trainable weight (`state_<j>`,
+ * model.nonTrainableWeights order: batch norm's moving statistics); outputs `loss` (scalar),
+ * `gradient_<i>`, the same shapes, and `state_<j>_next`, the moving statistics after this batch.
+ * Inside, the graph is channels-first; kernels are transposed in and their gradients out.
  *
  * The gradients of each op, with x the op's input and y its output:
  * - Conv (stride 1, 'same'): dx = ConvTranspose(dy, w); dw from im2col, dw = sum_b dy_b col_b^T (one
@@ -17,7 +19,10 @@
  * - MaxPool 2x2: MaxUnpool of dy at the pool's argmax indices.
  * - Nearest upsampling 2x: the sum over each 2x2 block, AveragePool * 4.
  * - Concat: Split. A tensor read by several calls sums their gradients.
- * Anything else (batch norm, dilations, 3D, other activations) is an UnsupportedLayerError naming
+ * - Batch norm (training mode, models/layers.ts ChannelBatchNorm): the batch's biased moments;
+ *   dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), dgamma = sum(dy * xhat), dbeta = sum(dy);
+ *   moving = moving - (moving - batch) * (1 - momentum), as the layer updates them.
+ * Anything else (dilations, 3D, other activations) is an UnsupportedLayerError naming
  * the layer: the trainer then says which engine to use instead.
  */
 import type * as tfl from '@tensorflow/tfjs-layers';
@@ -35,6 +40,10 @@ export interface TrainingGraph {
   weightInputs: string[];
   /** Graph output names of their gradients, same order. */
   gradientOutputs: string[];
+  /** Graph input names of the non-trainable weights, in model.nonTrainableWeights order. */
+  stateInputs: string[];
+  /** Graph output names of their values after the step, same order. */
+  stateOutputs: string[];
 }
 
 /** Slice end past the last element (ONNX clamps it). */
@@ -73,6 +82,17 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
   const weightIndex = new Map<number, number>(trainable.map((v, i) => [v.id, i]));
   const gradientOf = new Array<string | undefined>(trainable.length);
   const claimed = new Set<number>();
+  const state = model.nonTrainableWeights.map((w) => w.read());
+  const stateInputs = state.map((_, j) => g.reserve(`state_${j}`));
+  const stateOutputs = state.map((_, j) => g.reserve(`state_${j}_next`));
+  const stateIndex = new Map<number, number>(state.map((v, j) => [v.id, j]));
+  const stateNext = new Array<string | undefined>(state.length);
+  const indexOfState = (layer: tfl.layers.Layer, which: number): number => {
+    const v = layer.nonTrainableWeights[which]?.read();
+    const j = v === undefined ? undefined : stateIndex.get(v.id);
+    if (j === undefined || stateNext[j] !== undefined) throw new UnsupportedLayerError(layer.name, 'a moving statistic that is not among the model\'s non-trainable weights, or shared');
+    return j;
+  };
   const indexOfWeight = (layer: tfl.layers.Layer, which: number): number => {
     const v = layer.trainableWeights[which]?.read();
     const i = v === undefined ? undefined : weightIndex.get(v.id);
@@ -200,6 +220,39 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         });
         break;
       }
+      case 'BlindspotChannelBatchNorm': {
+        const x = xs[0];
+        const cin = channels[0];
+        const gi = indexOfWeight(layer, 0);
+        const bi = indexOfWeight(layer, 1);
+        const [mi, vi] = [indexOfState(layer, 0), indexOfState(layer, 1)];
+        // opset 17: ReduceMean takes its axes as an attribute (ReduceSum as an input).
+        const meanOver = (t: string, n: string): string => g.op('ReduceMean', [t], n, { axes: attr.ints([0, 2, 3]), keepdims: attr.int(1) });
+        const perChannel = g.int64s([1, cin, 1, 1]);
+        const mean = meanOver(x, `${name}_mean`);
+        const centred = g.op('Sub', [x, mean], `${name}_centred`);
+        const variance = meanOver(g.op('Mul', [centred, centred], `${name}_square`), `${name}_variance`);
+        const rstd = g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [variance, g.scalar(`${name}/epsilon`, c['epsilon'] as number)], `${name}_var_eps`)], `${name}_std`)], `${name}_rstd`);
+        const xhat = g.op('Mul', [centred, rstd], `${name}_xhat`);
+        const gamma = g.op('Reshape', [weightInputs[gi], perChannel], `${name}_gamma`);
+        const out = (y = g.op('Add', [g.op('Mul', [xhat, gamma], `${name}_scaled`), g.op('Reshape', [weightInputs[bi], perChannel], `${name}_beta`)], name));
+        const decay = g.scalar(`${name}/decay`, 1 - (c['momentum'] as number));
+        const flat = g.int64s([cin]);
+        for (const [j, batch] of [[mi, mean], [vi, variance]] as const) {
+          const old = stateInputs[j];
+          const moved = g.op('Mul', [g.op('Sub', [old, g.op('Reshape', [batch, flat], `${name}_batch_${j}`)], `${name}_gap_${j}`), decay], `${name}_move_${j}`);
+          stateNext[j] = g.op('Sub', [old, moved], `${name}_next_${j}`, undefined, stateOutputs[j]);
+        }
+        backward.push(() => {
+          const dy = grads.get(out)!;
+          const dyXhat = g.op('Mul', [dy, xhat], `${name}_dy_xhat`);
+          gradientOf[bi] = g.op('ReduceSum', [dy, g.int64s([0, 2, 3])], `${name}_dbeta`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
+          gradientOf[gi] = g.op('ReduceSum', [dyXhat, g.int64s([0, 2, 3])], `${name}_dgamma`, { keepdims: attr.int(0) }, gradientOutputs[gi]);
+          const centredDy = g.op('Sub', [g.op('Sub', [dy, meanOver(dy, `${name}_dy_mean`)], `${name}_dy_c`), g.op('Mul', [xhat, meanOver(dyXhat, `${name}_dy_xhat_mean`)], `${name}_proj`)], `${name}_dy_centred`);
+          addGradient(x, g.op('Mul', [centredDy, g.op('Mul', [gamma, rstd], `${name}_gain`)], `${name}_dx`), `${name}_dx`);
+        });
+        break;
+      }
       default:
         throw new UnsupportedLayerError(name, `no training-graph gradient for tfjs layer class ${className}`);
     }
@@ -224,14 +277,22 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
   trainable.forEach((v, i) => {
     if (gradientOf[i] === undefined) throw new UnsupportedLayerError(model.name, `the trainable weight ${model.trainableWeights[i].name} is used by no layer the graph covers`);
   });
+  state.forEach((_, j) => {
+    if (stateNext[j] === undefined) throw new UnsupportedLayerError(model.name, `the non-trainable weight ${model.nonTrainableWeights[j].name} is updated by no layer the graph covers`);
+  });
   const batchShape = ['batch', 'y', 'x', 1];
   const inputs: OnnxValueInfo[] = [
     { name: inputName, shape: batchShape },
     { name: targetName, shape: batchShape },
     { name: maskName, shape: batchShape },
     ...trainable.map((v, i) => ({ name: weightInputs[i], shape: v.shape })),
+    ...state.map((v, j) => ({ name: stateInputs[j], shape: v.shape })),
   ];
-  const outputs: OnnxValueInfo[] = [{ name: lossName, shape: [] }, ...trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape }))];
+  const outputs: OnnxValueInfo[] = [
+    { name: lossName, shape: [] },
+    ...trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape })),
+    ...state.map((v, j) => ({ name: stateOutputs[j], shape: v.shape })),
+  ];
   const bytes = encodeModel({
     irVersion: IR_VERSION,
     opset: OPSET,
@@ -239,5 +300,5 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
     producerVersion: 'training-graph',
     graph: g.graph(`blindspot_training_${model.name}`, inputs, outputs, `masked ${loss} loss and its gradients`),
   });
-  return { bytes, weightInputs, gradientOutputs };
+  return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs };
 }

@@ -1,0 +1,99 @@
+/**
+ * The ONNX training graph against tfjs' own gradients on the cpu backend (tfjs' reference kernels,
+ * double-precision sums): realistic patches (noisy synthetic cells, normalised, N2V-masked), so
+ * that ReLU zeros, pooling ties and batch-norm statistics are those of training, not of uniform noise.
+ * (The wasm backend was found to differ from both on such patches with batch norm, by up to 3e-2 of
+ * a gradient's norm in the pooled levels: docs/engines.md.)
+ */
+import { describe, it, expect, beforeAll } from 'vitest';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../backend/select.js';
+import { Rng } from '../core/rng.js';
+import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
+import { openOnnxGradientEngine } from '../engines/onnxGradients.js';
+import { maskedLoss } from '../models/losses.js';
+import { defaultMaskOptions, maskPatch } from '../models/masking.js';
+import { UnsupportedLayerError } from '../models/onnx/layers.js';
+import { buildUNet } from '../models/unet.js';
+
+beforeAll(async () => {
+  await initBackend({ backend: 'cpu' });
+});
+
+/** `count` 32x32 patches of a noisy synthetic-cells image, normalised to mean 0 / std 1, N2V-masked (5%). */
+function realisticBatch(count: number, seed: number): { shape: number[]; inputs: Float32Array; targets: Float32Array; masks: Float32Array } {
+  const rng = new Rng(seed);
+  const size = 32;
+  const per = size * size;
+  const inputs = new Float32Array(count * per);
+  const targets = new Float32Array(count * per);
+  const masks = new Float32Array(count * per);
+  for (let b = 0; b < count; b++) {
+    const cells = syntheticCells([1, size, size], rng, { blobs: 17, filaments: 2 });
+    const noisy = addGaussianNoise(cells.data.map((v) => v * 100), 15, rng);
+    let mean = 0;
+    for (const v of noisy) mean += v / per;
+    let variance = 0;
+    for (const v of noisy) variance += (v - mean) ** 2 / per;
+    const patch = Float32Array.from(noisy, (v) => (v - mean) / Math.sqrt(variance));
+    const masked = maskPatch(patch, [size, size], { ...defaultMaskOptions, fraction: 0.05 }, rng);
+    inputs.set(masked.input, b * per);
+    targets.set(patch, b * per);
+    masks.set(masked.mask, b * per);
+  }
+  return { shape: [count, size, size, 1], inputs, targets, masks };
+}
+
+/** ||a - b|| / ||a||. */
+function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += a[i] ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+describe('the ONNX training graph', () => {
+  for (const [loss, batchNorm] of [['mse', false], ['mae', false], ['mse', true]] as const) {
+    it(`gives tfjs' masked ${loss} loss and gradients for every weight of a U-Net${batchNorm ? ' with batch norm, and its moving statistics' : ''}`, async () => {
+      const model = buildUNet({ dims: 2, depth: 2, filters: 8, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch' }, 5);
+      const batch = realisticBatch(4, 7);
+      const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+      const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
+      expect(stateBefore.length).toBe(batchNorm ? 2 * 10 : 0);
+      const reference = tf.variableGrads(
+        () => maskedLoss(model.apply(tf.tensor(batch.inputs, batch.shape), { training: true }) as tf.Tensor, tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape), loss),
+        variables,
+      );
+      const engine = await openOnnxGradientEngine(model, { loss, threads: 1 });
+      const ours = await engine.gradients(batch, variables.map((v) => v.dataSync() as Float32Array), stateBefore);
+      await engine.dispose();
+      // tfjs' forward pass above moved the statistics as the layer does; the graph returns the same values.
+      model.nonTrainableWeights.forEach((w, j) => {
+        const moved = w.read().dataSync();
+        expect(relativeError(moved, stateBefore[j]), w.name).toBeGreaterThan(1e-3);
+        expect(relativeError(moved, ours.state[j]), w.name).toBeLessThan(1e-5);
+      });
+      expect(Math.abs(ours.loss - reference.value.dataSync()[0])).toBeLessThan(1e-5 * Math.abs(ours.loss));
+      expect(ours.gradients.length).toBe(variables.length);
+      variables.forEach((v, i) => {
+        const expected = reference.grads[v.name].dataSync();
+        expect(ours.gradients[i].length).toBe(expected.length);
+        // float32 sums in another order: a few ulps of the norm, nowhere near a wrong layout or sign.
+        expect(relativeError(expected, ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5);
+      });
+      tf.dispose([reference.value, ...Object.values(reference.grads)]);
+      model.dispose();
+    });
+  }
+
+  it('refuses a layer it has no gradient for, naming it', async () => {
+    const model = buildUNet({ dims: 2, depth: 1, filters: 4, kernelSize: 3, batchNorm: false, variant: 'n2v2', blurPool: 'centred', init: 'torch' }, 1);
+    await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(UnsupportedLayerError);
+    await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(/down0_pool.*BlindspotCentredMaxBlurPool/);
+    model.dispose();
+  });
+});
+
