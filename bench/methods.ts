@@ -80,6 +80,8 @@ interface MethodRow {
   trainSeconds2d?: number;
   trainSeconds3d?: number;
   stepsDone2d?: number;
+  /** What computed the 2D run's gradients (onnx or tfjs). */
+  trainEngine2d?: string;
   stepsDone3d?: number;
   /** 2D validations: [step, validation loss, learning rate, seconds]: where the budget went. */
   validations2d?: Array<[number, number, number, number]>;
@@ -238,6 +240,7 @@ async function main(): Promise<void> {
         });
         row.trainSeconds2d = +manifest.training.wallSeconds.toFixed(1);
         row.stepsDone2d = manifest.training.stepsDone;
+        row.trainEngine2d = manifest.training.trainEngine ?? 'tfjs';
         row.validations2d = manifest.history.filter((h) => h.valLoss !== undefined).map((h) => [h.step, +h.valLoss!.toFixed(5), h.learningRate, +h.seconds.toFixed(1)]);
         row.network = describe(manifest.network as unknown as Record<string, unknown>);
         if (manifest.prior) row.prior = `${manifest.prior.source ?? 'given'} ${JSON.stringify(manifest.prior.noise)}`;
@@ -358,7 +361,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', trainEngine: trainEngine ?? 'tfjs', quick };
+  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', trainEngine: trainEngine ?? 'auto', quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -433,7 +436,7 @@ function methodsMarkdown(
     `Command: \`npm run bench:methods -- ${process.argv.slice(2).join(' ')}\`  `,
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores (${os.cpus().length} reported by os.cpus), ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; shared with other jobs while it ran  `,
-    `Backend: ${result.backend}, ${result.threads} thread(s); gradients on ${String(b.trainEngine ?? 'tfjs')}${b.maskFraction !== undefined && b.maskFraction !== 'default' ? `; mask fraction ${String(b.maskFraction)}` : ''}  `,
+    `Backend: ${result.backend}, ${result.threads} thread(s); gradients on ${String(b.trainEngine ?? 'tfjs')} (per row: the engine that trained it)${b.maskFraction !== undefined && b.maskFraction !== 'default' ? `; mask fraction ${String(b.maskFraction)}` : ''}  `,
     `Budget: ${b.with2d === false ? 'no 2D runs, ' : b.minutes2d !== undefined ? `${b.minutes2d} min of training per method (2D, wall clock, validation included${b.steps2d !== undefined ? `, at most ${b.steps2d} steps` : ''})` : `${b.steps2d} steps (2D)`}${b.with3d ? `${b.with2d === false ? '' : ' and '}${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
       `Train400 (${b.trainImages} images, sigma 25 as float, seeded); BSD68: first ${b.bsd68Images} images; Set12: ${b.set12Images} images; ` +
       (b.with3d ? `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` : '') +

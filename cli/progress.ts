@@ -68,7 +68,7 @@ export function createReporter(opts: { json: boolean; out?: NodeJS.WriteStream; 
               (e.budgetSeconds === undefined
                 ? `steps ${e.firstStep}..${e.steps}`
                 : `budget ${formatSeconds(e.budgetSeconds)}${Number.isSafeInteger(e.steps + 1) ? ` or ${e.steps} steps` : ''}, from step ${e.firstStep}`) +
-              (e.trainEngine ? `; ${e.trainEngine}` : ''),
+              `; ${e.trainEngine}`,
           );
           break;
         case 'step': {

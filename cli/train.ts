@@ -7,7 +7,7 @@ import { ExitCode, UsageError } from '../core/errors.js';
 import { expandInputs } from '../storage/index.js';
 import { openChunkedSource } from '../storage/open.js';
 import { trainModel, TrainingInterrupted, type NamedSource, type NetworkOverrides } from '../pipeline/train.js';
-import { TRAIN_ENGINES } from '../pipeline/trainOptions.js';
+import { TRAIN_ENGINE_CHOICES } from '../pipeline/trainOptions.js';
 import { methodNames, methods } from '../methods/registry.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
 import { assertReportWritable } from '../report/index.js';
@@ -104,10 +104,11 @@ TIFF stacks and frame folders): patches from random chunk-aligned regions throug
                             @tensorflow/tfjs-node(-gpu), whose install downloads libtensorflow (see docs/webgpu.md)
   --verbose                 also log which backends auto skipped and why
   --threads N               CPU threads for wasm and for --train-engine onnx (default: all cores)
-  --train-engine E          tfjs|onnx (default tfjs): what computes the gradients. onnx: ONNX Runtime's CPU
-                            kernels on the network's written-out backward pass, several times faster than
-                            wasm (docs/engines.md); 2D U-Nets without batch norm, methods with the plain masked
-                            loss (n2v, structn2v, noise2self, n2n, care), --loss mse or mae, no --prior
+  --train-engine E          auto|onnx|tfjs (default auto): what computes the gradients. onnx: ONNX Runtime's
+                            CPU kernels on the network's written-out backward pass, 3-4x the steps/s of wasm
+                            (docs/engines.md), for 2D U-Nets of the methods with the plain masked loss (n2v,
+                            structn2v, noise2self, n2n, care), --loss mse or mae, no --prior. auto: onnx where
+                            the run qualifies and the backend is wasm or cpu, else tfjs (the log says why)
   --json                    JSON lines instead of a progress bar
 
 Examples:
@@ -230,7 +231,7 @@ export async function runTrain(args: string[]): Promise<number> {
       resume: values.resume,
       overwrite: values.overwrite,
       backend,
-      trainEngine: choice('train-engine', values['train-engine'], TRAIN_ENGINES),
+      trainEngine: choice('train-engine', values['train-engine'], TRAIN_ENGINE_CHOICES),
       signal: interrupt.signal,
       onEvent: (e) => reporter.train(e),
       command: ['blindspot', 'train', ...args],

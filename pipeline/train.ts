@@ -236,7 +236,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const methodRun = method.training({ ...context, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
   const validationLoss: BatchLossFn = method.validation?.loss(context) ?? batchLoss;
-  const gradientEngine = await openTrainEngine({
+  const trainEngine = await openTrainEngine({
     engine: opts.trainEngine,
     model,
     methodName,
@@ -244,6 +244,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     loss: noiseVariance !== undefined ? 'prior' : lossKind,
     ...(opts.backend?.threads !== undefined ? { threads: opts.backend.threads } : {}),
   });
+  const gradientEngine = trainEngine.engine;
   const priorRecord = (): ModelManifest['prior'] => {
     if (learnedLogSigma !== null) {
       // Normalised units -> input units: sigma scales with the normalisation.
@@ -274,7 +275,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     valVolumes: data.validationNames.length,
     resumed,
     ...(budgetSeconds !== undefined ? { budgetSeconds } : {}),
-    ...(gradientEngine ? { trainEngine: gradientEngine.describe() } : {}),
+    trainEngine: trainEngine.describe,
   });
 
   const manifestFor = (finished: boolean): ModelManifest => ({

@@ -165,20 +165,21 @@ export interface TrainOptions {
   overwrite?: boolean;
   backend?: { name: string; threads: number; gpu?: boolean };
   /**
-   * What computes each step's loss and gradients: 'tfjs' (default: the backend's own autodiff) or
-   * 'onnx' (ONNX Runtime's CPU kernels on the network's explicit backward graph, engines/onnxGradients.ts;
-   * 2D U-Nets without batch norm and methods whose loss is the plain masked loss, with backend.threads
-   * threads). tfjs keeps the weights, Adam and checkpoints either way.
+   * What computes each step's loss and gradients: 'onnx' (ONNX Runtime's CPU kernels on the network's
+   * written-out backward graph, engines/onnxGradients.ts, with backend.threads threads: 2D U-Nets of
+   * the methods whose loss is the plain masked loss, no prior), 'tfjs' (the backend's own autodiff),
+   * or 'auto' (default): onnx where the run qualifies and the tfjs backend computes on the CPU, else
+   * tfjs (pipeline/trainEngine.ts). tfjs keeps the weights, Adam and checkpoints either way.
    */
-  trainEngine?: TrainEngineName;
+  trainEngine?: TrainEngineChoice;
   /** Interrupt: the run stops after the current step with a checkpoint, resumable with `resume`. */
   signal?: AbortSignal;
   onEvent?: (event: TrainEvent) => void;
   command?: string[];
 }
 
-export type TrainEngineName = 'tfjs' | 'onnx';
-export const TRAIN_ENGINES: readonly TrainEngineName[] = ['tfjs', 'onnx'];
+export type TrainEngineChoice = 'auto' | 'tfjs' | 'onnx';
+export const TRAIN_ENGINE_CHOICES: readonly TrainEngineChoice[] = ['auto', 'tfjs', 'onnx'];
 
 export type TrainEvent =
   | {
@@ -206,8 +207,8 @@ export type TrainEvent =
       resumed: boolean;
       /** The wall-clock budget (timeBudgetSeconds), when there is one; `steps` is then only a cap. */
       budgetSeconds?: number;
-      /** What computes the gradients, when not tfjs (the engine's describe() line). */
-      trainEngine?: string;
+      /** What computes the gradients: the engine's line, or tfjs and (under 'auto') why. */
+      trainEngine: string;
     }
   | {
       type: 'step';

@@ -3,14 +3,13 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { initBackend } from '../backend/select.js';
-import { Rng } from '../core/rng.js';
+import { noisyPair } from './fixtures/noisyCells.js';
 import { psnr } from '../core/metrics.js';
-import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import { UsageError } from '../core/errors.js';
 import type { Volume } from '../core/volume.js';
 import { loadModelFolder } from '../models/io.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
-import { trainModel, type TrainOptions } from '../pipeline/train.js';
+import { trainModel, TrainingInterrupted, type TrainOptions } from '../pipeline/train.js';
 
 let tmp: string;
 beforeAll(async () => {
@@ -20,14 +19,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
-
-/** Synthetic cells at 0..100 with Gaussian noise sigma 15. */
-function noisyPair(size: number, seed: number): { clean: Volume; noisy: Volume } {
-  const rng = new Rng(seed);
-  const cells = syntheticCells([1, size, size], rng, { blobs: Math.round((size * size) / 60), filaments: 6 });
-  const cleanData = cells.data.map((v) => v * 100);
-  return { clean: { data: cleanData, shape: [size, size], sampleType: 'float32' }, noisy: { data: addGaussianNoise(cleanData, 15, rng), shape: [size, size], sampleType: 'float32' } };
-}
 
 const run = (out: string, volume: Volume, extra: Partial<TrainOptions> = {}): TrainOptions => ({
   volumes: [{ volume, name: 'synthetic' }],
@@ -52,7 +43,7 @@ describe('train --train-engine onnx', () => {
     const tfjsOut = path.join(tmp, `tfjs-${batchNorm}`);
     const network = { depth: 2, filters: 8, kernelSize: 3, batchNorm };
     const viaOnnx = await trainModel(run(onnxOut, noisy, { trainEngine: 'onnx', network }));
-    const viaTfjs = await trainModel(run(tfjsOut, noisy, { steps: 10, network }));
+    const viaTfjs = await trainModel(run(tfjsOut, noisy, { steps: 10, network, trainEngine: 'tfjs' }));
     expect(viaOnnx.training.trainEngine).toBe('onnx');
     expect(viaTfjs.training.trainEngine).toBeUndefined();
     // Same seed, same batches: the first step's loss is the same forward pass. Without batch norm the
@@ -70,6 +61,46 @@ describe('train --train-engine onnx', () => {
     expect(psnr(clean.data, denoised.data, 100) - psnr(clean.data, noisy.data, 100)).toBeGreaterThan(3);
   });
   }
+
+  it('resumes an interrupted run on the same trajectory, and a tfjs checkpoint on the onnx engine', async () => {
+    const { noisy } = noisyPair(96, 4);
+    const steps = { steps: 30, validateEvery: 10 };
+    const whole = await trainModel(run(path.join(tmp, 'whole'), noisy, { ...steps, trainEngine: 'onnx' }));
+    for (const first of ['onnx', 'tfjs'] as const) {
+      const out = path.join(tmp, `resume-from-${first}`);
+      const controller = new AbortController();
+      const interrupted = trainModel(
+        run(out, noisy, {
+          ...steps,
+          trainEngine: first,
+          signal: controller.signal,
+          onEvent: (e) => {
+            if (e.type === 'step' && e.step === 15) controller.abort();
+          },
+        }),
+      );
+      await expect(interrupted).rejects.toBeInstanceOf(TrainingInterrupted);
+      const resumed = await trainModel(run(out, noisy, { ...steps, trainEngine: 'onnx', resume: true }));
+      expect(resumed.training.finished).toBe(true);
+      expect(resumed.history.map((h) => h.step)).toEqual(whole.history.map((h) => h.step));
+      // Interrupted on onnx: the same run. On tfjs: the first 16 steps were tfjs' (equal to float rounding here, no batch norm).
+      resumed.history.forEach((h, i) => expect(h.loss).toBeCloseTo(whole.history[i].loss, 4));
+    }
+  });
+
+  it('auto trains on onnx where it can, and on tfjs where it cannot, saying why', async () => {
+    const { noisy } = noisyPair(64, 3);
+    const starts: string[] = [];
+    const onEvent: TrainOptions['onEvent'] = (e) => {
+      if (e.type === 'start') starts.push(e.trainEngine);
+    };
+    const n2v = await trainModel(run(path.join(tmp, 'auto-n2v'), noisy, { steps: 3, onEvent }));
+    const n2n = await trainModel(run(path.join(tmp, 'auto-ne2ne'), noisy, { steps: 3, method: 'neighbor2neighbor', onEvent }));
+    expect(n2v.training.trainEngine).toBe('onnx');
+    expect(n2n.training.trainEngine).toBeUndefined();
+    expect(starts[0]).toMatch(/^train engine onnx \(onnxruntime-node .*1 intra-op thread/);
+    expect(starts[1]).toMatch(/^gradients on tfjs \(wasm\): neighbor2neighbor's loss is its own/);
+  });
 
   it('refuses what the graph does not compute, saying which engine to use', async () => {
     const { noisy } = noisyPair(64, 2);

@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { initBackend } from '../backend/select.js';
+import { noisyPair } from './fixtures/noisyCells.js';
 import { Rng } from '../core/rng.js';
 import { psnr } from '../core/metrics.js';
 import { syntheticCells, addGaussianNoise } from '../core/synthetic.js';
@@ -20,15 +21,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
-
-/** A 2D slice of synthetic cells at 0..100 with Gaussian noise sigma 15: structure N2V can learn fast. */
-function noisyPair(size: number, seed: number): { clean: Volume; noisy: Volume } {
-  const rng = new Rng(seed);
-  const cells = syntheticCells([1, size, size], rng, { blobs: Math.round((size * size) / 60), filaments: 6 });
-  const cleanData = cells.data.map((v) => v * 100);
-  const clean: Volume = { data: cleanData, shape: [size, size], sampleType: 'float32' };
-  return { clean, noisy: { data: addGaussianNoise(cleanData, 15, rng), shape: [size, size], sampleType: 'float32' } };
-}
 
 const tiny = (out: string, volume: Volume, extra: Partial<TrainOptions> = {}): TrainOptions => ({
   volumes: [{ volume, name: 'synthetic' }],
