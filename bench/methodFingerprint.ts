@@ -85,6 +85,8 @@ async function fingerprint(c: FingerprintCase, dir: string): Promise<Record<stri
     valFraction: 0,
     seed: 7,
     noiseFits: false,
+    // The recorded fingerprints are tfjs' gradients; ONNX Runtime's agree to float rounding, not byte for byte.
+    trainEngine: 'tfjs',
     command: ['fingerprint', c.name],
     ...c.extra,
   });

@@ -2,8 +2,9 @@
  * Speed of the reference U-Net (2D, depth 2, 32 filters, 3x3, batch norm, 64x64x1 patches,
  * batch 16, Adam; for training the PyTorch reference's widths, every conv its level's width, so that
  * the same network trains on each): training steps/s and megapixels/s with tfjs computing the
- * gradients and with the ONNX train engine (engines/onnxGradients.ts), and PyTorch's training steps/s
- * (bench/torch_infer.py --train-steps) as ratios, peak RSS; inference of the model alone on
+ * gradients and with the ONNX train engine (engines/onnxGradients.ts), in 2D and (unless --no-3d) 3D at
+ * batch 4 of 16x64x64, and PyTorch's 2D training steps/s (bench/torch_infer.py --train-steps) as
+ * ratios, peak RSS; inference of the model alone on
  * each engine (bench/engineSpeed.ts: ONNX Runtime CPU and tfjs, 2D 512x512 and 3D 32x128x128) and,
  * where Debian's python3-torch is installed, PyTorch CPU on the same networks in the same run
  * (bench/torch_infer.py), as ratios; each thread count in its own process (the wasm thread pool is
@@ -33,7 +34,7 @@ import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
-import { buildUNet, defaultUNetConfig } from '../models/unet.js';
+import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
 import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { trainSteps } from '../operators/trainSteps.js';
@@ -61,6 +62,8 @@ interface SpeedResult {
   trainMpxPerS: number | null;
   /** The same steps with the ONNX train engine computing the gradients (tfjs' Adam applies them). */
   onnxTrainStepsPerS: number | null;
+  /** 3D training steps/s on both (null: not measured, --no-3d or --no-train). */
+  train3d: { batch: number; patch: number[]; tfjsStepsPerS: number | null; onnxStepsPerS: number | null };
   /** The default engine's (ONNX Runtime) inference rate, 2D 512x512. */
   inferMpxPerS: number;
   engines: EngineRates[];
@@ -119,6 +122,9 @@ function profileKernels(backendName: string): { table: (steps: number) => Kernel
 /** The reference sizes, or --tiny's (training batch and patch; inference shapes of each engine). */
 let BATCH = 16;
 let PATCH = 64;
+/** 3D training: batch and ZYX patch. */
+let BATCH_3D = 4;
+let PATCH_3D = [16, 64, 64];
 let INFER_SHAPES: BenchShapes = { d2: SHAPE_2D, d3: SHAPE_3D };
 
 interface InferenceRuns {
@@ -127,71 +133,84 @@ interface InferenceRuns {
   with3d: boolean;
 }
 
-async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
-  const backend = await initBackend({ backend: backendChoice, threads });
-  const cfg = { ...defaultUNetConfig(2), widths: 'level' as const };
-  const model = buildUNet(cfg, 1);
-  const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
-  const rng = new Rng(3);
-  const per = PATCH * PATCH;
-  const makeBatch = (step: number): TrainingBatch => {
-    const inputs = new Float32Array(BATCH * per);
-    const targets = new Float32Array(BATCH * per);
-    const masks = new Float32Array(BATCH * per);
-    for (let b = 0; b < BATCH; b++) {
-      const patch = Float32Array.from({ length: per }, () => rng.normal());
-      const m = maskPatch(patch, [PATCH, PATCH], defaultMaskOptions, rng);
+/** Masked batches of `patch` (YX or ZYX) of unit Gaussian noise, N2V-masked. */
+function maskedBatches(count: number, batch: number, patch: number[], rng: Rng): TrainingBatch[] {
+  const per = patch.reduce((a, b) => a * b, 1);
+  return Array.from({ length: count }, (_, step) => {
+    const inputs = new Float32Array(batch * per);
+    const targets = new Float32Array(batch * per);
+    const masks = new Float32Array(batch * per);
+    for (let b = 0; b < batch; b++) {
+      const values = Float32Array.from({ length: per }, () => rng.normal());
+      const m = maskPatch(values, patch as unknown as Parameters<typeof maskPatch>[1], defaultMaskOptions, rng);
       inputs.set(m.input, b * per);
-      targets.set(patch, b * per);
+      targets.set(values, b * per);
       masks.set(m.mask, b * per);
     }
-    return { step, shape: [BATCH, PATCH, PATCH, 1], inputs, targets, masks };
-  };
-  let stepsPerS: number | null = null;
-  let kernelTimes: KernelTime[] | undefined;
-  if (steps > 0) {
-    const warmup = 3;
-    const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
-    await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
-    const profiler = profile ? profileKernels(tf.getBackend()) : null;
-    const t0 = performance.now();
-    await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps({ model, optimizer, loss: 'mse' }), toArray()));
-    stepsPerS = steps / ((performance.now() - t0) / 1000);
-    kernelTimes = profiler?.table(steps);
-    profiler?.restore();
-  }
+    return { step, shape: [batch, ...patch, 1], inputs, targets, masks };
+  });
+}
+
+/**
+ * Training steps per second of a fresh `cfg` network on `batches` (3 untimed first), tfjs computing
+ * the gradients or (`onnxThreads`) the ONNX train engine; `profile` wraps tfjs' kernels meanwhile.
+ */
+async function timeTraining(cfg: UNetConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
+  const model = buildUNet(cfg, 1);
+  const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
+  const gradients = onnxThreads === null ? undefined : await openOnnxGradientEngine(model, { loss: 'mse', threads: onnxThreads });
+  const options = { model, optimizer, loss: 'mse' as const, ...(gradients ? { gradients } : {}) };
+  const warmup = 3;
+  await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps(options), toArray()));
+  const profiler = profile ? profileKernels(tf.getBackend()) : null;
+  const t0 = performance.now();
+  await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps(options), toArray()));
+  const stepsPerS = (batches.length - warmup) / ((performance.now() - t0) / 1000);
+  const kernels = profiler?.table(batches.length - warmup);
+  profiler?.restore();
+  await gradients?.dispose();
   model.dispose();
   optimizer.dispose();
-  let onnxStepsPerS: number | null = null;
+  return { stepsPerS, ...(kernels ? { kernels } : {}) };
+}
+
+async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
+  const backend = await initBackend({ backend: backendChoice, threads });
+  const rng = new Rng(3);
+  const per = PATCH * PATCH;
+  const round = (v: number | undefined): number | null => (v === undefined ? null : +v.toFixed(3));
+  let tfjs2d: { stepsPerS: number; kernels?: KernelTime[] } | undefined;
+  let onnx2d: number | undefined;
+  let tfjs3d: number | undefined;
+  let onnx3d: number | undefined;
   if (steps > 0) {
-    const onnxModel = buildUNet(cfg, 1);
-    const onnxOptimizer = createAdam(4e-4);
-    const gradients = await openOnnxGradientEngine(onnxModel, { loss: 'mse', threads: backend.threads });
-    const warmup = 3;
-    const batches = Array.from({ length: warmup + steps }, (_, i) => makeBatch(i));
-    const options = { model: onnxModel, optimizer: onnxOptimizer, loss: 'mse' as const, gradients };
-    await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps(options), toArray()));
-    const t0 = performance.now();
-    await lastValueFrom(from(batches.slice(warmup)).pipe(trainSteps(options), toArray()));
-    onnxStepsPerS = steps / ((performance.now() - t0) / 1000);
-    await gradients.dispose();
-    onnxModel.dispose();
-    onnxOptimizer.dispose();
+    const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const };
+    const batches2d = maskedBatches(3 + steps, BATCH, [PATCH, PATCH], rng);
+    tfjs2d = await timeTraining(cfg2d, batches2d, optimizerChoice, null, profile);
+    onnx2d = (await timeTraining(cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
+    if (infer.with3d) {
+      // 3D: batch 4 of PATCH_3D, a quarter of the 2D steps (at least 2).
+      const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const };
+      const batches3d = maskedBatches(3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
+      tfjs3d = (await timeTraining(cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
+      onnx3d = (await timeTraining(cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
+    }
   }
   const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d, INFER_SHAPES);
   return {
     backend: backend.name,
     optimizer: optimizerChoice,
     threads: backend.threads,
-    trainStepsPerS: stepsPerS === null ? null : +stepsPerS.toFixed(3),
-    trainMpxPerS: stepsPerS === null ? null : +((stepsPerS * BATCH * per) / 1e6).toFixed(3),
-    onnxTrainStepsPerS: onnxStepsPerS === null ? null : +onnxStepsPerS.toFixed(3),
+    trainStepsPerS: round(tfjs2d?.stepsPerS),
+    trainMpxPerS: tfjs2d === undefined ? null : +((tfjs2d.stepsPerS * BATCH * per) / 1e6).toFixed(3),
+    onnxTrainStepsPerS: round(onnx2d),
+    train3d: { batch: BATCH_3D, patch: PATCH_3D, tfjsStepsPerS: round(tfjs3d), onnxStepsPerS: round(onnx3d) },
     inferMpxPerS: engines.find((e) => e.engine === 'onnx')!.mpx2d,
     engines,
     peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
     trainSteps: steps,
     inferRuns: infer.runs2d,
-    ...(kernelTimes === undefined ? {} : { profile: kernelTimes }),
+    ...(tfjs2d?.kernels === undefined ? {} : { profile: tfjs2d.kernels }),
   };
 }
 
@@ -205,7 +224,7 @@ async function main(): Promise<void> {
   const bnHelper = args.get('bn-helper') ?? 'on';
   if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
   setBatchNormHelperThread(bnHelper === 'on');
-  if (args.has('tiny')) [BATCH, PATCH, INFER_SHAPES] = [2, 32, { d2: [64, 64], d3: [8, 32, 32] }];
+  if (args.has('tiny')) [BATCH, PATCH, BATCH_3D, PATCH_3D, INFER_SHAPES] = [2, 32, 1, [8, 16, 16], { d2: [64, 64], d3: [8, 32, 32] }];
   if (args.has('child')) {
     const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
     const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
@@ -231,7 +250,8 @@ async function main(): Promise<void> {
       maxBuffer: 1 << 24,
     });
     const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
-    const train = r.trainStepsPerS === null ? 'no training' : `train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), with the onnx train engine ${r.onnxTrainStepsPerS} steps/s`;
+    const train3d = r.train3d.tfjsStepsPerS === null ? '' : `; 3D batch ${r.train3d.batch} of ${r.train3d.patch.join('x')}: ${r.train3d.tfjsStepsPerS} steps/s, onnx train engine ${r.train3d.onnxStepsPerS}`;
+    const train = r.trainStepsPerS === null ? 'no training' : `train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), with the onnx train engine ${r.onnxTrainStepsPerS} steps/s${train3d}`;
     console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: ${train}, peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
     // PyTorch right after, same thread count: same-run ratios are what mean anything on a shared machine.
@@ -260,6 +280,7 @@ async function main(): Promise<void> {
       // Training steps/s: the onnx train engine, tfjs (its backend's autodiff) and PyTorch.
       train: {
         onnxVsTfjs: ratio(r.onnxTrainStepsPerS, r.trainStepsPerS),
+        onnxVsTfjs3d: ratio(r.train3d.onnxStepsPerS, r.train3d.tfjsStepsPerS),
         ...(pt?.trainStepsPerS ? { onnxVsTorch: ratio(r.onnxTrainStepsPerS, pt.trainStepsPerS), tfjsVsTorch: ratio(r.trainStepsPerS, pt.trainStepsPerS) } : {}),
       },
     };

@@ -20,28 +20,27 @@ beforeAll(async () => {
   await initBackend({ backend: 'cpu' });
 });
 
-/** `count` 32x32 patches of a noisy synthetic-cells image, normalised to mean 0 / std 1, N2V-masked (5%). */
-function realisticBatch(count: number, seed: number): { shape: number[]; inputs: Float32Array; targets: Float32Array; masks: Float32Array } {
+/** `count` patches of `shape` (YX or ZYX) of noisy synthetic cells, each normalised to mean 0 / std 1, N2V-masked (5%). */
+function realisticBatch(count: number, shape: number[], seed: number): { shape: number[]; inputs: Float32Array; targets: Float32Array; masks: Float32Array } {
   const rng = new Rng(seed);
-  const size = 32;
-  const per = size * size;
+  const per = shape.reduce((a, b) => a * b, 1);
   const inputs = new Float32Array(count * per);
   const targets = new Float32Array(count * per);
   const masks = new Float32Array(count * per);
   for (let b = 0; b < count; b++) {
-    const cells = syntheticCells([1, size, size], rng, { blobs: 17, filaments: 2 });
+    const cells = syntheticCells((shape.length === 2 ? [1, ...shape] : shape) as [number, number, number], rng, { blobs: Math.max(4, Math.round(per / 60)), filaments: 2 });
     const noisy = addGaussianNoise(cells.data.map((v) => v * 100), 15, rng);
     let mean = 0;
     for (const v of noisy) mean += v / per;
     let variance = 0;
     for (const v of noisy) variance += (v - mean) ** 2 / per;
     const patch = Float32Array.from(noisy, (v) => (v - mean) / Math.sqrt(variance));
-    const masked = maskPatch(patch, [size, size], { ...defaultMaskOptions, fraction: 0.05 }, rng);
+    const masked = maskPatch(patch, shape as unknown as Parameters<typeof maskPatch>[1], { ...defaultMaskOptions, fraction: 0.05 }, rng);
     inputs.set(masked.input, b * per);
     targets.set(patch, b * per);
     masks.set(masked.mask, b * per);
   }
-  return { shape: [count, size, size, 1], inputs, targets, masks };
+  return { shape: [count, ...shape, 1], inputs, targets, masks };
 }
 
 /** ||a - b|| / ||a||. */
@@ -56,13 +55,22 @@ function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 describe('the ONNX training graph', () => {
-  for (const [loss, batchNorm] of [['mse', false], ['mae', false], ['mse', true]] as const) {
-    it(`gives tfjs' masked ${loss} loss and gradients for every weight of a U-Net${batchNorm ? ' with batch norm, and its moving statistics' : ''}`, async () => {
-      const model = buildUNet({ dims: 2, depth: 2, filters: 8, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch' }, 5);
-      const batch = realisticBatch(4, 7);
+  const cases = [
+    { dims: 2, loss: 'mse', batchNorm: false },
+    { dims: 2, loss: 'mae', batchNorm: false },
+    { dims: 2, loss: 'mse', batchNorm: true },
+    { dims: 3, loss: 'mse', batchNorm: false },
+    { dims: 3, loss: 'mse', batchNorm: true },
+  ] as const;
+  for (const { dims, loss, batchNorm } of cases) {
+    it(`gives tfjs' masked ${loss} loss and gradients for every weight of a ${dims}D U-Net${batchNorm ? ' with batch norm, and its moving statistics' : ''}`, async () => {
+      const depth = dims === 2 ? 2 : 1;
+      const model = buildUNet({ dims, depth, filters: dims === 2 ? 8 : 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch' }, 5);
+      const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [8, 16, 16], 7);
       const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
       const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
-      expect(stateBefore.length).toBe(batchNorm ? 2 * 10 : 0);
+      // Two moving statistics per batch norm, one after each conv but the output's: 4 per level down and up, 2 at the bottom.
+      expect(stateBefore.length).toBe(batchNorm ? 2 * (4 * depth + 2) : 0);
       const reference = tf.variableGrads(
         () => maskedLoss(model.apply(tf.tensor(batch.inputs, batch.shape), { training: true }) as tf.Tensor, tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape), loss),
         variables,

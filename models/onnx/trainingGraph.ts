@@ -4,25 +4,26 @@
  * its training build is not published for Node) computes what tf.variableGrads computes, on its
  * native CPU kernels instead of tfjs' wasm ones (engines/onnxGradients.ts runs it).
  *
- * Interface, all float32: inputs `input`, `target`, `mask` [batch, y, x, 1] (NHWC, normalised units,
- * mask 0/1), then one input per trainable weight in `model.trainableWeights` order and tfjs' layout
+ * Interface, all float32: inputs `input`, `target`, `mask` [batch, (z,) y, x, 1] (NHWC / NDHWC,
+ * normalised units, mask 0/1), then one input per trainable weight in `model.trainableWeights` order and tfjs' layout
  * (`weight_<i>`; conv kernels [kh, kw, cin, cout]) and one per non-trainable weight (`state_<j>`,
  * model.nonTrainableWeights order: batch norm's moving statistics); outputs `loss` (scalar),
  * `gradient_<i>`, the same shapes, and `state_<j>_next`, the moving statistics after this batch.
- * Inside, the graph is channels-first; kernels are transposed in and their gradients out.
+ * Inside, the graph is channels-first; kernels are transposed in and their gradients out. 2D and 3D
+ * networks alike: every op below has its 3D form (k^3 taps, 2x2x2 pooling and blocks).
  *
  * The gradients of each op, with x the op's input and y its output:
- * - Conv (stride 1, 'same'): dx = ConvTranspose(dy, w); dw from im2col, dw = sum_b dy_b col_b^T (one
+ * - Conv (odd cubic kernel, stride 1, 'same'): dx = ConvTranspose(dy, w); dw from im2col, dw = sum_b dy_b col_b^T (one
  *   batched MatMul: ONNX Runtime runs the Conv-as-filter formulation, dw = Conv(x^T, dy^T), 2x slower
  *   here, its GEMMs having 9 columns); db = sum of dy over batch and space.
  * - Relu: dx = dy where y > 0 (the output's sign is the input's).
- * - MaxPool 2x2: MaxUnpool of dy at the pool's argmax indices.
- * - Nearest upsampling 2x: the sum over each 2x2 block, AveragePool * 4.
+ * - MaxPool 2 per axis: MaxUnpool of dy at the pool's argmax indices.
+ * - Nearest upsampling 2x per axis: the sum over each block of 2^d, AveragePool * 2^d.
  * - Concat: Split. A tensor read by several calls sums their gradients.
  * - Batch norm (training mode, models/layers.ts ChannelBatchNorm): the batch's biased moments;
  *   dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), dgamma = sum(dy * xhat), dbeta = sum(dy);
  *   moving = moving - (moving - batch) * (1 - momentum), as the layer updates them.
- * Anything else (dilations, 3D, other activations) is an UnsupportedLayerError naming
+ * Anything else (dilations, strides, other activations) is an UnsupportedLayerError naming
  * the layer: the trainer then says which engine to use instead.
  */
 import type * as tfl from '@tensorflow/tfjs-layers';
@@ -58,22 +59,31 @@ function single(v: unknown): number {
 }
 
 /**
- * Builds the loss-and-gradients graph of a one-input, one-channel-output 2D network. Throws
+ * Builds the loss-and-gradients graph of a one-input, one-channel-output 2D or 3D network. Throws
  * UnsupportedLayerError for a layer or configuration the backward pass does not cover.
  */
 export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLoss): TrainingGraph {
   if (model.inputs.length !== 1 || model.outputs.length !== 1) throw new UnsupportedLayerError(model.name, 'the network must have one input and one output');
   const inputTensor = model.inputs[0] as unknown as SymbolicTensorLike;
   const outputTensor = model.outputs[0] as unknown as SymbolicTensorLike;
-  if (inputTensor.shape.length !== 4 || inputTensor.shape[3] !== 1) throw new UnsupportedLayerError(model.name, `input shape [${inputTensor.shape.join(', ')}]: the training graph is 2D with one channel`);
-  if (outputTensor.shape[3] !== 1) throw new UnsupportedLayerError(model.name, `${String(outputTensor.shape[3])} output channels (the training graph's loss takes one)`);
+  const rank = inputTensor.shape.length;
+  const dims = rank - 2;
+  if ((dims !== 2 && dims !== 3) || inputTensor.shape[rank - 1] !== 1) throw new UnsupportedLayerError(model.name, `input shape [${inputTensor.shape.join(', ')}]: the training graph takes 2D or 3D with one channel`);
+  if (outputTensor.shape[rank - 1] !== 1) throw new UnsupportedLayerError(model.name, `${String(outputTensor.shape[rank - 1])} output channels (the training graph's loss takes one)`);
+  const spatialAxes = dims === 2 ? [2, 3] : [2, 3, 4];
+  const batchAndSpace = [0, ...spatialAxes];
+  const repeat = (v: number): number[] => spatialAxes.map(() => v);
+  const perChannel = (channels: number): string => g.int64s([1, channels, ...repeat(1)]);
+  // Channels-last <-> channels-first; tfjs kernels [k.., cin, cout] <-> ONNX [cout, cin, k..].
+  const toChannelsFirst = [0, rank - 1, ...spatialAxes.map((a) => a - 1)];
+  const kernelToOnnx = [rank - 1, rank - 2, ...spatialAxes.map((a) => a - 2)];
 
   const g = new GraphBuilder();
   const inputName = g.reserve('input');
   const targetName = g.reserve('target');
   const maskName = g.reserve('mask');
   const lossName = g.reserve('loss');
-  const nchw = (x: string, name: string): string => g.op('Transpose', [x], name, { perm: attr.ints([0, 3, 1, 2]) });
+  const nchw = (x: string, name: string): string => g.op('Transpose', [x], name, { perm: attr.ints(toChannelsFirst) });
 
   // Weights: one graph input per trainable variable, matched by the variable's identity.
   const trainable = model.trainableWeights.map((w) => w.read());
@@ -125,12 +135,13 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
       if (n === undefined) throw new Error(`training graph: ${layer.name} reads a tensor not built yet`);
       return n;
     });
-    const channels = call.inputTensors.map((t) => t.shape[3] ?? 0);
+    const channels = call.inputTensors.map((t) => t.shape[rank - 1] ?? 0);
     const c = layer.getConfig() as Config;
     const name = layer.name;
     let y: string;
     switch (className) {
-      case 'Conv2D': {
+      case 'Conv2D':
+      case 'Conv3D': {
         const k = single(c['kernelSize']);
         if (!(k % 2 === 1) || single(c['strides'] ?? 1) !== 1 || single(c['dilationRate'] ?? 1) !== 1 || (k > 1 && c['padding'] !== 'same')) {
           throw new UnsupportedLayerError(name, `kernel ${JSON.stringify(c['kernelSize'])}, strides ${JSON.stringify(c['strides'])}, dilation ${JSON.stringify(c['dilationRate'])}, padding ${String(c['padding'])} (the training graph takes odd square kernels, stride 1, no dilation, 'same')`);
@@ -143,8 +154,8 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         const bi = c['useBias'] === false ? null : indexOfWeight(layer, 1);
         const x = xs[0];
         const pad = (k - 1) / 2;
-        const convAttrs = { kernel_shape: attr.ints([k, k]), pads: attr.ints([pad, pad, pad, pad]) };
-        const w = g.op('Transpose', [weightInputs[wi]], `${name}_w_oihw`, { perm: attr.ints([3, 2, 0, 1]) });
+        const convAttrs = { kernel_shape: attr.ints(repeat(k)), pads: attr.ints(repeat(pad).concat(repeat(pad))) };
+        const w = g.op('Transpose', [weightInputs[wi]], `${name}_w_onnx`, { perm: attr.ints(kernelToOnnx) });
         const z = g.op('Conv', bi === null ? [x, w] : [x, w, weightInputs[bi]], name, convAttrs);
         y = act === 'relu' ? g.op('Relu', [z], `${name}_relu`) : z;
         const out = y;
@@ -154,26 +165,27 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
           if (dz === undefined) throw new Error(`training graph: no gradient reaches ${name}`);
           if (act === 'relu') dz = g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dz, zero], `${name}_drelu`);
           if (!readsInput) addGradient(x, g.op('ConvTranspose', [dz, w], `${name}_dx`, convAttrs), `${name}_dx`);
-          // im2col: col[b, (i*k + j)*cin + c, y, x] = xpad[b, c, y + i, x + j].
+          // im2col: col[b, tap * cin + c, (z,) y, x] = xpad[b, c, (z + i,) y + j, x + l], taps in row-major order.
           let col = x;
+          const taps = k ** dims;
           if (k > 1) {
-            const xpad = g.pad(x, [0, 0, pad, pad], [0, 0, pad, pad], `${name}_xpad`);
-            const taps: string[] = [];
-            for (let i = 0; i < k; i++) {
-              for (let j = 0; j < k; j++) {
-                const end = (d: number): bigint | number => (d === k - 1 ? TO_END : d - (k - 1));
-                taps.push(g.op('Slice', [xpad, g.int64s([i, j]), g.int64s([end(i), end(j)]), g.int64s([2, 3])], `${name}_tap${i}${j}`));
-              }
+            const xpad = g.pad(x, [0, 0, ...repeat(pad)], [0, 0, ...repeat(pad)], `${name}_xpad`);
+            const shifted: string[] = [];
+            const end = (d: number): bigint | number => (d === k - 1 ? TO_END : d - (k - 1));
+            for (let t = 0; t < taps; t++) {
+              const offsets = spatialAxes.map((_, a) => Math.floor(t / k ** (dims - 1 - a)) % k);
+              shifted.push(g.op('Slice', [xpad, g.int64s(offsets), g.int64s(offsets.map(end)), g.int64s(spatialAxes)], `${name}_tap${offsets.join('')}`));
             }
-            col = g.op('Concat', taps, `${name}_col`, { axis: attr.int(1) });
+            col = g.op('Concat', shifted, `${name}_col`, { axis: attr.int(1) });
           }
-          const colRows = g.op('Reshape', [col, g.int64s([0, cin * k * k, -1])], `${name}_col_rows`);
+          const colRows = g.op('Reshape', [col, g.int64s([0, cin * taps, -1])], `${name}_col_rows`);
           const dzRows = g.op('Reshape', [dz, g.int64s([0, cout, -1])], `${name}_dz_rows`);
           const perBatch = g.op('MatMul', [dzRows, g.op('Transpose', [colRows], `${name}_col_t`, { perm: attr.ints([0, 2, 1]) })], `${name}_dw_batch`);
           const dw = g.op('ReduceSum', [perBatch, g.int64s([0])], `${name}_dw_sum`, { keepdims: attr.int(0) });
-          const dwTaps = g.op('Reshape', [dw, g.int64s([cout, k, k, cin])], `${name}_dw_taps`);
-          gradientOf[wi] = g.op('Transpose', [dwTaps], `${name}_dw`, { perm: attr.ints([1, 2, 3, 0]) }, gradientOutputs[wi]);
-          if (bi !== null) gradientOf[bi] = g.op('ReduceSum', [dz, g.int64s([0, 2, 3])], `${name}_db`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
+          // [cout, taps.., cin] -> tfjs' [taps.., cin, cout].
+          const dwTaps = g.op('Reshape', [dw, g.int64s([cout, ...repeat(k), cin])], `${name}_dw_taps`);
+          gradientOf[wi] = g.op('Transpose', [dwTaps], `${name}_dw`, { perm: attr.ints([...spatialAxes.map((a) => a - 1), rank - 1, 0]) }, gradientOutputs[wi]);
+          if (bi !== null) gradientOf[bi] = g.op('ReduceSum', [dz, g.int64s(batchAndSpace)], `${name}_db`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
         });
         break;
       }
@@ -184,34 +196,35 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         backward.push(() => addGradient(x, g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), grads.get(out)!, zero], `${name}_dx`), `${name}_dx`));
         break;
       }
-      case 'MaxPooling2D': {
-        if (single(c['poolSize']) !== 2 || single(c['strides'] ?? 2) !== 2 || c['padding'] !== 'valid') throw new UnsupportedLayerError(name, 'pooling other than 2x2, stride 2, valid');
+      case 'MaxPooling2D':
+      case 'MaxPooling3D': {
+        if (single(c['poolSize']) !== 2 || single(c['strides'] ?? 2) !== 2 || c['padding'] !== 'valid') throw new UnsupportedLayerError(name, 'pooling other than 2 per axis, stride 2, valid');
         const x = xs[0];
         const out = (y = g.fresh(name));
         const indices = g.fresh(`${name}_argmax`);
-        const pool = { kernel_shape: attr.ints([2, 2]), strides: attr.ints([2, 2]) };
+        const pool = { kernel_shape: attr.ints(repeat(2)), strides: attr.ints(repeat(2)) };
         g.nodes.push({ opType: 'MaxPool', name: g.fresh(`${name}/MaxPool`), inputs: [x], outputs: [out, indices], attributes: pool });
         backward.push(() => addGradient(x, g.op('MaxUnpool', [grads.get(out)!, indices, g.op('Shape', [x], `${name}_shape`)], `${name}_dx`, pool), `${name}_dx`));
         break;
       }
       case 'BlindspotNearestUpSampling': {
         const x = xs[0];
-        const scales = g.floats(`${name}/scales`, [4], Float32Array.of(1, 1, 2, 2));
+        const scales = g.floats(`${name}/scales`, [rank], Float32Array.of(1, 1, ...repeat(2)));
         const out = (y = g.op('Resize', [x, '', scales], name, {
           mode: attr.string('nearest'),
           coordinate_transformation_mode: attr.string('asymmetric'),
           nearest_mode: attr.string('floor'),
         }));
-        const four = g.scalar(`${name}/four`, 4);
+        const blockSize = g.scalar(`${name}/block_size`, 2 ** dims);
         backward.push(() => {
-          const mean = g.op('AveragePool', [grads.get(out)!], `${name}_block_mean`, { kernel_shape: attr.ints([2, 2]), strides: attr.ints([2, 2]) });
-          addGradient(x, g.op('Mul', [mean, four], `${name}_dx`), `${name}_dx`);
+          const mean = g.op('AveragePool', [grads.get(out)!], `${name}_block_mean`, { kernel_shape: attr.ints(repeat(2)), strides: attr.ints(repeat(2)) });
+          addGradient(x, g.op('Mul', [mean, blockSize], `${name}_dx`), `${name}_dx`);
         });
         break;
       }
       case 'Concatenate': {
         const axis = (c['axis'] as number | undefined) ?? -1;
-        if (axis !== -1 && axis !== 3) throw new UnsupportedLayerError(name, `concatenation along axis ${axis} (channels only)`);
+        if (axis !== -1 && axis !== rank - 1) throw new UnsupportedLayerError(name, `concatenation along axis ${axis} (channels only)`);
         const out = (y = g.op('Concat', xs, name, { axis: attr.int(1) }));
         backward.push(() => {
           const parts = xs.map((x) => g.fresh(`${name}_d${x}`));
@@ -227,15 +240,15 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         const bi = indexOfWeight(layer, 1);
         const [mi, vi] = [indexOfState(layer, 0), indexOfState(layer, 1)];
         // opset 17: ReduceMean takes its axes as an attribute (ReduceSum as an input).
-        const meanOver = (t: string, n: string): string => g.op('ReduceMean', [t], n, { axes: attr.ints([0, 2, 3]), keepdims: attr.int(1) });
-        const perChannel = g.int64s([1, cin, 1, 1]);
+        const meanOver = (t: string, n: string): string => g.op('ReduceMean', [t], n, { axes: attr.ints(batchAndSpace), keepdims: attr.int(1) });
+        const channelShape = perChannel(cin);
         const mean = meanOver(x, `${name}_mean`);
         const centred = g.op('Sub', [x, mean], `${name}_centred`);
         const variance = meanOver(g.op('Mul', [centred, centred], `${name}_square`), `${name}_variance`);
         const rstd = g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [variance, g.scalar(`${name}/epsilon`, c['epsilon'] as number)], `${name}_var_eps`)], `${name}_std`)], `${name}_rstd`);
         const xhat = g.op('Mul', [centred, rstd], `${name}_xhat`);
-        const gamma = g.op('Reshape', [weightInputs[gi], perChannel], `${name}_gamma`);
-        const out = (y = g.op('Add', [g.op('Mul', [xhat, gamma], `${name}_scaled`), g.op('Reshape', [weightInputs[bi], perChannel], `${name}_beta`)], name));
+        const gamma = g.op('Reshape', [weightInputs[gi], channelShape], `${name}_gamma`);
+        const out = (y = g.op('Add', [g.op('Mul', [xhat, gamma], `${name}_scaled`), g.op('Reshape', [weightInputs[bi], channelShape], `${name}_beta`)], name));
         const decay = g.scalar(`${name}/decay`, 1 - (c['momentum'] as number));
         const flat = g.int64s([cin]);
         for (const [j, batch] of [[mi, mean], [vi, variance]] as const) {
@@ -246,8 +259,8 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         backward.push(() => {
           const dy = grads.get(out)!;
           const dyXhat = g.op('Mul', [dy, xhat], `${name}_dy_xhat`);
-          gradientOf[bi] = g.op('ReduceSum', [dy, g.int64s([0, 2, 3])], `${name}_dbeta`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
-          gradientOf[gi] = g.op('ReduceSum', [dyXhat, g.int64s([0, 2, 3])], `${name}_dgamma`, { keepdims: attr.int(0) }, gradientOutputs[gi]);
+          gradientOf[bi] = g.op('ReduceSum', [dy, g.int64s(batchAndSpace)], `${name}_dbeta`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
+          gradientOf[gi] = g.op('ReduceSum', [dyXhat, g.int64s(batchAndSpace)], `${name}_dgamma`, { keepdims: attr.int(0) }, gradientOutputs[gi]);
           const centredDy = g.op('Sub', [g.op('Sub', [dy, meanOver(dy, `${name}_dy_mean`)], `${name}_dy_c`), g.op('Mul', [xhat, meanOver(dyXhat, `${name}_dy_xhat_mean`)], `${name}_proj`)], `${name}_dy_centred`);
           addGradient(x, g.op('Mul', [centredDy, g.op('Mul', [gamma, rstd], `${name}_gain`)], `${name}_dx`), `${name}_dx`);
         });
@@ -280,7 +293,7 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
   state.forEach((_, j) => {
     if (stateNext[j] === undefined) throw new UnsupportedLayerError(model.name, `the non-trainable weight ${model.nonTrainableWeights[j].name} is updated by no layer the graph covers`);
   });
-  const batchShape = ['batch', 'y', 'x', 1];
+  const batchShape = dims === 2 ? ['batch', 'y', 'x', 1] : ['batch', 'z', 'y', 'x', 1];
   const inputs: OnnxValueInfo[] = [
     { name: inputName, shape: batchShape },
     { name: targetName, shape: batchShape },
