@@ -4,6 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { initBackend } from '../backend/select.js';
 import { noisyPair } from './fixtures/noisyCells.js';
+import { Rng } from '../core/rng.js';
+import { addGaussianNoise, syntheticCells } from '../core/synthetic.js';
 import { psnr } from '../core/metrics.js';
 import { UsageError } from '../core/errors.js';
 import type { Volume } from '../core/volume.js';
@@ -100,6 +102,13 @@ describe('train --train-engine onnx', () => {
     expect(n2n.training.trainEngine).toBeUndefined();
     expect(starts[0]).toMatch(/^train engine onnx \(onnxruntime-node .*1 intra-op thread/);
     expect(starts[1]).toMatch(/^gradients on tfjs \(wasm\): neighbor2neighbor's loss is its own/);
+    // 3D only on request (its im2col buffers), and then on onnx.
+    const rng = new Rng(6);
+    const stack: Volume = { data: addGaussianNoise(syntheticCells([8, 32, 32], rng).data.map((v) => v * 100), 15, rng), shape: [8, 32, 32], sampleType: 'float32' };
+    const stackRun = (name: string, extra: Partial<TrainOptions>): TrainOptions => run(path.join(tmp, name), stack, { steps: 2, patchShape: [8, 16, 16], network: { depth: 1, filters: 4, kernelSize: 3, batchNorm: false }, batchSize: 2, onEvent, ...extra });
+    expect((await trainModel(stackRun('auto-3d', {}))).training.trainEngine).toBeUndefined();
+    expect(starts[2]).toMatch(/^gradients on tfjs \(wasm\): 3D takes --train-engine onnx explicitly/);
+    expect((await trainModel(stackRun('onnx-3d', { trainEngine: 'onnx' }))).training.trainEngine).toBe('onnx');
   });
 
   it('refuses what the graph does not compute, saying which engine to use', async () => {
