@@ -141,7 +141,7 @@ async function main(): Promise<void> {
     sets: { bsd68Images: Number(sets[1]), set12Images: Number(sets[3]) },
     backend: first?.backend,
     threads: first?.threads,
-    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)', maskFraction: args.get('mask-fraction') ?? '0.015 (default)', trainEngine: args.get('train-engine') ?? 'auto' },
+    recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)', ...(args.has('mask-fraction') ? { maskFraction: String(args.get('mask-fraction')) } : {}), trainEngine: args.get('train-engine') ?? 'auto' },
     load: { start: loadStart, end: os.loadavg().map((l) => +l.toFixed(2)) },
     noisy: first?.noisy,
     rows: [...rows.values()],

@@ -21,7 +21,7 @@ export interface BudgetResult {
   sets: { bsd68Images: number; set12Images: number };
   backend?: string;
   threads?: number;
-  /** maskFraction: the masked methods' (absent in results from before it was an option: the default, 0.015). */
+  /** maskFraction: the masked methods' (absent: the default, 0.015); trainEngine absent: results from before it existed (tfjs). */
   recipe: { learningRate: string; learningRateSchedule: string; maskFraction?: string; trainEngine?: string };
   load: { start: number[]; end: number[] };
   noisy?: { bsd68: Score; set12: Score };
@@ -45,6 +45,10 @@ export interface BudgetSource {
   scheduling?: Record<string, unknown>;
 }
 
+function maskFractionOf(r: BudgetResult): string {
+  return r.recipe.maskFraction ?? '0.015 (default)';
+}
+
 /** The fields two results must agree on to be one table, as text for the message. */
 function protocolOf(r: BudgetResult): Record<string, string> {
   return {
@@ -54,7 +58,7 @@ function protocolOf(r: BudgetResult): Record<string, string> {
     backend: `${r.backend ?? '-'}, ${r.threads ?? '-'} thread(s)`,
     'learning rate': r.recipe.learningRate,
     'learning-rate schedule': r.recipe.learningRateSchedule,
-    'mask fraction': r.recipe.maskFraction ?? '0.015 (default)',
+    'mask fraction': maskFractionOf(r),
     'train engine': r.recipe.trainEngine ?? 'tfjs',
   };
 }
@@ -137,7 +141,7 @@ export function budgetMarkdown(result: BudgetResult, jsonFile: string, command: 
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; ${loadLine}  `,
     `Backend: ${result.backend ?? '-'}, ${result.threads ?? '-'} thread(s)  `,
     `Budget${result.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: ${result.minutes} min of wall-clock training per network (validation included), batch 4, 64x64 patches, ` +
-      `Adam at ${result.recipe.learningRate}, learning-rate schedule ${result.recipe.learningRateSchedule}, masked methods' mask fraction ${result.recipe.maskFraction ?? '0.015 (default)'}, gradients on ${result.recipe.trainEngine ?? 'tfjs'}, ` +
+      `Adam at ${result.recipe.learningRate}, learning-rate schedule ${result.recipe.learningRateSchedule}, masked methods' mask fraction ${maskFractionOf(result)}, gradients on ${result.recipe.trainEngine ?? 'tfjs'}, ` +
       `Train400 at sigma 25; BSD68 first ${result.sets.bsd68Images}, Set12 first ${result.sets.set12Images}; seeds ${result.seeds.join(', ')}. ` +
       (result.rows.some((r) => r.name.startsWith('distilled student'))
         ? `The distilled student trains ${result.minutes} min on the output of a teacher that trained ${result.minutes} min first (2x the budget in all). `

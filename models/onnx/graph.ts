@@ -74,6 +74,16 @@ export class GraphBuilder {
     return this.floats(name, [], Float32Array.of(value));
   }
 
+  /** Nearest upsampling by 2 on every spatial axis of a `dims`-D channels-first x: Resize, asymmetric coordinates, floor. */
+  upsampleNearest(x: string, dims: number, name: string): string {
+    const scales = this.floats(`${name}/scales`, [dims + 2], Float32Array.from([1, 1, ...new Array<number>(dims).fill(2)]));
+    return this.op('Resize', [x, '', scales], name, {
+      mode: attr.string('nearest'),
+      coordinate_transformation_mode: attr.string('asymmetric'),
+      nearest_mode: attr.string('floor'),
+    });
+  }
+
   /** x[..., start:end, ...] along `axis` (negative end counts from the end). */
   slice(x: string, axis: number, start: number, end: number | bigint, name: string): string {
     return this.op('Slice', [x, this.int64s([start]), this.int64s([end]), this.int64s([axis])], name);

@@ -265,15 +265,8 @@ function maxBlurPool(alignment: 'trailing' | 'centred'): Converter {
   };
 }
 
-/** Nearest upsampling by 2 on every spatial axis: Resize, asymmetric coordinates, floor. */
-const upsample: Converter = (ctx, call) => {
-  const scales = ctx.g.floats(`${call.layer.name}/scales`, [ctx.dims + 2], Float32Array.from([1, 1, ...new Array<number>(ctx.dims).fill(2)]));
-  return ctx.g.op('Resize', [call.inputs[0], '', scales], call.layer.name, {
-    mode: attr.string('nearest'),
-    coordinate_transformation_mode: attr.string('asymmetric'),
-    nearest_mode: attr.string('floor'),
-  });
-};
+/** Nearest upsampling by 2 on every spatial axis. */
+const upsample: Converter = (ctx, call) => ctx.g.upsampleNearest(call.inputs[0], ctx.dims, call.layer.name);
 
 const kerasUpSampling2d: Converter = (ctx, call) => {
   const c = config(call.layer);

@@ -28,7 +28,7 @@
  */
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { GraphBuilder, IR_VERSION, OPSET, attr } from './graph.js';
-import { callsInOrder, type LayerNode, type SymbolicTensorLike } from './layerCalls.js';
+import { callsInOrder, type SymbolicTensorLike } from './layerCalls.js';
 import { UnsupportedLayerError } from './layers.js';
 import { encodeModel, type OnnxValueInfo } from './proto.js';
 
@@ -120,9 +120,11 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
     grads.set(x, known === undefined ? dx : g.op('Add', [known, dx], `${name}_sum`));
   };
   const zero = g.scalar('zero', 0);
+  /** ReLU's gradient: dy where its output is positive (the output's sign is the input's). */
+  const reluGradient = (out: string, dy: string, name: string): string => g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dy, zero], `${name}_drelu`);
   const input = nchw(inputName, 'input_nchw');
 
-  for (const call of callsInOrder(outputTensor) as LayerNode[]) {
+  for (const call of callsInOrder(outputTensor)) {
     const layer = call.outboundLayer;
     const className = layer.getClassName();
     if (className === 'InputLayer') {
@@ -163,7 +165,7 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         backward.push(() => {
           let dz = grads.get(out);
           if (dz === undefined) throw new Error(`training graph: no gradient reaches ${name}`);
-          if (act === 'relu') dz = g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dz, zero], `${name}_drelu`);
+          if (act === 'relu') dz = reluGradient(out, dz, name);
           if (!readsInput) addGradient(x, g.op('ConvTranspose', [dz, w], `${name}_dx`, convAttrs), `${name}_dx`);
           // im2col: col[b, tap * cin + c, (z,) y, x] = xpad[b, c, (z + i,) y + j, x + l], taps in row-major order.
           let col = x;
@@ -193,7 +195,7 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
         if (c['activation'] !== 'relu') throw new UnsupportedLayerError(name, `activation '${String(c['activation'])}'`);
         const x = xs[0];
         const out = (y = g.op('Relu', [x], name));
-        backward.push(() => addGradient(x, g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), grads.get(out)!, zero], `${name}_dx`), `${name}_dx`));
+        backward.push(() => addGradient(x, reluGradient(out, grads.get(out)!, name), `${name}_dx`));
         break;
       }
       case 'MaxPooling2D':
@@ -209,12 +211,7 @@ export function buildTrainingGraph(model: tfl.LayersModel, loss: TrainingGraphLo
       }
       case 'BlindspotNearestUpSampling': {
         const x = xs[0];
-        const scales = g.floats(`${name}/scales`, [rank], Float32Array.of(1, 1, ...repeat(2)));
-        const out = (y = g.op('Resize', [x, '', scales], name, {
-          mode: attr.string('nearest'),
-          coordinate_transformation_mode: attr.string('asymmetric'),
-          nearest_mode: attr.string('floor'),
-        }));
+        const out = (y = g.upsampleNearest(x, dims, name));
         const blockSize = g.scalar(`${name}/block_size`, 2 ** dims);
         backward.push(() => {
           const mean = g.op('AveragePool', [grads.get(out)!], `${name}_block_mean`, { kernel_shape: attr.ints(repeat(2)), strides: attr.ints(repeat(2)) });
