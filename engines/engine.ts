@@ -80,5 +80,10 @@ export interface GradientEngine {
   /** One line for the log: engine, provider, threads. */
   describe(): string;
   gradients(batch: GradientBatch, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[]; state: Float32Array[] }>;
+  /**
+   * The network's output on `inputs` in training mode (batch norm on the batch's own statistics)
+   * and the state after it, with no gradient: for losses that make their target from it.
+   */
+  forward(inputs: Float32Array, shape: readonly number[], weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ prediction: Float32Array; state: Float32Array[] }>;
   dispose(): Promise<void>;
 }

@@ -7,7 +7,7 @@
 import os from 'node:os';
 import type * as Ort from 'onnxruntime-node';
 import type * as tfl from '@tensorflow/tfjs-layers';
-import { buildTrainingGraph, type TrainingGraphLoss } from '../models/onnx/trainingGraph.js';
+import { buildForwardGraph, buildTrainingGraph, type TrainingGraph, type TrainingGraphLoss } from '../models/onnx/trainingGraph.js';
 import { EngineUnavailableError, type GradientEngine } from './engine.js';
 import { createSession, loadOnnxRuntime } from './onnxRuntime.js';
 
@@ -31,23 +31,28 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
   }
   const threads = opts.threads ?? os.availableParallelism();
   const session = await createSession(ort, graph.bytes, 'cpu', threads);
+  // Only losses that read the network's output first need the forward graph: opened on first use.
+  let forward: { graph: TrainingGraph; session: Ort.InferenceSession } | undefined;
   const shapes = model.trainableWeights.map((w) => w.shape.map((d) => d ?? 0));
   const stateShapes = model.nonTrainableWeights.map((w) => w.shape.map((d) => d ?? 0));
+  const weightFeeds = (g: TrainingGraph, weights: readonly Float32Array[], state: readonly Float32Array[]): Record<string, Ort.Tensor> => {
+    if (weights.length !== shapes.length || state.length !== stateShapes.length) {
+      throw new Error(`onnx gradients: ${weights.length} weights and ${state.length} state arrays given, the network has ${shapes.length} and ${stateShapes.length}`);
+    }
+    const feeds: Record<string, Ort.Tensor> = {};
+    g.weightInputs.forEach((name, i) => (feeds[name] = new ort.Tensor('float32', weights[i], shapes[i])));
+    g.stateInputs.forEach((name, j) => (feeds[name] = new ort.Tensor('float32', state[j], stateShapes[j])));
+    return feeds;
+  };
   const fetches = ['loss', ...graph.gradientOutputs, ...graph.stateOutputs];
   return {
     describe: () => `train engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider cpu, ${threads} intra-op thread(s))`,
     async gradients(batch, weights, state) {
-      if (weights.length !== shapes.length || state.length !== stateShapes.length) {
-        throw new Error(`onnx gradients: ${weights.length} weights and ${state.length} state arrays given, the network has ${shapes.length} and ${stateShapes.length}`);
-      }
       const dims = [...batch.shape];
-      const feeds: Record<string, Ort.Tensor> = {
-        input: new ort.Tensor('float32', batch.inputs, dims),
-        target: new ort.Tensor('float32', batch.targets, dims),
-        mask: new ort.Tensor('float32', batch.masks, dims),
-      };
-      graph.weightInputs.forEach((name, i) => (feeds[name] = new ort.Tensor('float32', weights[i], shapes[i])));
-      graph.stateInputs.forEach((name, j) => (feeds[name] = new ort.Tensor('float32', state[j], stateShapes[j])));
+      const feeds = weightFeeds(graph, weights, state);
+      feeds['input'] = new ort.Tensor('float32', batch.inputs, dims);
+      feeds['target'] = new ort.Tensor('float32', batch.targets, dims);
+      feeds['mask'] = new ort.Tensor('float32', batch.masks, dims);
       const out = await session.run(feeds, fetches);
       return {
         loss: (out['loss'].data as Float32Array)[0],
@@ -55,8 +60,19 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
         state: graph.stateOutputs.map((name) => out[name].data as Float32Array),
       };
     },
+    async forward(inputs, shape, weights, state) {
+      if (!forward) {
+        const forwardGraph = buildForwardGraph(model);
+        forward = { graph: forwardGraph, session: await createSession(ort, forwardGraph.bytes, 'cpu', threads) };
+      }
+      const feeds = weightFeeds(forward.graph, weights, state);
+      feeds['input'] = new ort.Tensor('float32', inputs, [...shape]);
+      const out = await forward.session.run(feeds, ['prediction', ...forward.graph.stateOutputs]);
+      return { prediction: out['prediction'].data as Float32Array, state: forward.graph.stateOutputs.map((name) => out[name].data as Float32Array) };
+    },
     async dispose() {
       await session.release();
+      await forward?.session.release();
     },
   };
 }

@@ -21,6 +21,7 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import type { Rng } from '../core/rng.js';
 import type { Shape } from '../core/volume.js';
+import type { GradientBatch } from '../engines/engine.js';
 import type { NoiseSpec } from '../models/bayes.js';
 import type { MethodSettings, ModelManifest, PriorSource, TrainingRecord } from '../models/io.js';
 import type { MaskOptions, ReplacementStrategy } from '../models/masking.js';
@@ -153,14 +154,29 @@ export interface TrainingContext {
   saved?: Record<string, unknown>;
 }
 
+/**
+ * A batch loss that equals, in value and gradient, `scale` times the masked loss on a rewritten
+ * batch plus `offset`: the rewrite may read the network's output on the batch's inputs, taken
+ * without gradient (a target made from it). The forward pass that output comes from runs before the
+ * rewritten batch's, and its batch-norm statistics update the moving ones first.
+ */
+export interface PlainLossRewrite {
+  /** The per-pixel loss (the trainer's --loss) the identity holds for. */
+  loss: 'mse';
+  /** Whether `rewrite` reads the network's output on batch.inputs. */
+  readsPrediction: boolean;
+  rewrite(batch: GradientBatch, prediction: Float32Array | undefined): { batch: GradientBatch; scale: number; offset: number };
+}
+
 /** The per-run part of a method: its loss over a batch and its hooks, with any state they keep. */
 export interface MethodTraining {
   batchLoss: BatchLossFn;
   /**
-   * The batch loss is the context's masked loss on one prediction of the inputs, nothing more: an
-   * engine other than tfjs may compute it and its gradients (TrainOptions.trainEngine).
+   * How the batch loss reduces to the context's masked loss on one prediction, so that an engine
+   * other than tfjs may compute it and its gradients (TrainOptions.trainEngine): 'as-is' when it is
+   * that loss on the batch itself, or a rewrite of the batch. Absent: only tfjs trains the method.
    */
-  plainMaskedLoss?: boolean;
+  plainMaskedLoss?: 'as-is' | PlainLossRewrite;
   /**
    * After each validation loss is computed: updates the method's state; fields for the history
    * record, events. Asynchronous because it reads tensors (webgpu has no synchronous read in Node).

@@ -14,7 +14,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { UsageError } from '../core/errors.js';
-import type { Method, MethodPatch, MethodTraining, PreparedPatch, TrainingContext } from './method.js';
+import type { Method, MethodPatch, MethodTraining, PlainLossRewrite, PreparedPatch, TrainingContext } from './method.js';
 import { jInvariantValidation, priorOrPlainDenoiser, removeOffsetOnNoisy, unetNetwork } from './shared.js';
 
 /** Mask codes of the sub-sampler: which pixel of each cell is g1's and which g2's. */
@@ -72,23 +72,76 @@ function subImage(x: tf.Tensor, mask: tf.Tensor, code: number): tf.Tensor {
   return tf.expandDims(tf.sum(cells, axes), -1);
 }
 
+/** subImage on arrays, for the engines that take the loss as a masked loss on a rewritten batch. */
+function subImageValues(values: Float32Array, mask: Float32Array, shape: readonly number[], code: number): Float32Array {
+  const [height, width] = shape.slice(-3, -1);
+  const halfWidth = width / 2;
+  const planes = values.length / (height * width);
+  const out = new Float32Array(values.length / 4);
+  for (let p = 0; p < planes; p++) {
+    const base = p * height * width;
+    const outBase = (p * height * width) / 4;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const i = base + y * width + x;
+        if (mask[i] === code) out[outBase + (y >> 1) * halfWidth + (x >> 1)] = values[i];
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * With MSE, the loss above is a masked MSE on the sub-images: with d = f(g1) - g2 and D = g1(f(y)) - g2(f(y)),
+ * mean(d^2) + w mean((d - D)^2) = (1 + w) mean((f(g1) - (g2 + w D / (1 + w)))^2) + w / (1 + w) mean(D^2),
+ * the last term constant (no gradient through f(y)). So g1 is the input, g2 + w D / (1 + w) the target.
+ */
+const neighbourPairAsMaskedLoss: PlainLossRewrite = {
+  loss: 'mse',
+  readsPrediction: true,
+  rewrite(batch, prediction) {
+    if (!prediction) throw new Error('neighbor2neighbor: the rewrite needs the network\'s output on the batch');
+    const { shape, inputs, masks } = batch;
+    const g1 = subImageValues(inputs, masks, shape, FIRST);
+    const g2 = subImageValues(inputs, masks, shape, SECOND);
+    const f1 = subImageValues(prediction, masks, shape, FIRST);
+    const f2 = subImageValues(prediction, masks, shape, SECOND);
+    const pull = REGULARISER_WEIGHT / (1 + REGULARISER_WEIGHT);
+    const targets = new Float32Array(g2.length);
+    let gapSquares = 0;
+    for (let i = 0; i < targets.length; i++) {
+      const gap = f1[i] - f2[i];
+      targets[i] = g2[i] + pull * gap;
+      gapSquares += gap * gap;
+    }
+    const [height, width] = shape.slice(-3, -1);
+    return {
+      batch: { shape: [...shape.slice(0, -3), height / 2, width / 2, 1], inputs: g1, targets, masks: new Float32Array(g1.length).fill(1) },
+      scale: 1 + REGULARISER_WEIGHT,
+      offset: (pull * gapSquares) / g1.length,
+    };
+  },
+};
+
 function neighbourTraining(context: TrainingContext): MethodTraining {
   return {
     batchLoss: (apply, inputs, _targets, masks) => {
+      // The full-resolution output, sub-sampled the same way, enters without gradient (as in the paper).
+      // tfjs has no stopGradient: inside a customGrad forward no op is taped, so no backward pass runs there.
+      // It runs first, as the rewrite's forward pass does on another engine (batch norm's moving statistics).
+      const full = tf.customGrad((...args) => {
+        const x = args[0] as tf.Tensor;
+        return { value: apply(x), gradFunc: () => tf.zerosLike(x) };
+      })(inputs);
       const g1 = subImage(inputs, masks, FIRST);
       const g2 = subImage(inputs, masks, SECOND);
       const predicted = apply(g1);
       const ones = tf.onesLike(g2);
       const main = context.maskedLoss(predicted, g2, ones);
-      // The full-resolution output, sub-sampled the same way, enters without gradient (as in the paper).
-      // tfjs has no stopGradient: inside a customGrad forward no op is taped, so no backward pass runs there.
-      const full = tf.customGrad((...args) => {
-        const x = args[0] as tf.Tensor;
-        return { value: apply(x), gradFunc: () => tf.zerosLike(x) };
-      })(inputs);
       const gap = tf.sub(tf.sub(predicted, g2), tf.sub(subImage(full, masks, FIRST), subImage(full, masks, SECOND)));
       return tf.add(main, tf.mul(REGULARISER_WEIGHT, tf.mean(tf.square(gap)))) as tf.Scalar;
     },
+    plainMaskedLoss: neighbourPairAsMaskedLoss,
   };
 }
 

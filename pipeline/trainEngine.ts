@@ -9,7 +9,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { UsageError } from '../core/errors.js';
 import { EngineUnavailableError, type GradientEngine } from '../engines/engine.js';
 import { openOnnxGradientEngine } from '../engines/onnxGradients.js';
-import type { MethodTraining } from '../methods/method.js';
+import type { MethodTraining, PlainLossRewrite } from '../methods/method.js';
 import { UnsupportedLayerError } from '../models/onnx/layers.js';
 import { TRAIN_ENGINE_CHOICES, type TrainEngineChoice } from './trainOptions.js';
 
@@ -42,17 +42,36 @@ export async function openTrainEngine(r: TrainEngineRequest): Promise<TrainEngin
     return { describe: `gradients on tfjs (${tf.getBackend()}): ${why}` };
   };
   if (choice === 'auto' && !CPU_BACKENDS.includes(tf.getBackend())) return { describe: `gradients on tfjs (${tf.getBackend()}, not a CPU backend)` };
-  // 3D trains 4.5x faster on onnx, but its im2col buffers hold k^3 copies of a layer's input (GBs at
-  // batch 4 of 16x64x64): only on request until the filter gradient is computed tap by tap.
-  if (choice === 'auto' && r.model.inputs[0].shape.length === 5) return { describe: `gradients on tfjs (${tf.getBackend()}): 3D takes --train-engine onnx explicitly (memory: docs/engines.md)` };
-  if (!r.methodRun.plainMaskedLoss) return unsupported(`${r.methodName}'s loss is its own (the ONNX training graph computes the plain masked loss only)`);
+  const form = r.methodRun.plainMaskedLoss;
+  if (!form) return unsupported(`${r.methodName}'s loss is its own (the ONNX training graph computes the plain masked loss only)`);
   if (r.loss === 'prior') return unsupported('the network is a Gaussian prior (its NLL is not in the ONNX training graph)');
+  if (form !== 'as-is' && form.loss !== r.loss) return unsupported(`${r.methodName}'s loss is a masked loss only with --loss ${form.loss}`);
   try {
     const engine = await openOnnxGradientEngine(r.model, { loss: r.loss, ...(r.threads !== undefined ? { threads: r.threads } : {}) });
-    return { engine, describe: engine.describe() };
+    return { engine: form === 'as-is' ? engine : withLossRewrite(engine, form), describe: engine.describe() };
   } catch (err) {
     if (err instanceof UnsupportedLayerError) return unsupported(err.message.replace(/^cannot export /, 'no gradient for '));
     if (err instanceof EngineUnavailableError && choice === 'auto') return { describe: `gradients on tfjs (${tf.getBackend()}): ${err.message}` };
     throw err;
   }
+}
+
+/**
+ * The engine computing a method's own loss through its rewrite as a masked loss: the forward pass
+ * first where the rewrite reads it (its state update first, as on tfjs), then the rewritten
+ * batch's masked loss and gradients, scaled.
+ */
+function withLossRewrite(engine: GradientEngine, rewrite: PlainLossRewrite): GradientEngine {
+  return {
+    ...engine,
+    async gradients(batch, weights, state) {
+      let prediction: Float32Array | undefined;
+      let stateNow = state;
+      if (rewrite.readsPrediction) ({ prediction, state: stateNow } = await engine.forward(batch.inputs, batch.shape, weights, state));
+      const rewritten = rewrite.rewrite(batch, prediction);
+      const out = await engine.gradients(rewritten.batch, weights, stateNow);
+      for (const g of out.gradients) for (let i = 0; i < g.length; i++) g[i] *= rewritten.scale;
+      return { loss: rewritten.scale * out.loss + rewritten.offset, gradients: out.gradients, state: out.state };
+    },
+  };
 }

@@ -64,6 +64,19 @@ describe('train --train-engine onnx', () => {
   });
   }
 
+  it('trains neighbor2neighbor (its loss rewritten as a masked loss) as tfjs does, step for step, to a model that denoises', async () => {
+    const { clean, noisy } = noisyPair(128, 5);
+    const method = { method: 'neighbor2neighbor' as const };
+    const viaOnnx = await trainModel(run(path.join(tmp, 'ne2ne-onnx'), noisy, { ...method, trainEngine: 'onnx' }));
+    const viaTfjs = await trainModel(run(path.join(tmp, 'ne2ne-tfjs'), noisy, { ...method, steps: 10, trainEngine: 'tfjs' }));
+    expect(viaOnnx.training.trainEngine).toBe('onnx');
+    for (let i = 0; i < 10; i++) expect(Math.abs(viaOnnx.history[i].loss - viaTfjs.history[i].loss)).toBeLessThan(1e-3 * viaTfjs.history[i].loss + 1e-6);
+    const { model, manifest } = await loadModelFolder(path.join(tmp, 'ne2ne-onnx'));
+    const denoised = await denoiseVolume(model, manifest, noisy);
+    model.dispose();
+    expect(psnr(clean.data, denoised.data, 100) - psnr(clean.data, noisy.data, 100)).toBeGreaterThan(3);
+  });
+
   it('resumes an interrupted run on the same trajectory, and a tfjs checkpoint on the onnx engine', async () => {
     const { noisy } = noisyPair(96, 4);
     const steps = { steps: 30, validateEvery: 10 };
@@ -98,28 +111,31 @@ describe('train --train-engine onnx', () => {
     };
     const n2v = await trainModel(run(path.join(tmp, 'auto-n2v'), noisy, { steps: 3, onEvent }));
     const n2n = await trainModel(run(path.join(tmp, 'auto-ne2ne'), noisy, { steps: 3, method: 'neighbor2neighbor', onEvent }));
+    const info = await trainModel(run(path.join(tmp, 'auto-noise2info'), noisy, { steps: 3, method: 'noise2info', onEvent }));
     expect(n2v.training.trainEngine).toBe('onnx');
-    expect(n2n.training.trainEngine).toBeUndefined();
+    expect(n2n.training.trainEngine).toBe('onnx');
+    expect(info.training.trainEngine).toBeUndefined();
     expect(starts[0]).toMatch(/^train engine onnx \(onnxruntime-node .*1 intra-op thread/);
-    expect(starts[1]).toMatch(/^gradients on tfjs \(wasm\): neighbor2neighbor's loss is its own/);
-    // 3D only on request (its im2col buffers), and then on onnx.
+    expect(starts[1]).toMatch(/^train engine onnx/);
+    expect(starts[2]).toMatch(/^gradients on tfjs \(wasm\): noise2info's loss is its own/);
+    // 3D too.
     const rng = new Rng(6);
     const stack: Volume = { data: addGaussianNoise(syntheticCells([8, 32, 32], rng).data.map((v) => v * 100), 15, rng), shape: [8, 32, 32], sampleType: 'float32' };
     const stackRun = (name: string, extra: Partial<TrainOptions>): TrainOptions => run(path.join(tmp, name), stack, { steps: 2, patchShape: [8, 16, 16], network: { depth: 1, filters: 4, kernelSize: 3, batchNorm: false }, batchSize: 2, onEvent, ...extra });
-    expect((await trainModel(stackRun('auto-3d', {}))).training.trainEngine).toBeUndefined();
-    expect(starts[2]).toMatch(/^gradients on tfjs \(wasm\): 3D takes --train-engine onnx explicitly/);
-    expect((await trainModel(stackRun('onnx-3d', { trainEngine: 'onnx' }))).training.trainEngine).toBe('onnx');
+    expect((await trainModel(stackRun('auto-3d', {}))).training.trainEngine).toBe('onnx');
+    expect(starts[3]).toMatch(/^train engine onnx/);
   });
 
   it('refuses what the graph does not compute, saying which engine to use', async () => {
     const { noisy } = noisyPair(64, 2);
     const cases: Array<[Partial<TrainOptions>, RegExp]> = [
-      [{ method: 'neighbor2neighbor' }, /neighbor2neighbor's loss is its own.*--train-engine tfjs/],
+      [{ method: 'noise2info' }, /noise2info's loss is its own.*--train-engine tfjs/],
+      [{ method: 'neighbor2neighbor', loss: 'mae' }, /neighbor2neighbor's loss is a masked loss only with --loss mse.*--train-engine tfjs/],
       [{ method: 'n2v2' }, /MaxBlurPool.*--train-engine tfjs/],
       [{ prior: { kind: 'gaussian', sigma: 15 } }, /Gaussian prior.*--train-engine tfjs/],
     ];
-    for (const [extra, message] of cases) {
-      const out = path.join(tmp, `refused-${Object.keys(extra)[0]}`);
+    for (const [i, [extra, message]] of cases.entries()) {
+      const out = path.join(tmp, `refused-${i}`);
       const attempt = trainModel(run(out, noisy, { steps: 2, trainEngine: 'onnx', ...extra }));
       await expect(attempt).rejects.toThrow(UsageError);
       await expect(trainModel(run(`${out}-2`, noisy, { steps: 2, trainEngine: 'onnx', ...extra }))).rejects.toThrow(message);

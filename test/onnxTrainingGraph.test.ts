@@ -15,6 +15,9 @@ import { maskedLoss } from '../models/losses.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { UnsupportedLayerError } from '../models/onnx/layers.js';
 import { buildUNet } from '../models/unet.js';
+import { neighbor2neighbor } from '../methods/neighbor2neighbor.js';
+import type { PatchPreparation } from '../methods/method.js';
+import { openTrainEngine } from '../pipeline/trainEngine.js';
 
 beforeAll(async () => {
   await initBackend({ backend: 'cpu' });
@@ -92,6 +95,37 @@ describe('the ONNX training graph', () => {
         // float32 sums in another order: a few ulps of the norm, nowhere near a wrong layout or sign.
         expect(relativeError(expected, ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5);
       });
+      tf.dispose([reference.value, ...Object.values(reference.grads)]);
+      model.dispose();
+    });
+  }
+
+  for (const { dims, batchNorm } of [{ dims: 2, batchNorm: true }, { dims: 3, batchNorm: false }] as const) {
+    it(`computes neighbor2neighbor's own loss through its rewrite as tfjs does (${dims}D${batchNorm ? ', batch norm, moving statistics after both passes' : ''})`, async () => {
+      const model = buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch' }, 9);
+      const noisy = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [4, 16, 16], 11);
+      // The method's own patches: each 2x2 cell's neighbour pair in the mask.
+      const per = noisy.inputs.length / noisy.shape[0];
+      const masks = new Float32Array(noisy.inputs.length);
+      const rng = new Rng(12);
+      for (let b = 0; b < noisy.shape[0]; b++) {
+        const patch = neighbor2neighbor.preparePatch({ step: 0, shape: noisy.shape.slice(1, -1) as never, data: noisy.targets.subarray(b * per, (b + 1) * per), rng }, {} as PatchPreparation);
+        masks.set(patch.mask, b * per);
+      }
+      const batch = { shape: noisy.shape, inputs: noisy.targets, targets: noisy.targets, masks };
+      const methodRun = neighbor2neighbor.training({ seed: 1, grid: 4, maskedLoss: (p, t, m) => maskedLoss(p, t, m, 'mse') });
+      const chosen = await openTrainEngine({ engine: 'onnx', model, methodName: 'neighbor2neighbor', methodRun, loss: 'mse', threads: 1 });
+      const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+      const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
+      const ours = await chosen.engine!.gradients(batch, variables.map((v) => v.dataSync() as Float32Array), stateBefore);
+      await chosen.engine!.dispose();
+      const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: true }) as tf.Tensor;
+      const reference = tf.variableGrads(() => methodRun.batchLoss(apply, tf.tensor(batch.inputs, batch.shape), tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape)), variables);
+      expect(Math.abs(ours.loss - reference.value.dataSync()[0])).toBeLessThan(1e-5 * Math.abs(ours.loss));
+      variables.forEach((v, i) => expect(relativeError(reference.grads[v.name].dataSync(), ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5));
+      // tfjs ran the network twice (full resolution, then the sub-image): the statistics moved twice, and ours with them.
+      expect(ours.state.length).toBe(batchNorm ? 2 * 6 : 0);
+      model.nonTrainableWeights.forEach((w, j) => expect(relativeError(w.read().dataSync(), ours.state[j]), w.name).toBeLessThan(1e-5));
       tf.dispose([reference.value, ...Object.values(reference.grads)]);
       model.dispose();
     });
