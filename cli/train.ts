@@ -105,7 +105,7 @@ TIFF stacks and frame folders): patches from random chunk-aligned regions throug
   --verbose                 also log which backends auto skipped and why
   --threads N               CPU threads for wasm and for --train-engine onnx (default: all cores)
   --train-engine E          auto|onnx|tfjs (default auto): what computes the gradients. onnx: ONNX Runtime's
-                            CPU kernels on the network's written-out backward pass, 2.6-3.6x the steps/s of wasm
+                            CPU kernels on the network's written-out backward pass, 2.6-3.9x the steps/s of wasm
                             (docs/engines.md), for 2D and 3D U-Nets of the methods with the plain masked loss (n2v,
                             structn2v, noise2self, n2n, care; neighbor2neighbor with --loss mse), --loss mse
                             or mae, no --prior. auto: onnx where

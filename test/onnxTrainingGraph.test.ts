@@ -2,8 +2,6 @@
  * The ONNX training graph against tfjs' own gradients on the cpu backend (tfjs' reference kernels,
  * double-precision sums): realistic patches (noisy synthetic cells, normalised, N2V-masked), so
  * that ReLU zeros, pooling ties and batch-norm statistics are those of training, not of uniform noise.
- * (The wasm backend was found to differ from both on such patches with batch norm, by up to 3e-2 of
- * a gradient's norm in the pooled levels: docs/engines.md.)
  */
 import { describe, it, expect, beforeAll } from 'vitest';
 import * as tf from '@tensorflow/tfjs-core';
