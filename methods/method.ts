@@ -156,16 +156,14 @@ export interface TrainingContext {
 
 /**
  * A batch loss that equals, in value and gradient, `scale` times the masked loss on a rewritten
- * batch plus `offset`: the rewrite may read the network's output on the batch's inputs, taken
- * without gradient (a target made from it). The forward pass that output comes from runs before the
- * rewritten batch's, and its batch-norm statistics update the moving ones first.
+ * batch plus `offset`, given the network's output on the batch's inputs taken without gradient (a
+ * target made from it). The forward pass that output comes from runs before the rewritten batch's,
+ * and its batch-norm statistics update the moving ones first.
  */
 export interface PlainLossRewrite {
   /** The per-pixel loss (the trainer's --loss) the identity holds for. */
   loss: 'mse';
-  /** Whether `rewrite` reads the network's output on batch.inputs. */
-  readsPrediction: boolean;
-  rewrite(batch: GradientBatch, prediction: Float32Array | undefined): { batch: GradientBatch; scale: number; offset: number };
+  rewrite(batch: GradientBatch, prediction: Float32Array): { batch: GradientBatch; scale: number; offset: number };
 }
 
 /** The per-run part of a method: its loss over a batch and its hooks, with any state they keep. */

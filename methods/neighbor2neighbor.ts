@@ -98,9 +98,7 @@ function subImageValues(values: Float32Array, mask: Float32Array, shape: readonl
  */
 const neighbourPairAsMaskedLoss: PlainLossRewrite = {
   loss: 'mse',
-  readsPrediction: true,
   rewrite(batch, prediction) {
-    if (!prediction) throw new Error('neighbor2neighbor: the rewrite needs the network\'s output on the batch');
     const { shape, inputs, masks } = batch;
     const g1 = subImageValues(inputs, masks, shape, FIRST);
     const g2 = subImageValues(inputs, masks, shape, SECOND);

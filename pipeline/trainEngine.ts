@@ -58,18 +58,15 @@ export async function openTrainEngine(r: TrainEngineRequest): Promise<TrainEngin
 
 /**
  * The engine computing a method's own loss through its rewrite as a masked loss: the forward pass
- * first where the rewrite reads it (its state update first, as on tfjs), then the rewritten
- * batch's masked loss and gradients, scaled.
+ * first (its state update first, as on tfjs), then the rewritten batch's masked loss and gradients, scaled.
  */
 function withLossRewrite(engine: GradientEngine, rewrite: PlainLossRewrite): GradientEngine {
   return {
     ...engine,
     async gradients(batch, weights, state) {
-      let prediction: Float32Array | undefined;
-      let stateNow = state;
-      if (rewrite.readsPrediction) ({ prediction, state: stateNow } = await engine.forward(batch.inputs, batch.shape, weights, state));
-      const rewritten = rewrite.rewrite(batch, prediction);
-      const out = await engine.gradients(rewritten.batch, weights, stateNow);
+      const forward = await engine.forward(batch.inputs, batch.shape, weights, state);
+      const rewritten = rewrite.rewrite(batch, forward.prediction);
+      const out = await engine.gradients(rewritten.batch, weights, forward.state);
       for (const g of out.gradients) for (let i = 0; i < g.length; i++) g[i] *= rewritten.scale;
       return { loss: rewritten.scale * out.loss + rewritten.offset, gradients: out.gradients, state: out.state };
     },

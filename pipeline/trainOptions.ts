@@ -167,8 +167,8 @@ export interface TrainOptions {
   /**
    * What computes each step's loss and gradients: 'onnx' (ONNX Runtime's CPU kernels on the network's
    * written-out backward graph, engines/onnxGradients.ts, with backend.threads threads: 2D and 3D U-Nets of
-   * the methods whose loss is the plain masked loss, no prior), 'tfjs' (the backend's own autodiff),
-   * or 'auto' (default): onnx where the run qualifies, is 2D and the tfjs backend computes on the CPU, else
+   * the methods whose loss is, or rewrites to, the plain masked loss, no prior), 'tfjs' (the backend's own autodiff),
+   * or 'auto' (default): onnx where the run qualifies and the tfjs backend computes on the CPU, else
    * tfjs (pipeline/trainEngine.ts). tfjs keeps the weights, Adam and checkpoints either way.
    */
   trainEngine?: TrainEngineChoice;

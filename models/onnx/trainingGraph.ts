@@ -37,8 +37,6 @@ export type TrainingGraphLoss = 'mse' | 'mae';
 
 export interface TrainingGraph {
   bytes: Uint8Array;
-  /** What it computes: the loss and gradients, or the forward pass alone (its output `prediction`). */
-  kind: 'gradients' | 'forward';
   /** Graph input names of the trainable weights, in model.trainableWeights order. */
   weightInputs: string[];
   /** Graph output names of their gradients, same order. */
@@ -146,12 +144,6 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     pad: number;
     name: string;
   }
-  /** xpad's view at one tap of the kernel: its (z,) y, x offsets, row-major over the k^dims taps. */
-  const tapOffsets = (k: number, t: number): number[] => spatialAxes.map((_, a) => Math.floor(t / k ** (dims - 1 - a)) % k);
-  const tapView = (xpad: string, k: number, offsets: number[], name: string): string => {
-    const end = (d: number): bigint | number => (d === k - 1 ? TO_END : d - (k - 1));
-    return g.op('Slice', [xpad, g.int64s(offsets), g.int64s(offsets.map(end)), g.int64s(spatialAxes)], `${name}_tap${offsets.join('')}`);
-  };
   /**
    * dw tap by tap: dw[tap] = sum_b view_b dz_b^T ([cin, cout], tfjs' layout per tap), one MatMul per
    * shifted view of xpad; each view is freed after its MatMul, so memory holds about one copy of x.
@@ -163,9 +155,11 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     const { k, cin, cout, pad, name } = c;
     const dzColumns = g.op('Transpose', [g.op('Reshape', [dz, g.int64s([0, cout, -1])], `${name}_dz_rows`)], `${name}_dz_columns`, { perm: attr.ints([0, 2, 1]) });
     const xpad = k > 1 ? g.pad(x, [0, 0, ...repeat(pad)], [0, 0, ...repeat(pad)], `${name}_xpad`) : x;
+    const end = (d: number): bigint | number => (d === k - 1 ? TO_END : d - (k - 1));
     const perTap = Array.from({ length: k ** dims }, (_, t) => {
-      const offsets = tapOffsets(k, t);
-      const view = k > 1 ? tapView(xpad, k, offsets, name) : x;
+      // The tap's (z,) y, x offsets, row-major over the k^dims taps; its view of xpad.
+      const offsets = spatialAxes.map((_, a) => Math.floor(t / k ** (dims - 1 - a)) % k);
+      const view = k > 1 ? g.op('Slice', [xpad, g.int64s(offsets), g.int64s(offsets.map(end)), g.int64s(spatialAxes)], `${name}_tap${offsets.join('')}`) : x;
       const rows = g.op('Reshape', [view, g.int64s([0, cin, -1])], `${name}_rows${offsets.join('')}`);
       const perBatch = g.op('MatMul', [rows, dzColumns], `${name}_dw_batch${offsets.join('')}`);
       return g.op('ReduceSum', [perBatch, g.int64s([0])], `${name}_dw${offsets.join('')}`, { keepdims: attr.int(1) });
@@ -319,7 +313,7 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   if (mode.kind === 'forward') {
     g.op('Transpose', [prediction], 'prediction_nhwc', { perm: attr.ints([0, ...spatialAxes, 1]) }, predictionName);
     const bytes = encode([{ name: inputName, shape: batchShape }, ...weightAndStateInputs], [{ name: predictionName, shape: batchShape }, ...stateValues], 'the forward pass in training mode');
-    return { bytes, kind: 'forward', weightInputs, gradientOutputs: [], stateInputs, stateOutputs };
+    return { bytes, weightInputs, gradientOutputs: [], stateInputs, stateOutputs };
   }
   const loss = mode.loss;
   // loss = sum(mask * e(p - t)) / max(sum(mask), 1); e = square or abs (models/losses.ts maskedLoss).
@@ -343,5 +337,5 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     [{ name: lossName, shape: [] }, ...trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape })), ...stateValues],
     `masked ${loss} loss and its gradients`,
   );
-  return { bytes, kind: 'gradients', weightInputs, gradientOutputs, stateInputs, stateOutputs };
+  return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs };
 }
