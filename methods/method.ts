@@ -155,15 +155,26 @@ export interface TrainingContext {
 }
 
 /**
- * A batch loss that equals, in value and gradient, `scale` times the masked loss on a rewritten
- * batch plus `offset`, given the network's output on the batch's inputs taken without gradient (a
- * target made from it). The forward pass that output comes from runs before the rewritten batch's,
- * and its batch-norm statistics update the moving ones first.
+ * A batch loss that equals, in value and gradient, a sum of scaled masked losses on rewritten
+ * batches plus a constant, given the network's outputs on some inputs of the batch taken without
+ * gradient (targets and weights made from them). Those forward passes run first, in the order the
+ * method's batchLoss applies the network on tfjs, so batch norm's moving statistics move in that
+ * order; then each term's pass, which moves them again unless it repeats a forward pass.
  */
 export interface PlainLossRewrite {
   /** The per-pixel loss (the trainer's --loss) the identity holds for. */
   loss: 'mse';
-  rewrite(batch: GradientBatch, prediction: Float32Array): { batch: GradientBatch; scale: number; offset: number };
+  /** The inputs (of the batch's shape) whose outputs the rewrite reads, in batchLoss' order. */
+  forwardInputs(batch: GradientBatch): Float32Array[];
+  rewrite(batch: GradientBatch, predictions: readonly Float32Array[]): { terms: RewrittenLossTerm[]; offset: number };
+}
+
+/** One masked loss of a rewritten batch loss; its mask may weight pixels (MSE: sum(mask * e) / max(sum(mask), 1)). */
+export interface RewrittenLossTerm {
+  batch: GradientBatch;
+  scale: number;
+  /** The pass runs the network on the inputs of a forward pass again: the moving statistics stay where that one left them. */
+  repeatsForward: boolean;
 }
 
 /** The per-run part of a method: its loss over a batch and its hooks, with any state they keep. */

@@ -98,7 +98,8 @@ function subImageValues(values: Float32Array, mask: Float32Array, shape: readonl
  */
 const neighbourPairAsMaskedLoss: PlainLossRewrite = {
   loss: 'mse',
-  rewrite(batch, prediction) {
+  forwardInputs: (batch) => [batch.inputs],
+  rewrite(batch, [prediction]) {
     const { shape, inputs, masks } = batch;
     const g1 = subImageValues(inputs, masks, shape, FIRST);
     const g2 = subImageValues(inputs, masks, shape, SECOND);
@@ -113,11 +114,8 @@ const neighbourPairAsMaskedLoss: PlainLossRewrite = {
       gapSquares += gap * gap;
     }
     const [height, width] = shape.slice(-3, -1);
-    return {
-      batch: { shape: [...shape.slice(0, -3), height / 2, width / 2, 1], inputs: g1, targets, masks: new Float32Array(g1.length).fill(1) },
-      scale: 1 + REGULARISER_WEIGHT,
-      offset: (pull * gapSquares) / g1.length,
-    };
+    const subBatch = { shape: [...shape.slice(0, -3), height / 2, width / 2, 1], inputs: g1, targets, masks: new Float32Array(g1.length).fill(1) };
+    return { terms: [{ batch: subBatch, scale: 1 + REGULARISER_WEIGHT, repeatsForward: false }], offset: (pull * gapSquares) / g1.length };
   },
 };
 

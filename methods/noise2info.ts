@@ -9,6 +9,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { Rng } from '../core/rng.js';
 import type { MethodSettings } from '../models/io.js';
 import {
+  NOISE2INFO_SQRT_EPSILON,
   estimateNoise2InfoSigma,
   initialNoise2InfoSigma,
   noise2InfoExternalLoss,
@@ -16,7 +17,7 @@ import {
   updateNoise2InfoSigma,
 } from '../models/noise2info.js';
 import { mixSeed } from '../operators/samplePatches.js';
-import type { Method, ValidationBatch } from './method.js';
+import type { Method, PlainLossRewrite, ValidationBatch } from './method.js';
 import { gridPatch, priorOrPlainDenoiser, removeOffsetOnNoisy, unetNetwork } from './shared.js';
 
 type Noise2InfoState = NonNullable<MethodSettings['noise2info']>;
@@ -59,6 +60,61 @@ async function estimateNoise2InfoSigmaOn(model: tfl.LayersModel, batches: readon
   return estimateNoise2InfoSigma(noisy, predicted, { externalLoss, rng }).sigma;
 }
 
+/**
+ * L_in + 2 sigma L_ex as two masked MSEs, one per network pass. With F = F(X), G = F(X_J^c) taken
+ * without gradient, N pixels, M = max(sum J, 1), I = sum J (F - G)^2 / M and c = sigma / sqrt(I + eps),
+ * the loss's gradient is that of
+ *   sum_p w_p (F_p - a_p)^2,  w_p = 1/N + c J_p / M,  a_p = (X_p / N + c J_p G_p / M) / w_p   (pass on X)
+ * plus c sum J (G - F)^2 / M with F as the target (pass on X_J^c): the square root's derivative
+ * splits the invariance term between the two passes. The constant makes up the loss's value.
+ */
+function noise2InfoAsMaskedLosses(sigmaNow: () => number): PlainLossRewrite {
+  return {
+    loss: 'mse',
+    // batchLoss applies the network to the unmasked patch (the targets) first, then to the masked one.
+    forwardInputs: (batch) => [batch.targets, batch.inputs],
+    rewrite(batch, [full, masked]) {
+      const { targets: noisy, masks } = batch;
+      const n = noisy.length;
+      let maskSum = 0;
+      let invarianceSum = 0;
+      let internalSum = 0;
+      for (let i = 0; i < n; i++) {
+        const d = full[i] - masked[i];
+        maskSum += masks[i];
+        invarianceSum += masks[i] * d * d;
+        internalSum += (full[i] - noisy[i]) ** 2;
+      }
+      const count = Math.max(maskSum, 1);
+      const invariance = invarianceSum / count;
+      const external = Math.sqrt(invariance + NOISE2INFO_SQRT_EPSILON);
+      const sigma = sigmaNow();
+      const c = sigma / external;
+      // Weights scaled by N (each >= 1, so the graph's max(sum, 1) is the sum itself): the term's scale is their sum / N.
+      const weights = new Float32Array(n);
+      const pulled = new Float32Array(n);
+      let weightSum = 0;
+      let weightedSquares = 0;
+      for (let i = 0; i < n; i++) {
+        const w = 1 / n + (c * masks[i]) / count;
+        const a = (noisy[i] / n + (c * masks[i] * masked[i]) / count) / w;
+        weights[i] = w * n;
+        pulled[i] = a;
+        weightSum += w;
+        weightedSquares += w * (full[i] - a) ** 2;
+      }
+      const loss = internalSum / n + 2 * sigma * external;
+      return {
+        terms: [
+          { batch: { shape: batch.shape, inputs: noisy, targets: pulled, masks: weights }, scale: weightSum, repeatsForward: true },
+          { batch: { shape: batch.shape, inputs: batch.inputs, targets: full, masks }, scale: c, repeatsForward: true },
+        ],
+        offset: loss - weightedSquares - c * invariance,
+      };
+    },
+  };
+}
+
 export const noise2info: Method = {
   name: 'noise2info',
   summary: 'Noise2Info: L_in + 2 sigma L_ex, sigma estimated at every validation (grid masking, --grid K)',
@@ -71,9 +127,9 @@ export const noise2info: Method = {
   },
   dims: [2, 3],
   networkKind: 'unet',
-  accepts: ['grid', 'loss'],
+  accepts: ['grid'],
   masking: 'grid',
-  ownLoss: { name: 'noise2info' },
+  ownLoss: { name: 'noise2info', refusesLossOption: 'its loss is L_in + 2 sigma L_ex, squared errors by definition' },
   network: (r) => unetNetwork('noise2info', r, 'n2v'),
   preparePatch: gridPatch,
   settings: (_opts, prep) => ({ grid: prep.grid }),
@@ -83,6 +139,7 @@ export const noise2info: Method = {
     return {
       // F(X) on the unmasked patch (the target) and F(X_J^c) on the masked input.
       batchLoss: (apply, inputs, targets, masks) => noise2InfoLoss(apply(targets), apply(inputs), targets, masks, state.sigma),
+      plainMaskedLoss: noise2InfoAsMaskedLosses(() => state.sigma),
       async onValidation({ model, batches, step }) {
         // Algorithm 2's per-epoch update, once per validation, on the fixed validation patches.
         const estimate = await estimateNoise2InfoSigmaOn(model, batches, new Rng(mixSeed(context.seed, step, 0x6e32)));

@@ -118,6 +118,9 @@ export function updateNoise2InfoSigma(current: number, estimate: number): number
   return Number.isFinite(estimate) && estimate < current ? estimate : current;
 }
 
+/** Keeps the square root of L_ex differentiable where F(X) = F(X_J^c). */
+export const NOISE2INFO_SQRT_EPSILON = 1e-12;
+
 /**
  * The training loss L_in + 2 sigma L_ex (Noise2Same's form, sigma from Algorithm 2), per pixel:
  *   mean((F(X) - X)^2) + 2 sigma sqrt(mean over mask of (F(X) - F(X_J^c))^2).
@@ -129,7 +132,7 @@ export function noise2InfoLoss(prediction: tf.Tensor, maskedPrediction: tf.Tenso
   return tf.tidy(() => {
     const internal = tf.mean(tf.square(tf.sub(prediction, noisy)));
     const invariance = tf.div(tf.sum(tf.mul(tf.square(tf.sub(prediction, maskedPrediction)), mask)), tf.maximum(tf.sum(mask), 1));
-    const external = tf.sqrt(tf.add(invariance, 1e-12));
+    const external = tf.sqrt(tf.add(invariance, NOISE2INFO_SQRT_EPSILON));
     return tf.add(internal, tf.mul(2 * sigma, external)) as tf.Scalar;
   });
 }

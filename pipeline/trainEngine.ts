@@ -57,18 +57,33 @@ export async function openTrainEngine(r: TrainEngineRequest): Promise<TrainEngin
 }
 
 /**
- * The engine computing a method's own loss through its rewrite as a masked loss: the forward pass
- * first (its state update first, as on tfjs), then the rewritten batch's masked loss and gradients, scaled.
+ * The engine computing a method's own loss through its rewrite as masked losses: the forward passes
+ * first (their state updates first, as on tfjs), then each term's loss and gradients, scaled and summed.
  */
 function withLossRewrite(engine: GradientEngine, rewrite: PlainLossRewrite): GradientEngine {
   return {
     ...engine,
     async gradients(batch, weights, state) {
-      const forward = await engine.forward(batch.inputs, batch.shape, weights, state);
-      const rewritten = rewrite.rewrite(batch, forward.prediction);
-      const out = await engine.gradients(rewritten.batch, weights, forward.state);
-      for (const g of out.gradients) for (let i = 0; i < g.length; i++) g[i] *= rewritten.scale;
-      return { loss: rewritten.scale * out.loss + rewritten.offset, gradients: out.gradients, state: out.state };
+      let current = [...state];
+      const predictions: Float32Array[] = [];
+      for (const inputs of rewrite.forwardInputs(batch)) {
+        const forward = await engine.forward(inputs, batch.shape, weights, current);
+        predictions.push(forward.prediction);
+        current = forward.state;
+      }
+      const { terms, offset } = rewrite.rewrite(batch, predictions);
+      let loss = offset;
+      const gradients = weights.map((w) => new Float32Array(w.length));
+      for (const term of terms) {
+        const out = await engine.gradients(term.batch, weights, current);
+        if (!term.repeatsForward) current = out.state;
+        loss += term.scale * out.loss;
+        out.gradients.forEach((g, j) => {
+          const sum = gradients[j];
+          for (let i = 0; i < g.length; i++) sum[i] += term.scale * g[i];
+        });
+      }
+      return { loss, gradients, state: current };
     },
   };
 }

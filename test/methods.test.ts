@@ -511,12 +511,14 @@ describe('U-Net batch norm follows the batch size unless asked', () => {
 describe('bad method inputs are refused with the file named', () => {
   const { noisy } = problem([32, 32], 6);
 
-  it('--mask-fraction / --strategy / --mask-radius are refused where no stratified masking happens (grid, architectural, paired)', async () => {
+  it('--mask-fraction / --strategy / --mask-radius / --loss are refused where no stratified masking happens (grid, architectural, paired)', async () => {
     const volumes = [{ volume: problem([32, 32], 2).noisy, name: 'noisy' }];
     await expect(train('noise2self', volumes, path.join(tmp, 'refused-grid'), { maskFraction: 0.05 })).rejects.toThrow(/grid phase/);
     await expect(train('laine19', volumes, path.join(tmp, 'refused-arch'), { strategy: 'median' })).rejects.toThrow(/masks nothing/);
     await expect(train('noise2info', volumes, path.join(tmp, 'refused-radius'), { maskRadius: 5 })).rejects.toThrow(/--mask-radius/);
     await expect(train('n2v2', volumes, path.join(tmp, 'refused-radius-0'), { maskRadius: 0 })).rejects.toThrow(/--mask-radius must be an integer >= 1, got 0/);
+    // Its loss squares by definition: a --loss mae it ignored would be a silent lie.
+    await expect(train('noise2info', volumes, path.join(tmp, 'refused-loss'), { loss: 'mae' })).rejects.toThrow(/--loss does not apply to --method noise2info: its loss is L_in/);
     await expect(fs.access(path.join(tmp, 'refused-grid'))).rejects.toThrow();
   });
 

@@ -37,6 +37,14 @@ const run = (out: string, volume: Volume, extra: Partial<TrainOptions> = {}): Tr
   ...extra,
 });
 
+/** A method whose loss is its own (the noise model's likelihood of its prior samples): tfjs trains it. */
+const pn2vRun: Partial<TrainOptions> = {
+  method: 'pn2v',
+  prior: { kind: 'gaussian', sigma: 15 },
+  network: { depth: 2, filters: 8, kernelSize: 3, batchNorm: false, priorSamples: 4 },
+  noiseFits: false,
+};
+
 describe('train --train-engine onnx', () => {
   for (const batchNorm of [false, true]) {
   it(`trains N2V as tfjs does${batchNorm ? ' (with batch norm)' : ''}: the same losses step for step, a model that denoises, the engine in the manifest`, async () => {
@@ -64,18 +72,20 @@ describe('train --train-engine onnx', () => {
   });
   }
 
-  it('trains neighbor2neighbor (its loss rewritten as a masked loss) as tfjs does, step for step, to a model that denoises', async () => {
-    const { clean, noisy } = noisyPair(128, 5);
-    const method = { method: 'neighbor2neighbor' as const };
-    const viaOnnx = await trainModel(run(path.join(tmp, 'ne2ne-onnx'), noisy, { ...method, trainEngine: 'onnx' }));
-    const viaTfjs = await trainModel(run(path.join(tmp, 'ne2ne-tfjs'), noisy, { ...method, steps: 10, trainEngine: 'tfjs' }));
-    expect(viaOnnx.training.trainEngine).toBe('onnx');
-    for (let i = 0; i < 10; i++) expect(Math.abs(viaOnnx.history[i].loss - viaTfjs.history[i].loss)).toBeLessThan(1e-3 * viaTfjs.history[i].loss + 1e-6);
-    const { model, manifest } = await loadModelFolder(path.join(tmp, 'ne2ne-onnx'));
-    const denoised = await denoiseVolume(model, manifest, noisy);
-    model.dispose();
-    expect(psnr(clean.data, denoised.data, 100) - psnr(clean.data, noisy.data, 100)).toBeGreaterThan(3);
-  });
+  for (const methodName of ['neighbor2neighbor', 'noise2info'] as const) {
+    it(`trains ${methodName} (its loss rewritten as masked losses) as tfjs does, step for step, to a model that denoises`, async () => {
+      const { clean, noisy } = noisyPair(128, 5);
+      const method = { method: methodName };
+      const viaOnnx = await trainModel(run(path.join(tmp, `${methodName}-onnx`), noisy, { ...method, trainEngine: 'onnx' }));
+      const viaTfjs = await trainModel(run(path.join(tmp, `${methodName}-tfjs`), noisy, { ...method, steps: 10, trainEngine: 'tfjs' }));
+      expect(viaOnnx.training.trainEngine).toBe('onnx');
+      for (let i = 0; i < 10; i++) expect(Math.abs(viaOnnx.history[i].loss - viaTfjs.history[i].loss)).toBeLessThan(1e-3 * viaTfjs.history[i].loss + 1e-6);
+      const { model, manifest } = await loadModelFolder(path.join(tmp, `${methodName}-onnx`));
+      const denoised = await denoiseVolume(model, manifest, noisy);
+      model.dispose();
+      expect(psnr(clean.data, denoised.data, 100) - psnr(clean.data, noisy.data, 100)).toBeGreaterThan(3);
+    });
+  }
 
   it('resumes an interrupted run on the same trajectory, and a tfjs checkpoint on the onnx engine', async () => {
     const { noisy } = noisyPair(96, 4);
@@ -112,24 +122,27 @@ describe('train --train-engine onnx', () => {
     const n2v = await trainModel(run(path.join(tmp, 'auto-n2v'), noisy, { steps: 3, onEvent }));
     const n2n = await trainModel(run(path.join(tmp, 'auto-ne2ne'), noisy, { steps: 3, method: 'neighbor2neighbor', onEvent }));
     const info = await trainModel(run(path.join(tmp, 'auto-noise2info'), noisy, { steps: 3, method: 'noise2info', onEvent }));
+    const pn2v = await trainModel(run(path.join(tmp, 'auto-pn2v'), noisy, { steps: 3, ...pn2vRun, onEvent }));
     expect(n2v.training.trainEngine).toBe('onnx');
     expect(n2n.training.trainEngine).toBe('onnx');
-    expect(info.training.trainEngine).toBeUndefined();
+    expect(info.training.trainEngine).toBe('onnx');
+    expect(pn2v.training.trainEngine).toBeUndefined();
     expect(starts[0]).toMatch(/^train engine onnx \(onnxruntime-node .*1 intra-op thread/);
     expect(starts[1]).toMatch(/^train engine onnx/);
-    expect(starts[2]).toMatch(/^gradients on tfjs \(wasm\): noise2info's loss is its own/);
+    expect(starts[2]).toMatch(/^train engine onnx/);
+    expect(starts[3]).toMatch(/^gradients on tfjs \(wasm\): pn2v's loss is its own/);
     // 3D too.
     const rng = new Rng(6);
     const stack: Volume = { data: addGaussianNoise(syntheticCells([8, 32, 32], rng).data.map((v) => v * 100), 15, rng), shape: [8, 32, 32], sampleType: 'float32' };
     const stackRun = (name: string, extra: Partial<TrainOptions>): TrainOptions => run(path.join(tmp, name), stack, { steps: 2, patchShape: [8, 16, 16], network: { depth: 1, filters: 4, kernelSize: 3, batchNorm: false }, batchSize: 2, onEvent, ...extra });
     expect((await trainModel(stackRun('auto-3d', {}))).training.trainEngine).toBe('onnx');
-    expect(starts[3]).toMatch(/^train engine onnx/);
+    expect(starts[4]).toMatch(/^train engine onnx/);
   });
 
   it('refuses what the graph does not compute, saying which engine to use', async () => {
     const { noisy } = noisyPair(64, 2);
     const cases: Array<[Partial<TrainOptions>, RegExp]> = [
-      [{ method: 'noise2info' }, /noise2info's loss is its own.*--train-engine tfjs/],
+      [pn2vRun, /pn2v's loss is its own.*--train-engine tfjs/],
       [{ method: 'neighbor2neighbor', loss: 'mae' }, /neighbor2neighbor's loss is a masked loss only with --loss mse.*--train-engine tfjs/],
       [{ method: 'n2v2' }, /MaxBlurPool.*--train-engine tfjs/],
       [{ prior: { kind: 'gaussian', sigma: 15 } }, /Gaussian prior.*--train-engine tfjs/],
