@@ -12,6 +12,7 @@
  *
  *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
  *   npm run bench:speed -- --threads 2   # one setting
+ *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss (a U-Net method)
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
@@ -36,9 +37,14 @@ import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
 import { createAdam } from '../models/optimizer.js';
-import { defaultMaskOptions, maskPatch } from '../models/masking.js';
+import { defaultMaskOptions } from '../models/masking.js';
+import { maskedLoss } from '../models/losses.js';
+import type { Shape } from '../core/volume.js';
+import type { Method, PatchPreparation } from '../methods/method.js';
+import { getMethod } from '../methods/registry.js';
+import { defaultGridSide } from '../methods/shared.js';
+import { openTrainEngine } from '../pipeline/trainEngine.js';
 import { trainSteps } from '../operators/trainSteps.js';
-import { openOnnxGradientEngine } from '../engines/onnxGradients.js';
 import type { TrainingBatch } from '../operators/batchPatches.js';
 import { type BenchShapes, type EngineRates, SHAPE_2D, SHAPE_3D, measureEngines, measureTorch } from './engineSpeed.js';
 import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
@@ -55,6 +61,8 @@ interface KernelTime {
 }
 
 interface SpeedResult {
+  /** Whose loss the training rows train (the reference U-Net either way). */
+  method: string;
   backend: string;
   optimizer: OptimizerChoice;
   threads: number;
@@ -134,32 +142,36 @@ interface InferenceRuns {
 }
 
 /** Masked batches of `patch` (YX or ZYX) of unit Gaussian noise, N2V-masked. */
-function maskedBatches(count: number, batch: number, patch: number[], rng: Rng): TrainingBatch[] {
+/** `count` batches of unit-normal patches, each prepared as `method` prepares its training patches. */
+function methodBatches(method: Method, count: number, batch: number, patch: number[], rng: Rng): TrainingBatch[] {
   const per = patch.reduce((a, b) => a * b, 1);
+  const prep: PatchPreparation = { method, masking: defaultMaskOptions, grid: defaultGridSide, seed: 1 };
   return Array.from({ length: count }, (_, step) => {
     const inputs = new Float32Array(batch * per);
     const targets = new Float32Array(batch * per);
     const masks = new Float32Array(batch * per);
     for (let b = 0; b < batch; b++) {
       const values = Float32Array.from({ length: per }, () => rng.normal());
-      const m = maskPatch(values, patch as unknown as Parameters<typeof maskPatch>[1], defaultMaskOptions, rng);
-      inputs.set(m.input, b * per);
-      targets.set(values, b * per);
-      masks.set(m.mask, b * per);
+      const prepared = method.preparePatch({ step, shape: patch as unknown as Shape, data: values, rng }, prep);
+      inputs.set(prepared.input, b * per);
+      targets.set(prepared.target, b * per);
+      masks.set(prepared.mask, b * per);
     }
     return { step, shape: [batch, ...patch, 1], inputs, targets, masks };
   });
 }
 
 /**
- * Training steps per second of a fresh `cfg` network on `batches` (3 untimed first), tfjs computing
- * the gradients or (`onnxThreads`) the ONNX train engine; `profile` wraps tfjs' kernels meanwhile.
+ * Training steps per second of a fresh `cfg` network trained with `method`'s loss on `batches` (3
+ * untimed first), tfjs computing the gradients or (`onnxThreads`) the ONNX train engine; `profile`
+ * wraps tfjs' kernels meanwhile.
  */
-async function timeTraining(cfg: UNetConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
+async function timeTraining(method: Method, cfg: UNetConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
   const model = buildUNet(cfg, 1);
   const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
-  const gradients = onnxThreads === null ? undefined : await openOnnxGradientEngine(model, { loss: 'mse', threads: onnxThreads });
-  const options = { model, optimizer, loss: 'mse' as const, ...(gradients ? { gradients } : {}) };
+  const methodRun = method.training({ seed: 1, grid: defaultGridSide, maskedLoss: (p, t, m) => maskedLoss(p, t, m, 'mse') });
+  const gradients = onnxThreads === null ? undefined : (await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: 'mse', threads: onnxThreads })).engine;
+  const options = { model, optimizer, loss: { batch: methodRun.batchLoss }, ...(gradients ? { gradients } : {}) };
   const warmup = 3;
   await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps(options), toArray()));
   const profiler = profile ? profileKernels(tf.getBackend()) : null;
@@ -174,7 +186,7 @@ async function timeTraining(cfg: UNetConfig, batches: TrainingBatch[], optimizer
   return { stepsPerS, ...(kernels ? { kernels } : {}) };
 }
 
-async function measure(backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
+async function measure(method: Method, backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
   const rng = new Rng(3);
   const per = PATCH * PATCH;
@@ -185,19 +197,20 @@ async function measure(backendChoice: BackendChoice, threads: number | undefined
   let onnx3d: number | undefined;
   if (steps > 0) {
     const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const };
-    const batches2d = maskedBatches(3 + steps, BATCH, [PATCH, PATCH], rng);
-    tfjs2d = await timeTraining(cfg2d, batches2d, optimizerChoice, null, profile);
-    onnx2d = (await timeTraining(cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
+    const batches2d = methodBatches(method, 3 + steps, BATCH, [PATCH, PATCH], rng);
+    tfjs2d = await timeTraining(method, cfg2d, batches2d, optimizerChoice, null, profile);
+    onnx2d = (await timeTraining(method, cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
     if (infer.with3d) {
       // 3D: batch 4 of PATCH_3D, a quarter of the 2D steps (at least 2).
       const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const };
-      const batches3d = maskedBatches(3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
-      tfjs3d = (await timeTraining(cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
-      onnx3d = (await timeTraining(cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
+      const batches3d = methodBatches(method, 3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
+      tfjs3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
+      onnx3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
     }
   }
   const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d, INFER_SHAPES);
   return {
+    method: method.name,
     backend: backend.name,
     optimizer: optimizerChoice,
     threads: backend.threads,
@@ -225,8 +238,10 @@ async function main(): Promise<void> {
   if (bnHelper !== 'on' && bnHelper !== 'off') throw new Error(`--bn-helper must be on or off, got ${bnHelper}`);
   setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('tiny')) [BATCH, PATCH, BATCH_3D, PATCH_3D, INFER_SHAPES] = [2, 32, 1, [8, 16, 16], { d2: [64, 64], d3: [8, 32, 32] }];
+  const method = getMethod(args.get('method') ?? 'n2v');
+  if (method.networkKind !== 'unet') throw new Error(`--method must train a U-Net (the reference network), ${method.name} trains a ${method.networkKind}`);
   if (args.has('child')) {
-    const measured = await measure(backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
+    const measured = await measure(method, backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
     const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
     if (r.profile !== undefined) {
       process.stderr.write(`per training step, ${r.threads} thread(s) (outermost kernel calls):\n`);
@@ -241,7 +256,7 @@ async function main(): Promise<void> {
   const loads: string[] = [];
   for (const t of threadCounts) {
     loads.push(readLoad());
-    const childArgs = ['--child', '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(infer.runs2d), '--infer-runs-3d', String(infer.runs3d)];
+    const childArgs = ['--child', '--method', method.name, '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(infer.runs2d), '--infer-runs-3d', String(infer.runs3d)];
     if (!infer.with3d) childArgs.push('--no-3d');
     if (steps === 0) childArgs.push('--no-train');
     const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), ...childArgs, '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : []), ...(args.has('tiny') ? ['--tiny'] : [])], {
@@ -252,13 +267,14 @@ async function main(): Promise<void> {
     const r = JSON.parse(out.trim().split('\n').pop()!) as SpeedResult;
     const train3d = r.train3d.tfjsStepsPerS === null ? '' : `; 3D batch ${r.train3d.batch} of ${r.train3d.patch.join('x')}: ${r.train3d.tfjsStepsPerS} steps/s, onnx train engine ${r.train3d.onnxStepsPerS}`;
     const train = r.trainStepsPerS === null ? 'no training' : `train ${r.trainStepsPerS} steps/s (${r.trainMpxPerS} Mpx/s), with the onnx train engine ${r.onnxTrainStepsPerS} steps/s${train3d}`;
-    console.log(`${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: ${train}, peak RSS ${r.peakRssMiB} MiB`);
+    console.log(`${r.method}, ${r.backend} ${r.threads} thread(s), ${r.optimizer} Adam${r.batchNormHelper ? ', batch-norm helper thread' : ''}: ${train}, peak RSS ${r.peakRssMiB} MiB`);
     runs.push(r);
     // PyTorch right after, same thread count: same-run ratios are what mean anything on a shared machine.
     // --tiny measures nothing worth a ratio (and torch_infer.py knows only the reference shapes).
     // PyTorch with its activations' memory reused (the fair reference, see TORCH_MALLOC_REUSE) and,
     // for the record, with glibc's default allocator settings.
-    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse', steps);
+    // PyTorch's training step is N2V's (bench/torch_infer.py): no ratio for another method's.
+    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse', method.name === 'n2v' ? steps : 0);
     const ptDefault = pt && !args.has('no-torch-default-malloc') ? measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'default') : null;
     if (pt) torch.push(pt);
     if (ptDefault) torch.push(ptDefault);
