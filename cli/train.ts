@@ -53,7 +53,8 @@ Options:
   --mask-fraction F         fraction of pixels masked per patch (default 0.015)
   --strategy S              uniform-without-centre (n2v default) | uniform-with-centre | median (n2v2 default)
   --mask-radius R           replacement window half-width in pixels (default 2: a 5x5 window)
-  --loss mse|mae            loss on masked pixels (default mse)
+  --loss mse|mae            loss on masked pixels (default mse); dbsn, noise2info, pn2v and
+                            divnoising have losses of their own and refuse it
   --prior gaussian:S | poisson-gaussian:A,B | noise-model.json | learned | nlf
                             predict a Gaussian prior and train it by the likelihood under this noise
                             (input units; var = A*x + B; or the a, b of a 'blindspot noise --calibrate'
