@@ -45,7 +45,8 @@ import { getMethod } from '../methods/registry.js';
 import { defaultGridSide } from '../methods/shared.js';
 import { openTrainEngine } from '../pipeline/trainEngine.js';
 import { trainSteps } from '../operators/trainSteps.js';
-import type { TrainingBatch } from '../operators/batchPatches.js';
+import { batchPatches, type TrainingBatch } from '../operators/batchPatches.js';
+import type { MaskedPatch } from '../operators/maskN2V.js';
 import { type BenchShapes, type EngineRates, SHAPE_2D, SHAPE_3D, measureEngines, measureTorch } from './engineSpeed.js';
 import { setBatchNormHelperThread } from '../backend/kernels/batchNorm.js';
 import { benchArgs, writeResult, runBenchmark } from './common.js';
@@ -141,24 +142,20 @@ interface InferenceRuns {
   with3d: boolean;
 }
 
-/** Masked batches of `patch` (YX or ZYX) of unit Gaussian noise, N2V-masked. */
-/** `count` batches of unit-normal patches, each prepared as `method` prepares its training patches. */
-function methodBatches(method: Method, count: number, batch: number, patch: number[], rng: Rng): TrainingBatch[] {
+/**
+ * `count` batches of unit-normal patches, each prepared as `method` prepares its training patches
+ * and packed as training packs them (operators/batchPatches.ts).
+ */
+function methodBatches(method: Method, count: number, batch: number, patch: number[], rng: Rng): Promise<TrainingBatch[]> {
   const per = patch.reduce((a, b) => a * b, 1);
   const prep: PatchPreparation = { method, masking: defaultMaskOptions, grid: defaultGridSide, seed: 1 };
-  return Array.from({ length: count }, (_, step) => {
-    const inputs = new Float32Array(batch * per);
-    const targets = new Float32Array(batch * per);
-    const masks = new Float32Array(batch * per);
-    for (let b = 0; b < batch; b++) {
-      const values = Float32Array.from({ length: per }, () => rng.normal());
-      const prepared = method.preparePatch({ step, shape: patch as unknown as Shape, data: values, rng }, prep);
-      inputs.set(prepared.input, b * per);
-      targets.set(prepared.target, b * per);
-      masks.set(prepared.mask, b * per);
-    }
-    return { step, shape: [batch, ...patch, 1], inputs, targets, masks };
+  const shape = patch as unknown as Shape;
+  const patches = Array.from({ length: count * batch }, (_, i): MaskedPatch => {
+    const step = Math.floor(i / batch);
+    const data = Float32Array.from({ length: per }, () => rng.normal());
+    return { step, shape, ...method.preparePatch({ step, shape, data, rng }, prep) };
   });
+  return lastValueFrom(from(patches).pipe(batchPatches({ batchSize: batch }), toArray()));
 }
 
 /**
@@ -197,13 +194,13 @@ async function measure(method: Method, backendChoice: BackendChoice, threads: nu
   let onnx3d: number | undefined;
   if (steps > 0) {
     const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const };
-    const batches2d = methodBatches(method, 3 + steps, BATCH, [PATCH, PATCH], rng);
+    const batches2d = await methodBatches(method, 3 + steps, BATCH, [PATCH, PATCH], rng);
     tfjs2d = await timeTraining(method, cfg2d, batches2d, optimizerChoice, null, profile);
     onnx2d = (await timeTraining(method, cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
     if (infer.with3d) {
       // 3D: batch 4 of PATCH_3D, a quarter of the 2D steps (at least 2).
       const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const };
-      const batches3d = methodBatches(method, 3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
+      const batches3d = await methodBatches(method, 3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
       tfjs3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
       onnx3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
     }
