@@ -12,7 +12,7 @@
  *
  *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
  *   npm run bench:speed -- --threads 2   # one setting
- *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss (a U-Net method)
+ *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss and U-Net variant (a U-Net method)
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
@@ -183,6 +183,13 @@ async function timeTraining(method: Method, cfg: UNetConfig, batches: TrainingBa
   return { stepsPerS, ...(kernels ? { kernels } : {}) };
 }
 
+/** The method's own U-Net variant (N2V2's blur pool, no top skip) on the reference network's size. */
+function unetVariant(method: Method, dims: 2 | 3): Pick<UNetConfig, 'variant' | 'blurPool'> {
+  const own = method.network({ dims, size: 'paper', overrides: {}, batchSize: BATCH, twoChannels: false });
+  if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`${method.name} trains a ${own.kind}, not a U-Net`);
+  return { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}) };
+}
+
 async function measure(method: Method, backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
   const rng = new Rng(3);
@@ -193,13 +200,13 @@ async function measure(method: Method, backendChoice: BackendChoice, threads: nu
   let tfjs3d: number | undefined;
   let onnx3d: number | undefined;
   if (steps > 0) {
-    const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const };
+    const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const, ...unetVariant(method, 2) };
     const batches2d = await methodBatches(method, 3 + steps, BATCH, [PATCH, PATCH], rng);
     tfjs2d = await timeTraining(method, cfg2d, batches2d, optimizerChoice, null, profile);
     onnx2d = (await timeTraining(method, cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
     if (infer.with3d) {
       // 3D: batch 4 of PATCH_3D, a quarter of the 2D steps (at least 2).
-      const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const };
+      const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const, ...unetVariant(method, 3) };
       const batches3d = await methodBatches(method, 3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
       tfjs3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
       onnx3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;

@@ -12,6 +12,7 @@ import { openOnnxGradientEngine } from '../engines/onnxGradients.js';
 import { maskedLoss } from '../models/losses.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { UnsupportedLayerError } from '../models/onnx/layers.js';
+import { buildDbsn } from '../models/dbsn.js';
 import { buildUNet } from '../models/unet.js';
 import { neighbor2neighbor } from '../methods/neighbor2neighbor.js';
 import { noise2info } from '../methods/noise2info.js';
@@ -63,11 +64,17 @@ describe('the ONNX training graph', () => {
     { dims: 2, loss: 'mse', batchNorm: true },
     { dims: 3, loss: 'mse', batchNorm: false },
     { dims: 3, loss: 'mse', batchNorm: true },
+    // N2V2: max-blur-pool (both alignments) and no top skip.
+    { dims: 2, loss: 'mse', batchNorm: true, blurPool: 'centred' },
+    { dims: 2, loss: 'mse', batchNorm: false, blurPool: 'trailing' },
+    { dims: 3, loss: 'mse', batchNorm: false, blurPool: 'centred' },
   ] as const;
-  for (const { dims, loss, batchNorm } of cases) {
-    it(`gives tfjs' masked ${loss} loss and gradients for every weight of a ${dims}D U-Net${batchNorm ? ' with batch norm, and its moving statistics' : ''}`, async () => {
+  for (const c of cases) {
+    const { dims, loss, batchNorm } = c;
+    const blurPool = 'blurPool' in c ? c.blurPool : undefined;
+    it(`gives tfjs' masked ${loss} loss and gradients for every weight of a ${dims}D ${blurPool ? `N2V2 U-Net (${blurPool} max-blur-pool)` : 'U-Net'}${batchNorm ? ' with batch norm, and its moving statistics' : ''}`, async () => {
       const depth = dims === 2 ? 2 : 1;
-      const model = buildUNet({ dims, depth, filters: dims === 2 ? 8 : 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch' }, 5);
+      const model = buildUNet({ dims, depth, filters: dims === 2 ? 8 : 4, kernelSize: 3, batchNorm, init: 'torch', ...(blurPool ? { variant: 'n2v2', blurPool } : { variant: 'n2v' }) }, 5);
       const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [8, 16, 16], 7);
       const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
       const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
@@ -144,9 +151,9 @@ describe('the ONNX training graph', () => {
   }
 
   it('refuses a layer it has no gradient for, naming it', async () => {
-    const model = buildUNet({ dims: 2, depth: 1, filters: 4, kernelSize: 3, batchNorm: false, variant: 'n2v2', blurPool: 'centred', init: 'torch' }, 1);
+    const model = buildDbsn({ dims: 2, filters: 4, blocks: 1 }, 1);
     await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(UnsupportedLayerError);
-    await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(/down0_pool.*BlindspotCentredMaxBlurPool/);
+    await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(/BlindspotCentreMaskedConv/);
     model.dispose();
   });
 });

@@ -84,6 +84,33 @@ export class GraphBuilder {
     });
   }
 
+  /**
+   * N2V2's binomial blur [1, 2, 1] / 4 per spatial axis, stride 2, zero padded, on `channels`
+   * channels: a depthwise Conv (group = channels) with the separable kernel. Trailing alignment reads
+   * taps 2j..2j+2 (pads 0 before, 1 after), centred 2j-1..2j+1 (1 and 1). `adjointOutputPadding` makes
+   * ConvTranspose with the same kernel and attributes its adjoint, back to the even input size.
+   */
+  blurDown(channels: number, dims: number, alignment: 'trailing' | 'centred', name: string): { weight: string; attributes: Record<string, OnnxAttribute>; adjointOutputPadding: number[] } {
+    const taps = [0.25, 0.5, 0.25];
+    const taps3 = 3 ** dims;
+    const kernel = new Float32Array(channels * taps3);
+    for (let ch = 0; ch < channels; ch++) {
+      for (let t = 0; t < taps3; t++) {
+        let v = 1;
+        for (let a = 0, r = t; a < dims; a++, r = Math.floor(r / 3)) v *= taps[r % 3];
+        kernel[ch * taps3 + t] = v;
+      }
+    }
+    const per = (v: number): number[] => new Array<number>(dims).fill(v);
+    const before = alignment === 'centred' ? 1 : 0;
+    return {
+      weight: this.floats(`${name}/blur`, [channels, 1, ...per(3)], kernel),
+      attributes: { group: attr.int(channels), kernel_shape: attr.ints(per(3)), strides: attr.ints(per(2)), pads: attr.ints([...per(before), ...per(1)]) },
+      // The transposed output is 2 (n - 1) + 3 - before - 1 long for n = L / 2: L - before.
+      adjointOutputPadding: per(before),
+    };
+  }
+
   /** x[..., start:end, ...] along `axis` (negative end counts from the end). */
   slice(x: string, axis: number, start: number, end: number | bigint, name: string): string {
     return this.op('Slice', [x, this.int64s([start]), this.int64s([end]), this.int64s([axis])], name);

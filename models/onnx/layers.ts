@@ -230,38 +230,20 @@ const maxPool: Converter = (ctx, call) => {
 
 /**
  * N2V2's max-blur-pool (models/layers.ts): a 2^dims max pool with stride 1 whose window at the last
- * element holds only itself (MaxPool ignores its end padding), then the binomial blur [1, 2, 1] / 4
- * per axis, stride 2, zero padded: a depthwise Conv (group = channels) with the separable kernel.
- * Trailing alignment: taps 2j..2j+2 (pads 0 before, 1 after); centred: 2j-1..2j+1 (1 and 1).
+ * element holds only itself (MaxPool ignores its end padding), then the binomial blur, stride 2
+ * (GraphBuilder.blurDown).
  */
 function maxBlurPool(alignment: 'trailing' | 'centred'): Converter {
   return (ctx, call) => {
     const { g, dims } = ctx;
-    const channels = call.inputChannels[0];
     const name = call.layer.name;
     const maxed = g.op('MaxPool', [call.inputs[0]], `${name}_max`, {
       kernel_shape: attr.ints(new Array<number>(dims).fill(2)),
       strides: attr.ints(new Array<number>(dims).fill(1)),
       pads: attr.ints([...new Array<number>(dims).fill(0), ...new Array<number>(dims).fill(1)]),
     });
-    const taps = [0.25, 0.5, 0.25];
-    const taps3 = 3 ** dims;
-    const kernel = new Float32Array(channels * taps3);
-    for (let ch = 0; ch < channels; ch++) {
-      for (let t = 0; t < taps3; t++) {
-        let v = 1;
-        for (let a = 0, r = t; a < dims; a++, r = Math.floor(r / 3)) v *= taps[r % 3];
-        kernel[ch * taps3 + t] = v;
-      }
-    }
-    const w = g.floats(`${name}/blur`, [channels, 1, ...new Array<number>(dims).fill(3)], kernel);
-    const before = alignment === 'centred' ? 1 : 0;
-    return g.op('Conv', [maxed, w], name, {
-      group: attr.int(channels),
-      kernel_shape: attr.ints(new Array<number>(dims).fill(3)),
-      strides: attr.ints(new Array<number>(dims).fill(2)),
-      pads: attr.ints([...new Array<number>(dims).fill(before), ...new Array<number>(dims).fill(1)]),
-    });
+    const blur = g.blurDown(call.inputChannels[0], dims, alignment, name);
+    return g.op('Conv', [maxed, blur.weight], name, blur.attributes);
   };
 }
 

@@ -18,6 +18,8 @@
  *   db = sum of dy over batch and space.
  * - Relu: dx = dy where y > 0 (the output's sign is the input's).
  * - MaxPool 2 per axis: MaxUnpool of dy at the pool's argmax indices.
+ * - N2V2's max-blur-pool: the blur's adjoint (ConvTranspose of the same depthwise kernel), then the
+ *   stride-1 max pairs axis by axis, each sending dy to the larger of x[i] and x[i + 1].
  * - Nearest upsampling 2x per axis: the sum over each block of 2^d, AveragePool * 2^d.
  * - Concat: Split. A tensor read by several calls sums their gradients.
  * - Batch norm (training mode, models/layers.ts ChannelBatchNorm): the batch's biased moments;
@@ -234,6 +236,34 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         const pool = { kernel_shape: attr.ints(repeat(2)), strides: attr.ints(repeat(2)) };
         g.nodes.push({ opType: 'MaxPool', name: g.fresh(`${name}/MaxPool`), inputs: [x], outputs: [out, indices], attributes: pool });
         backward.push(() => addGradient(x, g.op('MaxUnpool', [grads.get(out)!, indices, g.op('Shape', [x], `${name}_shape`)], `${name}_dx`, pool), `${name}_dx`));
+        break;
+      }
+      case 'BlindspotMaxBlurPool':
+      case 'BlindspotCentredMaxBlurPool': {
+        // The max pool as tfjs computes it (models/layers.ts maxPairAlongAxis), axis by axis: m = Max(x, next)
+        // with next[i] = x[i + 1] and next[L - 1] = x[L - 1]; a tie routes the gradient to x[i], as tfjs' Maximum.
+        const x = xs[0];
+        const pairs: Array<{ from: string; next: string; axis: number; to: string }> = [];
+        let maxed = x;
+        spatialAxes.forEach((axis, a) => {
+          const next = g.op('Concat', [g.slice(maxed, axis, 1, TO_END, `${name}_after${a}`), g.slice(maxed, axis, -1, TO_END, `${name}_last${a}`)], `${name}_next${a}`, { axis: attr.int(axis) });
+          const to = g.op('Max', [maxed, next], `${name}_max${a}`);
+          pairs.push({ from: maxed, next, axis, to });
+          maxed = to;
+        });
+        const blur = g.blurDown(channels[0], dims, className === 'BlindspotCentredMaxBlurPool' ? 'centred' : 'trailing', name);
+        const out = (y = g.op('Conv', [maxed, blur.weight], name, blur.attributes));
+        backward.push(() => {
+          let d = g.op('ConvTranspose', [grads.get(out)!, blur.weight], `${name}_dblur`, { ...blur.attributes, output_padding: attr.ints(blur.adjointOutputPadding) });
+          for (const { from, next, axis, to } of pairs.reverse()) {
+            const own = g.op('GreaterOrEqual', [from, next], `${to}_own`);
+            const dNext = g.op('Where', [own, zero, d], `${to}_dnext`);
+            // next[i] is x[i + 1], so its gradient moves one along the axis; next[L - 1] (x[L - 1] itself) ties and gets none.
+            const fromNext = g.shift(dNext, axis, rank, 1, `${to}_dfrom_next`);
+            d = g.op('Add', [g.op('Where', [own, d, zero], `${to}_dself`), fromNext], `${to}_dx`);
+          }
+          addGradient(x, d, `${name}_dx`);
+        });
         break;
       }
       case 'BlindspotNearestUpSampling': {
