@@ -13,6 +13,7 @@
  *   npm run bench:speed                  # 1 and 2 threads (or up to the core count)
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss and U-Net variant (a U-Net method)
+ *   npm run bench:speed -- --prior learned   # ... with a Gaussian prior and a learned noise level (train --prior learned)
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
@@ -39,6 +40,8 @@ import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js
 import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions } from '../models/masking.js';
 import { maskedLoss } from '../models/losses.js';
+import { gaussianPriorLoss, learnedNoiseVariance } from '../models/bayes.js';
+import { normalisedNoiseLikelihood } from '../noise/likelihood.js';
 import type { Shape } from '../core/volume.js';
 import type { Method, PatchPreparation } from '../methods/method.js';
 import { getMethod } from '../methods/registry.js';
@@ -163,12 +166,21 @@ function methodBatches(method: Method, count: number, batch: number, patch: numb
  * untimed first), tfjs computing the gradients or (`onnxThreads`) the ONNX train engine; `profile`
  * wraps tfjs' kernels meanwhile.
  */
-async function timeTraining(method: Method, cfg: UNetConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
+async function timeTraining(method: Method, prior: boolean, cfg: UNetConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
   const model = buildUNet(cfg, 1);
   const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
-  const methodRun = method.training({ seed: 1, grid: defaultGridSide, maskedLoss: (p, t, m) => maskedLoss(p, t, m, 'mse') });
-  const gradients = onnxThreads === null ? undefined : (await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: 'mse', threads: onnxThreads })).engine;
-  const options = { model, optimizer, loss: { batch: methodRun.batchLoss }, ...(gradients ? { gradients } : {}) };
+  // The trainer's losses on unit-normal patches: MSE, or a Gaussian prior's NLL with a learned noise
+  // level; a likelihood method's noise model is Gaussian at the data's scale.
+  const logSigma = prior ? tf.variable(tf.scalar(Math.log(0.5))) : null;
+  const extraVariables = (): tf.Variable[] => (logSigma ? [logSigma] : []);
+  const methodRun = method.training({
+    seed: 1,
+    grid: defaultGridSide,
+    maskedLoss: logSigma ? gaussianPriorLoss(learnedNoiseVariance(logSigma)) : (p, t, m) => maskedLoss(p, t, m, 'mse'),
+    ...(method.likelihood ? { noiseLikelihood: normalisedNoiseLikelihood({ spec: { kind: 'gaussian', sigma: 1 } }, { mode: 'meanstd', offset: 0, scale: 1 }) } : {}),
+  });
+  const gradients = onnxThreads === null ? undefined : (await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: prior ? 'prior' : 'mse', threads: onnxThreads, extraVariables })).engine;
+  const options = { model, optimizer, loss: { batch: methodRun.batchLoss }, extraVariables, ...(gradients ? { gradients } : {}) };
   const warmup = 3;
   await lastValueFrom(from(batches.slice(0, warmup)).pipe(trainSteps(options), toArray()));
   const profiler = profile ? profileKernels(tf.getBackend()) : null;
@@ -180,17 +192,18 @@ async function timeTraining(method: Method, cfg: UNetConfig, batches: TrainingBa
   await gradients?.dispose();
   model.dispose();
   optimizer.dispose();
+  logSigma?.dispose();
   return { stepsPerS, ...(kernels ? { kernels } : {}) };
 }
 
-/** The method's own U-Net variant (N2V2's blur pool, no top skip) on the reference network's size. */
-function unetVariant(method: Method, dims: 2 | 3): Pick<UNetConfig, 'variant' | 'blurPool'> {
-  const own = method.network({ dims, size: 'paper', overrides: {}, batchSize: BATCH, twoChannels: false });
+/** The method's own U-Net variant (N2V2's blur pool, no top skip; its output channels) on the reference network's size. */
+function unetVariant(method: Method, dims: 2 | 3, prior: boolean): Pick<UNetConfig, 'variant' | 'blurPool' | 'outputChannels'> {
+  const own = method.network({ dims, size: 'paper', overrides: {}, batchSize: BATCH, twoChannels: prior });
   if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`${method.name} trains a ${own.kind}, not a U-Net`);
-  return { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}) };
+  return { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}), ...(own.outputChannels !== undefined ? { outputChannels: own.outputChannels } : {}) };
 }
 
-async function measure(method: Method, backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
+async function measure(method: Method, prior: boolean, backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
   const backend = await initBackend({ backend: backendChoice, threads });
   const rng = new Rng(3);
   const per = PATCH * PATCH;
@@ -200,21 +213,21 @@ async function measure(method: Method, backendChoice: BackendChoice, threads: nu
   let tfjs3d: number | undefined;
   let onnx3d: number | undefined;
   if (steps > 0) {
-    const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const, ...unetVariant(method, 2) };
+    const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const, ...unetVariant(method, 2, prior) };
     const batches2d = await methodBatches(method, 3 + steps, BATCH, [PATCH, PATCH], rng);
-    tfjs2d = await timeTraining(method, cfg2d, batches2d, optimizerChoice, null, profile);
-    onnx2d = (await timeTraining(method, cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
+    tfjs2d = await timeTraining(method, prior, cfg2d, batches2d, optimizerChoice, null, profile);
+    onnx2d = (await timeTraining(method, prior, cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
     if (infer.with3d) {
       // 3D: batch 4 of PATCH_3D, a quarter of the 2D steps (at least 2).
-      const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const, ...unetVariant(method, 3) };
+      const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const, ...unetVariant(method, 3, prior) };
       const batches3d = await methodBatches(method, 3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
-      tfjs3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
-      onnx3d = (await timeTraining(method, cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
+      tfjs3d = (await timeTraining(method, prior, cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
+      onnx3d = (await timeTraining(method, prior, cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
     }
   }
   const engines = await measureEngines(backend.threads, infer.runs2d, infer.runs3d, infer.with3d, INFER_SHAPES);
   return {
-    method: method.name,
+    method: prior ? `${method.name} --prior learned` : method.name,
     backend: backend.name,
     optimizer: optimizerChoice,
     threads: backend.threads,
@@ -244,8 +257,11 @@ async function main(): Promise<void> {
   if (args.has('tiny')) [BATCH, PATCH, BATCH_3D, PATCH_3D, INFER_SHAPES] = [2, 32, 1, [8, 16, 16], { d2: [64, 64], d3: [8, 32, 32] }];
   const method = getMethod(args.get('method') ?? 'n2v');
   if (method.networkKind !== 'unet') throw new Error(`--method must train a U-Net (the reference network), ${method.name} trains a ${method.networkKind}`);
+  const priorArg = args.get('prior') ?? 'none';
+  if (priorArg !== 'none' && priorArg !== 'learned') throw new Error(`--prior must be none or learned, got ${priorArg}`);
+  const prior = priorArg === 'learned';
   if (args.has('child')) {
-    const measured = await measure(method, backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
+    const measured = await measure(method, prior, backend, args.has('threads') ? Number(args.get('threads')) : undefined, steps, infer, optimizerChoice, args.has('profile'));
     const r: SpeedResult = { ...measured, batchNormHelper: bnHelper === 'on' };
     if (r.profile !== undefined) {
       process.stderr.write(`per training step, ${r.threads} thread(s) (outermost kernel calls):\n`);
@@ -260,7 +276,7 @@ async function main(): Promise<void> {
   const loads: string[] = [];
   for (const t of threadCounts) {
     loads.push(readLoad());
-    const childArgs = ['--child', '--method', method.name, '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(infer.runs2d), '--infer-runs-3d', String(infer.runs3d)];
+    const childArgs = ['--child', '--method', method.name, '--prior', priorArg, '--threads', String(t), '--backend', backend, '--steps', String(steps), '--infer-runs', String(infer.runs2d), '--infer-runs-3d', String(infer.runs3d)];
     if (!infer.with3d) childArgs.push('--no-3d');
     if (steps === 0) childArgs.push('--no-train');
     const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), ...childArgs, '--optimizer', optimizerChoice, '--bn-helper', bnHelper, ...(args.has('profile') ? ['--profile'] : []), ...(args.has('tiny') ? ['--tiny'] : [])], {
@@ -278,7 +294,7 @@ async function main(): Promise<void> {
     // PyTorch with its activations' memory reused (the fair reference, see TORCH_MALLOC_REUSE) and,
     // for the record, with glibc's default allocator settings.
     // PyTorch's training step is N2V's (bench/torch_infer.py): no ratio for another method's.
-    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse', method.name === 'n2v' ? steps : 0);
+    const pt = args.has('tiny') ? null : measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'reuse', method.name === 'n2v' && !prior ? steps : 0);
     const ptDefault = pt && !args.has('no-torch-default-malloc') ? measureTorch(t, infer.runs2d, infer.runs3d, infer.with3d, 'default') : null;
     if (pt) torch.push(pt);
     if (ptDefault) torch.push(ptDefault);
@@ -322,7 +338,7 @@ async function main(): Promise<void> {
     return;
   }
   // n2v's runs keep the name the earlier results have; another method's get their own.
-  const file = await writeResult(method.name === 'n2v' ? 'speed' : `speed-${method.name}`, summary);
+  const file = await writeResult(method.name === 'n2v' && !prior ? 'speed' : `speed-${method.name}${prior ? '-prior' : ''}`, summary);
   console.log(`written ${file}`);
   console.log(JSON.stringify(summary));
 }

@@ -79,11 +79,18 @@ export interface GradientBatch {
 export interface GradientEngine {
   /** One line for the log: engine, provider, threads. */
   describe(): string;
-  gradients(batch: GradientBatch, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[]; state: Float32Array[] }>;
+  /** `extraGradients`: those of TrainStepsOptions.extraVariables (a learned noise level), in their order, where the loss has them. */
+  gradients(batch: GradientBatch, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[]; state: Float32Array[]; extraGradients?: Float32Array[] }>;
   /**
    * The network's output on `inputs` in training mode (batch norm on the batch's own statistics)
    * and the state after it, with no gradient: for losses that make their target from it.
    */
   forward(inputs: Float32Array, shape: readonly number[], weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ prediction: Float32Array; state: Float32Array[] }>;
+  /**
+   * The gradient per weight of a loss computed elsewhere from the network's output on `inputs`, given
+   * that loss's gradient with respect to the output (`dPrediction`, the output's shape: any number of
+   * channels), and the state after the pass. Engines opened for a loss of their own may not have it.
+   */
+  vjp?(inputs: Float32Array, shape: readonly number[], dPrediction: Float32Array, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ gradients: Float32Array[]; state: Float32Array[] }>;
   dispose(): Promise<void>;
 }

@@ -7,12 +7,16 @@
 import os from 'node:os';
 import type * as Ort from 'onnxruntime-node';
 import type * as tfl from '@tensorflow/tfjs-layers';
-import { buildForwardGraph, buildTrainingGraph, type TrainingGraph, type TrainingGraphLoss } from '../models/onnx/trainingGraph.js';
+import { buildForwardGraph, buildTrainingGraph, buildVjpGraph, type TrainingGraph, type TrainingGraphLoss } from '../models/onnx/trainingGraph.js';
 import { EngineUnavailableError, type GradientEngine } from './engine.js';
 import { createSession, loadOnnxRuntime } from './onnxRuntime.js';
 
 export interface OnnxGradientOptions {
-  loss: TrainingGraphLoss;
+  /**
+   * The masked loss the gradients graph computes, or 'outside': the loss is computed from the
+   * network's output elsewhere and its gradient comes back through `vjp` (no `gradients`).
+   */
+  loss: TrainingGraphLoss | 'outside';
   /** Intra-op threads (default: all cores). */
   threads?: number;
 }
@@ -22,7 +26,8 @@ export interface OnnxGradientOptions {
  * pass does not cover) or EngineUnavailableError (onnxruntime-node does not load).
  */
 export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxGradientOptions): Promise<GradientEngine> {
-  const graph = buildTrainingGraph(model, opts.loss);
+  // Built first: a layer or loss the graph does not cover throws before anything loads.
+  const graph = opts.loss === 'outside' ? buildVjpGraph(model) : buildTrainingGraph(model, opts.loss);
   let ort: typeof Ort;
   try {
     ort = await loadOnnxRuntime();
@@ -44,21 +49,29 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
     g.stateInputs.forEach((name, j) => (feeds[name] = new ort.Tensor('float32', state[j], stateShapes[j])));
     return feeds;
   };
-  const fetches = ['loss', ...graph.gradientOutputs, ...graph.stateOutputs];
+  const fetches = [...(opts.loss === 'outside' ? [] : ['loss']), ...graph.gradientOutputs, ...graph.stateOutputs];
+  const results = (out: Ort.InferenceSession.ReturnType) => ({
+    gradients: graph.gradientOutputs.map((name) => out[name].data as Float32Array),
+    state: graph.stateOutputs.map((name) => out[name].data as Float32Array),
+  });
   return {
     describe: () => `train engine onnx (onnxruntime-node ${ort.env.versions.node ?? '?'}, provider cpu, ${threads} intra-op thread(s))`,
     async gradients(batch, weights, state) {
+      if (opts.loss === 'outside') throw new Error('onnx gradients: this engine computes the gradients of a loss given on the output (vjp), not a masked loss');
       const dims = [...batch.shape];
       const feeds = weightFeeds(graph, weights, state);
       feeds['input'] = new ort.Tensor('float32', batch.inputs, dims);
       feeds['target'] = new ort.Tensor('float32', batch.targets, dims);
       feeds['mask'] = new ort.Tensor('float32', batch.masks, dims);
       const out = await session.run(feeds, fetches);
-      return {
-        loss: (out['loss'].data as Float32Array)[0],
-        gradients: graph.gradientOutputs.map((name) => out[name].data as Float32Array),
-        state: graph.stateOutputs.map((name) => out[name].data as Float32Array),
-      };
+      return { loss: (out['loss'].data as Float32Array)[0], ...results(out) };
+    },
+    async vjp(inputs, shape, dPrediction, weights, state) {
+      if (opts.loss !== 'outside') throw new Error('onnx gradients: this engine computes a masked loss; open it with loss "outside" for vjp');
+      const feeds = weightFeeds(graph, weights, state);
+      feeds['input'] = new ort.Tensor('float32', inputs, [...shape]);
+      feeds['dprediction'] = new ort.Tensor('float32', dPrediction, [...shape.slice(0, -1), dPrediction.length / shape.slice(0, -1).reduce((a, b) => a * b, 1)]);
+      return results(await session.run(feeds, fetches));
     },
     async forward(inputs, shape, weights, state) {
       if (!forward) {

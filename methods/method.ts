@@ -187,6 +187,12 @@ export interface MethodTraining {
    */
   plainMaskedLoss?: 'as-is' | PlainLossRewrite;
   /**
+   * The batch loss is this loss on the network's output on the batch's inputs (one pass): an engine
+   * other than tfjs may run the network's passes while tfjs computes this loss on the output (a
+   * Gaussian prior's NLL with a learned noise level, PN2V's likelihood). Absent: not of that form.
+   */
+  outputLoss?: MaskedLossFn;
+  /**
    * After each validation loss is computed: updates the method's state; fields for the history
    * record, events. Asynchronous because it reads tensors (webgpu has no synchronous read in Node).
    */

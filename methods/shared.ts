@@ -58,7 +58,7 @@ export const jInvariantValidation: MethodValidation = {
 
 /** The default training: one masked loss (the trainer's MSE / MAE / prior NLL) on one prediction per batch. */
 export function plainTraining(context: TrainingContext): MethodTraining {
-  return { batchLoss: toBatchLoss(context.maskedLoss), plainMaskedLoss: 'as-is' };
+  return { batchLoss: toBatchLoss(context.maskedLoss), plainMaskedLoss: 'as-is', outputLoss: context.maskedLoss };
 }
 
 /**

@@ -26,7 +26,7 @@ export interface TrainStepsOptions {
   loss: 'mse' | 'mae' | MaskedLossFn | { batch: BatchLossFn };
   /**
    * Computes each step's loss and gradients instead of tfjs (which still applies them with `optimizer`):
-   * the loss must then be the engine's, and there may be no extra variables.
+   * the loss must then be the engine's, and the extra variables' gradients come from it too.
    */
   gradients?: GradientEngine;
   /** Trained with the network's weights (e.g. a learned noise level); read each step. */
@@ -48,15 +48,16 @@ export function trainSteps(opts: TrainStepsOptions): OperatorFunction<TrainingBa
   const variables = (): tf.Variable[] => [...opts.model.trainableWeights.map((w) => w.read() as tf.Variable), ...(opts.extraVariables?.() ?? [])];
   const apply = (x: tf.Tensor): tf.Tensor => opts.model.apply(x, { training: true }) as tf.Tensor;
   const engine = opts.gradients;
-  if (engine && (opts.extraVariables?.() ?? []).length > 0) throw new Error('trainSteps: a gradient engine trains the network\'s weights only, not extra variables');
   return concatMap(async (batch) => {
     if (engine) {
       const weights = opts.model.trainableWeights.map((w) => w.read() as tf.Variable);
       const stateful = opts.model.nonTrainableWeights;
       const values = await Promise.all(weights.map((w) => w.data() as Promise<Float32Array>));
       const stateValues = await Promise.all(stateful.map((w) => w.read().data() as Promise<Float32Array>));
-      const { loss, gradients, state } = await engine.gradients(batch, values, stateValues);
-      const named = weights.map((w, i) => ({ name: w.name, tensor: tf.tensor(gradients[i], w.shape) }));
+      const { loss, gradients, state, extraGradients } = await engine.gradients(batch, values, stateValues);
+      const extras = opts.extraVariables?.() ?? [];
+      if (extras.length !== (extraGradients?.length ?? 0)) throw new Error(`trainSteps: ${extras.length} extra variable(s), and the gradient engine gave ${extraGradients?.length ?? 0} gradient(s) for them`);
+      const named = [...weights, ...extras].map((w, i) => ({ name: w.name, tensor: tf.tensor(i < weights.length ? gradients[i] : extraGradients![i - weights.length], w.shape) }));
       opts.optimizer.applyGradients(named);
       tf.dispose(named.map((n) => n.tensor));
       stateful.forEach((w, j) => {

@@ -236,6 +236,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   const methodRun = method.training({ ...context, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
   const validationLoss: BatchLossFn = method.validation?.loss(context) ?? batchLoss;
+  const extraVariables = (): tf.Variable[] => (learnedLogSigma !== null ? [learnedLogSigma] : []);
   const trainEngine = await openTrainEngine({
     engine: opts.trainEngine,
     model,
@@ -243,6 +244,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
     methodRun,
     loss: noiseVariance !== undefined ? 'prior' : lossKind,
     ...(opts.backend?.threads !== undefined ? { threads: opts.backend.threads } : {}),
+    extraVariables,
   });
   const gradientEngine = trainEngine.engine;
   const priorRecord = (): ModelManifest['prior'] => {
@@ -416,7 +418,7 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
       optimizer,
       loss: { batch: batchLoss },
       ...(gradientEngine ? { gradients: gradientEngine } : {}),
-      extraVariables: () => (learnedLogSigma !== null ? [learnedLogSigma] : []),
+      extraVariables,
       afterEach: async (r) => {
         if (!interrupted && !budgetSpent) await afterStep(r);
       },

@@ -16,7 +16,11 @@ import { buildDbsn } from '../models/dbsn.js';
 import { buildUNet } from '../models/unet.js';
 import { neighbor2neighbor } from '../methods/neighbor2neighbor.js';
 import { noise2info } from '../methods/noise2info.js';
-import type { PatchPreparation } from '../methods/method.js';
+import { n2v } from '../methods/n2v.js';
+import { pn2v } from '../methods/pn2v.js';
+import { gaussianPriorLoss, learnedNoiseVariance } from '../models/bayes.js';
+import { normalisedNoiseLikelihood } from '../noise/likelihood.js';
+import type { PatchPreparation, TrainingContext } from '../methods/method.js';
 import { openTrainEngine } from '../pipeline/trainEngine.js';
 
 beforeAll(async () => {
@@ -145,6 +149,59 @@ describe('the ONNX training graph', () => {
         expect(ours.state.length).toBe(batchNorm ? 2 * 6 : 0);
         model.nonTrainableWeights.forEach((w, j) => expect(relativeError(w.read().dataSync(), ours.state[j]), w.name).toBeLessThan(1e-5));
         tf.dispose([reference.value, ...Object.values(reference.grads)]);
+        model.dispose();
+      });
+    }
+  }
+
+  // A loss on the network's output computed by tfjs, its gradient back through the network on ONNX Runtime.
+  const outputLosses = [
+    {
+      what: "a Gaussian prior's NLL (two output channels) and its learned noise level",
+      outputChannels: 2,
+      context: (): { context: TrainingContext; extras: tf.Variable[] } => {
+        const logSigma = tf.variable(tf.scalar(Math.log(0.4)), true, 'test_learned_log_sigma');
+        return { context: { seed: 1, grid: 4, maskedLoss: gaussianPriorLoss(learnedNoiseVariance(logSigma)) }, extras: [logSigma] };
+      },
+      method: n2v,
+    },
+    {
+      what: "PN2V's likelihood of its prior samples (8 output channels)",
+      outputChannels: 8,
+      context: (): { context: TrainingContext; extras: tf.Variable[] } => ({
+        context: { seed: 1, grid: 4, maskedLoss: (p, t, m) => maskedLoss(p, t, m, 'mse'), noiseLikelihood: normalisedNoiseLikelihood({ spec: { kind: 'gaussian', sigma: 15 } }, { mode: 'meanstd', offset: 0, scale: 30 }) },
+        extras: [],
+      }),
+      method: pn2v,
+    },
+  ];
+  for (const { what, outputChannels, context, method } of outputLosses) {
+    for (const { dims, batchNorm } of [{ dims: 2, batchNorm: true }, { dims: 3, batchNorm: false }] as const) {
+      it(`gives tfjs' gradients of ${what} (${dims}D${batchNorm ? ', batch norm, moving statistics moved once' : ''})`, async () => {
+        const model = buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch', outputChannels }, 13);
+        const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [4, 16, 16], 14);
+        const { context: ctx, extras } = context();
+        const methodRun = method.training(ctx);
+        expect(methodRun.outputLoss).toBeDefined();
+        const chosen = await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: extras.length > 0 ? 'prior' : 'mse', threads: 1, extraVariables: () => extras });
+        expect(chosen.describe).toMatch(/the loss on the output on tfjs/);
+        const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+        const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
+        const ours = await chosen.engine!.gradients(batch, variables.map((v) => v.dataSync() as Float32Array), stateBefore);
+        await chosen.engine!.dispose();
+        const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: true }) as tf.Tensor;
+        const reference = tf.variableGrads(() => methodRun.batchLoss(apply, tf.tensor(batch.inputs, batch.shape), tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape)), [...variables, ...extras]);
+        expect(Math.abs(ours.loss - reference.value.dataSync()[0])).toBeLessThan(1e-5 * Math.abs(ours.loss));
+        variables.forEach((v, i) => expect(relativeError(reference.grads[v.name].dataSync(), ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5));
+        expect(ours.extraGradients?.length ?? 0).toBe(extras.length);
+        extras.forEach((v, k) => {
+          const expected = reference.grads[v.name].dataSync()[0];
+          expect(Math.abs(expected)).toBeGreaterThan(1e-3);
+          expect(Math.abs(ours.extraGradients![k][0] - expected)).toBeLessThan(1e-5 * Math.abs(expected));
+        });
+        // tfjs ran the network once: the statistics moved once, as the engine's forward pass moved them.
+        model.nonTrainableWeights.forEach((w, j) => expect(relativeError(w.read().dataSync(), ours.state[j]), w.name).toBeLessThan(1e-5));
+        tf.dispose([reference.value, ...Object.values(reference.grads), ...extras]);
         model.dispose();
       });
     }

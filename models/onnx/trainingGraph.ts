@@ -78,14 +78,25 @@ export function buildForwardGraph(model: tfl.LayersModel): TrainingGraph {
   return buildGraph(model, { kind: 'forward' });
 }
 
-function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: TrainingGraphLoss } | { kind: 'forward' }): TrainingGraph {
+/**
+ * The gradients of any loss computed outside the graph from the network's output: input `input`,
+ * `dprediction` (the loss's gradient with respect to the output, the output's shape, channels-last)
+ * and the weight and state inputs; outputs `gradient_<i>` and `state_<j>_next`. Any number of output
+ * channels (a Gaussian prior's two, PN2V's samples).
+ */
+export function buildVjpGraph(model: tfl.LayersModel): TrainingGraph {
+  return buildGraph(model, { kind: 'vjp' });
+}
+
+function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: TrainingGraphLoss } | { kind: 'forward' } | { kind: 'vjp' }): TrainingGraph {
   if (model.inputs.length !== 1 || model.outputs.length !== 1) throw new UnsupportedLayerError(model.name, 'the network must have one input and one output');
   const inputTensor = model.inputs[0] as unknown as SymbolicTensorLike;
   const outputTensor = model.outputs[0] as unknown as SymbolicTensorLike;
   const rank = inputTensor.shape.length;
   const dims = rank - 2;
   if ((dims !== 2 && dims !== 3) || inputTensor.shape[rank - 1] !== 1) throw new UnsupportedLayerError(model.name, `input shape [${inputTensor.shape.join(', ')}]: the training graph takes 2D or 3D with one channel`);
-  if (outputTensor.shape[rank - 1] !== 1) throw new UnsupportedLayerError(model.name, `${String(outputTensor.shape[rank - 1])} output channels (the training graph's loss takes one)`);
+  const outputChannels = outputTensor.shape[rank - 1] ?? 0;
+  if (mode.kind === 'gradients' && outputChannels !== 1) throw new UnsupportedLayerError(model.name, `${outputChannels} output channels (the training graph's masked loss takes one)`);
   const spatialAxes = dims === 2 ? [2, 3] : [2, 3, 4];
   const batchAndSpace = [0, ...spatialAxes];
   const repeat = (v: number): number[] => spatialAxes.map(() => v);
@@ -99,6 +110,7 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   const targetName = g.reserve('target');
   const maskName = g.reserve('mask');
   const lossName = g.reserve('loss');
+  const dPredictionName = g.reserve('dprediction');
   const predictionName = g.reserve('prediction');
   const nchw = (x: string, name: string): string => g.op('Transpose', [x], name, { perm: attr.ints(toChannelsFirst) });
 
@@ -340,10 +352,24 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   const encode = (inputs: OnnxValueInfo[], outputs: OnnxValueInfo[], doc: string): Uint8Array =>
     encodeModel({ irVersion: IR_VERSION, opset: OPSET, producerName: 'blindspot', producerVersion: 'training-graph', graph: g.graph(`blindspot_${mode.kind}_${model.name}`, inputs, outputs, doc) });
 
+  const outputShape = [...batchShape.slice(0, -1), outputChannels];
   if (mode.kind === 'forward') {
     g.op('Transpose', [prediction], 'prediction_nhwc', { perm: attr.ints([0, ...spatialAxes, 1]) }, predictionName);
-    const bytes = encode([{ name: inputName, shape: batchShape }, ...weightAndStateInputs], [{ name: predictionName, shape: batchShape }, ...stateValues], 'the forward pass in training mode');
+    const bytes = encode([{ name: inputName, shape: batchShape }, ...weightAndStateInputs], [{ name: predictionName, shape: outputShape }, ...stateValues], 'the forward pass in training mode');
     return { bytes, weightInputs, gradientOutputs: [], stateInputs, stateOutputs };
+  }
+  const gradientValues = trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape }));
+  const backwardFrom = (dPrediction: string): void => {
+    grads.set(prediction, dPrediction);
+    for (const step of backward.reverse()) step();
+    trainable.forEach((v, i) => {
+      if (gradientOf[i] === undefined) throw new UnsupportedLayerError(model.name, `the trainable weight ${model.trainableWeights[i].name} is used by no layer the graph covers`);
+    });
+  };
+  if (mode.kind === 'vjp') {
+    backwardFrom(nchw(dPredictionName, 'dprediction_nchw'));
+    const bytes = encode([{ name: inputName, shape: batchShape }, { name: dPredictionName, shape: outputShape }, ...weightAndStateInputs], [...gradientValues, ...stateValues], 'the gradients of a loss on the output, given its gradient');
+    return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs };
   }
   const loss = mode.loss;
   // loss = sum(mask * e(p - t)) / max(sum(mask), 1); e = square or abs (models/losses.ts maskedLoss).
@@ -356,15 +382,10 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   g.op('Div', [g.op('ReduceSum', [error], 'error_sum', { keepdims: attr.int(0) }), count], 'masked_mean', undefined, lossName);
   const dPrediction =
     loss === 'mse' ? g.op('Mul', [maskedDiff, g.scalar('two', 2)], 'dloss_square') : g.op('Mul', [g.op('Sign', [diff], 'diff_sign'), mask], 'dloss_abs');
-  grads.set(prediction, g.op('Div', [dPrediction, count], 'dprediction'));
-  for (const step of backward.reverse()) step();
-
-  trainable.forEach((v, i) => {
-    if (gradientOf[i] === undefined) throw new UnsupportedLayerError(model.name, `the trainable weight ${model.trainableWeights[i].name} is used by no layer the graph covers`);
-  });
+  backwardFrom(g.op('Div', [dPrediction, count], 'dprediction_masked'));
   const bytes = encode(
     [{ name: inputName, shape: batchShape }, { name: targetName, shape: batchShape }, { name: maskName, shape: batchShape }, ...weightAndStateInputs],
-    [{ name: lossName, shape: [] }, ...trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape })), ...stateValues],
+    [{ name: lossName, shape: [] }, ...gradientValues, ...stateValues],
     `masked ${loss} loss and its gradients`,
   );
   return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs };
