@@ -14,6 +14,7 @@
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss and U-Net variant (a U-Net method)
  *   npm run bench:speed -- --prior learned   # ... with a Gaussian prior and a learned noise level (train --prior learned)
+ *   npm run bench:speed -- --method laine19 --steps 5   # laine19's network at bench:methods' size instead of the U-Net
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
@@ -36,7 +37,8 @@ import { from, lastValueFrom, toArray } from 'rxjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
-import { buildUNet, defaultUNetConfig, type UNetConfig } from '../models/unet.js';
+import { defaultUNetConfig } from '../models/unet.js';
+import { buildNetwork, type NetworkConfig } from '../models/network.js';
 import { createAdam } from '../models/optimizer.js';
 import { defaultMaskOptions } from '../models/masking.js';
 import { maskedLoss } from '../models/losses.js';
@@ -166,8 +168,8 @@ function methodBatches(method: Method, count: number, batch: number, patch: numb
  * untimed first), tfjs computing the gradients or (`onnxThreads`) the ONNX train engine; `profile`
  * wraps tfjs' kernels meanwhile.
  */
-async function timeTraining(method: Method, prior: boolean, cfg: UNetConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
-  const model = buildUNet(cfg, 1);
+async function timeTraining(method: Method, prior: boolean, cfg: NetworkConfig, batches: TrainingBatch[], optimizerChoice: OptimizerChoice, onnxThreads: number | null, profile: boolean): Promise<{ stepsPerS: number; kernels?: KernelTime[] }> {
+  const model = buildNetwork(cfg, 1);
   const optimizer = optimizerChoice === 'tfjs' ? tf.train.adam(4e-4) : createAdam(4e-4);
   // The trainer's losses on unit-normal patches: MSE, or a Gaussian prior's NLL with a learned noise
   // level; a likelihood method's noise model is Gaussian at the data's scale.
@@ -196,11 +198,16 @@ async function timeTraining(method: Method, prior: boolean, cfg: UNetConfig, bat
   return { stepsPerS, ...(kernels ? { kernels } : {}) };
 }
 
-/** The method's own U-Net variant (N2V2's blur pool, no top skip; its output channels) on the reference network's size. */
-function unetVariant(method: Method, dims: 2 | 3, prior: boolean): Pick<UNetConfig, 'variant' | 'blurPool' | 'outputChannels'> {
-  const own = method.network({ dims, size: 'paper', overrides: {}, batchSize: BATCH, twoChannels: prior });
-  if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`${method.name} trains a ${own.kind}, not a U-Net`);
-  return { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}), ...(own.outputChannels !== undefined ? { outputChannels: own.outputChannels } : {}) };
+/**
+ * The network a method trains: for a U-Net method the reference U-Net in its variant (N2V2's blur
+ * pool, no top skip) with its output channels; laine19's network at bench:methods' size ('small').
+ */
+function methodNetwork(method: Method, dims: 2 | 3, prior: boolean): NetworkConfig {
+  const own = method.network({ dims, size: method.networkKind === 'unet' ? 'paper' : 'small', overrides: {}, batchSize: BATCH, twoChannels: prior });
+  if (own.kind === 'laine19') return own;
+  if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`--method ${method.name}: its ${own.kind} network is not measured here (a U-Net or laine19)`);
+  const variant = { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}), ...(own.outputChannels !== undefined ? { outputChannels: own.outputChannels } : {}) };
+  return { ...defaultUNetConfig(dims), widths: 'level', ...variant };
 }
 
 async function measure(method: Method, prior: boolean, backendChoice: BackendChoice, threads: number | undefined, steps: number, infer: InferenceRuns, optimizerChoice: OptimizerChoice, profile: boolean): Promise<SpeedResult> {
@@ -213,13 +220,13 @@ async function measure(method: Method, prior: boolean, backendChoice: BackendCho
   let tfjs3d: number | undefined;
   let onnx3d: number | undefined;
   if (steps > 0) {
-    const cfg2d = { ...defaultUNetConfig(2), widths: 'level' as const, ...unetVariant(method, 2, prior) };
+    const cfg2d = methodNetwork(method, 2, prior);
     const batches2d = await methodBatches(method, 3 + steps, BATCH, [PATCH, PATCH], rng);
     tfjs2d = await timeTraining(method, prior, cfg2d, batches2d, optimizerChoice, null, profile);
     onnx2d = (await timeTraining(method, prior, cfg2d, batches2d, optimizerChoice, backend.threads, false)).stepsPerS;
     if (infer.with3d) {
       // 3D: batch 4 of PATCH_3D, a quarter of the 2D steps (at least 2).
-      const cfg3d = { ...defaultUNetConfig(3), widths: 'level' as const, ...unetVariant(method, 3, prior) };
+      const cfg3d = methodNetwork(method, 3, prior);
       const batches3d = await methodBatches(method, 3 + Math.max(2, Math.round(steps / 4)), BATCH_3D, PATCH_3D, rng);
       tfjs3d = (await timeTraining(method, prior, cfg3d, batches3d, optimizerChoice, null, false)).stepsPerS;
       onnx3d = (await timeTraining(method, prior, cfg3d, batches3d, optimizerChoice, backend.threads, false)).stepsPerS;
@@ -256,7 +263,7 @@ async function main(): Promise<void> {
   setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('tiny')) [BATCH, PATCH, BATCH_3D, PATCH_3D, INFER_SHAPES] = [2, 32, 1, [8, 16, 16], { d2: [64, 64], d3: [8, 32, 32] }];
   const method = getMethod(args.get('method') ?? 'n2v');
-  if (method.networkKind !== 'unet') throw new Error(`--method must train a U-Net (the reference network), ${method.name} trains a ${method.networkKind}`);
+  if (method.networkKind !== 'unet' && method.networkKind !== 'laine19') throw new Error(`--method must train a U-Net (the reference network) or laine19, ${method.name} trains a ${method.networkKind}`);
   const priorArg = args.get('prior') ?? 'none';
   if (priorArg !== 'none' && priorArg !== 'learned') throw new Error(`--prior must be none or learned, got ${priorArg}`);
   const prior = priorArg === 'learned';

@@ -13,6 +13,8 @@ import { maskedLoss } from '../models/losses.js';
 import { defaultMaskOptions, maskPatch } from '../models/masking.js';
 import { UnsupportedLayerError } from '../models/onnx/layers.js';
 import { buildDbsn } from '../models/dbsn.js';
+import { buildLaine19 } from '../models/laine19.js';
+import { laine19 } from '../methods/laine19.js';
 import { buildUNet } from '../models/unet.js';
 import { neighbor2neighbor } from '../methods/neighbor2neighbor.js';
 import { noise2info } from '../methods/noise2info.js';
@@ -110,6 +112,26 @@ describe('the ONNX training graph', () => {
     });
   }
 
+  for (const dims of [2, 3] as const) {
+    it(`gives tfjs' masked mse loss and gradients of a ${dims}D laine19 network (rotations, row shifts, leaky ReLU, weights shared by ${dims === 2 ? 4 : 6} branches)`, async () => {
+      const model = buildLaine19({ dims, depth: dims === 2 ? 2 : 1, filters: 4 }, 21);
+      const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [4, 16, 16], 22);
+      batch.masks.fill(1);
+      const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
+      const reference = tf.variableGrads(
+        () => maskedLoss(model.apply(tf.tensor(batch.inputs, batch.shape), { training: true }) as tf.Tensor, tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape), 'mse'),
+        variables,
+      );
+      const engine = await openOnnxGradientEngine(model, { loss: 'mse', threads: 1 });
+      const ours = await engine.gradients(batch, variables.map((v) => v.dataSync() as Float32Array), []);
+      await engine.dispose();
+      expect(Math.abs(ours.loss - reference.value.dataSync()[0])).toBeLessThan(1e-5 * Math.abs(ours.loss));
+      variables.forEach((v, i) => expect(relativeError(reference.grads[v.name].dataSync(), ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5));
+      tf.dispose([reference.value, ...Object.values(reference.grads)]);
+      model.dispose();
+    });
+  }
+
   // neighbor2neighbor: full resolution, then the sub-image; noise2info: the unmasked patch, then the masked one.
   // noise2info at initialisation: F(X) and F(X_J^c) differ by about 1e-3, so L_ex's weight sigma / sqrt(I)
   // is about 1200 and its two passes' gradients, each that much larger than the loss's, cancel; tfjs
@@ -166,6 +188,16 @@ describe('the ONNX training graph', () => {
       method: n2v,
     },
     {
+      what: "laine19's four rotated branches with shared weights, a Gaussian prior's NLL and its learned noise level",
+      outputChannels: 2,
+      network: 'laine19',
+      context: (): { context: TrainingContext; extras: tf.Variable[] } => {
+        const logSigma = tf.variable(tf.scalar(Math.log(0.4)), true, 'test_learned_log_sigma_laine19');
+        return { context: { seed: 1, grid: 4, maskedLoss: gaussianPriorLoss(learnedNoiseVariance(logSigma)) }, extras: [logSigma] };
+      },
+      method: laine19,
+    },
+    {
       what: "PN2V's likelihood of its prior samples (8 output channels)",
       outputChannels: 8,
       context: (): { context: TrainingContext; extras: tf.Variable[] } => ({
@@ -175,11 +207,16 @@ describe('the ONNX training graph', () => {
       method: pn2v,
     },
   ];
-  for (const { what, outputChannels, context, method } of outputLosses) {
-    for (const { dims, batchNorm } of [{ dims: 2, batchNorm: true }, { dims: 3, batchNorm: false }] as const) {
+  for (const { what, outputChannels, context, method, ...rest } of outputLosses) {
+    const laine = 'network' in rest;
+    for (const { dims, batchNorm } of [{ dims: 2, batchNorm: !laine }, { dims: 3, batchNorm: false }] as const) {
       it(`gives tfjs' gradients of ${what} (${dims}D${batchNorm ? ', batch norm, moving statistics moved once' : ''})`, async () => {
-        const model = buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch', outputChannels }, 13);
+        const model = laine
+          ? buildLaine19({ dims, depth: dims === 2 ? 2 : 1, filters: 4, outputChannels }, 13)
+          : buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch', outputChannels }, 13);
         const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [4, 16, 16], 14);
+        // laine19 scores every pixel (its blind spot is in the network).
+        if (laine) batch.masks.fill(1);
         const { context: ctx, extras } = context();
         const methodRun = method.training(ctx);
         expect(methodRun.outputLoss).toBeDefined();

@@ -286,21 +286,28 @@ const shiftDown: Converter = (ctx, call) => ctx.g.shift(call.inputs[0], ROWS, ct
 /** Orient (blindspotLayers.ts): transpose the spatial axes, then flip some (inverse: flip, then the inverse transpose). */
 const orientLayer: Converter = (ctx, call) => {
   const c = config(call.layer);
-  const permutation = c['permutation'] as number[];
-  const flips = (c['flips'] as number[]).map((a) => a + 2);
+  return orientAxes(ctx.g, call.inputs[0], { permutation: c['permutation'] as number[], flips: c['flips'] as number[] }, c['inverse'] === true, call.layer.name);
+};
+
+/**
+ * Orient's rotation of channels-first `x` (spatial axes from 2), or its inverse: each is the other's
+ * adjoint, so the training graph's backward pass applies the opposite one to the gradient.
+ */
+export function orientAxes(g: GraphBuilder, x: string, orientation: { permutation: readonly number[]; flips: readonly number[] }, inverse: boolean, name: string): string {
+  const { permutation } = orientation;
+  const flips = orientation.flips.map((a) => a + 2);
   const full = (p: readonly number[]): number[] => [0, 1, ...p.map((a) => a + 2)];
   const identity = permutation.every((v, i) => v === i);
-  const name = call.layer.name;
-  if (c['inverse'] !== true) {
-    const permuted = identity ? call.inputs[0] : ctx.g.op('Transpose', [call.inputs[0]], `${name}_transpose`, { perm: attr.ints(full(permutation)) });
-    return flips.length > 0 ? ctx.g.flip(permuted, flips, name) : ctx.g.op('Identity', [permuted], name);
+  if (!inverse) {
+    const permuted = identity ? x : g.op('Transpose', [x], `${name}_transpose`, { perm: attr.ints(full(permutation)) });
+    return flips.length > 0 ? g.flip(permuted, flips, name) : g.op('Identity', [permuted], name);
   }
-  const unflipped = ctx.g.flip(call.inputs[0], flips, `${name}_flip`);
-  if (identity) return unflipped === call.inputs[0] ? ctx.g.op('Identity', [unflipped], name) : unflipped;
-  const inverse = new Array<number>(permutation.length);
-  permutation.forEach((v, i) => (inverse[v] = i));
-  return ctx.g.op('Transpose', [unflipped], name, { perm: attr.ints(full(inverse)) });
-};
+  const unflipped = g.flip(x, flips, `${name}_flip`);
+  if (identity) return unflipped === x ? g.op('Identity', [unflipped], name) : unflipped;
+  const inverted = new Array<number>(permutation.length);
+  permutation.forEach((v, i) => (inverted[v] = i));
+  return g.op('Transpose', [unflipped], name, { perm: attr.ints(full(inverted)) });
+}
 
 /** Converters by tfjs class name (getClassName()). */
 export const converters: Readonly<Record<string, Converter>> = {

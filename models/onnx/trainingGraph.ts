@@ -25,13 +25,16 @@
  * - Batch norm (training mode, models/layers.ts ChannelBatchNorm): the batch's biased moments;
  *   dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), dgamma = sum(dy * xhat), dbeta = sum(dy);
  *   moving = moving - (moving - batch) * (1 - momentum), as the layer updates them.
+ * - Leaky ReLU: dy where the output is positive, alpha dy elsewhere.
+ * - laine19's PadTop, CropBottom, ShiftDown and Orient: their adjoints (a crop, a pad, the opposite
+ *   shift, the opposite rotation). A convolution called by several branches sums its gradient parts.
  * Anything else (dilations, strides, other activations) is an UnsupportedLayerError naming
  * the layer: the trainer then says which engine to use instead.
  */
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { GraphBuilder, IR_VERSION, OPSET, attr } from './graph.js';
 import { callsInOrder, type SymbolicTensorLike } from './layerCalls.js';
-import { UnsupportedLayerError } from './layers.js';
+import { orientAxes, UnsupportedLayerError } from './layers.js';
 import { encodeModel, type OnnxValueInfo } from './proto.js';
 
 /** The per-pixel error the masked loss averages over masked pixels (models/losses.ts maskedLoss). */
@@ -48,6 +51,9 @@ export interface TrainingGraph {
   /** Graph output names of their values after the step, same order. */
   stateOutputs: string[];
 }
+
+/** The first spatial axis (H in 2D, D in 3D) channels-first: laine19's causal axis. */
+const ROWS = 2;
 
 /** Slice end past the last element (ONNX clamps it). */
 const TO_END = 2n ** 62n;
@@ -100,6 +106,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   const spatialAxes = dims === 2 ? [2, 3] : [2, 3, 4];
   const batchAndSpace = [0, ...spatialAxes];
   const repeat = (v: number): number[] => spatialAxes.map(() => v);
+  /** Pad amounts: `rows` on the first spatial axis (channels-first axis 2), none elsewhere. */
+  const rowsAt = (rows: number): number[] => Array.from({ length: rank }, (_, a) => (a === ROWS ? rows : 0));
   const perChannel = (channels: number): string => g.int64s([1, channels, ...repeat(1)]);
   // Channels-last <-> channels-first; tfjs kernels [k.., cin, cout] <-> ONNX [cout, cin, k..].
   const toChannelsFirst = [0, rank - 1, ...spatialAxes.map((a) => a - 1)];
@@ -119,8 +127,9 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   const weightInputs = trainable.map((_, i) => g.reserve(`weight_${i}`));
   const gradientOutputs = trainable.map((_, i) => g.reserve(`gradient_${i}`));
   const weightIndex = new Map<number, number>(trainable.map((v, i) => [v.id, i]));
-  const gradientOf = new Array<string | undefined>(trainable.length);
-  const claimed = new Set<number>();
+  // A weight's gradient: one part per call of its layer (laine19's branches share theirs), summed.
+  const gradientParts: string[][] = trainable.map(() => []);
+  const calls = new Array<number>(trainable.length).fill(0);
   const state = model.nonTrainableWeights.map((w) => w.read());
   const stateInputs = state.map((_, j) => g.reserve(`state_${j}`));
   const stateOutputs = state.map((_, j) => g.reserve(`state_${j}_next`));
@@ -132,14 +141,17 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     if (j === undefined || stateNext[j] !== undefined) throw new UnsupportedLayerError(layer.name, 'a moving statistic that is not among the model\'s non-trainable weights, or shared');
     return j;
   };
-  const indexOfWeight = (layer: tfl.layers.Layer, which: number): number => {
+  const indexOfWeight = (layer: tfl.layers.Layer, which: number, shared: 'shareable' | 'once'): number => {
     const v = layer.trainableWeights[which]?.read();
     const i = v === undefined ? undefined : weightIndex.get(v.id);
     if (i === undefined) throw new UnsupportedLayerError(layer.name, 'a weight that is not among the model\'s trainable weights (frozen layers are not supported)');
-    if (claimed.has(i)) throw new UnsupportedLayerError(layer.name, 'a layer called more than once (shared weights)');
-    claimed.add(i);
+    if (shared === 'once' && calls[i] > 0) throw new UnsupportedLayerError(layer.name, 'a layer with moving statistics called more than once');
+    calls[i]++;
     return i;
   };
+  /** Where a call's part of weight i's gradient goes: the output itself when the layer has one call. */
+  const gradientPart = (i: number): string | undefined => (calls[i] === 1 ? gradientOutputs[i] : undefined);
+  const addGradientPart = (i: number, part: string): void => void gradientParts[i].push(part);
 
   const names = new Map<number, string>();
   const backward: Array<() => void> = [];
@@ -165,7 +177,7 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
    * memory in 3D (12.6 against 3.2 GiB at batch 4 of 16x64x64); the Conv-as-filter form, dw =
    * Conv(x^T, dy^T), ran 2x slower, its GEMMs having k^dims columns.
    */
-  const filterGradientByTaps = (x: string, dz: string, c: ConvShape, output: string): string => {
+  const filterGradientByTaps = (x: string, dz: string, c: ConvShape, output: string | undefined): string => {
     const { k, cin, cout, pad, name } = c;
     const dzColumns = g.op('Transpose', [g.op('Reshape', [dz, g.int64s([0, cout, -1])], `${name}_dz_rows`)], `${name}_dz_columns`, { perm: attr.ints([0, 2, 1]) });
     const xpad = k > 1 ? g.pad(x, [0, 0, ...repeat(pad)], [0, 0, ...repeat(pad)], `${name}_xpad`) : x;
@@ -212,8 +224,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         if (act !== 'linear' && act !== 'relu') throw new UnsupportedLayerError(name, `activation '${String(act)}'`);
         const cin = channels[0];
         const cout = c['filters'] as number;
-        const wi = indexOfWeight(layer, 0);
-        const bi = c['useBias'] === false ? null : indexOfWeight(layer, 1);
+        const wi = indexOfWeight(layer, 0, 'shareable');
+        const bi = c['useBias'] === false ? null : indexOfWeight(layer, 1, 'shareable');
         const x = xs[0];
         const pad = (k - 1) / 2;
         const convAttrs = { kernel_shape: attr.ints(repeat(k)), pads: attr.ints(repeat(pad).concat(repeat(pad))) };
@@ -227,8 +239,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
           if (dz === undefined) throw new Error(`training graph: no gradient reaches ${name}`);
           if (act === 'relu') dz = reluGradient(out, dz, name);
           if (!readsInput) addGradient(x, g.op('ConvTranspose', [dz, w], `${name}_dx`, convAttrs), `${name}_dx`);
-          gradientOf[wi] = filterGradientByTaps(x, dz, { k, cin, cout, pad, name }, gradientOutputs[wi]);
-          if (bi !== null) gradientOf[bi] = g.op('ReduceSum', [dz, g.int64s(batchAndSpace)], `${name}_db`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
+          addGradientPart(wi, filterGradientByTaps(x, dz, { k, cin, cout, pad, name }, gradientPart(wi)));
+          if (bi !== null) addGradientPart(bi, g.op('ReduceSum', [dz, g.int64s(batchAndSpace)], `${name}_db`, { keepdims: attr.int(0) }, gradientPart(bi)));
         });
         break;
       }
@@ -278,6 +290,48 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         });
         break;
       }
+      case 'LeakyReLU': {
+        const x = xs[0];
+        const alpha = (c['alpha'] as number | undefined) ?? 0.3;
+        if (!(alpha > 0)) throw new UnsupportedLayerError(name, `leaky ReLU slope ${alpha} (the gradient reads the output's sign)`);
+        const out = (y = g.op('LeakyRelu', [x], name, { alpha: attr.float(alpha) }));
+        backward.push(() => {
+          const dy = grads.get(out)!;
+          addGradient(x, g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dy, g.op('Mul', [dy, g.scalar(`${name}/alpha`, alpha)], `${name}_leak`)], `${name}_dx`), `${name}_dx`);
+        });
+        break;
+      }
+      // laine19's row layers on the first spatial axis (channels-first axis 2) and its rotations:
+      // each gradient is the adjoint of a pad, crop, shift or rotation.
+      case 'BlindspotPadTop': {
+        const x = xs[0];
+        const rows = c['rows'] as number;
+        const out = (y = g.pad(x, rowsAt(rows), rowsAt(0), name));
+        backward.push(() => addGradient(x, g.slice(grads.get(out)!, ROWS, rows, TO_END, `${name}_dx`), `${name}_dx`));
+        break;
+      }
+      case 'BlindspotCropBottom': {
+        const x = xs[0];
+        const rows = c['rows'] as number;
+        const out = (y = g.slice(x, ROWS, 0, -rows, name));
+        backward.push(() => addGradient(x, g.pad(grads.get(out)!, rowsAt(0), rowsAt(rows), `${name}_dx`), `${name}_dx`));
+        break;
+      }
+      case 'BlindspotShiftDown': {
+        const x = xs[0];
+        const shift = c['shift'] as number;
+        const out = (y = g.shift(x, ROWS, rank, shift, name));
+        backward.push(() => addGradient(x, g.slice(g.pad(grads.get(out)!, rowsAt(0), rowsAt(shift), `${name}_dpad`), ROWS, shift, TO_END, `${name}_dx`), `${name}_dx`));
+        break;
+      }
+      case 'BlindspotOrient': {
+        const x = xs[0];
+        const orientation = { permutation: c['permutation'] as number[], flips: c['flips'] as number[] };
+        const inverse = c['inverse'] === true;
+        const out = (y = orientAxes(g, x, orientation, inverse, name));
+        backward.push(() => addGradient(x, orientAxes(g, grads.get(out)!, orientation, !inverse, `${name}_dx`), `${name}_dx`));
+        break;
+      }
       case 'BlindspotNearestUpSampling': {
         const x = xs[0];
         const out = (y = g.upsampleNearest(x, dims, name));
@@ -302,8 +356,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
       case 'BlindspotChannelBatchNorm': {
         const x = xs[0];
         const cin = channels[0];
-        const gi = indexOfWeight(layer, 0);
-        const bi = indexOfWeight(layer, 1);
+        const gi = indexOfWeight(layer, 0, 'once');
+        const bi = indexOfWeight(layer, 1, 'once');
         const [mi, vi] = [indexOfState(layer, 0), indexOfState(layer, 1)];
         // opset 17: ReduceMean takes its axes as an attribute (ReduceSum as an input).
         const meanOver = (t: string, n: string): string => g.op('ReduceMean', [t], n, { axes: attr.ints(batchAndSpace), keepdims: attr.int(1) });
@@ -325,8 +379,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         backward.push(() => {
           const dy = grads.get(out)!;
           const dyXhat = g.op('Mul', [dy, xhat], `${name}_dy_xhat`);
-          gradientOf[bi] = g.op('ReduceSum', [dy, g.int64s(batchAndSpace)], `${name}_dbeta`, { keepdims: attr.int(0) }, gradientOutputs[bi]);
-          gradientOf[gi] = g.op('ReduceSum', [dyXhat, g.int64s(batchAndSpace)], `${name}_dgamma`, { keepdims: attr.int(0) }, gradientOutputs[gi]);
+          addGradientPart(bi, g.op('ReduceSum', [dy, g.int64s(batchAndSpace)], `${name}_dbeta`, { keepdims: attr.int(0) }, gradientOutputs[bi]));
+          addGradientPart(gi, g.op('ReduceSum', [dyXhat, g.int64s(batchAndSpace)], `${name}_dgamma`, { keepdims: attr.int(0) }, gradientOutputs[gi]));
           const centredDy = g.op('Sub', [g.op('Sub', [dy, meanOver(dy, `${name}_dy_mean`)], `${name}_dy_c`), g.op('Mul', [xhat, meanOver(dyXhat, `${name}_dy_xhat_mean`)], `${name}_proj`)], `${name}_dy_centred`);
           addGradient(x, g.op('Mul', [centredDy, g.op('Mul', [gamma, rstd], `${name}_gain`)], `${name}_dx`), `${name}_dx`);
         });
@@ -363,7 +417,9 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     grads.set(prediction, dPrediction);
     for (const step of backward.reverse()) step();
     trainable.forEach((v, i) => {
-      if (gradientOf[i] === undefined) throw new UnsupportedLayerError(model.name, `the trainable weight ${model.trainableWeights[i].name} is used by no layer the graph covers`);
+      const parts = gradientParts[i];
+      if (parts.length === 0) throw new UnsupportedLayerError(model.name, `the trainable weight ${model.trainableWeights[i].name} is used by no layer the graph covers`);
+      if (parts.length > 1) g.op('Sum', parts, `gradient_${i}_calls`, undefined, gradientOutputs[i]);
     });
   };
   if (mode.kind === 'vjp') {
