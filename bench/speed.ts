@@ -14,7 +14,7 @@
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss and U-Net variant (a U-Net method)
  *   npm run bench:speed -- --prior learned   # ... with a Gaussian prior and a learned noise level (train --prior learned)
- *   npm run bench:speed -- --method laine19 --steps 5   # laine19's network at bench:methods' size instead of the U-Net
+ *   npm run bench:speed -- --method laine19 --steps 5   # laine19's (or dbsn's) network at bench:methods' size instead of the U-Net
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
@@ -179,6 +179,8 @@ async function timeTraining(method: Method, prior: boolean, cfg: NetworkConfig, 
     seed: 1,
     grid: defaultGridSide,
     maskedLoss: logSigma ? gaussianPriorLoss(learnedNoiseVariance(logSigma)) : (p, t, m) => maskedLoss(p, t, m, 'mse'),
+    // D-BSN's NLL reads a noise variance: the learned one, or a known one at the data's scale.
+    noiseVariance: logSigma ? learnedNoiseVariance(logSigma) : (mu) => tf.fill(mu.shape, 0.25),
     ...(method.likelihood ? { noiseLikelihood: normalisedNoiseLikelihood({ spec: { kind: 'gaussian', sigma: 1 } }, { mode: 'meanstd', offset: 0, scale: 1 }) } : {}),
   });
   const gradients = onnxThreads === null ? undefined : (await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: prior ? 'prior' : 'mse', threads: onnxThreads, extraVariables })).engine;
@@ -204,8 +206,8 @@ async function timeTraining(method: Method, prior: boolean, cfg: NetworkConfig, 
  */
 function methodNetwork(method: Method, dims: 2 | 3, prior: boolean): NetworkConfig {
   const own = method.network({ dims, size: method.networkKind === 'unet' ? 'paper' : 'small', overrides: {}, batchSize: BATCH, twoChannels: prior });
-  if (own.kind === 'laine19') return own;
-  if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`--method ${method.name}: its ${own.kind} network is not measured here (a U-Net or laine19)`);
+  if (own.kind === 'laine19' || own.kind === 'dbsn') return own;
+  if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`--method ${method.name}: its ${own.kind} network is not measured here (a U-Net, laine19 or dbsn)`);
   const variant = { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}), ...(own.outputChannels !== undefined ? { outputChannels: own.outputChannels } : {}) };
   return { ...defaultUNetConfig(dims), widths: 'level', ...variant };
 }
@@ -263,7 +265,7 @@ async function main(): Promise<void> {
   setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('tiny')) [BATCH, PATCH, BATCH_3D, PATCH_3D, INFER_SHAPES] = [2, 32, 1, [8, 16, 16], { d2: [64, 64], d3: [8, 32, 32] }];
   const method = getMethod(args.get('method') ?? 'n2v');
-  if (method.networkKind !== 'unet' && method.networkKind !== 'laine19') throw new Error(`--method must train a U-Net (the reference network) or laine19, ${method.name} trains a ${method.networkKind}`);
+  if (method.networkKind === 'vae') throw new Error(`--method must train a U-Net (the reference network), laine19 or dbsn, ${method.name} trains a ${method.networkKind}`);
   const priorArg = args.get('prior') ?? 'none';
   if (priorArg !== 'none' && priorArg !== 'learned') throw new Error(`--prior must be none or learned, got ${priorArg}`);
   const prior = priorArg === 'learned';

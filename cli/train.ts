@@ -109,7 +109,7 @@ TIFF stacks and frame folders): patches from random chunk-aligned regions throug
                             CPU kernels on the network's written-out backward pass, 2.6-3.9x the steps/s of wasm
                             (docs/engines.md), for 2D and 3D U-Nets of the methods with the plain masked loss (n2v,
                             n2v2, structn2v, noise2self, n2n, care; neighbor2neighbor with --loss mse; noise2info), --loss mse
-                            or mae, or --prior and pn2v (tfjs computes the loss on the output); laine19. auto: onnx where
+                            or mae, or --prior and pn2v (tfjs computes the loss on the output); laine19, dbsn. auto: onnx where
                             the run qualifies and the backend is wasm or cpu, else tfjs (the log says why)
   --json                    JSON lines instead of a progress bar
 

@@ -29,7 +29,8 @@ export const dbsn: Method = {
   preparePatch: wholePatch,
   training(context) {
     if (!context.noiseVariance) throw new Error('dbsn trains with a noise model (the trainer gives one by default)');
-    return { batchLoss: toBatchLoss(dbsnLoss(context.noiseVariance)) };
+    const outputLoss = dbsnLoss(context.noiseVariance);
+    return { batchLoss: toBatchLoss(outputLoss), outputLoss };
   },
   // No afterTraining: always a Gaussian-prior model, whose posterior brings the pixel back in.
   denoiser: priorOrPlainDenoiser,

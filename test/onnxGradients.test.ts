@@ -45,8 +45,8 @@ const pn2vRun: Partial<TrainOptions> = {
   noiseFits: false,
 };
 
-/** D-BSN: its own loss (the NLL with a per-pixel noise model), on tfjs. */
-const dbsnRun: Partial<TrainOptions> = { method: 'dbsn', prior: { kind: 'gaussian', sigma: 15 }, network: { filters: 4, blocks: 1 }, noiseFits: false };
+/** DivNoising: a VAE and its ELBO, on tfjs. */
+const divnoisingRun: Partial<TrainOptions> = { method: 'divnoising', prior: { kind: 'gaussian', sigma: 15 }, network: { depth: 1, filters: 4, latentChannels: 2 }, noiseFits: false };
 
 describe('train --train-engine onnx', () => {
   for (const batchNorm of [false, true]) {
@@ -83,6 +83,7 @@ describe('train --train-engine onnx', () => {
     { name: 'n2v-prior', how: "a Gaussian prior's NLL and a learned noise level, on the output on tfjs", method: { prior: 'learned' } },
     { name: 'pn2v', how: 'its likelihood on the output on tfjs', method: pn2vRun },
     { name: 'laine19', how: "its rotated branches, a Gaussian prior's NLL and a learned noise level", method: { method: 'laine19', prior: 'learned', network: { depth: 2, filters: 8 } }, sameSteps: 5 },
+    { name: 'dbsn', how: 'its centre-masked and dilated convolutions, its NLL on the output on tfjs', method: { method: 'dbsn', prior: { kind: 'gaussian', sigma: 15 }, network: { filters: 8, blocks: 2 }, noiseFits: false } },
   ];
   for (const { name: methodName, how, method, sameSteps = 10 } of ownLosses) {
     it(`trains ${methodName} (${how}) as tfjs does, step for step, to a model that denoises`, async () => {
@@ -133,19 +134,19 @@ describe('train --train-engine onnx', () => {
     const n2v = await trainModel(run(path.join(tmp, 'auto-n2v'), noisy, { steps: 3, onEvent }));
     const n2n = await trainModel(run(path.join(tmp, 'auto-ne2ne'), noisy, { steps: 3, method: 'neighbor2neighbor', onEvent }));
     const info = await trainModel(run(path.join(tmp, 'auto-noise2info'), noisy, { steps: 3, method: 'noise2info', onEvent }));
-    const dbsn = await trainModel(run(path.join(tmp, 'auto-dbsn'), noisy, { steps: 3, ...dbsnRun, onEvent }));
+    const divnoising = await trainModel(run(path.join(tmp, 'auto-divnoising'), noisy, { steps: 3, ...divnoisingRun, onEvent }));
     const n2v2 = await trainModel(run(path.join(tmp, 'auto-n2v2'), noisy, { steps: 3, method: 'n2v2', onEvent }));
     const pn2v = await trainModel(run(path.join(tmp, 'auto-pn2v'), noisy, { steps: 3, ...pn2vRun, onEvent }));
     expect(n2v.training.trainEngine).toBe('onnx');
     expect(n2n.training.trainEngine).toBe('onnx');
     expect(info.training.trainEngine).toBe('onnx');
-    expect(dbsn.training.trainEngine).toBeUndefined();
+    expect(divnoising.training.trainEngine).toBeUndefined();
     expect(n2v2.training.trainEngine).toBe('onnx');
     expect(pn2v.training.trainEngine).toBe('onnx');
     expect(starts[0]).toMatch(/^train engine onnx \(onnxruntime-node .*1 intra-op thread/);
     expect(starts[1]).toMatch(/^train engine onnx/);
     expect(starts[2]).toMatch(/^train engine onnx/);
-    expect(starts[3]).toMatch(/^gradients on tfjs \(wasm\): dbsn's loss is its own/);
+    expect(starts[3]).toMatch(/^gradients on tfjs \(wasm\): divnoising's loss is its own/);
     expect(starts[4]).toMatch(/^train engine onnx/);
     expect(starts[5]).toMatch(/^train engine onnx .*the loss on the output on tfjs/);
     // 3D too.
@@ -160,7 +161,7 @@ describe('train --train-engine onnx', () => {
     const { noisy } = noisyPair(64, 2);
     const cases: Array<[Partial<TrainOptions>, RegExp]> = [
       [{ method: 'neighbor2neighbor', loss: 'mae' }, /neighbor2neighbor's loss is a masked loss only with --loss mse.*--train-engine tfjs/],
-      [dbsnRun, /dbsn's loss is its own.*--train-engine tfjs/],
+      [divnoisingRun, /divnoising's loss is its own.*--train-engine tfjs/],
     ];
     for (const [i, [extra, message]] of cases.entries()) {
       const out = path.join(tmp, `refused-${i}`);

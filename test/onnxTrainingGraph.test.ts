@@ -15,6 +15,8 @@ import { UnsupportedLayerError } from '../models/onnx/layers.js';
 import { buildDbsn } from '../models/dbsn.js';
 import { buildLaine19 } from '../models/laine19.js';
 import { laine19 } from '../methods/laine19.js';
+import { dbsn } from '../methods/dbsn.js';
+import * as tfl from '@tensorflow/tfjs-layers';
 import { buildUNet } from '../models/unet.js';
 import { neighbor2neighbor } from '../methods/neighbor2neighbor.js';
 import { noise2info } from '../methods/noise2info.js';
@@ -198,6 +200,16 @@ describe('the ONNX training graph', () => {
       method: laine19,
     },
     {
+      what: "D-BSN's centre-masked and dilated convolutions and its NLL under a given noise variance",
+      outputChannels: 2,
+      network: 'dbsn',
+      context: (): { context: TrainingContext; extras: tf.Variable[] } => ({
+        context: { seed: 1, grid: 4, maskedLoss: (p, t, m) => maskedLoss(p, t, m, 'mse'), noiseVariance: (mu) => tf.fill(mu.shape, 0.25) },
+        extras: [],
+      }),
+      method: dbsn,
+    },
+    {
       what: "PN2V's likelihood of its prior samples (8 output channels)",
       outputChannels: 8,
       context: (): { context: TrainingContext; extras: tf.Variable[] } => ({
@@ -208,19 +220,25 @@ describe('the ONNX training graph', () => {
     },
   ];
   for (const { what, outputChannels, context, method, ...rest } of outputLosses) {
-    const laine = 'network' in rest;
-    for (const { dims, batchNorm } of [{ dims: 2, batchNorm: !laine }, { dims: 3, batchNorm: false }] as const) {
+    const network = 'network' in rest ? rest.network : 'unet';
+    for (const { dims, batchNorm } of [{ dims: 2, batchNorm: network === 'unet' }, { dims: 3, batchNorm: false }] as const) {
       it(`gives tfjs' gradients of ${what} (${dims}D${batchNorm ? ', batch norm, moving statistics moved once' : ''})`, async () => {
-        const model = laine
-          ? buildLaine19({ dims, depth: dims === 2 ? 2 : 1, filters: 4, outputChannels }, 13)
+        const model =
+          network === 'laine19' ? buildLaine19({ dims, depth: dims === 2 ? 2 : 1, filters: 4, outputChannels }, 13)
+          : network === 'dbsn' ? buildDbsn({ dims, filters: 4, blocks: 2, outputChannels }, 13)
           : buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch', outputChannels }, 13);
         const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [4, 16, 16], 14);
-        // laine19 scores every pixel (its blind spot is in the network).
-        if (laine) batch.masks.fill(1);
+        // laine19 and D-BSN score every pixel (their blind spot is in the network).
+        if (network !== 'unet') batch.masks.fill(1);
+        // D-BSN's residual blocks start as the identity (zero pointwise kernels), which would leave its
+        // dilated convolutions without gradient: give those kernels values.
+        if (network === 'dbsn') {
+          model.trainableWeights.filter((w) => /pointwise/.test(w.name) && w.shape.length > 1).forEach((w, i) => w.write(tf.randomNormal(w.shape as number[], 0, 0.2, 'float32', 31 + i)));
+        }
         const { context: ctx, extras } = context();
         const methodRun = method.training(ctx);
         expect(methodRun.outputLoss).toBeDefined();
-        const chosen = await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: extras.length > 0 ? 'prior' : 'mse', threads: 1, extraVariables: () => extras });
+        const chosen = await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: outputChannels === 2 ? 'prior' : 'mse', threads: 1, extraVariables: () => extras });
         expect(chosen.describe).toMatch(/the loss on the output on tfjs/);
         const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
         const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
@@ -245,9 +263,11 @@ describe('the ONNX training graph', () => {
   }
 
   it('refuses a layer it has no gradient for, naming it', async () => {
-    const model = buildDbsn({ dims: 2, filters: 4, blocks: 1 }, 1);
+    const input = tfl.input({ shape: [null, null, 1] });
+    const output = tfl.layers.conv2d({ filters: 1, kernelSize: 3, padding: 'same', activation: 'tanh', name: 'tanh_conv' }).apply(input) as tfl.SymbolicTensor;
+    const model = tfl.model({ inputs: input, outputs: output });
     await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(UnsupportedLayerError);
-    await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(/BlindspotCentreMaskedConv/);
+    await expect(openOnnxGradientEngine(model, { loss: 'mse' })).rejects.toThrow(/tanh_conv.*activation 'tanh'/);
     model.dispose();
   });
 });

@@ -25,7 +25,9 @@
  * - Batch norm (training mode, models/layers.ts ChannelBatchNorm): the batch's biased moments;
  *   dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)), dgamma = sum(dy * xhat), dbeta = sum(dy);
  *   moving = moving - (moving - batch) * (1 - momentum), as the layer updates them.
- * - Leaky ReLU: dy where the output is positive, alpha dy elsewhere.
+ * - Leaky ReLU: dy where the output is positive, alpha dy elsewhere. Add: dy to each input.
+ * - D-BSN's convolutions: the centre-masked one multiplies the kernel and its gradient by the 0/1
+ *   mask; the dilated one has Conv's dilations, and the filter gradient's taps are that far apart.
  * - laine19's PadTop, CropBottom, ShiftDown and Orient: their adjoints (a crop, a pad, the opposite
  *   shift, the opposite rotation). A convolution called by several branches sums its gradient parts.
  * Anything else (dilations, strides, other activations) is an UnsupportedLayerError naming
@@ -165,6 +167,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   const reluGradient = (out: string, dy: string, name: string): string => g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dy, zero], `${name}_drelu`);
   interface ConvShape {
     k: number;
+    /** Spacing of the taps (D-BSN's dilated convolutions); 1 for a plain one. */
+    dilation: number;
     cin: number;
     cout: number;
     pad: number;
@@ -178,14 +182,14 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
    * Conv(x^T, dy^T), ran 2x slower, its GEMMs having k^dims columns.
    */
   const filterGradientByTaps = (x: string, dz: string, c: ConvShape, output: string | undefined): string => {
-    const { k, cin, cout, pad, name } = c;
+    const { k, dilation, cin, cout, pad, name } = c;
     const dzColumns = g.op('Transpose', [g.op('Reshape', [dz, g.int64s([0, cout, -1])], `${name}_dz_rows`)], `${name}_dz_columns`, { perm: attr.ints([0, 2, 1]) });
     const xpad = k > 1 ? g.pad(x, [0, 0, ...repeat(pad)], [0, 0, ...repeat(pad)], `${name}_xpad`) : x;
-    const end = (d: number): bigint | number => (d === k - 1 ? TO_END : d - (k - 1));
+    const end = (o: number): bigint | number => (o === k - 1 ? TO_END : (o - (k - 1)) * dilation);
     const perTap = Array.from({ length: k ** dims }, (_, t) => {
       // The tap's (z,) y, x offsets, row-major over the k^dims taps; its view of xpad.
       const offsets = spatialAxes.map((_, a) => Math.floor(t / k ** (dims - 1 - a)) % k);
-      const view = k > 1 ? g.op('Slice', [xpad, g.int64s(offsets), g.int64s(offsets.map(end)), g.int64s(spatialAxes)], `${name}_tap${offsets.join('')}`) : x;
+      const view = k > 1 ? g.op('Slice', [xpad, g.int64s(offsets.map((o) => o * dilation)), g.int64s(offsets.map(end)), g.int64s(spatialAxes)], `${name}_tap${offsets.join('')}`) : x;
       const rows = g.op('Reshape', [view, g.int64s([0, cin, -1])], `${name}_rows${offsets.join('')}`);
       const perBatch = g.op('MatMul', [rows, dzColumns], `${name}_dw_batch${offsets.join('')}`);
       return g.op('ReduceSum', [perBatch, g.int64s([0])], `${name}_dw${offsets.join('')}`, { keepdims: attr.int(1) });
@@ -215,11 +219,17 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     let y: string;
     switch (className) {
       case 'Conv2D':
-      case 'Conv3D': {
+      case 'Conv3D':
+      case 'BlindspotCentreMaskedConv':
+      case 'BlindspotDilatedConv': {
+        // D-BSN's convolutions ('same', stride 1, linear): the centre tap masked out of the kernel, or dilated taps.
+        const seeded = className.startsWith('Blindspot');
         const k = single(c['kernelSize']);
-        if (!(k % 2 === 1) || single(c['strides'] ?? 1) !== 1 || single(c['dilationRate'] ?? 1) !== 1 || (k > 1 && c['padding'] !== 'same')) {
+        const dilation = className === 'BlindspotDilatedConv' ? (c['dilation'] as number) : 1;
+        if (!(k % 2 === 1) || (!seeded && (single(c['strides'] ?? 1) !== 1 || single(c['dilationRate'] ?? 1) !== 1 || (k > 1 && c['padding'] !== 'same')))) {
           throw new UnsupportedLayerError(name, `kernel ${JSON.stringify(c['kernelSize'])}, strides ${JSON.stringify(c['strides'])}, dilation ${JSON.stringify(c['dilationRate'])}, padding ${String(c['padding'])} (the training graph takes odd square kernels, stride 1, no dilation, 'same')`);
         }
+        const centreMask = className === 'BlindspotCentreMaskedConv' ? g.floats(`${name}/centre_mask`, [...repeat(k), 1, 1], Float32Array.from({ length: k ** dims }, (_, t) => (t === (k ** dims - 1) / 2 ? 0 : 1))) : null;
         const act = c['activation'] ?? 'linear';
         if (act !== 'linear' && act !== 'relu') throw new UnsupportedLayerError(name, `activation '${String(act)}'`);
         const cin = channels[0];
@@ -227,9 +237,10 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         const wi = indexOfWeight(layer, 0, 'shareable');
         const bi = c['useBias'] === false ? null : indexOfWeight(layer, 1, 'shareable');
         const x = xs[0];
-        const pad = (k - 1) / 2;
-        const convAttrs = { kernel_shape: attr.ints(repeat(k)), pads: attr.ints(repeat(pad).concat(repeat(pad))) };
-        const w = g.op('Transpose', [weightInputs[wi]], `${name}_w_onnx`, { perm: attr.ints(kernelToOnnx) });
+        const pad = (dilation * (k - 1)) / 2;
+        const convAttrs = { kernel_shape: attr.ints(repeat(k)), pads: attr.ints(repeat(pad).concat(repeat(pad))), ...(dilation > 1 ? { dilations: attr.ints(repeat(dilation)) } : {}) };
+        const kernel = centreMask ? g.op('Mul', [weightInputs[wi], centreMask], `${name}_masked_kernel`) : weightInputs[wi];
+        const w = g.op('Transpose', [kernel], `${name}_w_onnx`, { perm: attr.ints(kernelToOnnx) });
         const z = g.op('Conv', bi === null ? [x, w] : [x, w, weightInputs[bi]], name, convAttrs);
         y = act === 'relu' ? g.op('Relu', [z], `${name}_relu`) : z;
         const out = y;
@@ -239,7 +250,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
           if (dz === undefined) throw new Error(`training graph: no gradient reaches ${name}`);
           if (act === 'relu') dz = reluGradient(out, dz, name);
           if (!readsInput) addGradient(x, g.op('ConvTranspose', [dz, w], `${name}_dx`, convAttrs), `${name}_dx`);
-          addGradientPart(wi, filterGradientByTaps(x, dz, { k, cin, cout, pad, name }, gradientPart(wi)));
+          const dw = filterGradientByTaps(x, dz, { k, dilation, cin, cout, pad, name }, centreMask ? undefined : gradientPart(wi));
+          addGradientPart(wi, centreMask ? g.op('Mul', [dw, centreMask], `${name}_dw_masked`, undefined, gradientPart(wi)) : dw);
           if (bi !== null) addGradientPart(bi, g.op('ReduceSum', [dz, g.int64s(batchAndSpace)], `${name}_db`, { keepdims: attr.int(0) }, gradientPart(bi)));
         });
         break;
@@ -330,6 +342,11 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         const inverse = c['inverse'] === true;
         const out = (y = orientAxes(g, x, orientation, inverse, name));
         backward.push(() => addGradient(x, orientAxes(g, grads.get(out)!, orientation, !inverse, `${name}_dx`), `${name}_dx`));
+        break;
+      }
+      case 'Add': {
+        const out = (y = xs.slice(1).reduce((sum, x, i) => g.op('Add', [sum, x], `${name}_${i}`), xs[0]));
+        backward.push(() => xs.forEach((x) => addGradient(x, grads.get(out)!, `${name}_dx`)));
         break;
       }
       case 'BlindspotNearestUpSampling': {
