@@ -179,24 +179,18 @@ describe('the ONNX training graph', () => {
   }
 
   // A loss on the network's output computed by tfjs, its gradient back through the network on ONNX Runtime.
+  /** The trainer's context for a Gaussian prior with a learned noise level (its log sigma an extra variable). */
+  const learnedPrior = (): { context: TrainingContext; extras: tf.Variable[] } => {
+    const logSigma = tf.variable(tf.scalar(Math.log(0.4)));
+    return { context: { seed: 1, grid: 4, maskedLoss: gaussianPriorLoss(learnedNoiseVariance(logSigma)) }, extras: [logSigma] };
+  };
   const outputLosses = [
-    {
-      what: "a Gaussian prior's NLL (two output channels) and its learned noise level",
-      outputChannels: 2,
-      context: (): { context: TrainingContext; extras: tf.Variable[] } => {
-        const logSigma = tf.variable(tf.scalar(Math.log(0.4)), true, 'test_learned_log_sigma');
-        return { context: { seed: 1, grid: 4, maskedLoss: gaussianPriorLoss(learnedNoiseVariance(logSigma)) }, extras: [logSigma] };
-      },
-      method: n2v,
-    },
+    { what: "a Gaussian prior's NLL (two output channels) and its learned noise level", outputChannels: 2, context: learnedPrior, method: n2v },
     {
       what: "laine19's four rotated branches with shared weights, a Gaussian prior's NLL and its learned noise level",
       outputChannels: 2,
       network: 'laine19',
-      context: (): { context: TrainingContext; extras: tf.Variable[] } => {
-        const logSigma = tf.variable(tf.scalar(Math.log(0.4)), true, 'test_learned_log_sigma_laine19');
-        return { context: { seed: 1, grid: 4, maskedLoss: gaussianPriorLoss(learnedNoiseVariance(logSigma)) }, extras: [logSigma] };
-      },
+      context: learnedPrior,
       method: laine19,
     },
     {
