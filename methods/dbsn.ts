@@ -5,9 +5,8 @@
  * noise-level fits); denoise gives the posterior mean.
  */
 import { dbsnLoss } from '../models/dbsn.js';
-import { toBatchLoss } from '../operators/trainSteps.js';
 import type { Method } from './method.js';
-import { dbsnNetwork, priorOrPlainDenoiser, wholePatch } from './shared.js';
+import { dbsnNetwork, outputLossTraining, priorOrPlainDenoiser, wholePatch } from './shared.js';
 
 export const dbsn: Method = {
   name: 'dbsn',
@@ -29,8 +28,7 @@ export const dbsn: Method = {
   preparePatch: wholePatch,
   training(context) {
     if (!context.noiseVariance) throw new Error('dbsn trains with a noise model (the trainer gives one by default)');
-    const outputLoss = dbsnLoss(context.noiseVariance);
-    return { batchLoss: toBatchLoss(outputLoss), outputLoss };
+    return outputLossTraining(dbsnLoss(context.noiseVariance));
   },
   // No afterTraining: always a Gaussian-prior model, whose posterior brings the pixel back in.
   denoiser: priorOrPlainDenoiser,

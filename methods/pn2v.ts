@@ -18,9 +18,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { UsageError } from '../core/errors.js';
 import { manifestNoiseLikelihood, requireNoiseModel } from './likelihood.js';
 import type { Method } from './method.js';
-import { stratifiedPatch, unetNetwork } from './shared.js';
+import { outputLossTraining, stratifiedPatch, unetNetwork } from './shared.js';
 import type { NoiseLikelihood } from '../noise/likelihood.js';
-import type { MaskedLossFn } from '../operators/trainSteps.js';
 
 /**
  * Prior samples per pixel when --prior-samples is not given. The paper uses 800; 64 keeps the output
@@ -79,8 +78,7 @@ export const pn2v: Method = {
   training(context) {
     const likelihood = context.noiseLikelihood;
     if (!likelihood) throw new Error('pn2v trains with a noise likelihood; the trainer gave none');
-    const outputLoss: MaskedLossFn = (prediction, targets, masks) => pn2vLoss(likelihood, prediction, targets, masks);
-    return { batchLoss: (apply, inputs, targets, masks) => outputLoss(apply(inputs), targets, masks), outputLoss };
+    return outputLossTraining((prediction, targets, masks) => pn2vLoss(likelihood, prediction, targets, masks));
   },
   denoiser(model, manifest, output) {
     if (output === 'sample') throw new UsageError('--write-samples does not apply to pn2v: its samples are per pixel, not images (use --uncertainty)');

@@ -13,7 +13,7 @@ import type { ModelManifest } from '../models/io.js';
 import { gridMaskPatch, gridPhaseForStep } from '../models/gridMask.js';
 import { maskPatch } from '../models/masking.js';
 import { defaultNetwork, type NetworkConfig, type NetworkKind, type UNetNetwork } from '../models/network.js';
-import { toBatchLoss } from '../operators/trainSteps.js';
+import { toBatchLoss, type MaskedLossFn } from '../operators/trainSteps.js';
 import type { DenoiseOutput, Method, MethodPatch, MethodValidation, MethodTraining, NetworkOverrides, NetworkRequest, PatchPreparation, PreparedPatch, TrainingContext, ValidationBatch } from './method.js';
 
 /** Grid side of the grid-masking methods when --grid is not given: 16 phases in 2D, 64 in 3D. */
@@ -56,9 +56,14 @@ export const jInvariantValidation: MethodValidation = {
   loss: (context) => plainTraining(context).batchLoss,
 };
 
+/** A method whose batch loss is `loss` on the network's one output on the batch's inputs. */
+export function outputLossTraining(loss: MaskedLossFn): MethodTraining {
+  return { batchLoss: toBatchLoss(loss), outputLoss: loss };
+}
+
 /** The default training: one masked loss (the trainer's MSE / MAE / prior NLL) on one prediction per batch. */
 export function plainTraining(context: TrainingContext): MethodTraining {
-  return { batchLoss: toBatchLoss(context.maskedLoss), plainMaskedLoss: 'as-is', outputLoss: context.maskedLoss };
+  return { ...outputLossTraining(context.maskedLoss), plainMaskedLoss: 'as-is' };
 }
 
 /**

@@ -22,12 +22,10 @@ import type { Shape, Volume } from '../core/volume.js';
 import { buildNetwork, describeNetwork, networkGeometry } from '../models/network.js';
 import { computeNormalisation, type Normalisation } from '../models/normalise.js';
 import { defaultMaskOptions, type MaskOptions } from '../models/masking.js';
-import { maskedLoss } from '../models/losses.js';
 import { fitNoiseInWorkers } from '../workers/noisePool.js';
-import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
+import { validateNoiseSpec, type NoiseSpec } from '../models/bayes.js';
 import { createAdam } from '../models/optimizer.js';
 import { augmentMethodPatch } from '../models/augment.js';
-import { normalisedNoiseLikelihood, type LikelihoodNoise } from '../noise/likelihood.js';
 import type { Method, PatchPreparation, TrainingContext, ValidationBatch } from '../methods/method.js';
 import { defaultMethodName, getMethod } from '../methods/registry.js';
 import { validateMethodOptions } from '../methods/options.js';
@@ -37,7 +35,7 @@ import { samplePatches } from '../operators/samplePatches.js';
 import { sourceBounds } from '../operators/sampleRegions.js';
 import type { MaskedPatch } from '../operators/maskN2V.js';
 import { batchPatches } from '../operators/batchPatches.js';
-import { trainSteps, type BatchLossFn, type MaskedLossFn, type StepResult } from '../operators/trainSteps.js';
+import { trainSteps, type BatchLossFn, type StepResult } from '../operators/trainSteps.js';
 import { stepsOnDemand } from './stepSource.js';
 import { assertOutputOutsideInputs, assertWritableFolder } from '../storage/location.js';
 import { VERSION } from '../core/version.js';
@@ -45,7 +43,7 @@ import { writeOnnxAfterTraining } from '../models/onnx/export.js';
 import { assertTileFitsDevice } from './predict.js';
 import type { TrainOptions } from './trainOptions.js';
 import { attachTargets, inferDims, inferSourceDims, makeValidationBatches, pairSources, prepareStreamingData, preparePatch, readInputs, splitForValidation, validatePatchShape, type TrainingData } from './trainData.js';
-import { initialLearnedSigma, pooledNoiseSpec } from './trainNoise.js';
+import { initialLearnedSigma, pooledNoiseSpec, runLoss } from './trainNoise.js';
 import { compareSavedModelWithClassical } from './classicalComparison.js';
 import { cosineLearningRate, LEARNING_RATE_SCHEDULES, runProgress } from './learningRateSchedule.js';
 import { openTrainEngine } from './trainEngine.js';
@@ -217,26 +215,23 @@ export async function trainModel(opts: TrainOptions): Promise<ModelManifest> {
   // A GPU binds each tensor as one buffer: a batch of patches must fit the widest layer's.
   assertTileFitsDevice(model, geometry.sizeMultiple, patchShape, batchSize, 'use a smaller --patch or --batch-size');
   setLearningRate(optimizer, state.learningRate);
-  // A variable created after the restore: Adam matches its moments by position, the network's weights first.
-  // A fresh run (or a checkpoint without it) starts sigma at the validation patches' noise level; the likelihood refines it.
-  const learnedLogSigma =
-    priorMode === 'learned'
-      ? tf.variable(tf.scalar(state.learnedLogSigma ?? Math.log(initialLearnedSigma(valBatches))), true, `learned_noise_log_sigma_${seed}_${Date.now()}`)
-      : null;
-  const noiseVariance =
-    learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : priorNoise !== undefined ? normalisedNoiseVariance(priorNoise, normalisation) : undefined;
-  const maskedLossFn: MaskedLossFn =
-    noiseVariance !== undefined ? gaussianPriorLoss(noiseVariance) : (prediction, target, mask) => maskedLoss(prediction, target, mask, lossKind);
-  // Likelihood methods weigh clean-signal candidates by the noise model itself (the GMM whole, when given).
-  const likelihoodNoise: LikelihoodNoise | undefined =
-    method.likelihood && priorNoise !== undefined ? { spec: priorNoise, ...(opts.noiseModel ? { gmm: opts.noiseModel } : {}) } : undefined;
-  const noiseLikelihood = likelihoodNoise ? normalisedNoiseLikelihood(likelihoodNoise, normalisation) : undefined;
+  // After the restore (runLoss says why). A fresh run (or a checkpoint without it) starts sigma at the
+  // validation patches' noise level; the likelihood refines it.
+  const { learnedLogSigma, noiseVariance, maskedLoss: maskedLossFn, likelihoodNoise, noiseLikelihood, extraVariables } = runLoss({
+    priorMode,
+    priorNoise,
+    lossKind,
+    normalisation,
+    startLogSigma: () => state.learnedLogSigma ?? Math.log(initialLearnedSigma(valBatches)),
+    variableName: `learned_noise_log_sigma_${seed}_${Date.now()}`,
+    likelihood: method.likelihood === true,
+    ...(opts.noiseModel ? { noiseModel: opts.noiseModel } : {}),
+  });
   // The method's part of the run: its batch loss, validation hook, manifest and checkpoint state.
   const context: TrainingContext = { seed, grid, maskedLoss: maskedLossFn, noiseVariance, noiseLikelihood };
   const methodRun = method.training({ ...context, saved: savedState });
   const batchLoss: BatchLossFn = methodRun.batchLoss;
   const validationLoss: BatchLossFn = method.validation?.loss(context) ?? batchLoss;
-  const extraVariables = (): tf.Variable[] => (learnedLogSigma !== null ? [learnedLogSigma] : []);
   const trainEngine = await openTrainEngine({
     engine: opts.trainEngine,
     model,

@@ -1,9 +1,16 @@
 /**
  * The noise models of Gaussian-prior training that come from the data: the training images' pooled
- * noise-level fits, and where a learned noise level starts.
+ * noise-level fits, where a learned noise level starts, and the run's per-pixel loss they make.
  */
+import * as tf from '@tensorflow/tfjs-core';
 import { sampleNoise, screenedSampleVariance } from '../noise/sample.js';
-import { type NoiseSpec } from '../models/bayes.js';
+import { gaussianPriorLoss, learnedNoiseVariance, normalisedNoiseVariance, type NoiseSpec } from '../models/bayes.js';
+import { maskedLoss } from '../models/losses.js';
+import type { Normalisation } from '../models/normalise.js';
+import type { PriorSource } from '../models/io.js';
+import type { GmmNoiseModel } from '../noise/gmm.js';
+import { normalisedNoiseLikelihood, type LikelihoodNoise, type NoiseLikelihood } from '../noise/likelihood.js';
+import type { MaskedLossFn } from '../operators/trainSteps.js';
 import type { ValidationBatch } from '../methods/method.js';
 import type { NlfRecord } from '../noise/nlf.js';
 
@@ -44,4 +51,48 @@ export function initialLearnedSigma(valBatches: readonly ValidationBatch[]): num
   if (estimates.length === 0) return 0.5; // half the data's standard deviation: above most noise, below the signal
   estimates.sort((a, b) => a - b);
   return estimates[estimates.length >> 1];
+}
+
+export interface RunLoss {
+  /** The learned noise level's log sigma (normalised units), trained with the weights; null unless --prior learned. */
+  learnedLogSigma: tf.Variable | null;
+  /** sigma_n^2 of the prior's noise model, when a Gaussian prior is trained. */
+  noiseVariance?: (mu: tf.Tensor) => tf.Tensor;
+  /** The per-pixel loss: the Gaussian prior's NLL, or MSE / MAE. */
+  maskedLoss: MaskedLossFn;
+  /** Likelihood methods' noise model (the GMM whole, when given) and its log p(x | s). */
+  likelihoodNoise?: LikelihoodNoise;
+  noiseLikelihood?: NoiseLikelihood;
+  /** The variables trained besides the network's weights. */
+  extraVariables: () => tf.Variable[];
+}
+
+/**
+ * The run's loss from its noise model. Called after a checkpoint is restored: Adam matches its
+ * moments by position, the network's weights first, then the learned log sigma.
+ */
+export function runLoss(o: {
+  priorMode: PriorSource | null;
+  priorNoise: NoiseSpec | undefined;
+  lossKind: 'mse' | 'mae';
+  normalisation: Normalisation;
+  /** Where the learned log sigma starts (read only for --prior learned). */
+  startLogSigma: () => number;
+  variableName: string;
+  likelihood: boolean;
+  noiseModel?: GmmNoiseModel;
+}): RunLoss {
+  const learnedLogSigma = o.priorMode === 'learned' ? tf.variable(tf.scalar(o.startLogSigma()), true, o.variableName) : null;
+  const noiseVariance =
+    learnedLogSigma !== null ? learnedNoiseVariance(learnedLogSigma) : o.priorNoise !== undefined ? normalisedNoiseVariance(o.priorNoise, o.normalisation) : undefined;
+  const loss: MaskedLossFn = noiseVariance !== undefined ? gaussianPriorLoss(noiseVariance) : (prediction, target, mask) => maskedLoss(prediction, target, mask, o.lossKind);
+  const likelihoodNoise: LikelihoodNoise | undefined =
+    o.likelihood && o.priorNoise !== undefined ? { spec: o.priorNoise, ...(o.noiseModel ? { gmm: o.noiseModel } : {}) } : undefined;
+  return {
+    learnedLogSigma,
+    ...(noiseVariance ? { noiseVariance } : {}),
+    maskedLoss: loss,
+    ...(likelihoodNoise ? { likelihoodNoise, noiseLikelihood: normalisedNoiseLikelihood(likelihoodNoise, o.normalisation) } : {}),
+    extraVariables: () => (learnedLogSigma !== null ? [learnedLogSigma] : []),
+  };
 }

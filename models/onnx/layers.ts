@@ -270,7 +270,7 @@ const add: Converter = (ctx, call) => {
 };
 
 /** The first spatial axis (H in 2D, D in 3D) in channels-first layout. */
-const ROWS = 2;
+export const ROWS = 2;
 
 const padTop: Converter = (ctx, call) => {
   const rank = ctx.dims + 2;

@@ -36,7 +36,7 @@
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { GraphBuilder, IR_VERSION, OPSET, attr } from './graph.js';
 import { callsInOrder, type SymbolicTensorLike } from './layerCalls.js';
-import { orientAxes, UnsupportedLayerError } from './layers.js';
+import { converters, orientAxes, ROWS, UnsupportedLayerError, type ConvertContext } from './layers.js';
 import { encodeModel, type OnnxValueInfo } from './proto.js';
 
 /** The per-pixel error the masked loss averages over masked pixels (models/losses.ts maskedLoss). */
@@ -53,9 +53,6 @@ export interface TrainingGraph {
   /** Graph output names of their values after the step, same order. */
   stateOutputs: string[];
 }
-
-/** The first spatial axis (H in 2D, D in 3D) channels-first: laine19's causal axis. */
-const ROWS = 2;
 
 /** Slice end past the last element (ONNX clamps it). */
 const TO_END = 2n ** 62n;
@@ -199,6 +196,7 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     return g.op('Reshape', [stacked, g.int64s([...repeat(k), cin, cout])], `${name}_dw`, undefined, output);
   };
   const input = nchw(inputName, 'input_nchw');
+  const exportContext: ConvertContext = { g, dims, foldable: new Map(), sharedWeights: new Map() };
 
   for (const call of callsInOrder(outputTensor)) {
     const layer = call.outboundLayer;
@@ -216,6 +214,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     const channels = call.inputTensors.map((t) => t.shape[rank - 1] ?? 0);
     const c = layer.getConfig() as Config;
     const name = layer.name;
+    // The forward op of a weightless layer, as the exporter writes it (the cases below add its gradient).
+    const exported = (): string => converters[className](exportContext, { layer, inputs: xs, inputChannels: channels, soleReader: false });
     let y: string;
     switch (className) {
       case 'Conv2D':
@@ -306,7 +306,7 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         const x = xs[0];
         const alpha = (c['alpha'] as number | undefined) ?? 0.3;
         if (!(alpha > 0)) throw new UnsupportedLayerError(name, `leaky ReLU slope ${alpha} (the gradient reads the output's sign)`);
-        const out = (y = g.op('LeakyRelu', [x], name, { alpha: attr.float(alpha) }));
+        const out = (y = exported());
         backward.push(() => {
           const dy = grads.get(out)!;
           addGradient(x, g.op('Where', [g.op('Greater', [out, zero], `${name}_active`), dy, g.op('Mul', [dy, g.scalar(`${name}/alpha`, alpha)], `${name}_leak`)], `${name}_dx`), `${name}_dx`);
@@ -318,21 +318,21 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
       case 'BlindspotPadTop': {
         const x = xs[0];
         const rows = c['rows'] as number;
-        const out = (y = g.pad(x, rowsAt(rows), rowsAt(0), name));
+        const out = (y = exported());
         backward.push(() => addGradient(x, g.slice(grads.get(out)!, ROWS, rows, TO_END, `${name}_dx`), `${name}_dx`));
         break;
       }
       case 'BlindspotCropBottom': {
         const x = xs[0];
         const rows = c['rows'] as number;
-        const out = (y = g.slice(x, ROWS, 0, -rows, name));
+        const out = (y = exported());
         backward.push(() => addGradient(x, g.pad(grads.get(out)!, rowsAt(0), rowsAt(rows), `${name}_dx`), `${name}_dx`));
         break;
       }
       case 'BlindspotShiftDown': {
         const x = xs[0];
         const shift = c['shift'] as number;
-        const out = (y = g.shift(x, ROWS, rank, shift, name));
+        const out = (y = exported());
         backward.push(() => addGradient(x, g.slice(g.pad(grads.get(out)!, rowsAt(0), rowsAt(shift), `${name}_dpad`), ROWS, shift, TO_END, `${name}_dx`), `${name}_dx`));
         break;
       }
@@ -340,12 +340,12 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         const x = xs[0];
         const orientation = { permutation: c['permutation'] as number[], flips: c['flips'] as number[] };
         const inverse = c['inverse'] === true;
-        const out = (y = orientAxes(g, x, orientation, inverse, name));
+        const out = (y = exported());
         backward.push(() => addGradient(x, orientAxes(g, grads.get(out)!, orientation, !inverse, `${name}_dx`), `${name}_dx`));
         break;
       }
       case 'Add': {
-        const out = (y = xs.slice(1).reduce((sum, x, i) => g.op('Add', [sum, x], `${name}_${i}`), xs[0]));
+        const out = (y = exported());
         backward.push(() => xs.forEach((x) => addGradient(x, grads.get(out)!, `${name}_dx`)));
         break;
       }
