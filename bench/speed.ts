@@ -14,7 +14,7 @@
  *   npm run bench:speed -- --threads 2   # one setting
  *   npm run bench:speed -- --method noise2info   # the training rows train that method's loss and U-Net variant (a U-Net method)
  *   npm run bench:speed -- --prior learned   # ... with a Gaussian prior and a learned noise level (train --prior learned)
- *   npm run bench:speed -- --method laine19 --steps 5   # laine19's (or dbsn's) network at bench:methods' size instead of the U-Net
+ *   npm run bench:speed -- --method laine19 --steps 5   # laine19's (dbsn's, divnoising's VAE) network at bench:methods' size instead of the U-Net
  *   npm run bench:speed -- --optimizer tfjs   # tf.train.adam instead of the fused Adam (A/B)
  *   npm run bench:speed -- --profile     # also: where a training step's time goes, per kernel
  *   npm run bench:speed -- --bn-helper off  # batch norm's JS loops without their helper thread (on by default)
@@ -202,12 +202,11 @@ async function timeTraining(method: Method, prior: boolean, cfg: NetworkConfig, 
 
 /**
  * The network a method trains: for a U-Net method the reference U-Net in its variant (N2V2's blur
- * pool, no top skip) with its output channels; laine19's network at bench:methods' size ('small').
+ * pool, no top skip) with its output channels; laine19's, D-BSN's or DivNoising's VAE at bench:methods' size ('small').
  */
 function methodNetwork(method: Method, dims: 2 | 3, prior: boolean): NetworkConfig {
   const own = method.network({ dims, size: method.networkKind === 'unet' ? 'paper' : 'small', overrides: {}, batchSize: BATCH, twoChannels: prior });
-  if (own.kind === 'laine19' || own.kind === 'dbsn') return own;
-  if (own.kind !== undefined && own.kind !== 'unet') throw new Error(`--method ${method.name}: its ${own.kind} network is not measured here (a U-Net, laine19 or dbsn)`);
+  if (own.kind !== undefined && own.kind !== 'unet') return own;
   const variant = { variant: own.variant, ...(own.blurPool !== undefined ? { blurPool: own.blurPool } : {}), ...(own.outputChannels !== undefined ? { outputChannels: own.outputChannels } : {}) };
   return { ...defaultUNetConfig(dims), widths: 'level', ...variant };
 }
@@ -265,7 +264,6 @@ async function main(): Promise<void> {
   setBatchNormHelperThread(bnHelper === 'on');
   if (args.has('tiny')) [BATCH, PATCH, BATCH_3D, PATCH_3D, INFER_SHAPES] = [2, 32, 1, [8, 16, 16], { d2: [64, 64], d3: [8, 32, 32] }];
   const method = getMethod(args.get('method') ?? 'n2v');
-  if (method.networkKind === 'vae') throw new Error(`--method must train a U-Net (the reference network), laine19 or dbsn, ${method.name} trains a ${method.networkKind}`);
   const priorArg = args.get('prior') ?? 'none';
   if (priorArg !== 'none' && priorArg !== 'learned') throw new Error(`--prior must be none or learned, got ${priorArg}`);
   const prior = priorArg === 'learned';

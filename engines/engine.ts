@@ -83,14 +83,16 @@ export interface GradientEngine {
   gradients(batch: GradientBatch, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ loss: number; gradients: Float32Array[]; state: Float32Array[]; extraGradients?: Float32Array[] }>;
   /**
    * The network's output on `inputs` in training mode (batch norm on the batch's own statistics)
-   * and the state after it, with no gradient: for losses that make their target from it.
+   * and the state after it, with no gradient: for losses that make their target from it. `noise`:
+   * what its sampling layers drew (a VAE's eps; empty for most networks), for `vjp` on the same sample.
    */
-  forward(inputs: Float32Array, shape: readonly number[], weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ prediction: Float32Array; state: Float32Array[] }>;
+  forward(inputs: Float32Array, shape: readonly number[], weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ prediction: Float32Array; state: Float32Array[]; noise: Float32Array[] }>;
   /**
    * The gradient per weight of a loss computed elsewhere from the network's output on `inputs`, given
    * that loss's gradient with respect to the output (`dPrediction`, the output's shape: any number of
    * channels), and the state after the pass. Engines opened for a loss of their own may not have it.
+   * `noise`: the forward pass's draws, where the network samples (required there).
    */
-  vjp?(inputs: Float32Array, shape: readonly number[], dPrediction: Float32Array, weights: readonly Float32Array[], state: readonly Float32Array[]): Promise<{ gradients: Float32Array[]; state: Float32Array[] }>;
+  vjp?(inputs: Float32Array, shape: readonly number[], dPrediction: Float32Array, weights: readonly Float32Array[], state: readonly Float32Array[], noise?: readonly Float32Array[]): Promise<{ gradients: Float32Array[]; state: Float32Array[] }>;
   dispose(): Promise<void>;
 }

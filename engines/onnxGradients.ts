@@ -8,6 +8,7 @@ import os from 'node:os';
 import type * as Ort from 'onnxruntime-node';
 import type * as tfl from '@tensorflow/tfjs-layers';
 import { buildForwardGraph, buildTrainingGraph, buildVjpGraph, type TrainingGraph, type TrainingGraphLoss } from '../models/onnx/trainingGraph.js';
+import { VaeSample } from '../models/vae.js';
 import { EngineUnavailableError, type GradientEngine } from './engine.js';
 import { createSession, loadOnnxRuntime } from './onnxRuntime.js';
 
@@ -49,6 +50,23 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
     g.stateInputs.forEach((name, j) => (feeds[name] = new ort.Tensor('float32', state[j], stateShapes[j])));
     return feeds;
   };
+  /** A graph's noise inputs for a batch of `shape`: given (the forward pass's, for its backward pass), or drawn by their layers now. */
+  const noiseFeeds = (g: TrainingGraph, feeds: Record<string, Ort.Tensor>, shape: readonly number[], given?: readonly Float32Array[]): Float32Array[] => {
+    if (given !== undefined && given.length !== g.noiseInputs.length) throw new Error(`onnx gradients: ${given.length} noise arrays given, the network draws ${g.noiseInputs.length}`);
+    return g.noiseInputs.map((n, k) => {
+      const dims = [shape[0], ...shape.slice(1, -1).map((d) => d / n.divisor), n.channels];
+      let data = given?.[k];
+      if (data === undefined) {
+        const layer = model.getLayer(n.layer);
+        if (!(layer instanceof VaeSample)) throw new Error(`onnx gradients: ${n.layer} takes noise but is not a sampling layer`);
+        const eps = layer.nextNoise(dims);
+        data = eps.dataSync() as Float32Array;
+        eps.dispose();
+      }
+      feeds[n.name] = new ort.Tensor('float32', data, dims);
+      return data;
+    });
+  };
   const fetches = [...(opts.loss === 'outside' ? [] : ['loss']), ...graph.gradientOutputs, ...graph.stateOutputs];
   const results = (out: Ort.InferenceSession.ReturnType) => ({
     gradients: graph.gradientOutputs.map((name) => out[name].data as Float32Array),
@@ -63,12 +81,15 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
       feeds['input'] = new ort.Tensor('float32', batch.inputs, dims);
       feeds['target'] = new ort.Tensor('float32', batch.targets, dims);
       feeds['mask'] = new ort.Tensor('float32', batch.masks, dims);
+      noiseFeeds(graph, feeds, dims);
       const out = await session.run(feeds, fetches);
       return { loss: (out['loss'].data as Float32Array)[0], ...results(out) };
     },
-    async vjp(inputs, shape, dPrediction, weights, state) {
+    async vjp(inputs, shape, dPrediction, weights, state, noise) {
       if (opts.loss !== 'outside') throw new Error('onnx gradients: this engine computes a masked loss; open it with loss "outside" for vjp');
+      if (graph.noiseInputs.length > 0 && noise === undefined) throw new Error('onnx gradients: a sampling network\'s backward pass needs the forward pass\'s noise');
       const feeds = weightFeeds(graph, weights, state);
+      noiseFeeds(graph, feeds, shape, noise);
       feeds['input'] = new ort.Tensor('float32', inputs, [...shape]);
       feeds['dprediction'] = new ort.Tensor('float32', dPrediction, [...shape.slice(0, -1), dPrediction.length / shape.slice(0, -1).reduce((a, b) => a * b, 1)]);
       return results(await session.run(feeds, fetches));
@@ -80,8 +101,9 @@ export async function openOnnxGradientEngine(model: tfl.LayersModel, opts: OnnxG
       }
       const feeds = weightFeeds(forward.graph, weights, state);
       feeds['input'] = new ort.Tensor('float32', inputs, [...shape]);
+      const noise = noiseFeeds(forward.graph, feeds, shape);
       const out = await forward.session.run(feeds, ['prediction', ...forward.graph.stateOutputs]);
-      return { prediction: out['prediction'].data as Float32Array, state: forward.graph.stateOutputs.map((name) => out[name].data as Float32Array) };
+      return { prediction: out['prediction'].data as Float32Array, state: forward.graph.stateOutputs.map((name) => out[name].data as Float32Array), noise };
     },
     async dispose() {
       await session.release();

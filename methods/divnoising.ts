@@ -19,7 +19,7 @@ import { splitLatent, vaeDecoder, vaeEncoder } from '../models/vae.js';
 import type { NoiseLikelihood } from '../noise/likelihood.js';
 import { manifestNoiseLikelihood, requireNoiseModel } from './likelihood.js';
 import type { Method, SamplingOptions } from './method.js';
-import { vaeNetwork, wholePatch } from './shared.js';
+import { outputLossTraining, vaeNetwork, wholePatch } from './shared.js';
 
 /** The ELBO per pixel (negated) over the pixels of `mask`: the model's output is [s, kl] (models/vae.ts). */
 export function divnoisingLoss(likelihood: NoiseLikelihood, output: tf.Tensor, observed: tf.Tensor, mask: tf.Tensor): tf.Scalar {
@@ -115,7 +115,7 @@ export const divnoising: Method = {
   training(context) {
     const likelihood = context.noiseLikelihood;
     if (!likelihood) throw new Error('divnoising trains with a noise likelihood; the trainer gave none');
-    return { batchLoss: (apply, inputs, targets, masks) => divnoisingLoss(likelihood, apply(inputs), targets, masks) };
+    return outputLossTraining((output, targets, masks) => divnoisingLoss(likelihood, output, targets, masks));
   },
   denoiser(model, manifest, output, sampling = FALLBACK_SAMPLING) {
     if (output === 'prior-mean') throw new UsageError('--prior-mean does not apply to divnoising (it has no per-pixel prior); the MMSE is the default output');

@@ -37,7 +37,7 @@ export function defaultVaeConfig(dims: 2 | 3): VaeConfig {
 }
 
 /** log variance clamp: keeps exp finite early in training. */
-const LOG_VARIANCE_LIMIT = 12;
+export const LOG_VARIANCE_LIMIT = 12;
 
 /**
  * Added to the 'latent' layer's log-variance channels: a fresh encoder starts with a narrow posterior
@@ -45,7 +45,7 @@ const LOG_VARIANCE_LIMIT = 12;
  * eps drowns the code and the decoder settles on the mean image at once (posterior collapse: measured
  * here, the loss never left the constant prediction's value in 150 steps).
  */
-const LOG_VARIANCE_OFFSET = -6;
+export const LOG_VARIANCE_OFFSET = -6;
 
 /** [mu | logvar] (2C channels) -> z: a sample while training, mu at inference. */
 export class VaeSample extends tfl.layers.Layer {
@@ -69,10 +69,17 @@ export class VaeSample extends tfl.layers.Layer {
     return tf.tidy(() => {
       const [mu, logVariance] = splitLatent(singleTensor(inputs));
       if (kwargs.training !== true) return mu;
-      // A new seed per call: reproducible training, a different eps every step.
-      const eps = tf.randomNormal(mu.shape, 0, 1, 'float32', this.seed + this.calls++);
-      return tf.add(mu, tf.mul(tf.exp(tf.mul(logVariance, 0.5)), eps));
+      return tf.add(mu, tf.mul(tf.exp(tf.mul(logVariance, 0.5)), this.nextNoise(mu.shape)));
     });
+  }
+
+  /**
+   * The eps of the next training-mode call, of `shape` (mu's): a new seed per call, so training is
+   * reproducible with a different eps every step. A gradient engine that computes the training pass
+   * itself draws it here, so that both engines sample the same sequence.
+   */
+  nextNoise(shape: readonly number[]): tf.Tensor {
+    return tf.randomNormal([...shape], 0, 1, 'float32', this.seed + this.calls++);
   }
 
   override getConfig(): tf.serialization.ConfigDict {

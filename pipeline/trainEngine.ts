@@ -126,7 +126,7 @@ function withOutputLoss(engine: GradientEngine, loss: MaskedLossFn, extraVariabl
       const [lossValue, dPrediction, ...extraGradients] = (await Promise.all([value, grads[prediction.name], ...extras.map((v) => grads[v.name])].map((t) => t.data()))) as Float32Array[];
       tf.dispose([prediction, targets, masks, value, ...Object.values(grads)]);
       // The backward pass repeats the forward one on the same batch: the state is the forward pass's.
-      const backward = await vjp(batch.inputs, batch.shape, dPrediction, weights, state);
+      const backward = await vjp(batch.inputs, batch.shape, dPrediction, weights, state, forward.noise);
       return { loss: lossValue[0], gradients: backward.gradients, state: forward.state, extraGradients };
     },
   };

@@ -22,6 +22,8 @@ import { neighbor2neighbor } from '../methods/neighbor2neighbor.js';
 import { noise2info } from '../methods/noise2info.js';
 import { n2v } from '../methods/n2v.js';
 import { pn2v } from '../methods/pn2v.js';
+import { divnoising } from '../methods/divnoising.js';
+import { buildVae } from '../models/vae.js';
 import { gaussianPriorLoss, learnedNoiseVariance } from '../models/bayes.js';
 import { normalisedNoiseLikelihood } from '../noise/likelihood.js';
 import type { PatchPreparation, TrainingContext } from '../methods/method.js';
@@ -212,36 +214,56 @@ describe('the ONNX training graph', () => {
       }),
       method: pn2v,
     },
+    {
+      what: "DivNoising's ELBO: its VAE's sampled latent code (the layer's eps fed to the graph), the KL, the noise model's likelihood",
+      outputChannels: 2,
+      network: 'vae',
+      context: (): { context: TrainingContext; extras: tf.Variable[] } => ({
+        context: { seed: 1, grid: 4, maskedLoss: (p, t, m) => maskedLoss(p, t, m, 'mse'), noiseLikelihood: normalisedNoiseLikelihood({ spec: { kind: 'gaussian', sigma: 15 } }, { mode: 'meanstd', offset: 0, scale: 30 }) },
+        extras: [],
+      }),
+      method: divnoising,
+    },
   ];
   for (const { what, outputChannels, context, method, ...rest } of outputLosses) {
     const network = 'network' in rest ? rest.network : 'unet';
     for (const { dims, batchNorm } of [{ dims: 2, batchNorm: network === 'unet' }, { dims: 3, batchNorm: false }] as const) {
       it(`gives tfjs' gradients of ${what} (${dims}D${batchNorm ? ', batch norm, moving statistics moved once' : ''})`, async () => {
-        const model =
-          network === 'laine19' ? buildLaine19({ dims, depth: dims === 2 ? 2 : 1, filters: 4, outputChannels }, 13)
-          : network === 'dbsn' ? buildDbsn({ dims, filters: 4, blocks: 2, outputChannels }, 13)
-          : buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch', outputChannels }, 13);
+        const build = (): tfl.LayersModel => {
+          const built =
+            network === 'laine19' ? buildLaine19({ dims, depth: dims === 2 ? 2 : 1, filters: 4, outputChannels }, 13)
+            : network === 'dbsn' ? buildDbsn({ dims, filters: 4, blocks: 2, outputChannels }, 13)
+            : network === 'vae' ? buildVae({ dims, depth: 1, filters: 4, latentChannels: 2 }, 13)
+            : buildUNet({ dims, depth: 1, filters: 4, kernelSize: 3, batchNorm, variant: 'n2v', init: 'torch', outputChannels }, 13);
+          // D-BSN's residual blocks start as the identity (zero pointwise kernels), which would leave its
+          // dilated convolutions without gradient: give those kernels values.
+          if (network === 'dbsn') {
+            built.trainableWeights.filter((w) => /pointwise/.test(w.name) && w.shape.length > 1).forEach((w, i) => w.write(tf.randomNormal(w.shape as number[], 0, 0.2, 'float32', 31 + i)));
+          }
+          // The VAE's first log variance channel near its upper clip, so that the clip bites at some positions only.
+          if (network === 'vae') built.getLayer('latent').setWeights([built.getLayer('latent').getWeights()[0], tf.tensor1d([0, 0, 18, 0])]);
+          return built;
+        };
+        const model = build();
+        // The VAE draws a new eps per training-mode call: the tfjs reference runs a twin, whose first draw is the engine's.
+        const twin = network === 'vae' ? build() : model;
         const batch = realisticBatch(dims === 2 ? 4 : 2, dims === 2 ? [32, 32] : [4, 16, 16], 14);
-        // laine19 and D-BSN score every pixel (their blind spot is in the network).
+        // laine19, D-BSN and the VAE score every pixel (the first two have their blind spot in the network).
         if (network !== 'unet') batch.masks.fill(1);
-        // D-BSN's residual blocks start as the identity (zero pointwise kernels), which would leave its
-        // dilated convolutions without gradient: give those kernels values.
-        if (network === 'dbsn') {
-          model.trainableWeights.filter((w) => /pointwise/.test(w.name) && w.shape.length > 1).forEach((w, i) => w.write(tf.randomNormal(w.shape as number[], 0, 0.2, 'float32', 31 + i)));
-        }
         const { context: ctx, extras } = context();
         const methodRun = method.training(ctx);
         expect(methodRun.outputLoss).toBeDefined();
-        const chosen = await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: outputChannels === 2 ? 'prior' : 'mse', threads: 1, extraVariables: () => extras });
+        const chosen = await openTrainEngine({ engine: 'onnx', model, methodName: method.name, methodRun, loss: outputChannels === 2 && network !== 'vae' ? 'prior' : 'mse', threads: 1, extraVariables: () => extras });
         expect(chosen.describe).toMatch(/the loss on the output on tfjs/);
         const variables = model.trainableWeights.map((w) => w.read() as tf.Variable);
         const stateBefore = model.nonTrainableWeights.map((w) => w.read().dataSync() as Float32Array);
         const ours = await chosen.engine!.gradients(batch, variables.map((v) => v.dataSync() as Float32Array), stateBefore);
         await chosen.engine!.dispose();
-        const apply = (x: tf.Tensor): tf.Tensor => model.apply(x, { training: true }) as tf.Tensor;
-        const reference = tf.variableGrads(() => methodRun.batchLoss(apply, tf.tensor(batch.inputs, batch.shape), tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape)), [...variables, ...extras]);
+        const apply = (x: tf.Tensor): tf.Tensor => twin.apply(x, { training: true }) as tf.Tensor;
+        const twinVariables = twin.trainableWeights.map((w) => w.read() as tf.Variable);
+        const reference = tf.variableGrads(() => methodRun.batchLoss(apply, tf.tensor(batch.inputs, batch.shape), tf.tensor(batch.targets, batch.shape), tf.tensor(batch.masks, batch.shape)), [...twinVariables, ...extras]);
         expect(Math.abs(ours.loss - reference.value.dataSync()[0])).toBeLessThan(1e-5 * Math.abs(ours.loss));
-        variables.forEach((v, i) => expect(relativeError(reference.grads[v.name].dataSync(), ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5));
+        twinVariables.forEach((v, i) => expect(relativeError(reference.grads[v.name].dataSync(), ours.gradients[i]), model.trainableWeights[i].name).toBeLessThan(1e-5));
         expect(ours.extraGradients?.length ?? 0).toBe(extras.length);
         extras.forEach((v, k) => {
           const expected = reference.grads[v.name].dataSync()[0];
@@ -252,9 +274,22 @@ describe('the ONNX training graph', () => {
         model.nonTrainableWeights.forEach((w, j) => expect(relativeError(w.read().dataSync(), ours.state[j]), w.name).toBeLessThan(1e-5));
         tf.dispose([reference.value, ...Object.values(reference.grads), ...extras]);
         model.dispose();
+        if (twin !== model) twin.dispose();
       });
     }
   }
+
+  it("keeps a loss of a method's own on tfjs under auto, and refuses it under onnx, saying why", async () => {
+    const model = buildUNet({ dims: 2, depth: 1, filters: 4, kernelSize: 3, batchNorm: false, variant: 'n2v', init: 'torch' }, 13);
+    // Neither a masked loss nor a loss on the output: only tfjs can differentiate it.
+    const methodRun = { batchLoss: (apply: (x: tf.Tensor) => tf.Tensor, inputs: tf.Tensor) => tf.mean(tf.square(apply(inputs))) as tf.Scalar };
+    const request = { model, methodName: 'own', methodRun, loss: 'mse' as const, threads: 1 };
+    const auto = await openTrainEngine({ ...request, engine: 'auto' });
+    expect(auto.engine).toBeUndefined();
+    expect(auto.describe).toMatch(/^gradients on tfjs \(cpu\): own's loss is its own/);
+    await expect(openTrainEngine({ ...request, engine: 'onnx' })).rejects.toThrow(/--train-engine onnx cannot train this run: own's loss is its own.*use --train-engine tfjs/);
+    model.dispose();
+  });
 
   it('refuses a layer it has no gradient for, naming it', async () => {
     const input = tfl.input({ shape: [null, null, 1] });

@@ -30,6 +30,8 @@
  *   mask; the dilated one has Conv's dilations, and the filter gradient's taps are that far apart.
  * - laine19's PadTop, CropBottom, ShiftDown and Orient: their adjoints (a crop, a pad, the opposite
  *   shift, the opposite rotation). A convolution called by several branches sums its gradient parts.
+ * - DivNoising's latent sample and KL (models/onnx/latentGradients.ts); the sample's eps is a graph
+ *   input (`noise_<k>`, TrainingGraph.noiseInputs), drawn by the layer itself.
  * Anything else (dilations, strides, other activations) is an UnsupportedLayerError naming
  * the layer: the trainer then says which engine to use instead.
  */
@@ -37,6 +39,7 @@ import type * as tfl from '@tensorflow/tfjs-layers';
 import { GraphBuilder, IR_VERSION, OPSET, attr } from './graph.js';
 import { callsInOrder, type SymbolicTensorLike } from './layerCalls.js';
 import { converters, orientAxes, ROWS, UnsupportedLayerError, type ConvertContext } from './layers.js';
+import { latentKl, latentSample, splitLatentChannels, SPATIAL_DIVISOR, type LatentHalves, type NoiseInput } from './latentGradients.js';
 import { encodeModel, type OnnxValueInfo } from './proto.js';
 
 /** The per-pixel error the masked loss averages over masked pixels (models/losses.ts maskedLoss). */
@@ -52,6 +55,8 @@ export interface TrainingGraph {
   stateInputs: string[];
   /** Graph output names of their values after the step, same order. */
   stateOutputs: string[];
+  /** Random draws the graph takes as inputs (a VAE's eps), in layer-call order. */
+  noiseInputs: NoiseInput[];
 }
 
 /** Slice end past the last element (ONNX clamps it). */
@@ -196,6 +201,14 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     return g.op('Reshape', [stacked, g.int64s([...repeat(k), cin, cout])], `${name}_dw`, undefined, output);
   };
   const input = nchw(inputName, 'input_nchw');
+  const divisors = new Map<string, number>([[input, 1]]);
+  const noiseInputs: NoiseInput[] = [];
+  const latents = new Map<string, LatentHalves>();
+  const latentHalves = (x: string, channels: number, name: string): LatentHalves => {
+    const known = latents.get(x) ?? splitLatentChannels(g, x, channels, name);
+    latents.set(x, known);
+    return known;
+  };
   const exportContext: ConvertContext = { g, dims, foldable: new Map(), sharedWeights: new Map() };
 
   for (const call of callsInOrder(outputTensor)) {
@@ -403,9 +416,27 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
         });
         break;
       }
+      case 'BlindspotVaeSample': {
+        const x = xs[0];
+        const halves = latentHalves(x, channels[0], `${name}_latent`);
+        const noise = g.reserve(`noise_${noiseInputs.length}`);
+        noiseInputs.push({ name: noise, layer: name, channels: halves.channels, divisor: divisors.get(x) ?? 1 });
+        const sample = latentSample(g, halves, nchw(noise, `${noise}_nchw`), name);
+        const out = (y = sample.z);
+        backward.push(() => addGradient(x, sample.backward(grads.get(out)!), `${name}_dx`));
+        break;
+      }
+      case 'BlindspotVaeKl': {
+        const x = xs[0];
+        const kl = latentKl(g, latentHalves(x, channels[0], `${name}_latent`), c['spread'] as number, name);
+        const out = (y = kl.kl);
+        backward.push(() => addGradient(x, kl.backward(grads.get(out)!), `${name}_dx`));
+        break;
+      }
       default:
         throw new UnsupportedLayerError(name, `no training-graph gradient for tfjs layer class ${className}`);
     }
+    divisors.set(y, (divisors.get(xs[0]) ?? 1) * (SPATIAL_DIVISOR[className] ?? 1));
     names.set(call.outputTensors[0].id, y);
   }
 
@@ -415,7 +446,9 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     if (stateNext[j] === undefined) throw new UnsupportedLayerError(model.name, `the non-trainable weight ${model.nonTrainableWeights[j].name} is updated by no layer the graph covers`);
   });
   const batchShape = dims === 2 ? ['batch', 'y', 'x', 1] : ['batch', 'z', 'y', 'x', 1];
-  const weightAndStateInputs: OnnxValueInfo[] = [
+  // Every mode's inputs besides the batch: the noise draws, the weights, the state.
+  const sharedInputs: OnnxValueInfo[] = [
+    ...noiseInputs.map((n, k) => ({ name: n.name, shape: [batchShape[0], ...batchShape.slice(1, -1).map((d) => `${d}_latent${k}`), n.channels] })),
     ...trainable.map((v, i) => ({ name: weightInputs[i], shape: v.shape })),
     ...state.map((v, j) => ({ name: stateInputs[j], shape: v.shape })),
   ];
@@ -426,8 +459,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   const outputShape = [...batchShape.slice(0, -1), outputChannels];
   if (mode.kind === 'forward') {
     g.op('Transpose', [prediction], 'prediction_nhwc', { perm: attr.ints([0, ...spatialAxes, 1]) }, predictionName);
-    const bytes = encode([{ name: inputName, shape: batchShape }, ...weightAndStateInputs], [{ name: predictionName, shape: outputShape }, ...stateValues], 'the forward pass in training mode');
-    return { bytes, weightInputs, gradientOutputs: [], stateInputs, stateOutputs };
+    const bytes = encode([{ name: inputName, shape: batchShape }, ...sharedInputs], [{ name: predictionName, shape: outputShape }, ...stateValues], 'the forward pass in training mode');
+    return { bytes, weightInputs, gradientOutputs: [], stateInputs, stateOutputs, noiseInputs };
   }
   const gradientValues = trainable.map((v, i) => ({ name: gradientOutputs[i], shape: v.shape }));
   const backwardFrom = (dPrediction: string): void => {
@@ -441,8 +474,8 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
   };
   if (mode.kind === 'vjp') {
     backwardFrom(nchw(dPredictionName, 'dprediction_nchw'));
-    const bytes = encode([{ name: inputName, shape: batchShape }, { name: dPredictionName, shape: outputShape }, ...weightAndStateInputs], [...gradientValues, ...stateValues], 'the gradients of a loss on the output, given its gradient');
-    return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs };
+    const bytes = encode([{ name: inputName, shape: batchShape }, { name: dPredictionName, shape: outputShape }, ...sharedInputs], [...gradientValues, ...stateValues], 'the gradients of a loss on the output, given its gradient');
+    return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs, noiseInputs };
   }
   const loss = mode.loss;
   // loss = sum(mask * e(p - t)) / max(sum(mask), 1); e = square or abs (models/losses.ts maskedLoss).
@@ -457,9 +490,9 @@ function buildGraph(model: tfl.LayersModel, mode: { kind: 'gradients'; loss: Tra
     loss === 'mse' ? g.op('Mul', [maskedDiff, g.scalar('two', 2)], 'dloss_square') : g.op('Mul', [g.op('Sign', [diff], 'diff_sign'), mask], 'dloss_abs');
   backwardFrom(g.op('Div', [dPrediction, count], 'dprediction_masked'));
   const bytes = encode(
-    [{ name: inputName, shape: batchShape }, { name: targetName, shape: batchShape }, { name: maskName, shape: batchShape }, ...weightAndStateInputs],
+    [{ name: inputName, shape: batchShape }, { name: targetName, shape: batchShape }, { name: maskName, shape: batchShape }, ...sharedInputs],
     [{ name: lossName, shape: [] }, ...gradientValues, ...stateValues],
     `masked ${loss} loss and its gradients`,
   );
-  return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs };
+  return { bytes, weightInputs, gradientOutputs, stateInputs, stateOutputs, noiseInputs };
 }
