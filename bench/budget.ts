@@ -4,8 +4,11 @@
  * at sigma 25 (full sets by default), PSNR and SSIM, several training seeds for the networks.
  *
  *   npm run bench:budget -- --minutes 60 [--seeds 1,2,3] [--methods n2v,noise2self,...] [--limit 68]
- *     [--set12-limit 12] [--teacher laine19] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
- *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F] [--train-engine tfjs|onnx]   (the methods' rows; the student keeps distill's recipe)
+ *     [--set12-limit 12] [--teacher laine19] [--no-methods] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
+ *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F] [--train-engine tfjs|onnx]
+ * The learning rate and schedule are the methods' and the distillation's (teacher and student)
+ * alike; the mask fraction and the gradient engine the methods' only (the distillation trains on
+ * train's 'auto' engine). --no-methods: the distilled row alone (with --no-distill: the methods alone).
  *
  * It composes the two benchmarks that already train and score this way rather than a third copy:
  * bench:methods --minutes M --no-3d once per seed (the classical row with the first seed only: it
@@ -45,6 +48,9 @@ interface MethodsResult {
   threads: number;
 }
 interface DistillResult {
+  noisy: { bsd68: Score; set12: Score };
+  backend: string;
+  threads: number;
   seeds: Array<{ seed: number; teacher?: { bsd68: Score; set12: Score; stepsDone: number; network: string }; student?: { bsd68: Score; set12: Score; stepsDone: number; network: string; megapixelsPerSecond: number }; error?: string }>;
 }
 
@@ -87,7 +93,11 @@ async function main(): Promise<void> {
   const t0 = performance.now();
 
   const perSeed = new Map<number, MethodsResult>();
-  for (const [i, seed] of seeds.entries()) {
+  const recipe = [
+    ...(args.has('learning-rate') ? ['--learning-rate', String(args.get('learning-rate'))] : []),
+    ...(args.has('lr-schedule') ? ['--lr-schedule', String(args.get('lr-schedule'))] : []),
+  ];
+  for (const [i, seed] of (args.get('no-methods') === 'true' ? [] : seeds).entries()) {
     const stem = `${name}-methods-seed${seed}`;
     const code = await run('methods.js', [
       '--no-3d',
@@ -100,9 +110,7 @@ async function main(): Promise<void> {
       `--classical=${i === 0 && args.get('no-classical') !== 'true' ? 'nlm' : ''}`,
       '--results-name', stem,
       ...passed,
-      // The methods' learning rate and schedule (the distillation keeps its own recipe).
-      ...(args.has('learning-rate') ? ['--learning-rate', String(args.get('learning-rate'))] : []),
-      ...(args.has('lr-schedule') ? ['--lr-schedule', String(args.get('lr-schedule'))] : []),
+      ...recipe,
       ...(args.has('mask-fraction') ? ['--mask-fraction', String(args.get('mask-fraction'))] : []),
       ...(args.has('train-engine') ? ['--train-engine', String(args.get('train-engine'))] : []),
     ]);
@@ -113,7 +121,7 @@ async function main(): Promise<void> {
   let distill: DistillResult | null = null;
   if (args.get('no-distill') !== 'true') {
     const stem = `${name}-distill`;
-    const code = await run('distill.js', ['--minutes', String(minutes), '--seeds', seeds.join(','), '--teacher', args.get('teacher') ?? 'laine19', ...sets, '--results-name', stem, ...passed]);
+    const code = await run('distill.js', ['--minutes', String(minutes), '--seeds', seeds.join(','), '--teacher', args.get('teacher') ?? 'laine19', ...sets, '--results-name', stem, ...passed, ...recipe]);
     distill = await readLatest<DistillResult>(stem);
     if (code !== 0) log(`bench:distill exited with ${code}`);
   }
@@ -139,11 +147,11 @@ async function main(): Promise<void> {
     seeds,
     quick,
     sets: { bsd68Images: Number(sets[1]), set12Images: Number(sets[3]) },
-    backend: first?.backend,
-    threads: first?.threads,
+    backend: first?.backend ?? distill?.backend,
+    threads: first?.threads ?? distill?.threads,
     recipe: { learningRate: args.get('learning-rate') ?? '4e-4 (default)', learningRateSchedule: args.get('lr-schedule') ?? 'plateau (default)', ...(args.has('mask-fraction') ? { maskFraction: String(args.get('mask-fraction')) } : {}), trainEngine: args.get('train-engine') ?? 'auto' },
     load: { start: loadStart, end: os.loadavg().map((l) => +l.toFixed(2)) },
-    noisy: first?.noisy,
+    noisy: first?.noisy ?? distill?.noisy,
     rows: [...rows.values()],
     classical: { nlm, nlmPlain },
     wallSeconds: +((performance.now() - t0) / 1000).toFixed(1),

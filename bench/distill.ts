@@ -8,7 +8,7 @@
  *   npm run bench:distill -- [--teacher laine19|dbsn] [--steps 120] [--student-steps N] [--batch-size 4]
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--distill-limit 40] [--prior learned|nlf|gaussian:25]
  *     [--seeds 1,2,3] [--quick] [--backend auto] [--threads N] [--results-name distill]
- *     [--minutes M] [--student-minutes M]
+ *     [--minutes M] [--student-minutes M] [--learning-rate F] [--lr-schedule plateau|constant|cosine]
  *
  * --steps: the teacher's steps (bench:methods' default 120 at batch 4); --student-steps: the
  * student's (default: the same). --distill-limit: Train400 images the teacher denoises for the
@@ -17,7 +17,8 @@
  * test images, 20 training images, 4 distillation images).
  * --minutes / --student-minutes: wall-clock training budgets (train --time-budget) instead of step
  * counts (--steps then only caps them); the student's budget defaults to the teacher's. bench:budget
- * uses them for its distilled row.
+ * uses them for its distilled row. --learning-rate / --lr-schedule: the recipe of teacher and student
+ * alike (unset: train's defaults), so that bench:budget's student row shares its methods' recipe.
  * Writes bench/results/<name>-<time>.json, <name>-latest.json and <name>.md.
  */
 import { promises as fs } from 'node:fs';
@@ -33,7 +34,7 @@ import { loadModelFolder } from '../models/io.js';
 import { describeNetwork } from '../models/network.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { distillModel } from '../pipeline/distill.js';
-import { trainModel, type NamedVolume } from '../pipeline/train.js';
+import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
 import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
@@ -100,6 +101,10 @@ async function main(): Promise<void> {
   // A wall-clock budget leaves the step count open unless --steps / --student-steps cap it.
   const steps = args.has('steps') ? Number(args.get('steps')) : minutes !== undefined ? undefined : quick ? 4 : 120;
   const studentSteps = args.has('student-steps') ? Number(args.get('student-steps')) : studentMinutes !== undefined ? undefined : steps;
+  const learningRate = args.has('learning-rate') ? Number(args.get('learning-rate')) : undefined;
+  if (learningRate !== undefined && !(learningRate > 0)) throw new Error(`--learning-rate must be positive, got ${args.get('learning-rate')}`);
+  const learningRateSchedule = args.get('lr-schedule') as TrainOptions['learningRateSchedule'];
+  const recipe = { ...(learningRate !== undefined ? { learningRate } : {}), ...(learningRateSchedule !== undefined ? { learningRateSchedule } : {}) };
   const every = (n: number | undefined): number | undefined => (n === undefined ? undefined : Math.max(1, Math.floor(n / 2)));
   const batchSize = Number(args.get('batch-size') ?? 4);
   const limit = Number(args.get('limit') ?? (quick ? 2 : 6));
@@ -117,7 +122,7 @@ async function main(): Promise<void> {
   const { trainDir, bsdDir, set12Dir } = await benchmarkDataDirs('bench:distill');
   const backend = await initBackend({ backend: (args.get('backend') ?? 'auto') as BackendChoice, threads });
   const loadAtStart = loadNow();
-  log(`backend ${backend.name}, ${backend.threads} thread(s); teacher ${teacherMethod} ${minutes ?? '-'} min / ${steps ?? '-'} steps, student ${studentMinutes ?? '-'} min / ${studentSteps ?? '-'} steps, batch ${batchSize}; seeds ${seeds.join(',')}; load ${loadAtStart.join(' ')}`);
+  log(`backend ${backend.name}, ${backend.threads} thread(s); teacher ${teacherMethod} ${minutes ?? '-'} min / ${steps ?? '-'} steps, student ${studentMinutes ?? '-'} min / ${studentSteps ?? '-'} steps, batch ${batchSize}, learning rate ${learningRate ?? 'default'} (${learningRateSchedule ?? 'default'} schedule); seeds ${seeds.join(',')}; load ${loadAtStart.join(' ')}`);
   const t0 = performance.now();
 
   // The data of bench:methods: Train400 with the same seeded noise draw, the same test sets and draws.
@@ -147,6 +152,7 @@ async function main(): Promise<void> {
         batchSize,
         patchShape: [64, 64],
         seed,
+        ...recipe,
         backend,
         validateEvery: every(steps),
         valPatches: 16,
@@ -169,6 +175,7 @@ async function main(): Promise<void> {
         batchSize,
         patchShape: [64, 64],
         seed,
+        ...recipe,
         backend,
         validateEvery: every(studentSteps),
         valPatches: 16,
@@ -193,7 +200,7 @@ async function main(): Promise<void> {
   }
 
   const loadAtEnd = loadNow();
-  const budget = { teacher: teacherMethod, prior: priorArg, teacherSteps: steps, studentSteps, teacherMinutes: minutes, studentMinutes, batchSize, patch: [64, 64], trainImages: noisyTrain.length, distillImages: Math.min(distillLimit, noisyTrain.length), bsd68Images: sets.bsd68.length, set12Images: sets.set12.length, seeds, quick };
+  const budget = { teacher: teacherMethod, prior: priorArg, teacherSteps: steps, studentSteps, teacherMinutes: minutes, studentMinutes, batchSize, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', patch: [64, 64], trainImages: noisyTrain.length, distillImages: Math.min(distillLimit, noisyTrain.length), bsd68Images: sets.bsd68.length, set12Images: sets.set12.length, seeds, quick };
   const result = { backend: backend.name, threads: backend.threads, budget, load: { start: loadAtStart, end: loadAtEnd }, noisy, seeds: rows, wallSeconds: +((performance.now() - t0) / 1000).toFixed(1) };
   const file = await writeResult(resultsName, result);
   const markdown = distillMarkdown(result, path.relative(PACKAGE_ROOT, file));
@@ -222,7 +229,7 @@ function distillMarkdown(
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores, ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; load average (1/5/15 min) ${result.load.start.join(' ')} at the start, ${result.load.end.join(' ')} at the end (shared with other jobs)  `,
     `Backend: ${result.backend}, ${result.threads} thread(s)  `,
-    `Budget${b.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: teacher ${b.teacher} ${budgetText(b.teacherMinutes, b.teacherSteps)}, student U-Net ${budgetText(b.studentMinutes, b.studentSteps)}, batch ${b.batchSize}, 64x64 patches; ` +
+    `Budget${b.quick ? ' (--quick: a smoke run of the harness, not a result)' : ''}: teacher ${b.teacher} ${budgetText(b.teacherMinutes, b.teacherSteps)}, student U-Net ${budgetText(b.studentMinutes, b.studentSteps)}, batch ${b.batchSize}, 64x64 patches, learning rate ${String(b.learningRate ?? 'default')} (${String(b.learningRateSchedule ?? 'default')} schedule); ` +
       `teacher trained on ${b.trainImages} Train400 images (sigma 25, seeded); student on the teacher's output for the first ${b.distillImages} of them; ` +
       `BSD68: first ${b.bsd68Images} images, Set12: first ${b.set12Images}. Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
     '',
