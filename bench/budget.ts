@@ -5,10 +5,12 @@
  *
  *   npm run bench:budget -- --minutes 60 [--seeds 1,2,3] [--methods n2v,noise2self,...] [--limit 68]
  *     [--set12-limit 12] [--teacher laine19] [--no-methods] [--no-distill] [--no-classical] [--quick] [--threads N] [--results-name budget-60m]
- *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F] [--train-engine tfjs|onnx]
+ *     [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--mask-fraction F] [--train-engine tfjs|onnx] [--engine auto|onnx|tfjs]
  * The learning rate and schedule are the methods' and the distillation's (teacher and student)
  * alike; the mask fraction and the gradient engine the methods' only (the distillation trains on
  * train's 'auto' engine). --no-methods: the distilled row alone (with --no-distill: the methods alone).
+ * --engine: what denoises the test sets, for both (default auto: ONNX Runtime where the model has a
+ * graph, as `blindspot denoise`; each result records the engine per row).
  *
  * It composes the two benchmarks that already train and score this way rather than a third copy:
  * bench:methods --minutes M --no-3d once per seed (the classical row with the first seed only: it
@@ -87,6 +89,7 @@ async function main(): Promise<void> {
   const passed = [
     ...(args.has('threads') ? ['--threads', String(args.get('threads'))] : []),
     ...(args.has('backend') ? ['--backend', String(args.get('backend'))] : []),
+    ...(args.has('engine') ? ['--engine', String(args.get('engine'))] : []),
     ...(quick ? ['--quick'] : []),
   ];
   const loadStart = os.loadavg().map((l) => +l.toFixed(2));

@@ -173,7 +173,7 @@ export function budgetMarkdown(result: BudgetResult, jsonFile: string, command: 
   if (best && Number.isFinite(classicalBest)) {
     lines.push(`Best self-supervised network on BSD68: ${best.name} ${meanPsnr(best).toFixed(2)} dB against calibrated NLM's ${classicalBest.toFixed(2)} dB: ${meanPsnr(best) >= classicalBest ? 'the network wins' : 'NLM wins'} at this budget.`);
   }
-  if (!nlm && !nlmPlain) lines.push('No classical row in this table (--no-classical).');
+  if (!nlm && !nlmPlain) lines.push('No classical row in this table (it comes with the methods: --no-classical or --no-methods left it out).');
   if (n2v && n2v.perSeed.some((s) => s.bsd68)) lines.push(`n2v: ${meanPsnr(n2v).toFixed(2)} dB on BSD68 (goal at 60 minutes: 27.0).`);
   lines.push('', 'n2n and care train on a second noise draw and on clean targets: paired references, not self-supervised, left out of the comparison line.', '');
   if (result.sources) {

@@ -9,6 +9,7 @@
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--distill-limit 40] [--prior learned|nlf|gaussian:25]
  *     [--seeds 1,2,3] [--quick] [--backend auto] [--threads N] [--results-name distill]
  *     [--minutes M] [--student-minutes M] [--learning-rate F] [--lr-schedule plateau|constant|cosine]
+ *     [--engine auto|onnx|tfjs]
  *
  * --steps: the teacher's steps (bench:methods' default 120 at batch 4); --student-steps: the
  * student's (default: the same). --distill-limit: Train400 images the teacher denoises for the
@@ -19,6 +20,8 @@
  * counts (--steps then only caps them); the student's budget defaults to the teacher's. bench:budget
  * uses them for its distilled row. --learning-rate / --lr-schedule: the recipe of teacher and student
  * alike (unset: train's defaults), so that bench:budget's student row shares its methods' recipe.
+ * --engine: what denoises the test sets (default auto, as `blindspot denoise`: ONNX Runtime where the
+ * model has a graph); teacher and student on the same one, so their Mpx/s compare.
  * Writes bench/results/<name>-<time>.json, <name>-latest.json and <name>.md.
  */
 import { promises as fs } from 'node:fs';
@@ -28,16 +31,15 @@ import { initBackend, type BackendChoice } from '../backend/select.js';
 import { Rng } from '../core/rng.js';
 import { addGaussianNoise } from '../core/synthetic.js';
 import { PACKAGE_ROOT } from '../core/version.js';
-import type { Volume } from '../core/volume.js';
 import { parseNoiseSpec, type NoiseSpec } from '../models/bayes.js';
-import { loadModelFolder } from '../models/io.js';
+import { readManifest } from '../models/io.js';
 import { describeNetwork } from '../models/network.js';
-import { denoiseVolume } from '../pipeline/denoise.js';
 import { distillModel } from '../pipeline/distill.js';
 import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
-import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import { BENCH_ENGINES, benchmarkDataDirs, denoiseTestSets, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import type { EngineChoice } from '../engines/engine.js';
 
 interface ModelResult {
   network: string;
@@ -47,6 +49,8 @@ interface ModelResult {
   set12: Score;
   /** Megapixels per second denoising the BSD68 + Set12 images (whole images, default tiling). */
   megapixelsPerSecond: number;
+  /** The engine that denoised them (--engine; auto: ONNX Runtime where the model has a graph). */
+  engine: string;
   denoiseSeconds: number;
 }
 
@@ -65,29 +69,17 @@ function loadNow(): number[] {
   return os.loadavg().map((l) => +l.toFixed(2));
 }
 
-async function evaluate(dir: string, sets: { bsd68: TestImage[]; set12: TestImage[] }): Promise<Pick<ModelResult, 'bsd68' | 'set12' | 'megapixelsPerSecond' | 'denoiseSeconds' | 'network'>> {
-  const { model, manifest } = await loadModelFolder(dir);
-  try {
-    let pixels = 0;
-    const t0 = performance.now();
-    const outputs = { bsd68: [] as Volume[], set12: [] as Volume[] };
-    for (const key of ['bsd68', 'set12'] as const) {
-      for (const img of sets[key]) {
-        outputs[key].push(await denoiseVolume(model, manifest, img.noisy));
-        pixels += img.noisy.data.length;
-      }
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    return {
-      network: describeNetwork(manifest.network),
-      bsd68: score(sets.bsd68, outputs.bsd68),
-      set12: score(sets.set12, outputs.set12),
-      megapixelsPerSecond: +(pixels / 1e6 / seconds).toFixed(4),
-      denoiseSeconds: +seconds.toFixed(1),
-    };
-  } finally {
-    model.dispose();
-  }
+async function evaluate(dir: string, sets: { bsd68: TestImage[]; set12: TestImage[] }, engine: { engine: EngineChoice; threads?: number }): Promise<Pick<ModelResult, 'bsd68' | 'set12' | 'megapixelsPerSecond' | 'denoiseSeconds' | 'network' | 'engine'>> {
+  const result = await denoiseTestSets(dir, sets, engine);
+  const seconds = result.seconds.bsd68 + result.seconds.set12;
+  return {
+    network: describeNetwork((await readManifest(dir)).network),
+    bsd68: result.scores.bsd68,
+    set12: result.scores.set12,
+    megapixelsPerSecond: +((result.pixels.bsd68 + result.pixels.set12) / 1e6 / seconds).toFixed(4),
+    denoiseSeconds: +seconds.toFixed(1),
+    engine: result.engine,
+  };
 }
 
 async function main(): Promise<void> {
@@ -105,6 +97,8 @@ async function main(): Promise<void> {
   if (learningRate !== undefined && !(learningRate > 0)) throw new Error(`--learning-rate must be positive, got ${args.get('learning-rate')}`);
   const learningRateSchedule = args.get('lr-schedule') as TrainOptions['learningRateSchedule'];
   const recipe = { ...(learningRate !== undefined ? { learningRate } : {}), ...(learningRateSchedule !== undefined ? { learningRateSchedule } : {}) };
+  const engineChoice = (args.get('engine') ?? 'auto') as EngineChoice;
+  if (!BENCH_ENGINES.includes(engineChoice)) throw new Error(`--engine must be one of ${BENCH_ENGINES.join(', ')}, got '${engineChoice}'`);
   const every = (n: number | undefined): number | undefined => (n === undefined ? undefined : Math.max(1, Math.floor(n / 2)));
   const batchSize = Number(args.get('batch-size') ?? 4);
   const limit = Number(args.get('limit') ?? (quick ? 2 : 6));
@@ -161,7 +155,7 @@ async function main(): Promise<void> {
         noiseFits: teacherMethod === 'dbsn' && prior === 'nlf',
         command: ['bench:distill', 'teacher'],
       });
-      row.teacher = { ...(await evaluate(teacherDir, sets)), trainSeconds: +teacherManifest.training.wallSeconds.toFixed(1), stepsDone: teacherManifest.training.stepsDone };
+      row.teacher = { ...(await evaluate(teacherDir, sets, { engine: engineChoice, threads })), trainSeconds: +teacherManifest.training.wallSeconds.toFixed(1), stepsDone: teacherManifest.training.stepsDone };
       log(`seed ${seed}: teacher BSD68 ${row.teacher.bsd68.psnr} dB, Set12 ${row.teacher.set12.psnr} dB, ${row.teacher.megapixelsPerSecond} Mpx/s`);
 
       const studentDir = path.join(work, 'student');
@@ -185,7 +179,7 @@ async function main(): Promise<void> {
         },
       });
       row.student = {
-        ...(await evaluate(studentDir, sets)),
+        ...(await evaluate(studentDir, sets, { engine: engineChoice, threads })),
         trainSeconds: +studentManifest.training.wallSeconds.toFixed(1),
         stepsDone: studentManifest.training.stepsDone,
         teacherPassSeconds: +teacherPassSeconds.toFixed(1),
@@ -207,6 +201,12 @@ async function main(): Promise<void> {
   await fs.writeFile(path.join(PACKAGE_ROOT, 'bench', 'results', `${resultsName}.md`), markdown);
   process.stdout.write(markdown);
   log(`written ${file} and bench/results/${resultsName}.md`);
+}
+
+/** The engines the rows denoised on ('onnx', or 'onnx (teacher), tfjs (student)' where they differ). */
+function engines(rows: readonly SeedRow[]): string {
+  const names = new Set(rows.flatMap((r) => [r.teacher?.engine, r.student?.engine]).filter((e) => e !== undefined));
+  return names.size === 0 ? '-' : [...names].join(' and ');
 }
 
 /** '30 min (at most 400 steps)', '30 min' or '400 steps'. */
@@ -233,7 +233,7 @@ function distillMarkdown(
       `teacher trained on ${b.trainImages} Train400 images (sigma 25, seeded); student on the teacher's output for the first ${b.distillImages} of them; ` +
       `BSD68: first ${b.bsd68Images} images, Set12: first ${b.set12Images}. Total wall time ${(result.wallSeconds / 60).toFixed(1)} min.`,
     '',
-    'PSNR (dB, peak 255 per image, averaged) / SSIM. Mpx/s: denoising the BSD68 + Set12 images whole, teacher then student in the same process; ' +
+    `PSNR (dB, peak 255 per image, averaged) / SSIM. Mpx/s: denoising the BSD68 + Set12 images whole, teacher then student in the same process, on ${engines(result.seeds)}; ` +
       'on a loaded machine the ratio means more than either number.',
     '',
     `| seed | teacher BSD68 | student BSD68 | teacher Set12 | student Set12 | student - teacher (BSD68 / Set12 dB) | teacher Mpx/s | student Mpx/s | speed-up | teacher train s | teacher pass s | student train s |`,

@@ -12,7 +12,7 @@
  *     [--limit 6] [--set12-limit 4] [--train-limit 400] [--volume 8x48x48] [--patch-3d 8x32x32]
  *     [--classical median,gaussian,nlm] [--prior learned|nlf|none|gaussian:25] [--struct-mask horizontal:3]
  *     [--quick] [--backend auto] [--threads N] [--no-3d | --no-2d] [--seed 1] [--results-name methods]
- *     [--samples 20] [--minutes M] [--learning-rate F] [--lr-schedule plateau|constant|cosine]
+ *     [--samples 20] [--minutes M] [--learning-rate F] [--lr-schedule plateau|constant|cosine] [--engine auto|onnx|tfjs]
  *
  * The defaults fit about 50 minutes on 2 shared cores with wasm (measured there, loaded: a U-Net
  * step of batch 4 at 64x64 1-1.5 s, laine19 (depth 3 / 16 filters) ~5 s, D-BSN (32 filters / 5
@@ -55,7 +55,8 @@ import { denoiseVolume } from '../pipeline/denoise.js';
 import { applyClassicalDenoiser, calibrateDenoiser, CLASSICAL_DENOISERS, type ClassicalDenoiser } from '../pipeline/calibrate.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
-import { benchmarkDataDirs, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import { BENCH_ENGINES, benchmarkDataDirs, denoiseTestSets, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import type { EngineChoice } from '../engines/engine.js';
 
 /** Published BSD68 sigma = 25 PSNRs (dB) the issue asks to show beside ours. */
 const ANCHORS: Record<string, number> = {
@@ -86,6 +87,8 @@ interface MethodRow {
   /** 2D validations: [step, validation loss, learning rate, seconds]: where the budget went. */
   validations2d?: Array<[number, number, number, number]>;
   inferSeconds?: number;
+  /** What denoised the 2D test sets (--engine; auto: ONNX Runtime where the model has a graph). */
+  predictEngine?: string;
   error?: string;
 }
 
@@ -142,6 +145,8 @@ async function main(): Promise<void> {
   // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
   const trainEngine = args.get('train-engine') as TrainOptions['trainEngine'];
+  const engineChoice = (args.get('engine') ?? 'auto') as EngineChoice;
+  if (!BENCH_ENGINES.includes(engineChoice)) throw new Error(`--engine must be one of ${BENCH_ENGINES.join(', ')}, got '${engineChoice}'`);
   const maskFraction = args.has('mask-fraction') ? Number(args.get('mask-fraction')) : undefined;
   if (maskFraction !== undefined && !(maskFraction > 0 && maskFraction < 1)) throw new Error(`--mask-fraction must lie in (0, 1), got ${args.get('mask-fraction')}`);
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;
@@ -244,17 +249,12 @@ async function main(): Promise<void> {
         row.validations2d = manifest.history.filter((h) => h.valLoss !== undefined).map((h) => [h.step, +h.valLoss!.toFixed(5), h.learningRate, +h.seconds.toFixed(1)]);
         row.network = describe(manifest.network as unknown as Record<string, unknown>);
         if (manifest.prior) row.prior = `${manifest.prior.source ?? 'given'} ${JSON.stringify(manifest.prior.noise)}`;
-        const { model } = await loadModelFolder(dir2d);
-        const t1 = performance.now();
-        const bsdOut: Volume[] = [];
-        for (const img of bsd68) bsdOut.push(await denoiseVolume(model, manifest, img.noisy, { sampling }));
-        row.inferSeconds = +((performance.now() - t1) / 1000).toFixed(1);
-        row.bsd68 = score(bsd68, bsdOut);
-        const set12Out: Volume[] = [];
-        for (const img of set12) set12Out.push(await denoiseVolume(model, manifest, img.noisy, { sampling }));
-        row.set12 = score(set12, set12Out);
-        model.dispose();
-        log(`${method}: BSD68 ${row.bsd68.psnr} dB / ${row.bsd68.ssim}, Set12 ${row.set12.psnr} dB; train ${row.trainSeconds2d} s, denoise BSD68 ${row.inferSeconds} s`);
+        const tested = await denoiseTestSets(dir2d, { bsd68, set12 }, { engine: engineChoice, threads }, sampling);
+        row.inferSeconds = tested.seconds.bsd68;
+        row.predictEngine = tested.engine;
+        row.bsd68 = tested.scores.bsd68;
+        row.set12 = tested.scores.set12;
+        log(`${method}: BSD68 ${tested.scores.bsd68.psnr} dB / ${tested.scores.bsd68.ssim}, Set12 ${tested.scores.set12.psnr} dB; train ${row.trainSeconds2d} s, denoise BSD68 ${row.inferSeconds} s on ${tested.engineDetail}`);
         // Saved now, so that a crash of the 3D part (a wasm abort cannot be caught) keeps the 2D results.
         await save(row);
       }
@@ -361,7 +361,7 @@ async function main(): Promise<void> {
   }
   await fs.rm(rowDir, { recursive: true, force: true });
 
-  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', trainEngine: trainEngine ?? 'auto', quick };
+  const budget = { steps2d: steps, minutes2d: minutes, steps3d, batchSize, patch2d: [64, 64], patch3d, trainImages: noisyTrain.length, bsd68Images: bsd68.length, set12Images: set12.length, volume3d: volumeShape, with2d, with3d, architecturalPrior: priorArg, structMask, seed: trainSeed, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', maskFraction: maskFraction ?? 'default', trainEngine: trainEngine ?? 'auto', predictEngine: engineChoice, quick };
   const result = {
     backend: backend.name,
     threads: backend.threads,
@@ -436,7 +436,7 @@ function methodsMarkdown(
     `Command: \`npm run bench:methods -- ${process.argv.slice(2).join(' ')}\`  `,
     `Date: ${new Date().toISOString()}; results: \`${jsonFile}\`  `,
     `Machine: ${m.cpu}, ${m.logicalCores} logical cores (${os.cpus().length} reported by os.cpus), ${m.memoryGiB} GiB, ${m.platform}, Node ${m.node}; shared with other jobs while it ran  `,
-    `Backend: ${result.backend}, ${result.threads} thread(s); gradients on ${String(b.trainEngine ?? 'tfjs')} (per row: the engine that trained it)${b.maskFraction !== undefined && b.maskFraction !== 'default' ? `; mask fraction ${String(b.maskFraction)}` : ''}  `,
+    `Backend: ${result.backend}, ${result.threads} thread(s); gradients on ${String(b.trainEngine ?? 'tfjs')} (per row: the engine that trained it); 2D test sets denoised on ${[...new Set(result.methods.filter((r) => r.bsd68).map((r) => r.predictEngine ?? 'tfjs'))].join(' and ')} (--engine ${String(b.predictEngine ?? 'tfjs')}; 3D on tfjs)${b.maskFraction !== undefined && b.maskFraction !== 'default' ? `; mask fraction ${String(b.maskFraction)}` : ''}  `,
     `Budget: ${b.with2d === false ? 'no 2D runs, ' : b.minutes2d !== undefined ? `${b.minutes2d} min of training per method (2D, wall clock, validation included${b.steps2d !== undefined ? `, at most ${b.steps2d} steps` : ''})` : `${b.steps2d} steps (2D)`}${b.with3d ? `${b.with2d === false ? '' : ' and '}${b.steps3d} steps (3D)` : ' (no 3D runs)'} at batch ${b.batchSize}, 2D patches 64x64${b.with3d ? `, 3D patches ${(b.patch3d as number[]).join('x')}` : ''}; training seed ${b.seed}; ` +
       `Train400 (${b.trainImages} images, sigma 25 as float, seeded); BSD68: first ${b.bsd68Images} images; Set12: ${b.set12Images} images; ` +
       (b.with3d ? `3D: synthetic cells ${(b.volume3d as number[]).join('x')} (ZYX), Poisson 20 photons + Gaussian read noise 2, trained on itself. ` : '') +

@@ -1,7 +1,8 @@
 /**
  * The test sets of the 2D benchmarks (bench:methods, bench:distill): BSD68 / Set12 images with
  * seeded Gaussian noise (sigma 25, as float, not clipped: the N2V paper's protocol), and their
- * scores (PSNR with peak 255 per image then averaged, SSIM, image-wide offset).
+ * scores (PSNR with peak 255 per image then averaged, SSIM, image-wide offset), and a model folder
+ * denoising them on the engine `blindspot denoise` would choose.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -10,6 +11,11 @@ import { Rng } from '../core/rng.js';
 import { psnr, ssim } from '../core/metrics.js';
 import { addGaussianNoise } from '../core/synthetic.js';
 import type { Volume } from '../core/volume.js';
+import type { EngineChoice } from '../engines/engine.js';
+import { openModelEngine } from '../engines/modelEngine.js';
+import type { SamplingOptions } from '../methods/method.js';
+import { loadModelFolder } from '../models/io.js';
+import { denoiseVolume } from '../pipeline/denoise.js';
 import { expandInputs, readImage } from '../storage/index.js';
 
 /**
@@ -76,4 +82,49 @@ export function score(images: readonly TestImage[], outputs: readonly Volume[]):
   });
   const n = images.length;
   return { psnr: +(p / n).toFixed(3), ssim: +(s / n).toFixed(4), images: n, offset: +(o / n).toFixed(2), psnrWithoutOffset: +(q / n).toFixed(3) };
+}
+
+export const BENCH_ENGINES: readonly EngineChoice[] = ['auto', 'onnx', 'tfjs'];
+
+export interface TestSetResult<K extends string> {
+  scores: Record<K, Score>;
+  /** Wall seconds per set, and the pixels it holds (for Mpx/s). */
+  seconds: Record<K, number>;
+  pixels: Record<K, number>;
+  /** The engine that denoised them: its name (onnx, tfjs) and its log line. */
+  engine: string;
+  engineDetail: string;
+}
+
+/**
+ * Denoises each set with the model folder `dir` on the engine `engine` asks for (engines/select.ts:
+ * auto is ONNX Runtime where the model has a graph for its output, as `blindspot denoise` runs it),
+ * so a benchmark's PSNR and Mpx/s are those a user gets; scores each set.
+ */
+export async function denoiseTestSets<K extends string>(
+  dir: string,
+  sets: Record<K, readonly TestImage[]>,
+  engine: { engine: EngineChoice; threads?: number },
+  sampling?: SamplingOptions,
+): Promise<TestSetResult<K>> {
+  const { model, manifest } = await loadModelFolder(dir);
+  try {
+    const runner = await openModelEngine(engine, { modelDir: dir, model, manifest, output: 'denoised', sampling });
+    try {
+      const result = { scores: {}, seconds: {}, pixels: {}, engine: runner.name, engineDetail: runner.describe() } as TestSetResult<K>;
+      for (const key of Object.keys(sets) as K[]) {
+        const t0 = performance.now();
+        const outputs: Volume[] = [];
+        for (const img of sets[key]) outputs.push(await denoiseVolume(model, manifest, img.noisy, { engine: runner, sampling }));
+        result.seconds[key] = +((performance.now() - t0) / 1000).toFixed(1);
+        result.pixels[key] = sets[key].reduce((n: number, img) => n + img.noisy.data.length, 0);
+        result.scores[key] = score(sets[key], outputs);
+      }
+      return result;
+    } finally {
+      await runner.dispose();
+    }
+  } finally {
+    model.dispose();
+  }
 }
