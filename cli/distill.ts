@@ -8,7 +8,7 @@ import { expandInputs } from '../storage/index.js';
 import { distillModel } from '../pipeline/distill.js';
 import { TrainingInterrupted, type NetworkOverrides } from '../pipeline/train.js';
 import { parseByteSize } from '../pipeline/streamDenoise.js';
-import { commonOptions, interruptController, isChunkedUrl, intOption, networkOverridesOption, numberOption, parse, setUp, trainingRunOptions, trainingSchedule } from './options.js';
+import { commonOptions, ENGINE_HELP, engineOptions, engineRequest, interruptController, isChunkedUrl, intOption, networkOverridesOption, numberOption, parse, setUp, trainingRunOptions, trainingSchedule } from './options.js';
 
 export const DISTILL_HELP = `Usage: blindspot distill <teacher-model> <inputs...> --out <student-model> [options]
 
@@ -28,6 +28,8 @@ Options:
                             prior, else its training images' noise-level fits: var = a x + b) and added with
                             itself as target, as in the paper. Image-file inputs only
   --tta                     the teacher's targets averaged over its 8 flips/rotations (a slower teacher pass)
+${ENGINE_HELP}
+                            (the teacher's pass; the student trains as 'blindspot train' does)
   --steps N --batch-size N --patch YxX|ZxYxX --seed N --learning-rate F --loss mse|mae
   --lr-schedule plateau|constant|cosine --adam-epsilon F --widths halving|level --init glorot|torch --batch-norm-epsilon F
   --depth N --filters N --kernel-size N --batch-norm/--no-batch-norm   the student U-Net's shape
@@ -58,6 +60,7 @@ export async function runDistill(args: string[]): Promise<number> {
       ...trainingRunOptions,
       clean: { type: 'string', multiple: true },
       tta: { type: 'boolean', default: false },
+      ...engineOptions,
     },
     true,
   );
@@ -75,6 +78,7 @@ export async function runDistill(args: string[]): Promise<number> {
     }
   }
   const background = numberOption('background', values.background);
+  const engine = engineRequest(values);
   const network: NetworkOverrides = networkOverridesOption(values);
   const options = trainingSchedule(values);
   const maxMemoryBytes = streaming ? parseByteSize(values['max-memory'] ?? '2GiB') : undefined;
@@ -89,6 +93,7 @@ export async function runDistill(args: string[]): Promise<number> {
       clean,
       out: values.out,
       tta: values.tta,
+      engine,
       streaming: streaming
         ? {
             maxMemoryBytes,

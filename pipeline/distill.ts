@@ -30,6 +30,8 @@ import type { S3Settings } from '../storage/s3.js';
 import { openChunkedSource } from '../storage/open.js';
 import { readImage } from '../storage/index.js';
 import { exists } from '../storage/common.js';
+import type { InferenceEngine } from '../engines/engine.js';
+import { type EngineRequest, openModelEngine } from '../engines/modelEngine.js';
 import { denoiseVolume } from './denoise.js';
 import { denoiseUrl } from './streamDenoise.js';
 import { assertOutputOutsideInputs } from '../storage/location.js';
@@ -87,6 +89,8 @@ export interface DistillOptions extends StudentTrainOptions {
   out: string;
   /** Average the teacher's 8 flips/rotations for its targets (slower teacher pass, slightly better targets). */
   tta?: boolean;
+  /** The teacher pass's inference engine and device (engines/select.ts); default auto, as `denoise`. */
+  engine?: EngineRequest;
   command?: string[];
   onEvent?: (event: DistillEvent) => void;
 }
@@ -165,7 +169,10 @@ async function teacherPairs(opts: DistillOptions, manifest: ModelManifest): Prom
   const pairs: NamedVolume[] = [];
   const given = opts.volumes ?? [];
   const names = opts.volumes ? given.map((v) => v.name) : (opts.inputs ?? []);
+  let engine: InferenceEngine | undefined;
   try {
+    engine = await openModelEngine(opts.engine ?? {}, { modelDir: opts.teacher, model, manifest, output: 'denoised' });
+    opts.onEvent?.({ type: 'note', message: `the teacher's pass on ${engine.describe()}` });
     for (const [index, input] of names.entries()) {
       // One image at a time from files: only the inputs and their targets stay in memory.
       const volume = opts.volumes ? given[index].volume : await readImage(input);
@@ -173,11 +180,12 @@ async function teacherPairs(opts: DistillOptions, manifest: ModelManifest): Prom
         throw new InputError(input, `is ${volume.shape.length}D but the teacher ${opts.teacher} was trained on ${manifest.network.dims}D data`);
       }
       const t0 = performance.now();
-      const target = await denoiseVolume(model, manifest, volume, { tta: opts.tta });
+      const target = await denoiseVolume(model, manifest, volume, { tta: opts.tta, engine });
       opts.onEvent?.({ type: 'teacher-image', input, index, count: names.length, seconds: (performance.now() - t0) / 1000 });
       pairs.push({ volume, name: input, target: { ...target, sampleType: 'float32' }, targetName: `${input} (teacher output)` });
     }
   } finally {
+    await engine?.dispose();
     model.dispose();
   }
   return pairs;
@@ -215,6 +223,7 @@ async function distillStreamed(
         ...open,
         resume,
         tta: opts.tta,
+        engine: opts.engine,
         outputType: 'float32',
         // Level 0 only: the student reads nothing else.
         pyramidLevels: 1,

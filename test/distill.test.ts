@@ -201,6 +201,8 @@ describe('distill: a U-Net student of a laine19 teacher', () => {
     expect(manifest.distillation?.cleanNoise).toEqual(teacherManifest.prior?.noise);
     // One input, one clean image: nothing to spare for validation, so both train.
     expect(notes.join()).toMatch(/too few to hold one out/);
+    // The teacher's pass runs where `denoise` would: ONNX Runtime under the default engine request.
+    expect(notes.join()).toMatch(/the teacher's pass on engine onnx/);
     expect(manifest.training.inputs).toHaveLength(2);
     expect(manifest.methodSettings?.targets).toContain(cleanFile);
   }, 60_000);
