@@ -38,7 +38,7 @@ import { distillModel } from '../pipeline/distill.js';
 import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
-import { BENCH_ENGINES, benchmarkDataDirs, denoiseTestSets, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
+import { benchEngine, benchmarkDataDirs, denoiseTestSets, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 import type { EngineChoice } from '../engines/engine.js';
 
 interface ModelResult {
@@ -97,8 +97,7 @@ async function main(): Promise<void> {
   if (learningRate !== undefined && !(learningRate > 0)) throw new Error(`--learning-rate must be positive, got ${args.get('learning-rate')}`);
   const learningRateSchedule = args.get('lr-schedule') as TrainOptions['learningRateSchedule'];
   const recipe = { ...(learningRate !== undefined ? { learningRate } : {}), ...(learningRateSchedule !== undefined ? { learningRateSchedule } : {}) };
-  const engineChoice = (args.get('engine') ?? 'auto') as EngineChoice;
-  if (!BENCH_ENGINES.includes(engineChoice)) throw new Error(`--engine must be one of ${BENCH_ENGINES.join(', ')}, got '${engineChoice}'`);
+  const engineChoice = benchEngine(args.get('engine'));
   const every = (n: number | undefined): number | undefined => (n === undefined ? undefined : Math.max(1, Math.floor(n / 2)));
   const batchSize = Number(args.get('batch-size') ?? 4);
   const limit = Number(args.get('limit') ?? (quick ? 2 : 6));
@@ -194,7 +193,7 @@ async function main(): Promise<void> {
   }
 
   const loadAtEnd = loadNow();
-  const budget = { teacher: teacherMethod, prior: priorArg, teacherSteps: steps, studentSteps, teacherMinutes: minutes, studentMinutes, batchSize, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', patch: [64, 64], trainImages: noisyTrain.length, distillImages: Math.min(distillLimit, noisyTrain.length), bsd68Images: sets.bsd68.length, set12Images: sets.set12.length, seeds, quick };
+  const budget = { teacher: teacherMethod, prior: priorArg, teacherSteps: steps, studentSteps, teacherMinutes: minutes, studentMinutes, batchSize, learningRate: learningRate ?? 'default', learningRateSchedule: learningRateSchedule ?? 'default', engine: engineChoice, patch: [64, 64], trainImages: noisyTrain.length, distillImages: Math.min(distillLimit, noisyTrain.length), bsd68Images: sets.bsd68.length, set12Images: sets.set12.length, seeds, quick };
   const result = { backend: backend.name, threads: backend.threads, budget, load: { start: loadAtStart, end: loadAtEnd }, noisy, seeds: rows, wallSeconds: +((performance.now() - t0) / 1000).toFixed(1) };
   const file = await writeResult(resultsName, result);
   const markdown = distillMarkdown(result, path.relative(PACKAGE_ROOT, file));

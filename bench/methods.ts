@@ -55,8 +55,7 @@ import { denoiseVolume } from '../pipeline/denoise.js';
 import { applyClassicalDenoiser, calibrateDenoiser, CLASSICAL_DENOISERS, type ClassicalDenoiser } from '../pipeline/calibrate.js';
 import { expandInputs, readImage } from '../storage/index.js';
 import { benchArgs, machineInfo, writeResult, runBenchmark } from './common.js';
-import { BENCH_ENGINES, benchmarkDataDirs, denoiseTestSets, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
-import type { EngineChoice } from '../engines/engine.js';
+import { benchEngine, benchmarkDataDirs, denoiseTestSets, loadTestSet, score, SIGMA, type Score, type TestImage } from './testSets.js';
 
 /** Published BSD68 sigma = 25 PSNRs (dB) the issue asks to show beside ours. */
 const ANCHORS: Record<string, number> = {
@@ -145,8 +144,7 @@ async function main(): Promise<void> {
   // Masking overrides for the stratified-masking methods (n2v, n2v2, structn2v); unset = each method's default.
   const maskRadius = args.has('mask-radius') ? Number(args.get('mask-radius')) : undefined;
   const trainEngine = args.get('train-engine') as TrainOptions['trainEngine'];
-  const engineChoice = (args.get('engine') ?? 'auto') as EngineChoice;
-  if (!BENCH_ENGINES.includes(engineChoice)) throw new Error(`--engine must be one of ${BENCH_ENGINES.join(', ')}, got '${engineChoice}'`);
+  const engineChoice = benchEngine(args.get('engine'));
   const maskFraction = args.has('mask-fraction') ? Number(args.get('mask-fraction')) : undefined;
   if (maskFraction !== undefined && !(maskFraction > 0 && maskFraction < 1)) throw new Error(`--mask-fraction must lie in (0, 1), got ${args.get('mask-fraction')}`);
   const strategy = args.get('strategy') as ReplacementStrategy | undefined;

@@ -11,7 +11,7 @@ import { Rng } from '../core/rng.js';
 import { psnr, ssim } from '../core/metrics.js';
 import { addGaussianNoise } from '../core/synthetic.js';
 import type { Volume } from '../core/volume.js';
-import type { EngineChoice } from '../engines/engine.js';
+import { ENGINE_CHOICES, type EngineChoice } from '../engines/engine.js';
 import { openModelEngine } from '../engines/modelEngine.js';
 import type { SamplingOptions } from '../methods/method.js';
 import { loadModelFolder } from '../models/io.js';
@@ -84,7 +84,12 @@ export function score(images: readonly TestImage[], outputs: readonly Volume[]):
   return { psnr: +(p / n).toFixed(3), ssim: +(s / n).toFixed(4), images: n, offset: +(o / n).toFixed(2), psnrWithoutOffset: +(q / n).toFixed(3) };
 }
 
-export const BENCH_ENGINES: readonly EngineChoice[] = ['auto', 'onnx', 'tfjs'];
+/** The benchmarks' `--engine` (default auto), refused when it names no engine. */
+export function benchEngine(value: string | undefined): EngineChoice {
+  const choice = (value ?? 'auto') as EngineChoice;
+  if (!ENGINE_CHOICES.includes(choice)) throw new Error(`--engine must be one of ${ENGINE_CHOICES.join(', ')}, got '${value}'`);
+  return choice;
+}
 
 export interface TestSetResult<K extends string> {
   scores: Record<K, Score>;
