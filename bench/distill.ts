@@ -32,7 +32,6 @@ import { Rng } from '../core/rng.js';
 import { addGaussianNoise } from '../core/synthetic.js';
 import { PACKAGE_ROOT } from '../core/version.js';
 import { parseNoiseSpec, type NoiseSpec } from '../models/bayes.js';
-import { readManifest } from '../models/io.js';
 import { describeNetwork } from '../models/network.js';
 import { distillModel } from '../pipeline/distill.js';
 import { trainModel, type NamedVolume, type TrainOptions } from '../pipeline/train.js';
@@ -73,7 +72,7 @@ async function evaluate(dir: string, sets: { bsd68: TestImage[]; set12: TestImag
   const result = await denoiseTestSets(dir, sets, engine);
   const seconds = result.seconds.bsd68 + result.seconds.set12;
   return {
-    network: describeNetwork((await readManifest(dir)).network),
+    network: describeNetwork(result.manifest.network),
     bsd68: result.scores.bsd68,
     set12: result.scores.set12,
     megapixelsPerSecond: +((result.pixels.bsd68 + result.pixels.set12) / 1e6 / seconds).toFixed(4),

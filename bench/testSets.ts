@@ -14,7 +14,7 @@ import type { Volume } from '../core/volume.js';
 import { ENGINE_CHOICES, type EngineChoice } from '../engines/engine.js';
 import { openModelEngine } from '../engines/modelEngine.js';
 import type { SamplingOptions } from '../methods/method.js';
-import { loadModelFolder } from '../models/io.js';
+import { loadModelFolder, type ModelManifest } from '../models/io.js';
 import { denoiseVolume } from '../pipeline/denoise.js';
 import { expandInputs, readImage } from '../storage/index.js';
 
@@ -99,6 +99,8 @@ export interface TestSetResult<K extends string> {
   /** The engine that denoised them: its name (onnx, tfjs) and its log line. */
   engine: string;
   engineDetail: string;
+  /** The folder's manifest, as loaded for the run (its network, for the results). */
+  manifest: ModelManifest;
 }
 
 /**
@@ -116,7 +118,7 @@ export async function denoiseTestSets<K extends string>(
   try {
     const runner = await openModelEngine(engine, { modelDir: dir, model, manifest, output: 'denoised', sampling });
     try {
-      const result = { scores: {}, seconds: {}, pixels: {}, engine: runner.name, engineDetail: runner.describe() } as TestSetResult<K>;
+      const result = { scores: {}, seconds: {}, pixels: {}, engine: runner.name, engineDetail: runner.describe(), manifest } as TestSetResult<K>;
       for (const key of Object.keys(sets) as K[]) {
         const t0 = performance.now();
         const outputs: Volume[] = [];
